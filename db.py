@@ -1,0 +1,1185 @@
+"""The database: the one read-write SQLite connection and the in-memory state.
+
+Files: `<db dir>/db` is the SQLite database (schema.sql, version 8). The
+directory itself is locked with a non-blocking `flock` for as long as a
+process uses it: exclusive for read-write, shared for read-only, so two nvr
+processes can never write one database (reference §2.1).
+
+What lives in memory (loaded at open, kept current by flushes):
+- sample file dirs, cameras, streams, video sample entries, users;
+- per stream: committed totals (range, duration, bytes, filesystem bytes),
+  day summaries in the server's time zone, the `cum_*` counters, the
+  uncommitted recordings (written or being written, not yet in SQLite), and
+  the recordings queued for deletion by retention.
+Recording rows themselves stay in SQLite and are read through the
+`recording_cover` index; `video_index` blobs go through a small LRU cache.
+
+Writes happen in `flush(reason)`, one `BEGIN IMMEDIATE` transaction: new
+video sample entries, the synced prefix of each stream's uncommitted
+recordings (recording, recording_integrity, recording_playback rows), stream
+counters, retention deletions moved to `garbage`, garbage rows whose files are
+unlinked, the `open` row's end time, and whatever the flush hooks write (auth
+usage). Configuration edits (`config` subcommands) are their own small
+transactions. Recording ids are assigned in memory from `cum_recordings`
+without a transaction; a crash before the flush leaves files with ids >=
+`cum_recordings`, which start-up recovery unlinks (dir.py; invariants §3.7).
+
+Locks, in rank order (take them only in this order, never a lower rank while
+holding a higher one): 1. the database lock (`Database._lock`), 2. a stream's
+lock (writer.py), 3. a directory's lock (dir.py). No disk or network I/O under
+the database lock except SQLite itself; a guard warns when it is held over 1 s.
+
+Ownership: dir.py owns the sample file dirs' files and their meta procedures
+(this module calls them in order and owns the rows); recording.py owns the
+index format; writer.py produces `RecordingToInsert`s; check.py verifies what
+this module wrote.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import uuid as uuidlib
+
+import auth
+import clock
+import dir as dirmod
+import recording
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 8
+DB_FILENAME = "db"
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
+
+# Files are counted in whole filesystem blocks for retention (Moonfire #89).
+ASSUMED_BLOCK_SIZE_BYTES = 4096
+
+# recording.flags bits. Only TRAILING_ZERO is stored; the others mark
+# in-memory rows in listings, as Moonfire's API does.
+FLAG_TRAILING_ZERO = 1
+FLAG_GROWING = 1 << 30
+FLAG_UNCOMMITTED = 1 << 31
+
+VIDEO_INDEX_CACHE_LEN = 1023
+STREAM_TYPES = ("main", "sub", "ext")
+
+# Run on every connection, read-only ones too (reference §2.1).
+INTEGRITY_PRAGMAS = (
+    "pragma foreign_keys = on",
+    "pragma fullfsync = on",
+    "pragma synchronous = 3",  # EXTRA: fsync the directory after journal deletes too
+)
+
+# How far back a time query looks, relying on the 5-minute maximum duration.
+_LOOKBACK_90K = recording.MAX_RECORDING_WALL_DURATION_90K
+
+
+class DbError(Exception):
+    """A problem the user can act on; the message says what to do."""
+
+
+class DbLocked(DbError):
+    pass
+
+
+def round_up(n: int) -> int:
+    return (n + ASSUMED_BLOCK_SIZE_BYTES - 1) // ASSUMED_BLOCK_SIZE_BYTES * ASSUMED_BLOCK_SIZE_BYTES
+
+
+def lock_db_dir(db_dir: str, read_only: bool) -> int:
+    """Takes the database directory's flock; returns the fd that holds it."""
+    try:
+        fd = os.open(db_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise DbError(f"database directory {db_dir} does not exist; "
+                      f"create it with `nvr.py init --db-dir {db_dir}`") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DbLocked(
+            f"database directory {db_dir} is locked by another process; "
+            f"stop the running nvr (e.g. `systemctl stop nvr`) and try again, "
+            f"or use --read-only where the command offers it") from None
+    return fd
+
+
+def connect(db_dir: str, read_only: bool, create: bool = False) -> sqlite3.Connection:
+    """Opens `<db_dir>/db` with explicit transactions and the integrity pragmas."""
+    path = os.path.join(db_dir, DB_FILENAME)
+    if not create and not os.path.exists(path):
+        raise DbError(f"no database at {path}; create it with `nvr.py init --db-dir {db_dir}`")
+    mode = "ro" if read_only else ("rwc" if create else "rw")
+    conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None,
+                           check_same_thread=False)
+    for p in INTEGRITY_PRAGMAS:
+        conn.execute(p)
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection):
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception."""
+    conn.execute("begin immediate")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
+def uuid7(clocks: clock.Clocks) -> bytes:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits."""
+    ms = clocks.realtime() // 1_000_000
+    b = bytearray(ms.to_bytes(6, "big") + secrets.token_bytes(10))
+    b[6] = 0x70 | (b[6] & 0x0F)
+    b[8] = 0x80 | (b[8] & 0x3F)
+    return bytes(b)
+
+
+def init(db_dir: str, clocks: clock.Clocks) -> bool:
+    """Creates the database if absent; returns False if it already existed."""
+    os.makedirs(db_dir, exist_ok=True)
+    lock_fd = lock_db_dir(db_dir, read_only=False)
+    try:
+        if os.path.exists(os.path.join(db_dir, DB_FILENAME)):
+            return False
+        conn = connect(db_dir, read_only=False, create=True)
+        try:
+            # page_size only takes effect on an empty database outside WAL mode.
+            conn.execute("pragma journal_mode = delete")
+            conn.execute("pragma page_size = 16384")
+            conn.execute("vacuum")
+            with open(SCHEMA_PATH, encoding="utf-8") as f:
+                schema = f.read()
+            conn.executescript("begin immediate;\n" + schema + "\ncommit;")
+            with transaction(conn):
+                conn.execute("insert into meta (uuid, config) values (?, '{}')", (uuid7(clocks),))
+            conn.execute("pragma journal_mode = wal")
+        finally:
+            conn.close()
+        return True
+    finally:
+        os.close(lock_fd)
+
+
+def get_schema_version(conn: sqlite3.Connection) -> int | None:
+    has = conn.execute(
+        "select count(*) from sqlite_master where type = 'table' and name = 'version'").fetchone()[0]
+    if not has:
+        return None
+    return conn.execute("select max(id) from version").fetchone()[0]
+
+
+def check_schema_version(conn: sqlite3.Connection) -> None:
+    v = get_schema_version(conn)
+    if v is None:
+        raise DbError("this database has no version table; it predates Moonfire schema 0. "
+                      "See docs/upgrade.md for the manual first step")
+    if v < SCHEMA_VERSION:
+        raise DbError(f"database schema version {v} is too old (expected {SCHEMA_VERSION}); "
+                      f"back it up and run `nvr.py upgrade` (docs/upgrade.md)")
+    if v > SCHEMA_VERSION:
+        raise DbError(f"database schema version {v} is too new (expected {SCHEMA_VERSION}); "
+                      f"use a newer nvr")
+
+
+def boot_uuid() -> bytes | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return uuidlib.UUID(f.read().strip()).bytes
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------
+# In-memory records.
+
+@dataclasses.dataclass
+class SampleFileDir:
+    id: int
+    uuid: bytes
+    path: str
+    last_complete_open: dirmod.Open | None
+    dir: dirmod.SampleFileDir | None = None  # set once opened
+    garbage_needs_unlink: set[int] = dataclasses.field(default_factory=set)
+    garbage_unlinked: set[int] = dataclasses.field(default_factory=set)
+
+
+@dataclasses.dataclass
+class Camera:
+    id: int
+    uuid: bytes
+    short_name: str
+    config: dict  # CameraConfig: description, onvifBaseUrl, username, password
+    streams: dict[str, int] = dataclasses.field(default_factory=dict)  # type -> stream id
+
+
+@dataclasses.dataclass
+class Day:
+    recordings: int = 0
+    duration_90k: int = 0
+
+
+@dataclasses.dataclass
+class VideoSampleEntry:
+    id: int
+    width: int
+    height: int
+    rfc6381_codec: str
+    data: bytes
+    pasp_h_spacing: int = 1
+    pasp_v_spacing: int = 1
+
+
+@dataclasses.dataclass
+class RecordingToInsert:
+    """A recording not yet committed: written (or being written) by writer.py."""
+    run_offset: int
+    start_time_90k: int
+    prev_media_duration_90k: int
+    prev_runs: int
+    video_sample_entry_id: int
+    video_index: bytes = b""
+    video_samples: int = 0
+    video_sync_samples: int = 0
+    sample_file_bytes: int = 0
+    wall_duration_90k: int = 0
+    media_duration_90k: int = 0
+    local_time_delta_90k: int | None = None
+    sample_file_blake2b: bytes | None = None
+    flags: int = 0
+    end_reason: str | None = None
+    synced: bool = False   # file and dir fsynced: may be committed
+    growing: bool = True   # the writer may still append
+
+
+@dataclasses.dataclass
+class Stream:
+    id: int
+    camera_id: int
+    type: str
+    sample_file_dir_id: int | None
+    config: dict  # StreamConfig: mode, url, rtspTransport, retainBytes, flushIfSec
+    cum_recordings: int
+    cum_media_duration_90k: int
+    cum_runs: int
+    # Committed totals.
+    range_90k: tuple[int, int] | None = None
+    duration_90k: int = 0
+    sample_file_bytes: int = 0
+    fs_bytes: int = 0
+    days: dict[str, Day] = dataclasses.field(default_factory=dict)
+    # Uncommitted recordings with ids cum_recordings, cum_recordings + 1, ...
+    uncommitted: collections.deque = dataclasses.field(default_factory=collections.deque)
+    fs_bytes_to_add: int = 0       # synced, uncommitted
+    # Committed recordings queued for deletion (ListRow), oldest first.
+    to_delete: list = dataclasses.field(default_factory=list)
+    fs_bytes_to_delete: int = 0
+
+    @property
+    def record(self) -> bool:
+        return self.config.get("mode") == "record"
+
+    @property
+    def retain_bytes(self) -> int:
+        return int(self.config.get("retainBytes", 0))
+
+    @property
+    def flush_if_sec(self) -> int:
+        return int(self.config.get("flushIfSec", 0))
+
+    @property
+    def next_recording_id(self) -> int:
+        return self.cum_recordings + len(self.uncommitted)
+
+
+@dataclasses.dataclass
+class User:
+    id: int
+    username: str
+    config: dict  # UserConfig: disabled, unixUid, preferences
+    password_hash: str | None
+    password_id: int
+    password_failure_count: int
+    permissions: auth.Permissions
+
+    @property
+    def disabled(self) -> bool:
+        return bool(self.config.get("disabled", False))
+
+
+@dataclasses.dataclass
+class ListRow:
+    """One recording as listed (from the covering index, or uncommitted)."""
+    composite_id: int
+    open_id: int
+    start_time_90k: int
+    wall_duration_90k: int
+    media_duration_90k: int
+    video_samples: int
+    video_sync_samples: int
+    video_sample_entry_id: int
+    sample_file_bytes: int
+    run_offset: int
+    flags: int
+    end_reason: str | None = None
+
+    @property
+    def end_time_90k(self) -> int:
+        return self.start_time_90k + self.wall_duration_90k
+
+    @property
+    def recording_id(self) -> int:
+        return self.composite_id & 0xFFFFFFFF
+
+
+@dataclasses.dataclass
+class AggregatedRow:
+    """Consecutive recordings of one run merged for listing (API §5.2)."""
+    start_id: int
+    end_id: int                     # inclusive
+    run_start_id: int
+    open_id: int
+    start_time_90k: int
+    end_time_90k: int
+    video_sample_entry_id: int
+    video_samples: int
+    video_sync_samples: int
+    sample_file_bytes: int
+    first_uncommitted: int | None
+    growing: bool
+    has_trailing_zero: bool
+    end_reason: str | None
+
+
+def _row_config(text: str | None) -> dict:
+    return json.loads(text) if text else {}
+
+
+def _dump(config: dict) -> str:
+    return json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------
+# Day summaries.
+
+class DayBounds:
+    """Local-day arithmetic in one zone, caching the last day looked up."""
+
+    def __init__(self, zone: datetime.tzinfo):
+        self.zone = zone
+        self._cache: tuple[int, int, str] | None = None  # (start, end, key)
+
+    def bounds(self, key: str) -> tuple[int, int]:
+        d = datetime.date.fromisoformat(key)
+        return self._midnight(d), self._midnight(d + datetime.timedelta(days=1))
+
+    def _midnight(self, d: datetime.date) -> int:
+        dt = datetime.datetime(d.year, d.month, d.day, tzinfo=self.zone)
+        return int(dt.timestamp()) * recording.TIME_UNITS_PER_SEC
+
+    def day_of(self, t90k: int) -> tuple[int, int, str]:
+        c = self._cache
+        if c is not None and c[0] <= t90k < c[1]:
+            return c
+        secs = t90k // recording.TIME_UNITS_PER_SEC
+        d = datetime.datetime.fromtimestamp(secs, self.zone).date()
+        key = d.isoformat()
+        start, end = self.bounds(key)
+        self._cache = (start, end, key)
+        return self._cache
+
+    def add(self, days: dict[str, Day], start_90k: int, duration_90k: int, sign: int) -> None:
+        """Adds (sign=1) or removes (sign=-1) a recording, split across midnights."""
+        t, end = start_90k, start_90k + duration_90k
+        while True:
+            _, day_end, key = self.day_of(t)
+            part = min(end, day_end) - t
+            day = days.setdefault(key, Day())
+            day.recordings += sign
+            day.duration_90k += sign * part
+            if day.recordings == 0:
+                del days[key]
+            if end <= day_end:
+                return
+            t = day_end
+
+
+# ---------------------------------------------------------------------------
+# The database.
+
+class Database:
+    """Owns the connection and the in-memory state. Thread-safe.
+
+    Open with `Database.open(db_dir, clocks)`; close with `close()`. A
+    read-write open inserts an `open` row; `open_sample_file_dirs()` then
+    opens the dirs (dir.py's numbered procedure) and runs start-up recovery.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, clocks: clock.Clocks, *,
+                 read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None):
+        self.conn = conn
+        self.clocks = clocks
+        self.read_only = read_only
+        self.db_dir = db_dir
+        self._lock_fd = lock_fd
+        self._lock = threading.RLock()
+        self.zone = recording.server_zone()
+        self.day_bounds = DayBounds(self.zone)
+        check_schema_version(conn)
+        self.uuid = conn.execute("select uuid from meta").fetchone()[0]
+        self.open: dirmod.Open | None = None
+        self._open_monotonic = clocks.monotonic()
+        self._open_start_90k = recording.to_90k_from_ns(clocks.realtime())
+        self.dirs: dict[int, SampleFileDir] = {}
+        self.cameras: dict[int, Camera] = {}
+        self.streams: dict[int, Stream] = {}
+        self.video_sample_entries: dict[int, VideoSampleEntry] = {}
+        self._vse_to_insert: list[int] = []
+        self.users: dict[int, User] = {}
+        self._video_index_cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        # Called inside each flush transaction with the connection (auth usage).
+        self.flush_hooks: list = []
+        # Called after each successful flush, outside the lock (syncers: GC).
+        self.on_flush: list = []
+        self._load()
+        if not read_only:
+            open_uuid = uuidlib.uuid4().bytes
+            with transaction(conn):
+                cur = conn.execute(
+                    "insert into open (uuid, start_time_90k, end_time_90k, duration_90k, boot_uuid) "
+                    "values (?, ?, ?, 0, ?)",
+                    (open_uuid, self._open_start_90k, self._open_start_90k, boot_uuid()))
+            self.open = dirmod.Open(cur.lastrowid, open_uuid)
+
+    @classmethod
+    def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False) -> "Database":
+        lock_fd = lock_db_dir(db_dir, read_only)
+        try:
+            conn = connect(db_dir, read_only)
+            try:
+                return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    def close(self) -> None:
+        """Closes dirs, the connection and the lock. Does not flush: call flush first."""
+        with self._lock:
+            for d in self.dirs.values():
+                if d.dir is not None:
+                    d.dir.close()
+                    d.dir = None
+            self.conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    @contextlib.contextmanager
+    def locked(self, what: str = "database lock"):
+        """Holds the database lock, warning if it is held over a second."""
+        with self._lock, clock.TimerGuard(self.clocks, what):
+            yield self
+
+    # -- loading -------------------------------------------------------------
+
+    def _load(self) -> None:
+        c = self.conn
+        for id_, uuid, config, lco_id, lco_uuid in c.execute(
+                "select d.id, d.uuid, d.config, d.last_complete_open_id, o.uuid "
+                "from sample_file_dir d left join open o on d.last_complete_open_id = o.id"):
+            lco = dirmod.Open(lco_id, lco_uuid) if lco_id is not None else None
+            self.dirs[id_] = SampleFileDir(id_, uuid, _row_config(config).get("path", ""), lco)
+        for dir_id, cid in c.execute("select sample_file_dir_id, composite_id from garbage"):
+            self.dirs[dir_id].garbage_needs_unlink.add(cid)
+        for id_, uuid, short_name, config in c.execute(
+                "select id, uuid, short_name, config from camera"):
+            self.cameras[id_] = Camera(id_, uuid, short_name, _row_config(config))
+        for row in c.execute(
+                "select id, camera_id, type, sample_file_dir_id, config, cum_recordings, "
+                "cum_media_duration_90k, cum_runs from stream"):
+            s = Stream(row[0], row[1], row[2], row[3], _row_config(row[4]), row[5], row[6], row[7])
+            self.streams[s.id] = s
+            self.cameras[s.camera_id].streams[s.type] = s.id
+        for row in c.execute(
+                "select id, width, height, rfc6381_codec, data, pasp_h_spacing, pasp_v_spacing "
+                "from video_sample_entry"):
+            self.video_sample_entries[row[0]] = VideoSampleEntry(*row)
+        for row in c.execute(
+                "select id, username, config, password_hash, password_id, "
+                "password_failure_count, permissions from user"):
+            self.users[row[0]] = User(row[0], row[1], _row_config(row[2]), row[3], row[4], row[5],
+                                      auth.Permissions.decode(row[6]))
+        # Totals and day summaries of every committed recording.
+        for stream_id, start, wall, nbytes in c.execute(
+                "select stream_id, start_time_90k, wall_duration_90k, sample_file_bytes "
+                "from recording order by stream_id, start_time_90k"):
+            self._add_to_totals(self.streams[stream_id], start, wall, nbytes, 1)
+
+    def _add_to_totals(self, s: Stream, start: int, wall: int, nbytes: int, sign: int) -> None:
+        end = start + wall
+        s.duration_90k += sign * wall
+        s.sample_file_bytes += sign * nbytes
+        s.fs_bytes += sign * round_up(nbytes)
+        self.day_bounds.add(s.days, start, wall, sign)
+        if sign > 0:
+            if s.range_90k is None:
+                s.range_90k = (start, end)
+            else:
+                s.range_90k = (min(s.range_90k[0], start), max(s.range_90k[1], end))
+
+    def _recompute_range(self, s: Stream) -> None:
+        row = self.conn.execute(
+            "select min(start_time_90k), max(start_time_90k + wall_duration_90k) "
+            "from recording where stream_id = ?", (s.id,)).fetchone()
+        s.range_90k = None if row[0] is None else (row[0], row[1])
+
+    # -- sample file dirs ----------------------------------------------------
+
+    def _dir_retry(self, what, fn):
+        return clock.retry(self.clocks, None, what, fn)
+
+    def open_sample_file_dirs(self, ids=None) -> None:
+        """Opens dirs (all, or `ids`): steps 1-6 of dir.py's "open read-write",
+        or a read-only verify. Recovery unlinks garbage and abandoned files."""
+        for d in self.dirs.values():
+            if (ids is not None and d.id not in ids) or d.dir is not None:
+                continue
+            expected = dirmod.DirMeta(self.uuid, d.uuid, d.last_complete_open)
+            # Steps 1-2: lock and verify.
+            sfd = dirmod.SampleFileDir.open(d.path, expected, read_only=self.read_only)
+            d.dir = sfd
+            if self.read_only:
+                continue
+            sfd.begin_open(self.open)  # step 3
+            with self.locked(), transaction(self.conn):  # step 4
+                self.conn.execute("update sample_file_dir set last_complete_open_id = ? "
+                                  "where id = ?", (self.open.id, d.id))
+            d.last_complete_open = self.open
+            sfd.complete_open(self.open)  # step 5
+            # Step 6: start-up recovery.
+            cum = {s.id: s.cum_recordings for s in self.streams.values()
+                   if s.sample_file_dir_id == d.id}
+            result = dirmod.recover(sfd, sorted(d.garbage_needs_unlink), cum, retry=self._dir_retry)
+            with self.locked():
+                gone = set(result.garbage_gone)
+                d.garbage_needs_unlink -= gone
+                d.garbage_unlinked |= gone
+            if result.abandoned:
+                logger.info("dir %s: removed %d abandoned sample file(s) of uncommitted "
+                            "recordings", d.path, len(result.abandoned))
+            if result.unexpected:
+                logger.warning("dir %s: unexpected files (see `nvr.py check`): %s",
+                               d.path, ", ".join(result.unexpected[:10]))
+
+    def add_sample_file_dir(self, path: str) -> int:
+        """The create procedure: meta with in_progress_open, the row, then promote."""
+        if self.read_only:
+            raise DbError("can't add a sample file dir in read-only mode")
+        path = os.path.abspath(path)
+        with self.locked():
+            for d in self.dirs.values():
+                if d.path == path:
+                    raise DbError(f"sample file dir {path} is already in the database (id {d.id})")
+        sfd = dirmod.SampleFileDir.create(path, self.uuid, self.open)
+        try:
+            with self.locked(), transaction(self.conn):
+                cur = self.conn.execute(
+                    "insert into sample_file_dir (uuid, config, last_complete_open_id) "
+                    "values (?, ?, ?)", (sfd.meta.dir_uuid, _dump({"path": path}), self.open.id))
+                id_ = cur.lastrowid
+            sfd.complete_open(self.open)
+        except BaseException:
+            sfd.close()
+            raise
+        self.dirs[id_] = SampleFileDir(id_, sfd.meta.dir_uuid, path, self.open, dir=sfd)
+        return id_
+
+    def delete_sample_file_dir(self, dir_id: int) -> None:
+        """The delete procedure: refuses unless no stream or garbage uses it."""
+        with self.locked():
+            d = self._get_dir(dir_id)
+            users = [f"{self.cameras[s.camera_id].short_name}/{s.type}"
+                     for s in self.streams.values() if s.sample_file_dir_id == dir_id]
+            if users:
+                raise DbError(f"sample file dir {d.path} is used by stream(s) {', '.join(users)}; "
+                              f"move or delete them first")
+            if d.garbage_needs_unlink or d.garbage_unlinked:
+                raise DbError(f"sample file dir {d.path} still has garbage to collect; "
+                              f"run `nvr.py run` once or `nvr.py check` and try again")
+        self.open_sample_file_dirs({dir_id})
+        d.dir.prepare_delete()
+        with self.locked(), transaction(self.conn):
+            self.conn.execute("delete from sample_file_dir where id = ?", (dir_id,))
+        d.dir.close()
+        del self.dirs[dir_id]
+
+    def _get_dir(self, dir_id: int) -> SampleFileDir:
+        try:
+            return self.dirs[dir_id]
+        except KeyError:
+            raise DbError(f"no sample file dir with id {dir_id}") from None
+
+    # -- cameras and streams -------------------------------------------------
+
+    def add_camera(self, short_name: str, config: dict) -> int:
+        with self.locked():
+            if any(c.short_name == short_name for c in self.cameras.values()):
+                raise DbError(f"a camera named {short_name!r} already exists")
+            uuid = uuidlib.uuid4().bytes
+            with transaction(self.conn):
+                id_ = self.conn.execute(
+                    "insert into camera (uuid, short_name, config) values (?, ?, ?)",
+                    (uuid, short_name, _dump(config))).lastrowid
+            self.cameras[id_] = Camera(id_, uuid, short_name, dict(config))
+            return id_
+
+    def update_camera(self, camera_id: int, *, short_name: str | None = None,
+                      config: dict | None = None) -> None:
+        with self.locked():
+            c = self._get_camera(camera_id)
+            if short_name is not None and short_name != c.short_name and any(
+                    o.short_name == short_name for o in self.cameras.values()):
+                raise DbError(f"a camera named {short_name!r} already exists")
+            new_name = c.short_name if short_name is None else short_name
+            new_config = c.config if config is None else config
+            with transaction(self.conn):
+                self.conn.execute("update camera set short_name = ?, config = ? where id = ?",
+                                  (new_name, _dump(new_config), camera_id))
+            c.short_name, c.config = new_name, dict(new_config)
+
+    def _get_camera(self, camera_id: int) -> Camera:
+        try:
+            return self.cameras[camera_id]
+        except KeyError:
+            raise DbError(f"no camera with id {camera_id}") from None
+
+    def camera_by_name(self, name: str) -> Camera:
+        for c in self.cameras.values():
+            if c.short_name == name:
+                return c
+        raise DbError(f"no camera named {name!r}; `nvr.py config camera list` shows them")
+
+    def add_stream(self, camera_id: int, type_: str, config: dict,
+                   sample_file_dir_id: int | None) -> int:
+        with self.locked():
+            c = self._get_camera(camera_id)
+            if type_ not in STREAM_TYPES:
+                raise DbError(f"stream type must be one of {', '.join(STREAM_TYPES)}")
+            if type_ in c.streams:
+                raise DbError(f"camera {c.short_name} already has a {type_} stream")
+            if sample_file_dir_id is not None:
+                self._get_dir(sample_file_dir_id)
+            with transaction(self.conn):
+                id_ = self.conn.execute(
+                    "insert into stream (camera_id, sample_file_dir_id, type, config, "
+                    "cum_recordings, cum_media_duration_90k, cum_runs) values (?, ?, ?, ?, 0, 0, 0)",
+                    (camera_id, sample_file_dir_id, type_, _dump(config))).lastrowid
+            self.streams[id_] = Stream(id_, camera_id, type_, sample_file_dir_id, dict(config), 0, 0, 0)
+            c.streams[type_] = id_
+            return id_
+
+    def update_stream(self, stream_id: int, *, config: dict | None = None,
+                      sample_file_dir_id: int | None | type(...) = ...) -> None:
+        """Changes a stream's config and/or dir. The dir can't change while the
+        stream has recordings (their files live in the old dir)."""
+        with self.locked():
+            s = self._get_stream(stream_id)
+            new_dir = s.sample_file_dir_id if sample_file_dir_id is ... else sample_file_dir_id
+            if new_dir != s.sample_file_dir_id:
+                if new_dir is not None:
+                    self._get_dir(new_dir)
+                if s.range_90k is not None or s.uncommitted or s.to_delete:
+                    raise DbError("can't change the sample file dir of a stream with recordings; "
+                                  "delete them first (lower retainBytes to 0)")
+            new_config = s.config if config is None else config
+            with transaction(self.conn):
+                self.conn.execute("update stream set config = ?, sample_file_dir_id = ? where id = ?",
+                                  (_dump(new_config), new_dir, stream_id))
+            s.config, s.sample_file_dir_id = dict(new_config), new_dir
+
+    def _get_stream(self, stream_id: int) -> Stream:
+        try:
+            return self.streams[stream_id]
+        except KeyError:
+            raise DbError(f"no stream with id {stream_id}") from None
+
+    def delete_stream(self, stream_id: int) -> int:
+        """Deletes a stream and all its recordings; returns how many were deleted.
+
+        The recordings' files become garbage (rows tied to the dir, not the
+        stream) and are unlinked by `collect_garbage`.
+        """
+        with self.locked():
+            s = self._get_stream(stream_id)
+            if s.uncommitted:
+                raise DbError("stream has uncommitted recordings; stop nvr first")
+            n = self.conn.execute("select count(*) from recording where stream_id = ?",
+                                  (stream_id,)).fetchone()[0]
+            with transaction(self.conn):
+                if n:
+                    self.conn.execute(
+                        "insert into garbage (sample_file_dir_id, composite_id) "
+                        "select ?, composite_id from recording where stream_id = ?",
+                        (s.sample_file_dir_id, stream_id))
+                    for table in ("recording_playback", "recording_integrity"):
+                        self.conn.execute(
+                            f"delete from {table} where composite_id in "
+                            f"(select composite_id from recording where stream_id = ?)", (stream_id,))
+                    ids = [r[0] for r in self.conn.execute(
+                        "select composite_id from recording where stream_id = ?", (stream_id,))]
+                    self.conn.execute("delete from recording where stream_id = ?", (stream_id,))
+                    self.dirs[s.sample_file_dir_id].garbage_needs_unlink.update(ids)
+                self.conn.execute("delete from stream where id = ?", (stream_id,))
+            del self.streams[stream_id]
+            del self.cameras[s.camera_id].streams[s.type]
+            return n
+
+    def delete_camera(self, camera_id: int) -> int:
+        """Deletes a camera, its streams and their recordings."""
+        with self.locked():
+            c = self._get_camera(camera_id)
+            n = sum(self.delete_stream(sid) for sid in list(c.streams.values()))
+            with transaction(self.conn):
+                self.conn.execute("delete from camera where id = ?", (camera_id,))
+            del self.cameras[camera_id]
+            return n
+
+    # -- users -----------------------------------------------------------------
+
+    def add_user(self, username: str, *, password_hash: str | None = None,
+                 permissions: auth.Permissions | None = None, config: dict | None = None) -> int:
+        perms = permissions or auth.Permissions()
+        config = config or {}
+        with self.locked():
+            if any(u.username == username for u in self.users.values()):
+                raise DbError(f"a user named {username!r} already exists")
+            with transaction(self.conn):
+                id_ = self.conn.execute(
+                    "insert into user (username, config, password_hash, password_id, "
+                    "password_failure_count, permissions) values (?, ?, ?, 0, 0, ?)",
+                    (username, _dump(config), password_hash, perms.encode())).lastrowid
+            self.users[id_] = User(id_, username, dict(config), password_hash, 0, 0, perms)
+            return id_
+
+    def update_user(self, user_id: int, *, username: str | None = None,
+                    config: dict | None = None, permissions: auth.Permissions | None = None,
+                    password_hash: str | None | type(...) = ...) -> None:
+        """Edits a user; a password set or clear bumps password_id and resets failures."""
+        with self.locked():
+            u = self.get_user(user_id)
+            if username is not None and username != u.username and any(
+                    o.username == username for o in self.users.values()):
+                raise DbError(f"a user named {username!r} already exists")
+            new = dataclasses.replace(u)
+            if username is not None:
+                new.username = username
+            if config is not None:
+                new.config = dict(config)
+            if permissions is not None:
+                new.permissions = permissions
+            if password_hash is not ...:
+                new.password_hash = password_hash
+                new.password_id += 1
+                new.password_failure_count = 0
+            with transaction(self.conn):
+                self.conn.execute(
+                    "update user set username = ?, config = ?, password_hash = ?, password_id = ?, "
+                    "password_failure_count = ?, permissions = ? where id = ?",
+                    (new.username, _dump(new.config), new.password_hash, new.password_id,
+                     new.password_failure_count, new.permissions.encode(), user_id))
+            self.users[user_id] = new
+
+    def delete_user(self, user_id: int) -> None:
+        with self.locked():
+            self.get_user(user_id)
+            with transaction(self.conn):
+                self.conn.execute("delete from user_session where user_id = ?", (user_id,))
+                self.conn.execute("delete from user where id = ?", (user_id,))
+            del self.users[user_id]
+
+    def get_user(self, user_id: int) -> User:
+        try:
+            return self.users[user_id]
+        except KeyError:
+            raise DbError(f"no user with id {user_id}") from None
+
+    def user_by_name(self, username: str) -> User:
+        for u in self.users.values():
+            if u.username == username:
+                return u
+        raise DbError(f"no user named {username!r}; `nvr.py config user list` shows them")
+
+    # -- video sample entries --------------------------------------------------
+
+    def insert_video_sample_entry(self, width: int, height: int, rfc6381_codec: str, data: bytes,
+                                  pasp_h_spacing: int = 1, pasp_v_spacing: int = 1) -> int:
+        """Returns the id of the entry with exactly these bytes, adding it if new.
+
+        A new entry gets its id now and its row in the next flush, in the same
+        transaction as the first recording that uses it (reference §3.5), so
+        streamers never wait on SQLite.
+        """
+        with self.locked():
+            for v in self.video_sample_entries.values():
+                if v.data == data:
+                    if (v.width, v.height, v.pasp_h_spacing, v.pasp_v_spacing) != (
+                            width, height, pasp_h_spacing, pasp_v_spacing):
+                        raise ValueError(f"video sample entry {v.id} has the same data but "
+                                         f"different dimensions or aspect ratio")
+                    return v.id
+            id_ = max(self.video_sample_entries, default=0) + 1
+            self.video_sample_entries[id_] = VideoSampleEntry(
+                id_, width, height, rfc6381_codec, bytes(data), pasp_h_spacing, pasp_v_spacing)
+            self._vse_to_insert.append(id_)
+            return id_
+
+    # -- recordings --------------------------------------------------------------
+
+    def add_recording(self, stream_id: int, r: RecordingToInsert) -> int:
+        """Adds an uncommitted recording; returns its composite id.
+
+        The writer keeps updating `r` (under its stream's lock) while it
+        grows; `mark_synced` makes it eligible for the next flush.
+        """
+        with self.locked():
+            s = self._get_stream(stream_id)
+            if self.read_only:
+                raise DbError("can't record in read-only mode")
+            if s.uncommitted and s.uncommitted[-1].growing:
+                raise DbError(f"stream {stream_id} is already growing a recording")
+            rid = s.next_recording_id
+            s.uncommitted.append(r)
+            return (stream_id << 32) | rid
+
+    def _uncommitted(self, composite_id: int) -> RecordingToInsert:
+        s = self._get_stream(composite_id >> 32)
+        i = (composite_id & 0xFFFFFFFF) - s.cum_recordings
+        if not 0 <= i < len(s.uncommitted):
+            raise DbError(f"recording {composite_id >> 32}/{composite_id & 0xFFFFFFFF} "
+                          f"is not uncommitted")
+        return s.uncommitted[i]
+
+    def mark_synced(self, composite_id: int) -> None:
+        """Called after the sample file and its dir are fsynced (§3.7 steps 2-4)."""
+        with self.locked():
+            r = self._uncommitted(composite_id)
+            if r.video_samples == 0:
+                raise ValueError("can't sync an empty recording")
+            r.synced, r.growing = True, False
+            self.streams[composite_id >> 32].fs_bytes_to_add += round_up(r.sample_file_bytes)
+
+    def delete_oldest_recordings(self, stream_id: int, extra_fs_bytes: int = 0, *,
+                                 retain_bytes: int | None = None,
+                                 dry_run: bool = False) -> list[ListRow]:
+        """Queues the oldest committed recordings for deletion until the stream
+        fits its `retainBytes` (§3.8); returns the rows queued.
+
+        Usage counts committed bytes plus synced-but-uncommitted ones plus
+        `extra_fs_bytes` (e.g. the recording being added), each file rounded
+        up to 4096, minus what is already queued. Deletion happens in the next
+        flush (rows to garbage); the syncer then unlinks the files. With
+        `dry_run`, only says what would be queued (under `retain_bytes` if
+        given), e.g. to confirm a lowered limit first.
+        """
+        with self.locked():
+            s = self._get_stream(stream_id)
+            limit = s.retain_bytes if retain_bytes is None else retain_bytes
+            needed = (s.fs_bytes + s.fs_bytes_to_add + extra_fs_bytes
+                      - s.fs_bytes_to_delete - limit)
+            if needed <= 0:
+                return []
+            after = (s.to_delete[-1].composite_id + 1) if s.to_delete else (stream_id << 32)
+            out = []
+            for row in self._query_list_rows(
+                    "where composite_id >= ? and composite_id < ? order by composite_id",
+                    (after, (stream_id + 1) << 32)):
+                if needed <= 0:
+                    break
+                out.append(row)
+                needed -= round_up(row.sample_file_bytes)
+            if not dry_run:
+                s.to_delete.extend(out)
+                s.fs_bytes_to_delete += sum(round_up(r.sample_file_bytes) for r in out)
+            return out
+
+    def delete_garbage(self, dir_id: int, composite_ids) -> None:
+        """Records that these garbage files are unlinked and the dir fsynced;
+        the next flush deletes their rows (§3.8 phase 3)."""
+        with self.locked():
+            d = self._get_dir(dir_id)
+            for cid in composite_ids:
+                if cid not in d.garbage_needs_unlink:
+                    raise ValueError(f"{cid:016x} is not garbage in dir {d.path}")
+                d.garbage_needs_unlink.remove(cid)
+                d.garbage_unlinked.add(cid)
+
+    def flush(self, reason: str) -> None:
+        """Commits everything pending in one transaction and logs what it wrote."""
+        if self.read_only:
+            raise DbError("can't flush in read-only mode")
+        with self.locked(f"flush ({reason})"):
+            self._flush_locked(reason)
+        for f in list(self.on_flush):
+            f()
+
+    def _flush_locked(self, reason: str) -> None:
+        c = self.conn
+        added: list[str] = []
+        deleted: list[str] = []
+        added_bytes = deleted_bytes = 0
+        committed: dict[int, int] = {}     # stream id -> number committed
+        now_90k = recording.to_90k_from_ns(self.clocks.realtime())
+        with transaction(c):
+            for vse_id in self._vse_to_insert:
+                v = self.video_sample_entries[vse_id]
+                c.execute("insert into video_sample_entry (id, width, height, rfc6381_codec, data, "
+                          "pasp_h_spacing, pasp_v_spacing) values (?, ?, ?, ?, ?, ?, ?)",
+                          (v.id, v.width, v.height, v.rfc6381_codec, v.data,
+                           v.pasp_h_spacing, v.pasp_v_spacing))
+            for s in self.streams.values():
+                n = 0
+                cum_media, cum_runs = s.cum_media_duration_90k, s.cum_runs
+                for r in s.uncommitted:
+                    if not r.synced:
+                        break
+                    rid = s.cum_recordings + n
+                    cid = (s.id << 32) | rid
+                    c.execute(
+                        "insert into recording (composite_id, open_id, stream_id, run_offset, flags, "
+                        "sample_file_bytes, start_time_90k, prev_media_duration_90k, prev_runs, "
+                        "wall_duration_90k, media_duration_delta_90k, video_samples, "
+                        "video_sync_samples, video_sample_entry_id, end_reason) "
+                        "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (cid, self.open.id, s.id, r.run_offset, r.flags & FLAG_TRAILING_ZERO,
+                         r.sample_file_bytes, r.start_time_90k, r.prev_media_duration_90k,
+                         r.prev_runs, r.wall_duration_90k, r.media_duration_90k - r.wall_duration_90k,
+                         r.video_samples, r.video_sync_samples, r.video_sample_entry_id,
+                         r.end_reason))
+                    c.execute("insert into recording_integrity (composite_id, local_time_delta_90k, "
+                              "sample_file_blake2b_32) values (?, ?, ?)",
+                              (cid, r.local_time_delta_90k, r.sample_file_blake2b))
+                    c.execute("insert into recording_playback (composite_id, video_index) "
+                              "values (?, ?)", (cid, bytes(r.video_index)))
+                    cum_media += r.media_duration_90k
+                    cum_runs += r.run_offset == 0
+                    added.append(f"{s.id}/{rid}")
+                    added_bytes += r.sample_file_bytes
+                    n += 1
+                if n:
+                    c.execute("update stream set cum_recordings = ?, cum_media_duration_90k = ?, "
+                              "cum_runs = ? where id = ?",
+                              (s.cum_recordings + n, cum_media, cum_runs, s.id))
+                    committed[s.id] = n
+                for row in s.to_delete:
+                    c.execute("insert into garbage (sample_file_dir_id, composite_id) values (?, ?)",
+                              (s.sample_file_dir_id, row.composite_id))
+                    for table in ("recording_playback", "recording_integrity", "recording"):
+                        c.execute(f"delete from {table} where composite_id = ?", (row.composite_id,))
+                    deleted.append(f"{s.id}/{row.recording_id}")
+                    deleted_bytes += row.sample_file_bytes
+            gced = 0
+            for d in self.dirs.values():
+                for cid in d.garbage_unlinked:
+                    c.execute("delete from garbage where sample_file_dir_id = ? and composite_id = ?",
+                              (d.id, cid))
+                gced += len(d.garbage_unlinked)
+            c.execute("update open set end_time_90k = ?, duration_90k = ? where id = ?",
+                      (now_90k, recording.to_90k_from_ns(
+                          self.clocks.monotonic() - self._open_monotonic), self.open.id))
+            for hook in self.flush_hooks:
+                hook(c)
+
+        # Committed: now update the in-memory state to match.
+        self._vse_to_insert.clear()
+        for s in self.streams.values():
+            for _ in range(committed.get(s.id, 0)):
+                r = s.uncommitted.popleft()
+                s.cum_recordings += 1
+                s.cum_media_duration_90k += r.media_duration_90k
+                s.cum_runs += r.run_offset == 0
+                s.fs_bytes_to_add -= round_up(r.sample_file_bytes)
+                self._add_to_totals(s, r.start_time_90k, r.wall_duration_90k,
+                                    r.sample_file_bytes, 1)
+            if s.to_delete:
+                d = self.dirs[s.sample_file_dir_id]
+                for row in s.to_delete:
+                    self._add_to_totals(s, row.start_time_90k, row.wall_duration_90k,
+                                        row.sample_file_bytes, -1)
+                    d.garbage_needs_unlink.add(row.composite_id)
+                    self._video_index_cache.pop(row.composite_id, None)
+                s.to_delete.clear()
+                s.fs_bytes_to_delete = 0
+                self._recompute_range(s)
+        for d in self.dirs.values():
+            d.garbage_unlinked.clear()
+        logger.info("flush (%s): added %d recording(s) (%s) of %d B, deleted %d (%s) of %d B, "
+                    "GCed %d", reason, len(added), ", ".join(added) or "none", added_bytes,
+                    len(deleted), ", ".join(deleted) or "none", deleted_bytes, gced)
+
+    def collect_garbage(self, dir_id: int) -> int:
+        """Unlinks this dir's garbage files, fsyncs the dir and marks them gone
+        (§3.8 phase 2). The syncer does this after each flush; `config`
+        calls it after deletions. Returns how many files were collected."""
+        with self.locked():
+            d = self._get_dir(dir_id)
+            ids = sorted(d.garbage_needs_unlink)
+        if not ids:
+            return 0
+        if d.dir is None:
+            self.open_sample_file_dirs({dir_id})
+            with self.locked():
+                ids = sorted(d.garbage_needs_unlink)  # recovery may have done it
+            if not ids:
+                return 0
+        for cid in ids:
+            name = dirmod.name_for(cid)
+
+            def unlink(name=name):
+                try:
+                    d.dir.fs.unlink(name)
+                except FileNotFoundError:
+                    pass  # garbage "may or may not still exist"
+            self._dir_retry(f"unlink {d.path}/{name}", unlink)
+        # The unlinks must be durable before the rows that name them go away.
+        self._dir_retry(f"fsync dir {d.path}", d.dir.fs.sync)
+        self.delete_garbage(dir_id, ids)
+        return len(ids)
+
+    # -- listing -------------------------------------------------------------
+
+    _LIST_COLUMNS = (
+        "composite_id, open_id, start_time_90k, wall_duration_90k, media_duration_delta_90k, "
+        "video_samples, video_sync_samples, video_sample_entry_id, sample_file_bytes, "
+        "run_offset, flags, "
+        # end_reason is not in recording_cover; look it up only where a run ended,
+        # so listing stays index-only for the rest.
+        "case when flags & 1 then (select end_reason from recording r2 "
+        "where r2.composite_id = recording.composite_id) end")
+
+    def _query_list_rows(self, where: str, params) -> list[ListRow]:
+        out = []
+        for r in self.conn.execute(f"select {self._LIST_COLUMNS} from recording {where}", params):
+            out.append(ListRow(r[0], r[1], r[2], r[3], r[3] + r[4], r[5], r[6], r[7], r[8],
+                               r[9], r[10], r[11]))
+        return out
+
+    def _uncommitted_rows(self, s: Stream) -> list[ListRow]:
+        out = []
+        for i, r in enumerate(s.uncommitted):
+            if r.video_samples == 0:
+                continue
+            flags = (r.flags & FLAG_TRAILING_ZERO) | FLAG_UNCOMMITTED | (FLAG_GROWING if r.growing else 0)
+            out.append(ListRow((s.id << 32) | (s.cum_recordings + i), self.open.id,
+                               r.start_time_90k, r.wall_duration_90k, r.media_duration_90k,
+                               r.video_samples, r.video_sync_samples, r.video_sample_entry_id,
+                               r.sample_file_bytes, r.run_offset, flags, r.end_reason))
+        return out
+
+    def list_recordings_by_time(self, stream_id: int, start_90k: int, end_90k: int) -> list[ListRow]:
+        """Recordings overlapping [start, end), committed ones ordered by start
+        time, then uncommitted ones by id."""
+        with self.locked("list recordings"):
+            s = self._get_stream(stream_id)
+            rows = self._query_list_rows(
+                "where stream_id = ? and start_time_90k > ? and start_time_90k < ? "
+                "order by start_time_90k",
+                (stream_id, start_90k - _LOOKBACK_90K, end_90k))
+            rows = [r for r in rows if r.end_time_90k > start_90k or
+                    (r.wall_duration_90k == 0 and r.start_time_90k >= start_90k)]
+            rows += [r for r in self._uncommitted_rows(s)
+                     if r.start_time_90k < end_90k and r.end_time_90k > start_90k]
+            return rows
+
+    def list_recordings_by_id(self, stream_id: int, start_id: int, end_id: int) -> list[ListRow]:
+        """Recordings with ids in [start_id, end_id), committed and uncommitted."""
+        with self.locked("list recordings"):
+            s = self._get_stream(stream_id)
+            rows = self._query_list_rows(
+                "where composite_id >= ? and composite_id < ? order by composite_id",
+                ((stream_id << 32) | start_id, (stream_id << 32) | min(end_id, 0xFFFFFFFF)))
+            rows += [r for r in self._uncommitted_rows(s) if start_id <= r.recording_id < end_id]
+            return rows
+
+    def list_aggregated_recordings(self, stream_id: int, start_90k: int, end_90k: int,
+                                   split_90k: int) -> list[AggregatedRow]:
+        """Merges consecutive recordings of a run (same open and sample entry)
+        until a row would reach `split_90k` (API §5.2). Order is arbitrary."""
+        rows = self.list_recordings_by_time(stream_id, start_90k, end_90k)
+        out: list[AggregatedRow] = []
+        aggs: dict[int, AggregatedRow] = {}  # run start id -> current batch of that run
+        for r in rows:
+            rid = r.recording_id
+            run_start = rid - r.run_offset
+            uncommitted = bool(r.flags & FLAG_UNCOMMITTED)
+            a = aggs.get(run_start)
+            if (a is not None and a.end_id + 1 == rid
+                    and a.video_sample_entry_id == r.video_sample_entry_id
+                    and a.open_id == r.open_id and a.end_time_90k == r.start_time_90k
+                    and a.end_time_90k - a.start_time_90k + r.wall_duration_90k < split_90k):
+                a.end_id = rid
+                a.end_time_90k += r.wall_duration_90k
+                a.video_samples += r.video_samples
+                a.video_sync_samples += r.video_sync_samples
+                a.sample_file_bytes += r.sample_file_bytes
+                if uncommitted and a.first_uncommitted is None:
+                    a.first_uncommitted = rid
+                a.growing = bool(r.flags & FLAG_GROWING)
+                a.has_trailing_zero = bool(r.flags & FLAG_TRAILING_ZERO)
+                a.end_reason = r.end_reason
+                continue
+            if a is not None:
+                out.append(a)
+            aggs[run_start] = AggregatedRow(
+                rid, rid, run_start, r.open_id, r.start_time_90k, r.end_time_90k,
+                r.video_sample_entry_id, r.video_samples, r.video_sync_samples,
+                r.sample_file_bytes, rid if uncommitted else None,
+                bool(r.flags & FLAG_GROWING), bool(r.flags & FLAG_TRAILING_ZERO), r.end_reason)
+        out.extend(aggs.values())
+        return out
+
+    def get_video_index(self, composite_id: int) -> bytes:
+        """The recording's `video_index`, from memory if uncommitted, else
+        through an LRU cache of the last 1023 looked up."""
+        with self.locked("video index"):
+            s = self._get_stream(composite_id >> 32)
+            if (composite_id & 0xFFFFFFFF) >= s.cum_recordings:
+                return bytes(self._uncommitted(composite_id).video_index)
+            cache = self._video_index_cache
+            if composite_id in cache:
+                cache.move_to_end(composite_id)
+                return cache[composite_id]
+            row = self.conn.execute("select video_index from recording_playback "
+                                    "where composite_id = ?", (composite_id,)).fetchone()
+            if row is None:
+                raise DbError(f"no recording {composite_id >> 32}/{composite_id & 0xFFFFFFFF}")
+            cache[composite_id] = row[0]
+            if len(cache) > VIDEO_INDEX_CACHE_LEN:
+                cache.popitem(last=False)
+            return row[0]
+
+    def days_with_bounds(self, stream_id: int) -> dict[str, dict]:
+        """The stream's day summaries as the API returns them (§5.2)."""
+        with self.locked():
+            s = self._get_stream(stream_id)
+            out = {}
+            for key in sorted(s.days):
+                start, end = self.day_bounds.bounds(key)
+                out[key] = {"startTime90k": start, "endTime90k": end,
+                            "totalDuration90k": s.days[key].duration_90k}
+            return out

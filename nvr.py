@@ -1,0 +1,585 @@
+#!/usr/bin/env python3
+"""nvr's command line: `python3 nvr.py SUBCOMMAND --help` describes each.
+
+Subcommands (one `cmd_x(args) -> int` each, the exit status):
+  init     create the database and, by default, the embedded ./nvr-data layout
+  config   add/list/edit/delete sample file dirs, cameras, streams and users
+  check    verify the database against the sample files; repair with flags
+  upgrade  upgrade a Moonfire NVR or older nvr database to this schema
+  sql      the sqlite3 shell on the database, holding its lock
+  ts       convert between 90 kHz timestamps and readable times
+
+The embedded layout: `nvr-data/db/db` is the SQLite database (`--db-dir`
+defaults to `nvr-data/db`) and `nvr-data/sample/` the first sample file dir.
+Errors the user can act on (db.DbError, dir.DirError, ValueError from bad
+arguments) print one line, `error: ...`, and exit 1; anything else is a bug
+and prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+
+import auth
+import check
+import clock
+import db
+import dir as dirmod
+import recording
+
+logger = logging.getLogger("nvr")
+
+DEFAULT_DB_DIR = os.path.join("nvr-data", "db")
+
+
+class UsageError(Exception):
+    """A bad argument; the message says which and what is accepted."""
+
+
+# ---------------------------------------------------------------------------
+# Small parsers.
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+               "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30,
+               "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(s: str) -> int:
+    """Bytes from `123`, `500M`, `1.5GiB`, `2T` (binary units, as disks are sold
+    in decimal ones but filesystems count in these)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", s)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise UsageError(f"bad size {s!r}; use bytes or a number with K, M, G or T (e.g. 100G)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    for unit, div in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+def parse_permissions(s: str) -> auth.Permissions:
+    """`viewVideo,adminUsers`, `all` or `none`."""
+    s = s.strip()
+    if s == "all":
+        return auth.Permissions.all()
+    if s in ("none", ""):
+        return auth.Permissions()
+    try:
+        return auth.Permissions.from_json({p.strip(): True for p in s.split(",")})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def read_password(args) -> str | None:
+    if getattr(args, "password_stdin", False):
+        line = sys.stdin.readline().rstrip("\n")
+        if not line:
+            raise UsageError("--password-stdin: no password on standard input")
+        return line
+    return getattr(args, "password", None)
+
+
+def check_rtsp_url(url: str) -> str:
+    m = re.fullmatch(r"rtsps?://([^/@]*@)?[^/]+(/.*)?", url)
+    if not m:
+        raise UsageError(f"bad URL {url!r}; expected rtsp://host[:port]/path")
+    if m.group(1):
+        raise UsageError("don't put credentials in the URL; give them to the camera with "
+                         "`config camera edit NAME --username U --password P`")
+    return url
+
+
+# ---------------------------------------------------------------------------
+# init, ts, sql, check
+
+def cmd_init(args) -> int:
+    clocks = clock.RealClocks()
+    created = db.init(args.db_dir, clocks)
+    print(("created database in " if created else "database already exists in ") + args.db_dir)
+    if args.no_sample_file_dir:
+        return 0
+    sample = args.sample_file_dir or os.path.join(os.path.dirname(os.path.abspath(args.db_dir)),
+                                                  "sample")
+    d = db.Database.open_dir(args.db_dir, clocks)
+    try:
+        if any(x.path == os.path.abspath(sample) for x in d.dirs.values()):
+            print(f"sample file dir {sample} already exists")
+        elif d.dirs and not args.sample_file_dir:
+            pass  # the database has dirs already; don't add the default one
+        else:
+            id_ = d.add_sample_file_dir(sample)
+            print(f"created sample file dir {id_}: {os.path.abspath(sample)}")
+        d.flush("init")
+    finally:
+        d.close()
+    return 0
+
+
+def cmd_ts(args) -> int:
+    for t in args.times:
+        if re.fullmatch(r"-?\d+", t):
+            print(recording.format_time(int(t)))
+        else:
+            print(recording.parse_time(t))
+    return 0
+
+
+def cmd_sql(args) -> int:
+    sqlite3_bin = shutil.which("sqlite3")
+    if sqlite3_bin is None:
+        raise UsageError("the sqlite3 shell is not installed (apt-get install sqlite3)")
+    fd = db.lock_db_dir(args.db_dir, args.read_only)
+    os.set_inheritable(fd, True)  # the shell inherits the lock for its whole run
+    path = os.path.join(args.db_dir, db.DB_FILENAME)
+    argv = [sqlite3_bin]
+    if args.read_only:
+        argv.append("-readonly")
+    for p in db.INTEGRITY_PRAGMAS:
+        argv += ["-cmd", p]
+    argv += [path] + args.sqlite_args
+    os.execv(sqlite3_bin, argv)
+    return 1  # not reached
+
+
+def cmd_check(args) -> int:
+    opts = check.Options(delete_orphan_rows=args.delete_orphan_rows,
+                         trash_orphan_sample_files=args.trash_orphan_sample_files,
+                         trash_corrupt_rows=args.trash_corrupt_rows,
+                         verify_hashes=args.verify_hashes)
+    return check.run(args.db_dir, opts, sys.stdout)
+
+
+def cmd_upgrade(args) -> int:
+    import upgrade
+    return upgrade.run(args)
+
+
+# ---------------------------------------------------------------------------
+# config
+
+def _open_rw(args) -> db.Database:
+    return db.Database.open_dir(args.db_dir, clock.RealClocks())
+
+
+def _find_dir(d: db.Database, spec: str) -> db.SampleFileDir:
+    for x in d.dirs.values():
+        if str(x.id) == spec or x.path == os.path.abspath(spec):
+            return x
+    raise UsageError(f"no sample file dir {spec!r}; `nvr.py config dir list` shows them")
+
+
+def cmd_config_dir(args) -> int:
+    d = _open_rw(args)
+    try:
+        if args.action == "add":
+            id_ = d.add_sample_file_dir(args.path)
+            print(f"added sample file dir {id_}: {os.path.abspath(args.path)}")
+        elif args.action == "list":
+            for x in sorted(d.dirs.values(), key=lambda x: x.id):
+                streams = [s for s in d.streams.values() if s.sample_file_dir_id == x.id]
+                used = sum(s.fs_bytes for s in streams)
+                limit = sum(s.retain_bytes for s in streams)
+                print(f"{x.id}\t{x.path}\tstreams={len(streams)}\tused={format_size(used)}"
+                      f"\tlimits={format_size(limit)}")
+        elif args.action == "delete":
+            x = _find_dir(d, args.path)
+            d.delete_sample_file_dir(x.id)
+            print(f"deleted sample file dir {x.id}: {x.path} (its files were left in place)")
+        d.flush(f"config dir {args.action}")
+    finally:
+        d.close()
+    return 0
+
+
+def _camera_config(args, base: dict) -> dict:
+    config = dict(base)
+    for attr, key in (("description", "description"), ("onvif_base_url", "onvifBaseUrl"),
+                      ("username", "username")):
+        v = getattr(args, attr, None)
+        if v is not None:
+            config[key] = v
+    password = read_password(args)
+    if password is not None:
+        config["password"] = password
+    return config
+
+
+def cmd_config_camera(args) -> int:
+    d = _open_rw(args)
+    try:
+        if args.action == "add":
+            id_ = d.add_camera(args.name, _camera_config(args, {}))
+            print(f"added camera {id_}: {args.name}")
+        elif args.action == "list":
+            for c in sorted(d.cameras.values(), key=lambda c: c.id):
+                streams = ",".join(sorted(c.streams))
+                user = c.config.get("username") or "-"
+                print(f"{c.id}\t{c.short_name}\tuser={user}\tstreams={streams or '-'}"
+                      f"\t{c.config.get('description', '')}")
+        elif args.action == "edit":
+            c = d.camera_by_name(args.name)
+            d.update_camera(c.id, short_name=args.rename, config=_camera_config(args, c.config))
+            print(f"updated camera {c.id}: {c.short_name}")
+        elif args.action == "delete":
+            c = d.camera_by_name(args.name)
+            n = _count_recordings(d, c.streams.values())
+            if n and not args.yes:
+                raise UsageError(f"camera {c.short_name} has {n} recording(s); add --yes to "
+                                 f"delete it and them")
+            n = d.delete_camera(c.id)
+            d.flush(f"config camera delete {c.short_name}")
+            _collect_all_garbage(d)
+            print(f"deleted camera {c.short_name} and {n} recording(s)")
+        d.flush(f"config camera {args.action}")
+    finally:
+        d.close()
+    return 0
+
+
+def _count_recordings(d: db.Database, stream_ids) -> int:
+    return sum(d.conn.execute("select count(*) from recording where stream_id = ?",
+                              (sid,)).fetchone()[0] for sid in stream_ids)
+
+
+def _collect_all_garbage(d: db.Database) -> None:
+    n = sum(d.collect_garbage(x.id) for x in list(d.dirs.values()) if x.garbage_needs_unlink)
+    if n:
+        d.flush("garbage collected")
+
+
+def _stream_config(args, base: dict) -> dict:
+    config = dict(base)
+    if args.url is not None:
+        config["url"] = check_rtsp_url(args.url)
+    if args.record is not None:
+        config["mode"] = "record" if args.record else ""
+    if args.rtsp_transport is not None:
+        config["rtspTransport"] = "" if args.rtsp_transport == "default" else args.rtsp_transport
+    if args.retain_bytes is not None:
+        config["retainBytes"] = parse_size(args.retain_bytes)
+    if args.flush_if_sec is not None:
+        if args.flush_if_sec < 0:
+            raise UsageError("--flush-if-sec must be >= 0")
+        config["flushIfSec"] = args.flush_if_sec
+    return config
+
+
+def cmd_config_stream(args) -> int:
+    d = _open_rw(args)
+    try:
+        if args.action == "list":
+            for s in sorted(d.streams.values(), key=lambda s: s.id):
+                c = d.cameras[s.camera_id]
+                dpath = d.dirs[s.sample_file_dir_id].path if s.sample_file_dir_id else "-"
+                print(f"{s.id}\t{c.short_name}/{s.type}\trecord={'yes' if s.record else 'no'}"
+                      f"\turl={s.config.get('url', '-')}"
+                      f"\ttransport={s.config.get('rtspTransport') or 'default'}\tdir={dpath}"
+                      f"\tretain={format_size(s.retain_bytes)}\tused={format_size(s.fs_bytes)}"
+                      f"\tflush_if_sec={s.flush_if_sec}")
+            return 0
+        c = d.camera_by_name(args.camera)
+        if args.action == "add":
+            config = _stream_config(args, {"mode": "", "rtspTransport": "tcp", "retainBytes": 0,
+                                           "flushIfSec": 120 if args.type == "main" else 90})
+            if "url" not in config:
+                raise UsageError("--url is required")
+            dir_id = _find_dir(d, args.dir).id if args.dir else None
+            _check_recordable(config, dir_id)
+            id_ = d.add_stream(c.id, args.type, config, dir_id)
+            print(f"added stream {id_}: {c.short_name}/{args.type}")
+        else:
+            sid = c.streams.get(args.type)
+            if sid is None:
+                raise UsageError(f"camera {c.short_name} has no {args.type} stream")
+            s = d.streams[sid]
+            if args.action == "delete":
+                n = _count_recordings(d, [sid])
+                if n and not args.yes:
+                    raise UsageError(f"stream {c.short_name}/{args.type} has {n} recording(s); "
+                                     f"add --yes to delete it and them")
+                d.delete_stream(sid)
+                d.flush(f"config stream delete {c.short_name}/{args.type}")
+                _collect_all_garbage(d)
+                print(f"deleted stream {c.short_name}/{args.type} and {n} recording(s)")
+                return 0
+            config = _stream_config(args, s.config)
+            dir_id = s.sample_file_dir_id
+            if args.dir is not None:
+                dir_id = None if args.dir == "none" else _find_dir(d, args.dir).id
+            _check_recordable(config, dir_id)
+            doomed = d.delete_oldest_recordings(sid, retain_bytes=int(config.get("retainBytes", 0)),
+                                                dry_run=True)
+            if doomed and not args.yes:
+                raise UsageError(
+                    f"the new limit deletes {len(doomed)} recording(s) "
+                    f"({format_size(sum(r.sample_file_bytes for r in doomed))}) now; "
+                    f"add --yes to go ahead")
+            d.update_stream(sid, config=config, sample_file_dir_id=dir_id)
+            print(f"updated stream {sid}: {c.short_name}/{args.type}")
+            if doomed:
+                # Lowering a limit deletes at once what no longer fits (reference §3.8).
+                rows = d.delete_oldest_recordings(sid)
+                d.flush("lower retention")
+                _collect_all_garbage(d)
+                print(f"deleted {len(rows)} recording(s) "
+                      f"({format_size(sum(r.sample_file_bytes for r in rows))}) "
+                      f"to fit the new limit")
+        d.flush(f"config stream {args.action}")
+    finally:
+        d.close()
+    return 0
+
+
+def _check_recordable(config: dict, dir_id) -> None:
+    if config.get("mode") == "record":
+        if dir_id is None:
+            raise UsageError("a recording stream needs a sample file dir: add --dir PATH_OR_ID")
+        if not config.get("retainBytes"):
+            # Moonfire #327: a zero limit deletes every recording as soon as it is made.
+            raise UsageError("a recording stream needs a retention limit: add --retain-bytes "
+                             "SIZE (e.g. 100G)")
+
+
+def cmd_config_user(args) -> int:
+    d = _open_rw(args)
+    try:
+        if args.action == "add":
+            password = read_password(args)
+            perms = parse_permissions(args.permissions) if args.permissions else auth.Permissions(
+                view_video=True)
+            id_ = d.add_user(args.name, permissions=perms,
+                             password_hash=auth.hash_password(password) if password else None)
+            print(f"added user {id_}: {args.name}")
+        elif args.action == "list":
+            for u in sorted(d.users.values(), key=lambda u: u.id):
+                perms = ",".join(k for k, v in u.permissions.to_json().items() if v) or "-"
+                state = "disabled" if u.disabled else "enabled"
+                pw = "password" if u.password_hash else "no-password"
+                print(f"{u.id}\t{u.username}\t{state}\t{pw}\tpermissions={perms}")
+        elif args.action == "edit":
+            u = d.user_by_name(args.name)
+            kwargs = {}
+            password = read_password(args)
+            if password is not None and args.clear_password:
+                raise UsageError("give either a new password or --clear-password, not both")
+            if password is not None:
+                kwargs["password_hash"] = auth.hash_password(password)
+            elif args.clear_password:
+                kwargs["password_hash"] = None
+            if args.permissions is not None:
+                kwargs["permissions"] = parse_permissions(args.permissions)
+            if args.disable is not None:
+                config = dict(u.config)
+                config["disabled"] = args.disable
+                kwargs["config"] = config
+            d.update_user(u.id, username=args.rename, **kwargs)
+            print(f"updated user {u.id}: {args.rename or u.username}")
+        elif args.action == "delete":
+            u = d.user_by_name(args.name)
+            d.delete_user(u.id)
+            print(f"deleted user {u.username} and their sessions")
+        d.flush(f"config user {args.action}")
+    finally:
+        d.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The parser.
+
+def _add_db_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db-dir", default=DEFAULT_DB_DIR,
+                   help=f"directory holding the database file 'db' (default: {DEFAULT_DB_DIR})")
+
+
+def _add_password(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--password", help=f"{what} (visible to other local users in `ps`; "
+                                      f"prefer --password-stdin)")
+    g.add_argument("--password-stdin", action="store_true",
+                   help=f"read the {what} from the first line of standard input")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nvr.py", description="nvr: a network video recorder for IP cameras.")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("init", help="create the database and a sample file dir",
+                       description="Creates the database (if absent) and, unless told not to, "
+                                   "a sample file dir beside it (nvr-data/sample by default).")
+    _add_db_dir(p)
+    p.add_argument("--sample-file-dir", help="where to keep video (default: 'sample' beside the "
+                                             "database directory)")
+    p.add_argument("--no-sample-file-dir", action="store_true", help="create no sample file dir")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("ts", help="convert between 90 kHz timestamps and readable times",
+                       description="Each integer argument is printed as a time; each time "
+                                   "(YYYY-mm-dd[THH:MM[:SS[:FFFFF]]][Z|+-HH:MM], local zone if "
+                                   "none) is printed as 90 kHz units since 1970. Opens no "
+                                   "database.")
+    p.add_argument("times", nargs="+", metavar="TIME")
+    p.set_defaults(func=cmd_ts)
+
+    p = sub.add_parser("sql", help="the sqlite3 shell on the database, holding its lock",
+                       description="Runs the sqlite3 shell on the database with the integrity "
+                                   "pragmas, holding the database lock so nvr can't run "
+                                   "meanwhile. Arguments after -- go to sqlite3.")
+    _add_db_dir(p)
+    p.add_argument("--read-only", action="store_true", help="open read-only (a shared lock)")
+    p.add_argument("sqlite_args", nargs="*", metavar="SQLITE3_ARG")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("check", help="verify the database and sample files; repair with flags",
+                       description=check.__doc__.split("\n\n")[1] if check.__doc__ else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_db_dir(p)
+    p.add_argument("--verify-hashes", action="store_true",
+                   help="read every sample file and compare its blake2b with the database")
+    p.add_argument("--delete-orphan-rows", action="store_true",
+                   help="delete the rows of recordings whose sample file is missing")
+    p.add_argument("--trash-orphan-sample-files", action="store_true",
+                   help="delete sample files that have no recording row (and leftover garbage)")
+    p.add_argument("--trash-corrupt-rows", action="store_true",
+                   help="delete recordings whose index is corrupt or disagrees with the file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("upgrade", help="upgrade a Moonfire NVR or older nvr database",
+                       description="Upgrades the database (and its sample file dirs) to this "
+                                   "version's schema. See docs/upgrade.md first.")
+    _add_db_dir(p)
+    try:
+        import upgrade
+        upgrade.add_arguments(p)
+    except ImportError:
+        pass
+    p.set_defaults(func=cmd_upgrade)
+
+    p = sub.add_parser("config", help="edit sample file dirs, cameras, streams and users",
+                       description="Scriptable configuration. nvr must not be running (the "
+                                   "database is locked while it is).")
+    csub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+
+    q = csub.add_parser("dir", help="sample file directories")
+    qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, hlp in (("add", "create a new, empty sample file dir"),
+                        ("delete", "forget an empty sample file dir no stream uses")):
+        r = qs.add_parser(action, help=hlp)
+        _add_db_dir(r)
+        r.add_argument("path", metavar="PATH" if action == "add" else "PATH_OR_ID")
+        r.set_defaults(func=cmd_config_dir)
+    r = qs.add_parser("list", help="list sample file dirs")
+    _add_db_dir(r)
+    r.set_defaults(func=cmd_config_dir)
+
+    q = csub.add_parser("camera", help="cameras")
+    qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action in ("add", "edit"):
+        r = qs.add_parser(action, help=f"{action} a camera")
+        _add_db_dir(r)
+        r.add_argument("name", metavar="NAME", help="short name, used in logs and file names")
+        if action == "edit":
+            r.add_argument("--rename", metavar="NEW_NAME")
+        r.add_argument("--description")
+        r.add_argument("--onvif-base-url", metavar="URL")
+        r.add_argument("--username", help="RTSP username, sent when connecting")
+        _add_password(r, "RTSP password")
+        r.set_defaults(func=cmd_config_camera)
+    r = qs.add_parser("delete", help="delete a camera, its streams and their recordings")
+    _add_db_dir(r)
+    r.add_argument("name", metavar="NAME")
+    r.add_argument("--yes", action="store_true", help="confirm deleting its recordings")
+    r.set_defaults(func=cmd_config_camera)
+    r = qs.add_parser("list", help="list cameras")
+    _add_db_dir(r)
+    r.set_defaults(func=cmd_config_camera)
+
+    q = csub.add_parser("stream", help="a camera's main, sub and ext streams")
+    qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action in ("add", "edit"):
+        r = qs.add_parser(action, help=f"{action} a stream")
+        _add_db_dir(r)
+        r.add_argument("camera", metavar="CAMERA")
+        r.add_argument("type", choices=db.STREAM_TYPES)
+        r.add_argument("--url", help="rtsp://host[:port]/path, without credentials")
+        g = r.add_mutually_exclusive_group()
+        g.add_argument("--record", dest="record", action="store_true", default=None,
+                       help="record this stream")
+        g.add_argument("--no-record", dest="record", action="store_false")
+        r.add_argument("--rtsp-transport", choices=("tcp", "udp", "default"),
+                       help="RTSP transport (default when added: tcp)")
+        r.add_argument("--dir", metavar="PATH_OR_ID" + ("|none" if action == "edit" else ""),
+                       help="sample file dir for its recordings")
+        r.add_argument("--retain-bytes", metavar="SIZE",
+                       help="keep at most this much video, e.g. 100G; oldest deleted first")
+        r.add_argument("--flush-if-sec", type=int, metavar="SEC",
+                       help="commit a finished recording to the database within this many "
+                            "seconds (default when added: 120 main, 90 others)")
+        if action == "edit":
+            r.add_argument("--yes", action="store_true",
+                           help="confirm deleting recordings when lowering --retain-bytes")
+        r.set_defaults(func=cmd_config_stream)
+    r = qs.add_parser("delete", help="delete a stream and its recordings")
+    _add_db_dir(r)
+    r.add_argument("camera", metavar="CAMERA")
+    r.add_argument("type", choices=db.STREAM_TYPES)
+    r.add_argument("--yes", action="store_true", help="confirm deleting its recordings")
+    r.set_defaults(func=cmd_config_stream)
+    r = qs.add_parser("list", help="list streams")
+    _add_db_dir(r)
+    r.set_defaults(func=cmd_config_stream)
+
+    q = csub.add_parser("user", help="users of the web interface")
+    qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
+    perm_help = ("comma-separated viewVideo, readCameraConfigs, updateSignals, adminUsers; "
+                 "or all, none")
+    for action in ("add", "edit"):
+        r = qs.add_parser(action, help=f"{action} a user")
+        _add_db_dir(r)
+        r.add_argument("name", metavar="USERNAME")
+        _add_password(r, "password")
+        r.add_argument("--permissions", help=perm_help + (" (default: viewVideo)"
+                                                          if action == "add" else ""))
+        if action == "edit":
+            r.add_argument("--rename", metavar="NEW_USERNAME")
+            r.add_argument("--clear-password", action="store_true",
+                           help="remove the password (no password login)")
+            g = r.add_mutually_exclusive_group()
+            g.add_argument("--disable", dest="disable", action="store_true", default=None,
+                           help="refuse every login and session of this user")
+            g.add_argument("--enable", dest="disable", action="store_false")
+        r.set_defaults(func=cmd_config_user)
+    r = qs.add_parser("delete", help="delete a user and their sessions")
+    _add_db_dir(r)
+    r.add_argument("name", metavar="USERNAME")
+    r.set_defaults(func=cmd_config_user)
+    r = qs.add_parser("list", help="list users")
+    _add_db_dir(r)
+    r.set_defaults(func=cmd_config_user)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=os.environ.get("NVR_LOG", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, db.DbError, dirmod.DirError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

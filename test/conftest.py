@@ -1,0 +1,113 @@
+"""Shared fixtures: simulated clocks, a cheap password hasher, and `TestDb`.
+
+`TestDb` (fixture `testdb`) is a real database in a temporary directory with
+one sample file dir and one camera ("test-camera") whose main stream records
+into it, like Moonfire's testutil. `add_recording` writes a sample file of
+dummy bytes and adds a synced recording whose index describes it, the way
+writer.py will, so tests of the database, retention and `check` have real
+rows and files to work on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+
+import argon2
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import auth  # noqa: E402
+import clock  # noqa: E402
+import db  # noqa: E402
+import dir as dirmod  # noqa: E402
+import recording  # noqa: E402
+
+# 2026-11-29T12:00:00Z: any fixed instant works; this one is far from DST.
+START_NS = 1_795_953_600 * 1_000_000_000
+
+# A video sample entry whose bytes only have to be unique and long enough for
+# the schema's check; mp4 tests use real ones.
+DUMMY_VSE = b"\x00\x00\x00\x66avc1" + bytes(94)
+
+
+@pytest.fixture(autouse=True)
+def cheap_hasher():
+    auth.set_password_hasher(argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST))
+    yield
+    auth.set_password_hasher(argon2.PasswordHasher())
+
+
+@pytest.fixture
+def clocks():
+    return clock.SimulatedClocks(START_NS)
+
+
+@dataclasses.dataclass
+class TestDb:
+    db: db.Database
+    db_dir: str
+    sample_dir: str
+    dir_id: int
+    camera_id: int
+    stream_id: int
+    vse_id: int
+
+    def add_recording(self, *, start_90k: int, frames: int = 30, frame_duration_90k: int = 3000,
+                      frame_bytes: int = 1000, key_every: int = 10, run_offset: int = 0,
+                      trailing_zero: bool = False, end_reason: str | None = None,
+                      stream_id: int | None = None, sync: bool = True) -> int:
+        """Writes a sample file and adds a recording for it; returns its composite id."""
+        stream_id = stream_id or self.stream_id
+        enc = recording.SampleIndexEncoder()
+        for i in range(frames):
+            last = i == frames - 1
+            enc.add_sample(0 if (last and trailing_zero) else frame_duration_90k,
+                           frame_bytes + i, i % key_every == 0)
+        data = bytes((i * 7) & 0xFF for i in range(enc.sample_file_bytes))
+        s = self.db.streams[stream_id]
+        r = db.RecordingToInsert(
+            run_offset=run_offset, start_time_90k=start_90k,
+            prev_media_duration_90k=s.cum_media_duration_90k, prev_runs=s.cum_runs,
+            video_sample_entry_id=self.vse_id, video_index=bytes(enc.video_index),
+            video_samples=enc.video_samples, video_sync_samples=enc.video_sync_samples,
+            sample_file_bytes=enc.sample_file_bytes, wall_duration_90k=enc.media_duration_90k,
+            media_duration_90k=enc.media_duration_90k,
+            sample_file_blake2b=hashlib.blake2b(data, digest_size=32).digest(),
+            flags=db.FLAG_TRAILING_ZERO if trailing_zero else 0, end_reason=end_reason)
+        cid = self.db.add_recording(stream_id, r)
+        path = os.path.join(self.db.dirs[s.sample_file_dir_id].path, dirmod.name_for(cid))
+        with open(path, "xb") as f:
+            f.write(data)
+        if sync:
+            self.db.mark_synced(cid)
+        return cid
+
+
+def make_testdb(tmp_path, clocks, zone: str = "America/Los_Angeles") -> TestDb:
+    recording.set_server_zone(zone)
+    db_dir = str(tmp_path / "db")
+    sample_dir = str(tmp_path / "sample")
+    db.init(db_dir, clocks)
+    d = db.Database.open_dir(db_dir, clocks)
+    dir_id = d.add_sample_file_dir(sample_dir)
+    camera_id = d.add_camera("test-camera", {"description": "", "username": "",
+                                             "password": ""})
+    stream_id = d.add_stream(camera_id, "main", {
+        "mode": "record", "url": "rtsp://127.0.0.1:8554/test", "rtspTransport": "tcp",
+        "retainBytes": 1 << 30, "flushIfSec": 0}, dir_id)
+    vse_id = d.insert_video_sample_entry(640, 360, "avc1.640028", DUMMY_VSE)
+    return TestDb(d, db_dir, sample_dir, dir_id, camera_id, stream_id, vse_id)
+
+
+@pytest.fixture
+def testdb(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    yield t
+    if t.db._lock_fd is not None:
+        t.db.close()
+    recording.set_server_zone(None)

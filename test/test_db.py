@@ -1,0 +1,364 @@
+"""db.py: opening, locking, flushes, listing, days, retention and recovery."""
+
+import logging
+import os
+import sqlite3
+
+import pytest
+
+import auth
+import db
+import dir as dirmod
+import recording
+from conftest import make_testdb
+
+HOUR_90K = 3600 * 90_000
+MIN_90K = 60 * 90_000
+
+
+def t90k(s: str) -> int:
+    return recording.parse_time(s)
+
+
+def test_init_creates_schema_8_in_wal_with_16k_pages(tmp_path, clocks):
+    d = str(tmp_path / "db")
+    assert db.init(d, clocks) is True
+    assert db.init(d, clocks) is False
+    conn = sqlite3.connect(os.path.join(d, "db"))
+    assert conn.execute("select max(id) from version").fetchone()[0] == 8
+    assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("pragma page_size").fetchone()[0] == 16384
+    (uuid,) = conn.execute("select uuid from meta").fetchone()
+    assert len(uuid) == 16 and uuid[6] >> 4 == 7  # UUIDv7
+    assert int.from_bytes(uuid[:6], "big") == clocks.realtime() // 1_000_000
+
+
+def test_second_read_write_open_is_refused(testdb, clocks):
+    with pytest.raises(db.DbLocked, match="locked by another process; stop the running nvr"):
+        db.Database.open_dir(testdb.db_dir, clocks)
+    with pytest.raises(db.DbLocked):
+        db.Database.open_dir(testdb.db_dir, clocks, read_only=True)
+
+
+def test_read_only_opens_share_and_insert_no_open_row(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    t.db.flush("test")
+    t.db.close()
+    opens = sqlite3.connect(os.path.join(t.db_dir, "db")).execute("select count(*) from open")
+    n = opens.fetchone()[0]
+    a = db.Database.open_dir(t.db_dir, clocks, read_only=True)
+    b = db.Database.open_dir(t.db_dir, clocks, read_only=True)
+    assert a.open is None and b.open is None
+    with pytest.raises(db.DbLocked):
+        db.Database.open_dir(t.db_dir, clocks)
+    a.close()
+    b.close()
+    conn = sqlite3.connect(os.path.join(t.db_dir, "db"))
+    assert conn.execute("select count(*) from open").fetchone()[0] == n
+
+
+@pytest.mark.parametrize("version,message", [
+    (7, "schema version 7 is too old (expected 8); back it up and run `nvr.py upgrade`"),
+    (9, "schema version 9 is too new (expected 8); use a newer nvr"),
+])
+def test_wrong_schema_version_is_refused(tmp_path, clocks, version, message):
+    d = str(tmp_path / "db")
+    db.init(d, clocks)
+    conn = sqlite3.connect(os.path.join(d, "db"))
+    conn.execute("delete from version")
+    conn.execute("insert into version values (?, 0, 'test')", (version,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(db.DbError) as e:
+        db.Database.open_dir(d, clocks)
+    assert message in str(e.value)
+
+
+def test_missing_database_says_how_to_create(tmp_path, clocks):
+    os.mkdir(tmp_path / "empty")
+    with pytest.raises(db.DbError, match="create it with `nvr.py init"):
+        db.Database.open_dir(str(tmp_path / "empty"), clocks)
+
+
+def test_open_row_has_boot_uuid_and_flush_updates_end(testdb, clocks):
+    clocks.sleep(5)
+    testdb.db.flush("test")
+    row = testdb.db.conn.execute(
+        "select start_time_90k, end_time_90k, duration_90k, boot_uuid from open where id = ?",
+        (testdb.db.open.id,)).fetchone()
+    assert row[1] - row[0] == 5 * 90_000
+    assert row[2] == 5 * 90_000
+    assert row[3] == db.boot_uuid() and len(row[3]) == 16
+
+
+def test_flush_commits_the_synced_prefix_only(testdb, caplog):
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    a = t.add_recording(start_90k=start)
+    b = t.add_recording(start_90k=start + MIN_90K, run_offset=1, sync=False)
+    with caplog.at_level(logging.INFO):
+        t.db.flush("test")
+    assert "flush (test): added 1 recording(s) (1/0) of 30435 B, deleted 0" in caplog.text
+    s = t.db.streams[t.stream_id]
+    assert s.cum_recordings == 1 and len(s.uncommitted) == 1
+    assert t.db.conn.execute("select composite_id from recording").fetchall() == [(a,)]
+    # The sample entry went in with the first recording that used it.
+    assert t.db.conn.execute("select count(*) from video_sample_entry").fetchone()[0] == 1
+    t.db.mark_synced(b)
+    t.db.flush("test")
+    assert s.cum_recordings == 2 and not s.uncommitted
+    assert s.cum_runs == 1
+    assert s.cum_media_duration_90k == 2 * 30 * 3000
+    row = t.db.conn.execute("select cum_recordings, cum_media_duration_90k, cum_runs "
+                            "from stream where id = ?", (t.stream_id,)).fetchone()
+    assert row == (2, 180_000, 1)
+    integ = t.db.conn.execute("select sample_file_blake2b_32 from recording_integrity "
+                              "where composite_id = ?", (a,)).fetchone()[0]
+    assert len(integ) == 32
+
+
+def test_a_failed_flush_changes_nothing(testdb):
+    t = testdb
+    t.add_recording(start_90k=t90k("2026-11-29T10:00:00Z"))
+
+    def broken(conn):
+        raise sqlite3.OperationalError("disk I/O error")
+    t.db.flush_hooks.append(broken)
+    with pytest.raises(sqlite3.OperationalError):
+        t.db.flush("test")
+    s = t.db.streams[t.stream_id]
+    assert s.cum_recordings == 0 and len(s.uncommitted) == 1
+    assert t.db.conn.execute("select count(*) from recording").fetchone()[0] == 0
+    t.db.flush_hooks.clear()
+    t.db.flush("retry")
+    assert s.cum_recordings == 1 and not s.uncommitted
+
+
+def test_listing_merges_committed_and_uncommitted(testdb):
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 9000 * 10, run_offset=i) for i in range(3)]
+    t.db.flush("test")
+    g = t.add_recording(start_90k=start + 3 * 90_000, run_offset=3, sync=False)
+    rows = t.db.list_recordings_by_time(t.stream_id, start, start + HOUR_90K)
+    assert [r.composite_id for r in rows] == ids + [g]
+    assert rows[-1].flags & db.FLAG_UNCOMMITTED and rows[-1].flags & db.FLAG_GROWING
+    assert not rows[0].flags & db.FLAG_UNCOMMITTED
+    # Half-open overlap: a range ending at the first start excludes it.
+    assert t.db.list_recordings_by_time(t.stream_id, start - HOUR_90K, start) == []
+    assert len(t.db.list_recordings_by_time(t.stream_id, start + 1, start + 2)) == 1
+
+
+def test_aggregation_merges_runs_until_split(testdb):
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    dur = 30 * 3000  # each recording is 1 s
+    for i in range(4):
+        t.add_recording(start_90k=start + i * dur, run_offset=i,
+                        trailing_zero=False)
+    # A second run after a gap, ending with a trailing zero.
+    t.add_recording(start_90k=start + 10 * dur, run_offset=0, trailing_zero=True,
+                    end_reason="camera went away")
+    t.db.flush("test")
+    rows = sorted(t.db.list_aggregated_recordings(t.stream_id, start, start + HOUR_90K, HOUR_90K),
+                  key=lambda a: a.start_id)
+    assert [(a.start_id, a.end_id, a.run_start_id) for a in rows] == [(0, 3, 0), (4, 4, 4)]
+    assert rows[0].video_samples == 120 and rows[0].end_time_90k == start + 4 * dur
+    assert rows[1].has_trailing_zero and rows[1].end_reason == "camera went away"
+    assert rows[0].end_reason is None
+    # split90k: a row is closed before it would reach 2 s.
+    rows = sorted(t.db.list_aggregated_recordings(t.stream_id, start, start + HOUR_90K, 2 * dur),
+                  key=lambda a: a.start_id)
+    assert [(a.start_id, a.end_id) for a in rows] == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
+    rows = sorted(t.db.list_aggregated_recordings(t.stream_id, start, start + HOUR_90K,
+                                                  2 * dur + 1), key=lambda a: a.start_id)
+    assert [(a.start_id, a.end_id) for a in rows] == [(0, 1), (2, 3), (4, 4)]
+
+
+def test_aggregation_marks_first_uncommitted_and_growing(testdb):
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    t.add_recording(start_90k=start)
+    t.db.flush("test")
+    t.add_recording(start_90k=start + 90_000, run_offset=1, sync=False)
+    (a,) = t.db.list_aggregated_recordings(t.stream_id, start, start + HOUR_90K, HOUR_90K)
+    assert (a.start_id, a.end_id, a.first_uncommitted, a.growing) == (0, 1, 1, True)
+
+
+def test_days_split_at_local_midnight(testdb):
+    t = testdb  # America/Los_Angeles
+    start = t90k("2026-11-29T23:59:30-08:00")
+    t.add_recording(start_90k=start, frames=20, frame_duration_90k=270_000)  # 60 s
+    t.db.flush("test")
+    days = t.db.streams[t.stream_id].days
+    assert {k: (v.recordings, v.duration_90k) for k, v in days.items()} == {
+        "2026-11-29": (1, 30 * 90_000), "2026-11-30": (1, 30 * 90_000)}
+    api = t.db.days_with_bounds(t.stream_id)
+    assert api["2026-11-30"]["startTime90k"] == t90k("2026-11-30T00:00:00-08:00")
+    assert api["2026-11-30"]["endTime90k"] - api["2026-11-30"]["startTime90k"] == 24 * HOUR_90K
+
+
+def test_dst_days_are_23_and_25_hours(testdb):
+    b = testdb.db.day_bounds
+    s, e = b.bounds("2026-03-08")  # spring forward in Los Angeles
+    assert e - s == 23 * HOUR_90K
+    s, e = b.bounds("2026-11-01")  # fall back
+    assert e - s == 25 * HOUR_90K
+
+
+def test_reopen_loads_the_same_state(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    start = t90k("2026-11-29T10:00:00Z")
+    for i in range(3):
+        t.add_recording(start_90k=start + i * 90_000, run_offset=i)
+    t.db.flush("test")
+    before = t.db.streams[t.stream_id]
+    t.db.close()
+    d = db.Database.open_dir(t.db_dir, clocks)
+    after = d.streams[t.stream_id]
+    for f in ("range_90k", "duration_90k", "sample_file_bytes", "fs_bytes", "days",
+              "cum_recordings", "cum_media_duration_90k", "cum_runs", "config"):
+        assert getattr(after, f) == getattr(before, f), f
+    assert d.video_sample_entries[t.vse_id].data == t.db.video_sample_entries[t.vse_id].data
+    assert d.cameras[t.camera_id].streams == {"main": t.stream_id}
+    d.close()
+
+
+def test_retention_deletes_oldest_counting_blocks_and_the_new_recording(testdb):
+    t = testdb
+    s = t.db.streams[t.stream_id]
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(4)]
+    t.db.flush("test")
+    # Each file is 30435 bytes: 8 blocks = 32768 on disk; 4 files = 131072.
+    assert s.fs_bytes == 4 * 32768
+    t.db.update_stream(t.stream_id, config=dict(s.config, retainBytes=4 * 32768))
+    assert t.db.delete_oldest_recordings(t.stream_id) == []
+    # Counting a 5th recording of one block, the oldest must go.
+    rows = t.db.delete_oldest_recordings(t.stream_id, extra_fs_bytes=1)
+    assert [r.composite_id for r in rows] == ids[:1]
+    # Already queued: asking again queues nothing more.
+    assert t.db.delete_oldest_recordings(t.stream_id, extra_fs_bytes=1) == []
+    t.db.flush("retention")
+    assert t.db.conn.execute("select composite_id from garbage").fetchall() == [(ids[0],)]
+    assert t.db.conn.execute("select count(*) from recording").fetchone()[0] == 3
+    assert s.fs_bytes == 3 * 32768 and s.range_90k[0] == start + 90_000
+    path = os.path.join(t.sample_dir, dirmod.name_for(ids[0]))
+    assert os.path.exists(path)
+    assert t.db.collect_garbage(t.dir_id) == 1
+    assert not os.path.exists(path)
+    # The row stays until the next flush (the unlink is durable first).
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 1
+    t.db.flush("gc")
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+
+
+def test_start_up_recovery_removes_abandoned_and_garbage(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    start = t90k("2026-11-29T10:00:00Z")
+    doomed = t.add_recording(start_90k=start)
+    keep = t.add_recording(start_90k=start + 90_000, run_offset=1)
+    t.db.flush("test")
+    # Over the limit by one file: the oldest becomes garbage, not yet unlinked.
+    assert len(t.db.delete_oldest_recordings(t.stream_id, extra_fs_bytes=(1 << 30) - 32768)) == 1
+    t.db.flush("retention")
+    abandoned = t.add_recording(start_90k=start + 2 * 90_000, run_offset=2)  # never flushed
+    t.db.close()  # as if the process died here
+    name = lambda cid: os.path.join(t.sample_dir, dirmod.name_for(cid))  # noqa: E731
+    assert all(os.path.exists(name(c)) for c in (keep, doomed, abandoned))
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()
+    assert not os.path.exists(name(abandoned))
+    assert not os.path.exists(name(doomed))
+    assert os.path.exists(name(keep))
+    assert d.conn.execute("select count(*) from garbage").fetchone()[0] == 1
+    d.flush("start-up")
+    assert d.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    assert d.conn.execute("select composite_id from recording").fetchall() == [(keep,)]
+    # The dir's meta now names this open as its last complete one.
+    assert d.dirs[t.dir_id].last_complete_open == d.open
+    assert d.conn.execute("select last_complete_open_id from sample_file_dir").fetchone()[0] \
+        == d.open.id
+    d.close()
+
+
+def test_dirs_are_verified_against_the_database(tmp_path, clocks):
+    a = make_testdb(tmp_path / "a", clocks)
+    b = make_testdb(tmp_path / "b", clocks)
+    a.db.close()
+    b.db.close()
+    # Point database a's dir row at database b's dir: the meta file says so.
+    conn = sqlite3.connect(os.path.join(a.db_dir, "db"))
+    conn.execute("update sample_file_dir set config = ?", (f'{{"path":"{b.sample_dir}"}}',))
+    conn.commit()
+    conn.close()
+    d = db.Database.open_dir(a.db_dir, clocks)
+    with pytest.raises(dirmod.DirError, match="another database"):
+        d.open_sample_file_dirs()
+    d.close()
+
+
+def test_camera_stream_user_crud(testdb):
+    d = testdb.db
+    cid = d.add_camera("garage", {"username": "admin", "password": "x"})
+    with pytest.raises(db.DbError, match="already exists"):
+        d.add_camera("garage", {})
+    sid = d.add_stream(cid, "sub", {"mode": "", "url": "rtsp://h/s"}, None)
+    with pytest.raises(db.DbError, match="already has a sub stream"):
+        d.add_stream(cid, "sub", {}, None)
+    d.update_camera(cid, short_name="garage2", config={"description": "side door"})
+    d.update_stream(sid, config={"mode": "record", "url": "rtsp://h/s2", "retainBytes": 5},
+                    sample_file_dir_id=testdb.dir_id)
+    uid = d.add_user("alice", password_hash=auth.hash_password("hunter22"),
+                     permissions=auth.Permissions(view_video=True))
+    d.update_user(uid, password_hash=None)
+    assert d.users[uid].password_id == 1 and d.users[uid].password_hash is None
+    d.flush("test")
+    d.close()
+    e = db.Database.open_dir(testdb.db_dir, d.clocks)
+    assert e.cameras[cid].short_name == "garage2"
+    assert e.cameras[cid].config == {"description": "side door"}
+    assert e.streams[sid].config["url"] == "rtsp://h/s2"
+    assert e.streams[sid].sample_file_dir_id == testdb.dir_id
+    assert e.users[uid].permissions == auth.Permissions(view_video=True)
+    e.delete_user(uid)
+    e.delete_camera(cid)
+    assert cid not in e.cameras and sid not in e.streams
+    e.close()
+
+
+def test_delete_camera_moves_recordings_to_garbage(testdb):
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(2)]
+    t.db.flush("test")
+    assert t.db.delete_camera(t.camera_id) == 2
+    t.db.flush("delete")
+    assert sorted(r[0] for r in t.db.conn.execute("select composite_id from garbage")) == ids
+    assert t.db.collect_garbage(t.dir_id) == 2
+    t.db.flush("gc")
+    assert os.listdir(t.sample_dir) == ["meta"]
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+
+
+def test_stream_dir_change_refused_with_recordings(testdb, tmp_path):
+    t = testdb
+    t.add_recording(start_90k=t90k("2026-11-29T10:00:00Z"))
+    t.db.flush("test")
+    other = t.db.add_sample_file_dir(str(tmp_path / "other"))
+    with pytest.raises(db.DbError, match="can't change the sample file dir"):
+        t.db.update_stream(t.stream_id, sample_file_dir_id=other)
+    with pytest.raises(db.DbError, match="used by stream"):
+        t.db.delete_sample_file_dir(t.dir_id)
+    t.db.delete_sample_file_dir(other)
+    assert other not in t.db.dirs
+
+
+def test_video_index_cache_and_uncommitted(testdb):
+    t = testdb
+    a = t.add_recording(start_90k=t90k("2026-11-29T10:00:00Z"))
+    idx = t.db.get_video_index(a)  # uncommitted: from memory
+    t.db.flush("test")
+    assert t.db.get_video_index(a) == idx
+    assert list(t.db._video_index_cache) == [a]
+    assert recording.decode_summary(idx).video_samples == 30

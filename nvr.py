@@ -33,6 +33,7 @@ import clock
 import db
 import dir as dirmod
 import recording
+import upgrade
 
 logger = logging.getLogger("nvr")
 
@@ -160,7 +161,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    import upgrade
     return upgrade.run(args)
 
 
@@ -459,11 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Upgrades the database (and its sample file dirs) to this "
                                    "version's schema. See docs/upgrade.md first.")
     _add_db_dir(p)
-    try:
-        import upgrade
-        upgrade.add_arguments(p)
-    except ImportError:
-        pass
+    upgrade.add_arguments(p)
     p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser("config", help="edit sample file dirs, cameras, streams and users",
@@ -576,7 +572,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, db.DbError, dirmod.DirError, ValueError) as e:
+    except (UsageError, db.DbError, dirmod.DirError, upgrade.UpgradeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,159 @@
+"""nvr.py: the command line, run as a user would, in a subprocess."""
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NVR = os.path.join(ROOT, "nvr.py")
+
+
+def nvr(*args, cwd, input=None, ok=True):
+    env = dict(os.environ, TZ="America/Los_Angeles", NVR_LOG="WARNING")
+    r = subprocess.run([sys.executable, NVR, *args], cwd=cwd, input=input, env=env,
+                       capture_output=True, text=True, timeout=60)
+    if ok and r.returncode != 0:
+        raise AssertionError(f"nvr {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r
+
+
+def test_quick_setup_then_check_is_clean(tmp_path):
+    cwd = str(tmp_path)
+    out = nvr("init", cwd=cwd).stdout
+    assert "created database in nvr-data/db" in out
+    assert "created sample file dir 1: " + os.path.join(cwd, "nvr-data", "sample") in out
+    assert "database already exists" in nvr("init", cwd=cwd).stdout
+    nvr("config", "dir", "add", "disk2", cwd=cwd)
+    nvr("config", "camera", "add", "driveway", "--description", "front", "--username", "admin",
+        "--password-stdin", cwd=cwd, input="s3cret\n")
+    nvr("config", "stream", "add", "driveway", "main", "--url", "rtsp://192.0.2.10/main",
+        "--record", "--dir", "1", "--retain-bytes", "10G", cwd=cwd)
+    nvr("config", "stream", "add", "driveway", "sub", "--url", "rtsp://192.0.2.10/sub",
+        "--record", "--dir", "disk2", "--retain-bytes", "1G", "--flush-if-sec", "60",
+        "--rtsp-transport", "udp", cwd=cwd)
+    nvr("config", "user", "add", "alice", "--password-stdin", "--permissions",
+        "viewVideo,adminUsers", cwd=cwd, input="correct horse\n")
+    assert nvr("check", cwd=cwd).stdout.endswith("check: clean\n")
+
+    streams = nvr("config", "stream", "list", cwd=cwd).stdout
+    assert re.search(r"driveway/main\trecord=yes\turl=rtsp://192.0.2.10/main\ttransport=tcp\t"
+                     r"dir=\S+nvr-data/sample\tretain=10.0 GiB", streams)
+    assert "driveway/sub\trecord=yes" in streams and "transport=udp" in streams
+    assert "flush_if_sec=60" in streams
+    cams = nvr("config", "camera", "list", cwd=cwd).stdout
+    assert "driveway\tuser=admin\tstreams=main,sub\tfront" in cams
+    assert "s3cret" not in cams  # never printed
+    users = nvr("config", "user", "list", cwd=cwd).stdout
+    assert "alice\tenabled\tpassword\tpermissions=viewVideo,adminUsers" in users
+
+    conn = sqlite3.connect(os.path.join(cwd, "nvr-data", "db", "db"))
+    (config,) = conn.execute("select config from camera").fetchone()
+    assert '"password":"s3cret"' in config
+    (phash,) = conn.execute("select password_hash from user").fetchone()
+    assert phash.startswith("$argon2id$")
+
+
+def test_config_edits_and_deletes(tmp_path):
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    nvr("config", "camera", "add", "cam", cwd=cwd)
+    nvr("config", "camera", "edit", "cam", "--rename", "porch", "--username", "u", cwd=cwd)
+    nvr("config", "stream", "add", "porch", "main", "--url", "rtsp://h/1", cwd=cwd)
+    nvr("config", "stream", "edit", "porch", "main", "--record", "--dir", "1",
+        "--retain-bytes", "5G", cwd=cwd)
+    assert "porch/main\trecord=yes" in nvr("config", "stream", "list", cwd=cwd).stdout
+    nvr("config", "user", "add", "bob", cwd=cwd)
+    nvr("config", "user", "edit", "bob", "--disable", "--permissions", "all", cwd=cwd)
+    assert ("bob\tdisabled\tno-password\tpermissions=viewVideo,readCameraConfigs,"
+            "updateSignals,adminUsers") in nvr("config", "user", "list", cwd=cwd).stdout
+    nvr("config", "user", "delete", "bob", cwd=cwd)
+    nvr("config", "stream", "delete", "porch", "main", cwd=cwd)
+    nvr("config", "camera", "delete", "porch", cwd=cwd)
+    assert nvr("config", "camera", "list", cwd=cwd).stdout == ""
+    nvr("config", "dir", "add", "spare", cwd=cwd)
+    nvr("config", "dir", "delete", "spare", cwd=cwd)
+    assert "spare" not in nvr("config", "dir", "list", cwd=cwd).stdout
+    assert nvr("check", cwd=cwd).stdout.endswith("check: clean\n")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["config", "stream", "add", "cam", "main", "--url", "rtsp://u:p@h/1"],
+     "don't put credentials in the URL"),
+    (["config", "stream", "add", "cam", "main", "--url", "rtsp://h/1", "--record", "--dir", "1"],
+     "needs a retention limit: add --retain-bytes"),
+    (["config", "stream", "add", "cam", "main", "--url", "rtsp://h/1", "--record",
+      "--retain-bytes", "1G"], "needs a sample file dir"),
+    (["config", "stream", "add", "cam", "main", "--url", "rtsp://h/1", "--retain-bytes", "lots"],
+     "bad size 'lots'"),
+    (["config", "stream", "add", "nocam", "main", "--url", "rtsp://h/1"], "no camera named 'nocam'"),
+    (["config", "user", "add", "x", "--permissions", "viewVideo,fly"], "unknown permission(s) ['fly']"),
+    (["config", "camera", "add", "cam"], "a camera named 'cam' already exists"),
+    (["config", "dir", "delete", "1"], "used by stream(s) cam/sub"),
+])
+def test_config_errors_are_one_line_and_change_nothing(tmp_path, args, message):
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    nvr("config", "camera", "add", "cam", cwd=cwd)
+    nvr("config", "stream", "add", "cam", "sub", "--url", "rtsp://h/2", "--dir", "1", cwd=cwd)
+    before = nvr("config", "stream", "list", cwd=cwd).stdout
+    r = nvr(*args, cwd=cwd, ok=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and message in r.stderr and r.stderr.count("\n") == 1
+    assert nvr("config", "stream", "list", cwd=cwd).stdout == before
+
+
+def test_config_refused_while_locked(tmp_path):
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    import fcntl
+    fd = os.open(os.path.join(cwd, "nvr-data", "db"), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = nvr("config", "camera", "list", cwd=cwd, ok=False)
+        assert r.returncode == 1 and "is locked by another process" in r.stderr
+    finally:
+        os.close(fd)
+
+
+def test_ts_converts_both_ways_without_a_database(tmp_path):
+    r = nvr("ts", "2026-11-29T10:00:00Z", "161951544000045", "2026-07-01", cwd=str(tmp_path))
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(1_795_946_400 * 90_000)
+    assert lines[1] == "2027-01-08T18:26:40:00045-08:00"
+    assert lines[2] == str(1782889200 * 90_000)  # midnight PDT (-07:00)
+    assert os.listdir(tmp_path) == []
+    r = nvr("ts", "2026-13-01", cwd=str(tmp_path), ok=False)
+    assert r.returncode == 1 and "2026-13-01" in r.stderr
+
+
+def test_sql_holds_the_lock_and_runs_queries(tmp_path):
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    r = nvr("sql", "--read-only", "--", "select max(id) from version;", cwd=cwd)
+    assert r.stdout.strip() == "8"
+    r = nvr("sql", "--", "pragma foreign_keys;", cwd=cwd)
+    assert r.stdout.strip() == "1"
+
+
+SUBCOMMANDS = ["init", "config", "check", "upgrade", "sql", "ts"]
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_every_subcommand_has_help_and_is_documented(tmp_path, sub):
+    r = nvr(sub, "--help", cwd=str(tmp_path))
+    assert r.stdout.startswith(f"usage: nvr.py {sub}")
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert f"nvr.py {sub}" in readme, f"README.md does not document `nvr.py {sub}`"
+
+
+def test_parser_lists_exactly_the_documented_subcommands():
+    sys.path.insert(0, ROOT)
+    import nvr as nvrmod
+    parser = nvrmod.build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert sorted(sub.choices) == sorted(SUBCOMMANDS)

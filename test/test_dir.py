@@ -299,3 +299,22 @@ def test_real_fs_create_is_exclusive(tmp_path):
     with pytest.raises(FileNotFoundError):
         fs.unlink("0000000100000000")
     fs.close()
+
+
+@pytest.mark.parametrize("failing", ["create_file", "write", "sync", "dir sync"])
+def test_first_meta_write_failures_propagate_and_claim_nothing(failing):
+    fs = FakeFs()
+    f = FakeFile(fs)
+    eio = OSError(errno.EIO, "I/O error")
+    fs.expect("create_file", "meta", result=f, error=eio if failing == "create_file" else None)
+    if failing != "create_file":
+        f.expect_write(error=eio if failing == "write" else None)
+        if failing != "write":
+            f.expect("sync", error=eio if failing == "sync" else None)
+            if failing != "sync":
+                fs.expect("sync", error=eio)
+    d = dirmod.SampleFileDir("/fake", fs, None)
+    with pytest.raises(OSError, match="I/O error"):
+        d._write_meta(dirmod.DirMeta(DB, DIR, None, O1), exists=False)
+    fs.assert_done()
+    assert d.meta is None  # the caller (db.py) inserts no row; creating again starts over

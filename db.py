@@ -1028,7 +1028,8 @@ class Database:
                 self._recompute_range(s)
         for d in self.dirs.values():
             d.garbage_unlinked.clear()
-        logger.info("flush (%s): added %d recording(s) (%s) of %d B, deleted %d (%s) of %d B, "
+        level = logging.INFO if added or deleted or gced else logging.DEBUG
+        logger.log(level, "flush (%s): added %d recording(s) (%s) of %d B, deleted %d (%s) of %d B, "
                     "GCed %d", reason, len(added), ", ".join(added) or "none", added_bytes,
                     len(deleted), ", ".join(deleted) or "none", deleted_bytes, gced)
 

@@ -167,8 +167,16 @@ def cmd_upgrade(args) -> int:
 # ---------------------------------------------------------------------------
 # config
 
-def _open_rw(args) -> db.Database:
-    return db.Database.open_dir(args.db_dir, clock.RealClocks())
+def _open(args) -> db.Database:
+    """Opens the database; read-only (writing nothing, not even an `open` row)
+    for `list` actions."""
+    return db.Database.open_dir(args.db_dir, clock.RealClocks(),
+                                read_only=args.action == "list")
+
+
+def _finish(d: db.Database, reason: str) -> None:
+    if not d.read_only:
+        d.flush(reason)
 
 
 def _find_dir(d: db.Database, spec: str) -> db.SampleFileDir:
@@ -179,7 +187,7 @@ def _find_dir(d: db.Database, spec: str) -> db.SampleFileDir:
 
 
 def cmd_config_dir(args) -> int:
-    d = _open_rw(args)
+    d = _open(args)
     try:
         if args.action == "add":
             id_ = d.add_sample_file_dir(args.path)
@@ -195,7 +203,7 @@ def cmd_config_dir(args) -> int:
             x = _find_dir(d, args.path)
             d.delete_sample_file_dir(x.id)
             print(f"deleted sample file dir {x.id}: {x.path} (its files were left in place)")
-        d.flush(f"config dir {args.action}")
+        _finish(d, f"config dir {args.action}")
     finally:
         d.close()
     return 0
@@ -215,7 +223,7 @@ def _camera_config(args, base: dict) -> dict:
 
 
 def cmd_config_camera(args) -> int:
-    d = _open_rw(args)
+    d = _open(args)
     try:
         if args.action == "add":
             id_ = d.add_camera(args.name, _camera_config(args, {}))
@@ -240,7 +248,7 @@ def cmd_config_camera(args) -> int:
             d.flush(f"config camera delete {c.short_name}")
             _collect_all_garbage(d)
             print(f"deleted camera {c.short_name} and {n} recording(s)")
-        d.flush(f"config camera {args.action}")
+        _finish(d, f"config camera {args.action}")
     finally:
         d.close()
     return 0
@@ -275,7 +283,7 @@ def _stream_config(args, base: dict) -> dict:
 
 
 def cmd_config_stream(args) -> int:
-    d = _open_rw(args)
+    d = _open(args)
     try:
         if args.action == "list":
             for s in sorted(d.streams.values(), key=lambda s: s.id):
@@ -334,7 +342,7 @@ def cmd_config_stream(args) -> int:
                 print(f"deleted {len(rows)} recording(s) "
                       f"({format_size(sum(r.sample_file_bytes for r in rows))}) "
                       f"to fit the new limit")
-        d.flush(f"config stream {args.action}")
+        _finish(d, f"config stream {args.action}")
     finally:
         d.close()
     return 0
@@ -351,7 +359,7 @@ def _check_recordable(config: dict, dir_id) -> None:
 
 
 def cmd_config_user(args) -> int:
-    d = _open_rw(args)
+    d = _open(args)
     try:
         if args.action == "add":
             password = read_password(args)
@@ -388,7 +396,7 @@ def cmd_config_user(args) -> int:
             u = d.user_by_name(args.name)
             d.delete_user(u.id)
             print(f"deleted user {u.username} and their sessions")
-        d.flush(f"config user {args.action}")
+        _finish(d, f"config user {args.action}")
     finally:
         d.close()
     return 0

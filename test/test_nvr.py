@@ -157,3 +157,25 @@ def test_parser_lists_exactly_the_documented_subcommands():
     parser = nvrmod.build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     assert sorted(sub.choices) == sorted(SUBCOMMANDS)
+
+
+def test_lowering_retention_asks_then_deletes_oldest(tmp_path, clocks):
+    from conftest import make_testdb
+    import recording
+    t = make_testdb(tmp_path, clocks)
+    start = recording.parse_time("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(3)]
+    t.db.flush("test")
+    t.db.close()
+    args = ["config", "stream", "edit", "test-camera", "main", "--retain-bytes", "40000",
+            "--db-dir", t.db_dir]
+    r = nvr(*args, cwd=str(tmp_path), ok=False)
+    assert r.returncode == 1
+    assert "the new limit deletes 2 recording(s) (59.4 KiB) now; add --yes" in r.stderr
+    assert "retain=1.0 GiB" in nvr("config", "stream", "list", "--db-dir", t.db_dir,
+                                   cwd=str(tmp_path)).stdout
+    assert sorted(os.listdir(t.sample_dir)) == sorted(["meta"] + [f"{c:016x}" for c in ids])
+    r = nvr(*args, "--yes", cwd=str(tmp_path))
+    assert "deleted 2 recording(s) (59.4 KiB) to fit the new limit" in r.stdout
+    assert sorted(os.listdir(t.sample_dir)) == [f"{ids[2]:016x}", "meta"]
+    assert nvr("check", "--db-dir", t.db_dir, cwd=str(tmp_path)).stdout.endswith("check: clean\n")

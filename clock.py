@@ -19,6 +19,7 @@ which warns when a step or a lock is held over a second.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -43,6 +44,11 @@ class Clocks:
         """Waits up to `seconds` for `event`; returns whether it is set."""
         raise NotImplementedError
 
+    def recv_timeout(self, q: queue.Queue, seconds: float | None):
+        """The next item of `q`, waiting up to `seconds` (forever if None);
+        raises `queue.Empty` on timeout."""
+        raise NotImplementedError
+
 
 class RealClocks(Clocks):
     def realtime(self) -> int:
@@ -56,6 +62,9 @@ class RealClocks(Clocks):
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         return event.wait(seconds)
+
+    def recv_timeout(self, q: queue.Queue, seconds: float | None):
+        return q.get(timeout=seconds)
 
 
 class SimulatedClocks(Clocks):
@@ -98,6 +107,17 @@ class SimulatedClocks(Clocks):
             return True
         self.sleep(seconds)
         return event.is_set()
+
+    def recv_timeout(self, q: queue.Queue, seconds: float | None):
+        """Takes an item already queued; otherwise the timeout passes at once."""
+        try:
+            return q.get_nowait()
+        except queue.Empty:
+            if seconds is None:
+                raise AssertionError("simulated recv with no timeout and nothing queued "
+                                     "would wait forever") from None
+            self.sleep(seconds)
+            raise
 
 
 class ShutdownError(Exception):

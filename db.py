@@ -263,6 +263,12 @@ class RecordingToInsert:
     end_reason: str | None = None
     synced: bool = False   # file and dir fsynced: may be committed
     growing: bool = True   # the writer may still append
+    # Given up by the writer (e.g. on shutdown mid-write). Once its file is
+    # unlinked and the dir fsynced (`file_gone`), a flush skips it, consuming
+    # its id; until then it holds back the stream's later recordings, so
+    # cum_recordings never passes a file that could survive a crash.
+    abandoned: bool = False
+    file_gone: bool = False
 
 
 @dataclasses.dataclass
@@ -956,6 +962,9 @@ class Database:
                 n = 0
                 cum_media, cum_runs = s.cum_media_duration_90k, s.cum_runs
                 for r in s.uncommitted:
+                    if r.abandoned and r.file_gone:
+                        n += 1  # its id is used up; it has no rows
+                        continue
                     if not r.synced:
                         break
                     rid = s.cum_recordings + n
@@ -1011,6 +1020,8 @@ class Database:
             for _ in range(committed.get(s.id, 0)):
                 r = s.uncommitted.popleft()
                 s.cum_recordings += 1
+                if not r.synced:
+                    continue  # abandoned, file gone
                 s.cum_media_duration_90k += r.media_duration_90k
                 s.cum_runs += r.run_offset == 0
                 s.fs_bytes_to_add -= round_up(r.sample_file_bytes)
@@ -1048,17 +1059,7 @@ class Database:
                 ids = sorted(d.garbage_needs_unlink)  # recovery may have done it
             if not ids:
                 return 0
-        for cid in ids:
-            name = dirmod.name_for(cid)
-
-            def unlink(name=name):
-                try:
-                    d.dir.fs.unlink(name)
-                except FileNotFoundError:
-                    pass  # garbage "may or may not still exist"
-            self._dir_retry(f"unlink {d.path}/{name}", unlink)
-        # The unlinks must be durable before the rows that name them go away.
-        self._dir_retry(f"fsync dir {d.path}", d.dir.fs.sync)
+        dirmod.collect(d.dir, ids, self._dir_retry)
         self.delete_garbage(dir_id, ids)
         return len(ids)
 
@@ -1083,7 +1084,7 @@ class Database:
     def _uncommitted_rows(self, s: Stream) -> list[ListRow]:
         out = []
         for i, r in enumerate(s.uncommitted):
-            if r.video_samples == 0:
+            if r.video_samples == 0 or r.abandoned:
                 continue
             flags = (r.flags & FLAG_TRAILING_ZERO) | FLAG_UNCOMMITTED | (FLAG_GROWING if r.growing else 0)
             out.append(ListRow((s.id << 32) | (s.cum_recordings + i), self.open.id,

@@ -80,8 +80,9 @@ is a recording, garbage, or has an id >= its stream's cum_recordings):
 Every write, fsync and unlink goes through the seam `Fs`/`File`, so tests
 inject failures (test/fakes.py) and callers retry (clock.retry). db.py owns
 the `sample_file_dir` rows and the garbage bookkeeping; writer.py writes
-sample files through `Fs.create_file`; the syncer thread (recording issue)
-will live here, doing S2-S4 and G2-G3.
+sample files through `Fs.create_file`; the `Syncer` thread at the end of
+this module does S2-S4 and G2-G3 for each dir while nvr runs, and plans the
+database flushes that S4 and G4 wait for.
 """
 
 from __future__ import annotations
@@ -89,11 +90,16 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import heapq
 import logging
 import os
+import queue
 import re
+import threading
 import uuid as uuidlib
 from typing import Callable, Iterable
+
+import clock
 
 logger = logging.getLogger(__name__)
 
@@ -499,6 +505,14 @@ def recover(d: SampleFileDir, garbage: Iterable[int], cum_recordings: dict[int, 
     return RecoveryResult(sorted(garbage), abandoned, unexpected)
 
 
+def collect(d: SampleFileDir, composite_ids: Iterable[int], retry: Callable) -> None:
+    """Garbage collection steps G2-G3: unlink each file, then fsync the dir
+    once, so the unlinks are durable before the rows naming them go (G4)."""
+    for cid in composite_ids:
+        _unlink(d, name_for(cid), retry)  # G2
+    retry(f"fsync dir {d.path}", d.fs.sync)  # G3
+
+
 def _unlink(d: SampleFileDir, name: str, retry: Callable) -> None:
     def unlink():
         try:
@@ -506,3 +520,166 @@ def _unlink(d: SampleFileDir, name: str, retry: Callable) -> None:
         except FileNotFoundError:
             pass  # "may or may not still exist"
     retry(f"unlink {d.path}/{name}", unlink)
+
+
+# ---------------------------------------------------------------------------
+# The syncer: one thread per dir (`sync-<path>`) while nvr records.
+
+FLUSH_RETRY_SEC = 60  # after a failed flush (reference §3.7)
+
+
+@dataclasses.dataclass(order=True)
+class _PlannedFlush:
+    when_ns: int                                   # monotonic
+    composite_id: int = dataclasses.field(compare=False)
+    reason: str = dataclasses.field(compare=False)
+
+
+class Syncer:
+    """Makes finished recordings durable, plans flushes, deletes old ones.
+
+    Commands arrive on a queue from the writers (`save`) and the database
+    (`flushed`, after every flush):
+    - save: fsync the file (S2) and the dir (S3), mark the recording synced
+      (S4), let retention queue this stream's oldest recordings for deletion
+      (they become garbage in the next flush), and plan a flush
+      `flushIfSec` after the recording's start: now + max(0, flushIfSec -
+      its wall duration). Any flush satisfies every plan.
+    - flushed: collect garbage: unlink (G2), fsync the dir (G3), tell the
+      database the files are gone (G4 happens in the next flush).
+    Every I/O step is retried at 1 s forever (a full disk stalls, then
+    resumes), except once shutdown is set: then it gives up on that item,
+    which start-up recovery handles. `db` is a db.Database (not imported:
+    db.py imports this module).
+    """
+
+    def __init__(self, db, dir_id: int, *, shutdown: threading.Event | None = None):
+        self.db = db
+        self.dir_id = dir_id
+        self.shutdown = shutdown or threading.Event()
+        d = db.dirs[dir_id]
+        self.dir: SampleFileDir = d.dir
+        self.path = d.path
+        self.queue: queue.Queue = queue.Queue()
+        self.planned: list[_PlannedFlush] = []
+        self.thread: threading.Thread | None = None
+
+    # -- called from other threads ---------------------------------------------
+
+    def save(self, composite_id: int, wall_duration_90k: int, f: File) -> None:
+        self.queue.put(("save", composite_id, wall_duration_90k, f))
+
+    def flushed(self) -> None:
+        self.queue.put(("flushed",))
+
+    def start(self) -> None:
+        self.db.on_flush.append(self.flushed)
+        self.thread = threading.Thread(target=self._run, name=f"sync-{self.path}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Processes what is queued (saves of the final recordings), then ends.
+        The caller then flushes the database and may call `collect_garbage`."""
+        if self.flushed in self.db.on_flush:
+            self.db.on_flush.remove(self.flushed)
+        self.queue.put(("stop",))
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while self.iter():
+            pass
+
+    def iter(self) -> bool:
+        """Handles one command or a planned flush's time; False after stop."""
+        timeout = None
+        if self.planned:
+            now = self.db.clocks.monotonic()
+            timeout = max(0, self.planned[0].when_ns - now) / clock.NANOS_PER_SEC
+        try:
+            cmd = self.db.clocks.recv_timeout(self.queue, timeout)
+        except queue.Empty:
+            self._flush_if_due()
+            return True
+        try:
+            if cmd[0] == "save":
+                self._save(*cmd[1:])
+            elif cmd[0] == "flushed":
+                self.collect_garbage()
+            elif cmd[0] == "stop":
+                return False
+        except clock.ShutdownError as e:
+            logger.warning("%s: %s (start-up recovery will finish it)", self.path, e)
+        return True
+
+    def _retry(self, what: str, fn):
+        return clock.retry(self.db.clocks, self.shutdown, what, fn)
+
+    def _save(self, composite_id: int, wall_duration_90k: int, f: File) -> None:
+        name = f"{self.path}/{name_for(composite_id)}"
+        try:
+            self._retry(f"fsync {name}", f.sync)  # S2: the frames are durable
+        finally:
+            f.close()
+        self._retry(f"fsync dir {self.path}", self.dir.fs.sync)  # S3: its name is durable
+        self.db.mark_synced(composite_id)  # S4
+        stream_id = composite_id >> 32
+        deleted = self.db.delete_oldest_recordings(stream_id)
+        if deleted:
+            logger.info("%s: retention will delete %d recording(s) of stream %d",
+                        self.path, len(deleted), stream_id)
+        s = self.db.streams[stream_id]
+        how_soon_ns = max(0, s.flush_if_sec * clock.NANOS_PER_SEC
+                          - wall_duration_90k * clock.NANOS_PER_SEC // 90_000)
+        cam = self.db.cameras[s.camera_id].short_name
+        heapq.heappush(self.planned, _PlannedFlush(
+            self.db.clocks.monotonic() + how_soon_ns, composite_id,
+            f"{s.flush_if_sec} s after the start of {cam}-{s.type} recording "
+            f"{composite_id & 0xFFFFFFFF}"))
+
+    def _flush_if_due(self) -> None:
+        # Drop plans another flush (any dir's) already satisfied.
+        while self.planned:
+            p = self.planned[0]
+            s = self.db.streams.get(p.composite_id >> 32)
+            if s is not None and s.cum_recordings <= (p.composite_id & 0xFFFFFFFF):
+                break
+            heapq.heappop(self.planned)
+        if not self.planned:
+            return
+        p = self.planned[0]
+        now = self.db.clocks.monotonic()
+        if p.when_ns > now:
+            return
+        try:
+            self.db.flush(p.reason)
+        except Exception as e:  # sqlite3 errors (disk full, I/O): retry later
+            logger.warning("%s: flush (%s) failed; retrying in %d s: %s", self.path, p.reason,
+                           FLUSH_RETRY_SEC, e, exc_info=True)
+            heapq.heapreplace(self.planned, dataclasses.replace(
+                p, when_ns=now + FLUSH_RETRY_SEC * clock.NANOS_PER_SEC))
+            return
+        self.planned.clear()
+
+    def collect_garbage(self) -> int:
+        """G2-G3 for this dir's garbage; returns how many files were collected."""
+        with self.db.locked():
+            ids = sorted(self.db.dirs[self.dir_id].garbage_needs_unlink)
+        if not ids:
+            return 0
+        collect(self.dir, ids, self._retry)
+        self.db.delete_garbage(self.dir_id, ids)
+        return len(ids)
+
+    def initial_rotation(self) -> None:
+        """At start-up, before recording: enforce every stream's limit now
+        (it may have been lowered), flush, collect, flush."""
+        for s in list(self.db.streams.values()):
+            if s.sample_file_dir_id == self.dir_id:
+                self.db.delete_oldest_recordings(s.id)
+        self.db.flush("initial rotation")
+        if self.collect_garbage():
+            self.db.flush("initial garbage collection")

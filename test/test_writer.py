@@ -1,0 +1,371 @@
+"""writer.py, the syncer (dir.py) and the streamer (stream.py) in simulated time.
+
+A clip made with PyAV is replayed as a camera would send it (ReplayOpener,
+like Moonfire's ProxyingStream): the first seconds arrive at once (the
+camera's buffer), the rest in real time, with an arbitrary pts offset and
+optionally a camera clock running fast or slow. Exact figures below follow
+from reference §3.3-§3.4; the comments derive them.
+"""
+
+import errno
+import logging
+import os
+import threading
+
+import pytest
+
+import clock
+import db
+import dir as dirmod
+import recording
+import stream
+import writer
+from clips import make_clip
+from conftest import START_NS, make_testdb
+from fakes import FakeFile, FakeFs
+
+T0_90K = recording.to_90k_from_ns(START_NS)  # a multiple of 3 s and of 60 s
+SEC = 90_000
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """3 s of 320x180 H.264 at 30 fps, a key frame every second."""
+    return make_clip(str(tmp_path_factory.mktemp("clip") / "clip.mp4"), frames=90, gop=30)
+
+
+class ReplaySource(stream.Source):
+    def __init__(self, inner, clocks, *, frames, buffered_sec=2.0, pts_offset=123_456,
+                 ppm=0, end="end of clip"):
+        self.inner, self.clocks = inner, clocks
+        self.parameters = inner.parameters
+        self.n, self.buffered_ns, self.pts_offset = frames, int(buffered_sec * 1e9), pts_offset
+        self.ppm, self.end = ppm, end
+
+    def frames(self):
+        clip = list(self.inner.frames_until_end())
+        loop_90k = len(clip) * 3000
+        slept_ns = 0
+        for i in range(self.n):
+            f = clip[i % len(clip)]
+            # Real time: the frame is complete when the next one starts. Rounded
+            # up to whole ns so the 90 kHz conversion (rounding down) is exact.
+            goal_ns = -(-(i + 1) * 1_000_000_000 // 30)
+            delta = goal_ns - slept_ns
+            from_buffer = min(self.buffered_ns, delta)
+            self.buffered_ns -= from_buffer
+            self.clocks.advance(delta - from_buffer)
+            slept_ns = goal_ns
+            media = f.pts_90k + (i // len(clip)) * loop_90k
+            media = media * (1_000_000 + self.ppm) // 1_000_000
+            yield stream.Frame(media + self.pts_offset, f.is_key, f.data)
+        raise stream.StreamError(self.end)
+
+
+class ClipSource(stream.PyAvSource):
+    def frames_until_end(self):
+        try:
+            yield from self.frames()
+        except stream.StreamError:
+            return
+
+
+class ReplayOpener(stream.Opener):
+    def __init__(self, clip, clocks, **kw):
+        self.clip, self.clocks, self.kw = clip, clocks, kw
+
+    def open(self, url, **_):
+        import av
+        return ReplaySource(ClipSource(av.open(self.clip), self.clip), self.clocks, **self.kw)
+
+
+def drain(syncer):
+    while not syncer.queue.empty():
+        assert syncer.iter()
+
+
+def record(t, clip, clocks, *, stream_id=None, offset=0, frames=600, **kw):
+    """Runs one session of the clip through a Streamer; returns the recordings."""
+    stream_id = stream_id or t.stream_id
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    shutdown = threading.Event()
+    s = stream.Streamer(t.db, stream_id, syncer, ReplayOpener(clip, clocks, frames=frames, **kw),
+                        shutdown=shutdown, rotate_offset_sec=offset, rotate_interval_sec=3)
+    with pytest.raises(stream.StreamError, match=kw.get("end", "end of clip")):
+        s.run_once()
+    drain(syncer)
+    t.db.flush("test")
+    return t.db.list_recordings_by_id(stream_id, 0, 1 << 31)
+
+
+def frames_of(t, cid):
+    return list(recording.iter_index(t.db.get_video_index(cid)))
+
+
+def test_rotation_durations_and_start_times(tmp_path, clocks, clip):
+    t = make_testdb(tmp_path, clocks)
+    rows = record(t, clip, clocks)
+    # Frame i (0-based) arrives at T0 + max(0, (i+1)/30 s - 2 s). The first
+    # recording rotates at the first key frame past second T0+6 (offset 0, the
+    # next 3 s boundary after T0, plus one interval for a run's first): frame
+    # 270. Later ones at each key frame past the next boundary: 90 frames each.
+    assert [r.video_samples for r in rows] == [270, 90, 90, 90, 60]
+    assert [r.video_sync_samples for r in rows] == [9, 3, 3, 3, 2]
+    assert [r.run_offset for r in rows] == [0, 1, 2, 3, 4]
+    assert [r.flags for r in rows] == [0, 0, 0, 0, db.FLAG_TRAILING_ZERO]
+    assert [r.end_reason for r in rows] == [None] * 4 + ["end of clip"]
+    # The least-delayed frames were the buffered ones: the start is T0 - 2 s.
+    assert rows[0].start_time_90k == T0_90K - 2 * SEC
+    for a, b in zip(rows, rows[1:]):
+        assert b.start_time_90k == a.end_time_90k  # runs have no gaps or overlaps
+    # Camera and local clocks agree: wall = media, exact per-frame durations.
+    assert [r.wall_duration_90k for r in rows] == [810_000, 270_000, 270_000, 270_000, 177_000]
+    for r in rows:
+        fr = frames_of(t, r.composite_id)
+        assert fr[0].is_key
+        assert all(f.duration_90k == 3000 for f in fr[:-1])
+    assert frames_of(t, rows[-1].composite_id)[-1].duration_90k == 0
+    assert frames_of(t, rows[0].composite_id)[-1].duration_90k == 3000
+    # Files hold exactly the indexed bytes, and their hashes are recorded.
+    for r in rows:
+        path = os.path.join(t.sample_dir, dirmod.name_for(r.composite_id))
+        assert os.path.getsize(path) == r.sample_file_bytes
+    integ = t.db.conn.execute("select local_time_delta_90k, length(sample_file_blake2b_32) "
+                              "from recording_integrity order by composite_id").fetchall()
+    assert integ == [(None, 32)] + [(0, 32)] * 4
+    s = t.db.streams[t.stream_id]
+    assert (s.cum_recordings, s.cum_runs, s.cum_media_duration_90k) == (5, 1, 1_797_000)
+    t.db.close()
+
+
+def test_staggered_offset(tmp_path, clocks, clip):
+    t = make_testdb(tmp_path, clocks)
+    sub = t.db.add_stream(t.camera_id, "sub", dict(t.db.streams[t.stream_id].config), t.dir_id)
+    rows = record(t, clip, clocks, stream_id=sub, offset=1)
+    # Offset 1 s: the first boundary is T0+1, plus one interval: rotate past
+    # T0+4, at frame 210; then past T0+7, T0+10, ...: 90 frames each.
+    assert [r.video_samples for r in rows] == [210, 90, 90, 90, 90, 30]
+    t.db.close()
+
+
+@pytest.mark.parametrize("ppm,sign", [(1000, -1), (-1000, 1)])
+def test_500_ppm_clamp(tmp_path, clocks, clip, ppm, sign):
+    t = make_testdb(tmp_path, clocks)
+    rows = record(t, clip, clocks, ppm=ppm)
+    media = [r.media_duration_90k for r in rows]
+    assert rows[0].wall_duration_90k == media[0]  # a run's first: wall = media
+    for r in rows[1:4]:
+        # A camera clock 1000 ppm fast (slow) is corrected by at most 500 ppm.
+        assert r.wall_duration_90k == r.media_duration_90k + sign * (r.media_duration_90k // 2000)
+    deltas = [d for (d,) in t.db.conn.execute(
+        "select local_time_delta_90k from recording_integrity order by composite_id")][1:4]
+    assert all(d * sign > 0 for d in deltas)
+    t.db.close()
+
+
+def test_parameter_change_starts_a_recording_in_the_same_run(tmp_path, clocks, clip):
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event(),
+                      rotate_interval_sec=60)
+    other = t.db.insert_video_sample_entry(320, 240, "avc1.42c01e", b"\0\0\0\x67avc1" + bytes(95))
+    w.write(b"k", T0_90K, 0, True, t.vse_id)
+    w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
+    with pytest.raises(writer.WriterError, match="changed on a non-key frame"):
+        w.write(b"n", T0_90K + 6000, 6000, False, other)
+    w.write(b"K", T0_90K + 6000, 6000, True, other)
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    rows = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert [(r.run_offset, r.video_sample_entry_id, r.video_samples) for r in rows] == [
+        (0, t.vse_id, 2), (1, other, 1)]
+    assert rows[1].start_time_90k == rows[0].end_time_90k
+    t.db.close()
+
+
+@pytest.mark.parametrize("pts,message", [
+    (3000, "pts not monotonically increasing; got 3000 then 3000"),
+    (1000, "pts not monotonically increasing; got 3000 then 1000"),
+    (3000 + 27_000_001, "excessive pts jump from 3000 to 27003001"),
+])
+def test_bad_pts_ends_the_run(tmp_path, clocks, pts, message):
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"k", T0_90K, 0, True, t.vse_id)
+    w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
+    with pytest.raises(writer.WriterError, match=message):
+        w.write(b"n", T0_90K + 6000, pts, False, t.vse_id)
+    w.close(message)
+    drain(syncer)
+    t.db.flush("test")
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert r.video_samples == 2 and r.flags == db.FLAG_TRAILING_ZERO and r.end_reason == message
+    t.db.close()
+
+
+# -- the write path through the fake seam --------------------------------------
+
+def eio():
+    return OSError(errno.EIO, "I/O error")
+
+
+@pytest.fixture
+def faked(tmp_path, clocks):
+    """A test database whose dir's seam is a FakeFs."""
+    t = make_testdb(tmp_path, clocks)
+    fs = FakeFs(t.sample_dir)
+    sfd = t.db.dirs[t.dir_id].dir
+    real = sfd.fs
+    sfd.fs = fs
+    t.fs = fs
+    yield t
+    sfd.fs = real
+    t.db.close()
+
+
+def test_write_path_retries_each_step(faked, clocks, caplog):
+    t, fs = faked, faked.fs
+    f = FakeFile(fs)
+    name = "0000000100000000"
+    fs.expect("create_file", name, error=eio())
+    fs.expect("create_file", name, result=f)
+    f.expect_write(error=eio())
+    f.expect_write(2)          # a short write: the rest follows
+    f.expect_write()
+    f.expect_write()
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    with caplog.at_level(logging.WARNING):
+        w.write(b"key!", T0_90K, 0, True, t.vse_id)
+        w.write(b"next", T0_90K + 3000, 3000, False, t.vse_id)
+        w.close("test")
+    assert bytes(f.written) == b"key!next"
+    f.expect("sync", error=eio())   # S2, retried
+    f.expect("sync")
+    fs.expect("sync", error=eio())  # S3, retried
+    fs.expect("sync")
+    drain(syncer)
+    fs.assert_done()
+    assert clocks.monotonic() == 4 * clock.NANOS_PER_SEC  # four 1 s retry sleeps
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == [f"{what}: sleeping for 1 s after error: [Errno 5] I/O error" for what in (
+        f"create {t.sample_dir}/{name}", f"write {t.sample_dir}/{name}",
+        f"fsync {t.sample_dir}/{name}", f"fsync dir {t.sample_dir}")]
+    t.db.flush("test")
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert r.sample_file_bytes == 8 and r.video_samples == 2
+
+
+def test_full_disk_stalls_then_resumes(faked, clocks):
+    t, fs = faked, faked.fs
+    f = FakeFile(fs)
+    fs.expect("create_file", result=f)
+    f.expect_write()
+    for _ in range(5):
+        f.expect_write(error=OSError(errno.ENOSPC, "No space left on device"))
+    f.expect_write()
+    w = writer.Writer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id), shutdown=threading.Event())
+    w.write(b"k", T0_90K, 0, True, t.vse_id)
+    w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
+    assert clocks.monotonic() == 5 * clock.NANOS_PER_SEC
+    assert bytes(f.written) == b"kn"
+    fs.assert_done()
+
+
+def test_shutdown_during_a_full_disk_abandons_the_recording(faked, clocks):
+    t, fs = faked, faked.fs
+    shutdown = threading.Event()
+    f = FakeFile(fs)
+    fs.expect("create_file", result=f)
+    f.expect_write()
+    calls = []
+
+    def full(data):
+        calls.append(1)
+        if len(calls) == 3:
+            shutdown.set()
+        raise OSError(errno.ENOSPC, "No space left on device")
+    for _ in range(3):
+        f.expect("write", result=full)
+    syncer = dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=shutdown)
+    w.write(b"k", T0_90K, 0, True, t.vse_id)
+    with pytest.raises(clock.ShutdownError):
+        w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
+    # close doesn't block: the recording is given up, its file unlinked.
+    fs.expect("unlink", "0000000100000000")
+    fs.expect("sync")
+    w.close("NVR shutdown")
+    fs.assert_done()
+    assert syncer.queue.empty()
+    t.db.flush("shutdown")
+    s = t.db.streams[t.stream_id]
+    assert s.cum_recordings == 1 and not s.uncommitted
+    assert t.db.conn.execute("select count(*) from recording").fetchone()[0] == 0
+
+
+def test_gc_path_retries(faked, clocks):
+    t, fs = faked, faked.fs
+    t.db.dirs[t.dir_id].garbage_needs_unlink.update({(1 << 32) | 7, (1 << 32) | 8})
+    fs.expect("unlink", "0000000100000007", error=eio())
+    fs.expect("unlink", "0000000100000007")
+    fs.expect("unlink", "0000000100000008", error=FileNotFoundError(errno.ENOENT, "gone"))
+    fs.expect("sync", error=eio())
+    fs.expect("sync")
+    assert dirmod.Syncer(t.db, t.dir_id).collect_garbage() == 2
+    fs.assert_done()
+    assert t.db.dirs[t.dir_id].garbage_unlinked == {(1 << 32) | 7, (1 << 32) | 8}
+    assert clocks.monotonic() == 2 * clock.NANOS_PER_SEC
+
+
+def test_retention_counts_the_recording_being_added(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    start = T0_90K
+    a = t.add_recording(start_90k=start)
+    t.add_recording(start_90k=start + SEC, run_offset=1)
+    t.db.flush("test")
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, retainBytes=2 * 32768))
+    c = t.add_recording(start_90k=start + 2 * SEC, run_offset=2, sync=False)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    f = dirmod.File(os.open(os.path.join(t.sample_dir, dirmod.name_for(c)), os.O_RDONLY))
+    syncer.save(c, SEC, f)
+    drain(syncer)
+    # Before any flush: the third recording counts, so the oldest is queued.
+    assert [r.composite_id for r in s.to_delete] == [a]
+    t.db.close()
+
+
+def test_planned_flush_waits_flush_if_sec_after_the_start(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, flushIfSec=120))
+    c = t.add_recording(start_90k=T0_90K, frames=60 * 30, sync=False)  # 60 s
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    f = dirmod.File(os.open(os.path.join(t.sample_dir, dirmod.name_for(c)), os.O_RDONLY))
+    syncer.save(c, 60 * SEC, f)
+    assert syncer.iter()              # the save: plans a flush 120 - 60 s from now
+    assert s.cum_recordings == 0
+    assert syncer.iter()              # nothing queued: the timeout passes
+    assert clocks.monotonic() == 60 * clock.NANOS_PER_SEC
+    assert s.cum_recordings == 1 and not syncer.planned
+    t.db.close()
+
+
+def test_a_flush_satisfies_other_plans(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    c = t.add_recording(start_90k=T0_90K, sync=False)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    f = dirmod.File(os.open(os.path.join(t.sample_dir, dirmod.name_for(c)), os.O_RDONLY))
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, flushIfSec=100))
+    syncer.save(c, SEC, f)
+    syncer.iter()
+    t.db.flush("another dir's syncer")
+    before = clocks.monotonic()
+    syncer.iter()  # waits for the plan, finds it satisfied, flushes nothing
+    assert not syncer.planned
+    assert clocks.monotonic() - before == 99 * clock.NANOS_PER_SEC
+    t.db.close()

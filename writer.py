@@ -1,0 +1,281 @@
+"""Turning one stream's frames into recordings: rotation, the index, time, the hash.
+
+A `Writer` belongs to one stream (and its streamer thread) and lives for one
+run: the frames of one RTSP session. It cuts the run into recordings of about
+a minute and, for each:
+
+1. creates the sample file (dir.py step S1, `O_EXCL`) and appends each frame
+   as received (4-byte length-prefixed NAL units), retrying I/O errors forever
+   at 1 s (reference §3.9: a full disk stalls the stream; it resumes when
+   space frees; shutdown gives up);
+2. extends the in-memory `db.RecordingToInsert` one frame behind (a frame's
+   duration is the next frame's pts minus its own), so the recording is listed
+   and playable while it grows;
+3. reconciles camera time with local time (below) and hashes the file
+   (blake2b, 32 bytes) as it is written;
+4. at its end hands the file to the dir's syncer (`Syncer.save`), which fsyncs
+   it and the dir, marks it ready and plans the database flush.
+
+Rotation (reference §3.3): stream i of n rotates at `offset = interval*i/n`
+seconds past each `interval` (60 s) boundary, spreading disk seeks. A
+recording ends at the first key frame whose local second is past its
+boundary, the smallest `r = sec - sec % interval + offset` with `r > sec`
+computed at its first frame; the first recording of a run adds another
+interval (60-120 s), giving the start time estimate more frames. A change of
+video parameters (a new sample entry, only on a key frame) ends a recording
+too, keeping the run. A recording can't reach 5 minutes of wall time: that
+(a camera whose key frames are too far apart) ends the run with an error.
+
+Time (reference §3.4; all in 90 kHz units):
+- media duration: the sum of frame durations (camera clock, pts deltas);
+- local time of a frame: wall time at the session's open plus the monotonic
+  time since (streamer's job), an upper bound on its capture time;
+- local start = min over frames of (local time - media duration through that
+  frame): the least-delayed frame wins;
+- start: the local start for a run's first recording (refined while it
+  grows); otherwise exactly the previous recording's end, so a run has no gaps
+  or overlaps;
+- wall duration = media duration + clamp(local start - start, +-media/2000),
+  at most 500 ppm, so a camera clock running fast or slow is corrected without
+  jumps; `local_time_delta_90k` = local start - start is stored.
+
+Errors that end a run (`WriterError`): pts not increasing, a pts jump beyond
+`MAX_PTS_JUMP_90K`, a parameter change on a non-key frame, 5 minutes without a
+key frame. The streamer then closes the run (trailing zero, end reason) and
+reconnects.
+
+Threads: the writer runs on its stream's thread. Fields of the growing
+`RecordingToInsert` change under the database lock (held briefly, no I/O), so
+listing and playback see a consistent recording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+
+import clock
+import db as dbmod
+import dir as dirmod
+import recording
+
+logger = logging.getLogger(__name__)
+
+ROTATE_INTERVAL_SEC = 60
+
+# A frame lasting more than this means the camera's clock jumped; Moonfire's
+# limit is the i32 range of a duration, far beyond anything sane, so ours is
+# the recording length limit itself.
+MAX_PTS_JUMP_90K = recording.MAX_RECORDING_WALL_DURATION_90K
+
+
+class WriterError(Exception):
+    """A stream problem that ends the run; the message becomes its end reason."""
+
+
+@dataclasses.dataclass
+class _Unindexed:
+    """The last frame written: in the file, not yet in the index."""
+    local_time_90k: int
+    pts_90k: int
+    bytes: int
+    is_key: bool
+
+
+class _Recording:
+    """One recording being written."""
+
+    def __init__(self, composite_id: int, r: dbmod.RecordingToInsert, f: dirmod.File):
+        self.id = composite_id
+        self.r = r
+        self.f = f
+        self.encoder = recording.SampleIndexEncoder()
+        self.hasher = hashlib.blake2b(digest_size=32)
+        self.local_start_90k: int | None = None
+        self.unindexed: _Unindexed | None = None
+        self.rotate_at_sec: int | None = None
+
+
+class Writer:
+    """Writes one run of one stream. Not thread-safe: one streamer thread uses it."""
+
+    def __init__(self, db: dbmod.Database, stream_id: int, syncer, *,
+                 shutdown: threading.Event, rotate_offset_sec: int = 0,
+                 rotate_interval_sec: int = ROTATE_INTERVAL_SEC):
+        self.db = db
+        self.stream_id = stream_id
+        self.syncer = syncer
+        self.shutdown = shutdown
+        self.rotate_offset_sec = rotate_offset_sec
+        self.rotate_interval_sec = rotate_interval_sec
+        s = db.streams[stream_id]
+        self.fs: dirmod.Fs = db.dirs[s.sample_file_dir_id].dir.fs
+        self.cur: _Recording | None = None
+        self.prev_end_90k: int | None = None   # end of the run's previous recording
+        self.run_offset = 0
+        self.closed = False
+
+    # -- the per-frame path ----------------------------------------------------
+
+    def write(self, data, local_time_90k: int, pts_90k: int, is_key: bool,
+              video_sample_entry_id: int) -> None:
+        """Appends one frame (length-prefixed NAL units) to the run."""
+        cur = self.cur
+        if cur is not None:
+            if cur.r.video_sample_entry_id != video_sample_entry_id:
+                if not is_key:
+                    raise WriterError("video parameters changed on a non-key frame")
+                self._close_recording(pts_90k, None)  # same run, new sample entry
+            elif is_key and local_time_90k // recording.TIME_UNITS_PER_SEC > cur.rotate_at_sec:
+                self._close_recording(pts_90k, None)
+        if self.cur is None:
+            if not is_key:
+                raise WriterError("a recording must start with a key frame")
+            self._open(video_sample_entry_id, local_time_90k)
+        cur = self.cur
+        if cur.unindexed is not None:
+            self._index_unindexed(pts_90k - cur.unindexed.pts_90k)
+        clock.retry(self.db.clocks, self.shutdown, f"write {self._name(cur)}",
+                    lambda: dirmod.write_all(cur.f, data))
+        cur.hasher.update(data)
+        cur.unindexed = _Unindexed(local_time_90k, pts_90k, len(data), is_key)
+
+    def _name(self, cur: _Recording) -> str:
+        return f"{self.fs.path}/{dirmod.name_for(cur.id)}"
+
+    def _open(self, video_sample_entry_id: int, local_time_90k: int) -> None:
+        s = self.db.streams[self.stream_id]
+        with self.db.locked():
+            r = dbmod.RecordingToInsert(
+                run_offset=self.run_offset,
+                start_time_90k=self.prev_end_90k if self.prev_end_90k is not None else local_time_90k,
+                prev_media_duration_90k=s.cum_media_duration_90k + sum(
+                    u.media_duration_90k for u in s.uncommitted),
+                prev_runs=s.cum_runs + sum(u.run_offset == 0 for u in s.uncommitted),
+                video_sample_entry_id=video_sample_entry_id)
+            cid = self.db.add_recording(self.stream_id, r)
+        name = dirmod.name_for(cid)
+        try:
+            f = clock.retry(self.db.clocks, self.shutdown, f"create {self.fs.path}/{name}",
+                            lambda: self.fs.create_file(name))  # dir.py step S1
+        except clock.ShutdownError:
+            self._abandon(cid, r, None)
+            raise
+        cur = _Recording(cid, r, f)
+        sec = local_time_90k // recording.TIME_UNITS_PER_SEC
+        i = self.rotate_interval_sec
+        at = sec - sec % i + self.rotate_offset_sec
+        if at <= sec:
+            at += i
+        if self.run_offset == 0:
+            at += i  # a run's first recording: 1-2 intervals, for a better start estimate
+        cur.rotate_at_sec = at
+        self.cur = cur
+
+    def _abandon(self, cid: int, r: dbmod.RecordingToInsert, f: dirmod.File | None) -> None:
+        """Gives up a recording that can't be finished: unlinks its file and
+        fsyncs the dir, so a flush may skip its id (db.RecordingToInsert).
+        If shutdown interrupts that, the file stays with an id >= the stream's
+        cum_recordings, and start-up recovery removes it."""
+        with self.db.locked():
+            r.growing = False
+            r.abandoned = True
+        if f is not None:
+            f.close()
+        name = dirmod.name_for(cid)
+
+        def unlink():
+            try:
+                self.fs.unlink(name)
+            except FileNotFoundError:
+                pass
+        try:
+            clock.retry(self.db.clocks, self.shutdown, f"unlink {self.fs.path}/{name}", unlink)
+            clock.retry(self.db.clocks, self.shutdown, f"fsync dir {self.fs.path}", self.fs.sync)
+        except clock.ShutdownError:
+            return
+        with self.db.locked():
+            r.file_gone = True
+        logger.warning("%s: abandoned recording %s", self.fs.path, name)
+
+    def _index_unindexed(self, duration_90k: int, *, run_ends: bool = False) -> None:
+        """Adds the unindexed frame, lasting `duration_90k`, to the index and
+        updates the recording's times. `run_ends`: the trailing zero."""
+        cur = self.cur
+        u = cur.unindexed
+        if not run_ends and duration_90k <= 0:
+            raise WriterError(f"pts not monotonically increasing; got {u.pts_90k} then "
+                              f"{u.pts_90k + duration_90k}")
+        if duration_90k > MAX_PTS_JUMP_90K:
+            raise WriterError(f"excessive pts jump from {u.pts_90k} to {u.pts_90k + duration_90k}")
+        r = cur.r
+        media = r.media_duration_90k + duration_90k
+        candidate = u.local_time_90k - media
+        local_start = candidate if cur.local_start_90k is None else min(cur.local_start_90k,
+                                                                         candidate)
+        start = local_start if r.run_offset == 0 else r.start_time_90k
+        limit = media // 2000  # 500 ppm
+        wall = media + max(-limit, min(limit, local_start - start))
+        if wall >= recording.MAX_RECORDING_WALL_DURATION_90K:
+            raise WriterError(f"recording would last {recording.format_duration(wall)}, at least "
+                              f"the maximum of 5 minutes; are key frames too far apart?")
+        cur.local_start_90k = local_start
+        cur.encoder.add_sample(duration_90k, u.bytes, u.is_key)
+        with self.db.locked():
+            r.start_time_90k = start
+            r.wall_duration_90k = wall
+            r.media_duration_90k = media
+            r.video_index = bytes(cur.encoder.video_index)
+            r.video_samples = cur.encoder.video_samples
+            r.video_sync_samples = cur.encoder.video_sync_samples
+            r.sample_file_bytes = cur.encoder.sample_file_bytes
+        cur.unindexed = None
+
+    # -- ending recordings and runs ----------------------------------------------
+
+    def _close_recording(self, next_pts_90k: int | None, reason: str | None) -> None:
+        """Indexes the last frame (lasting until `next_pts_90k`, or 0: the
+        trailing zero that ends a run), finishes the row and hands the file to
+        the syncer."""
+        cur = self.cur
+        if cur.unindexed is None:  # a write failed on shutdown before any frame landed
+            self.cur = None
+            self._abandon(cur.id, cur.r, cur.f)
+            return
+        if next_pts_90k is None:
+            self._index_unindexed(0, run_ends=True)
+        else:
+            self._index_unindexed(next_pts_90k - cur.unindexed.pts_90k)
+        self.cur = None
+        r = cur.r
+        with self.db.locked():
+            if next_pts_90k is None:
+                r.flags |= dbmod.FLAG_TRAILING_ZERO
+                r.end_reason = reason
+            r.local_time_delta_90k = (cur.local_start_90k - r.start_time_90k
+                                      if r.run_offset > 0 else None)
+            r.sample_file_blake2b = cur.hasher.digest()
+            r.growing = False
+        self.prev_end_90k = r.start_time_90k + r.wall_duration_90k
+        self.run_offset += 1
+        self.syncer.save(cur.id, r.wall_duration_90k, cur.f)
+
+    def close(self, reason: str) -> None:
+        """Ends the run: the last frame gets duration 0, the recording its end
+        reason. Safe to call more than once and after errors."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.cur is not None:
+            cur = self.cur
+            try:
+                self._close_recording(None, reason)
+            except WriterError as e:
+                # Only the 5-minute limit can refuse a trailing zero, and only
+                # if the previous frame already hit it: abandon the recording
+                # (recovery removes its file) rather than commit a bad row.
+                logger.warning("%s: abandoned: %s", self._name(cur), e)
+                self.cur = None
+                self._abandon(cur.id, cur.r, cur.f)

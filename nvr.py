@@ -2,6 +2,7 @@
 """nvr's command line: `python3 nvr.py SUBCOMMAND --help` describes each.
 
 Subcommands (one `cmd_x(args) -> int` each, the exit status):
+  run      record cameras (the web server follows with the web issue)
   init     create the database and, by default, the embedded ./nvr-data layout
   config   add/list/edit/delete sample file dirs, cameras, streams and users
   check    verify the database against the sample files; repair with flags
@@ -19,13 +20,16 @@ and prints a traceback.
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
+import dataclasses
 import logging
 import os
 import re
 import shutil
+import signal
+import socket
 import sys
+import threading
+import tomllib
 
 import auth
 import check
@@ -33,6 +37,7 @@ import clock
 import db
 import dir as dirmod
 import recording
+import stream
 import upgrade
 
 logger = logging.getLogger("nvr")
@@ -403,6 +408,219 @@ def cmd_config_user(args) -> int:
 
 
 # ---------------------------------------------------------------------------
+# run: the TOML config, start-up, signals, shutdown.
+
+DEFAULT_CONFIG = """
+# The embedded default: `python3 nvr.py run` with no --config.
+dbDir = "nvr-data/db"
+
+[[binds]]
+ipv4 = "127.0.0.1:8080"
+allowUnauthenticatedPermissions = { viewVideo = true }
+"""
+
+
+@dataclasses.dataclass
+class Bind:
+    address: tuple[str, str]                 # ("ipv4" | "ipv6" | "unix", value)
+    allow_unauthenticated_permissions: auth.Permissions | None = None
+    trust_forward_headers: bool = False
+    own_uid_is_privileged: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclasses.dataclass
+class Config:
+    db_dir: str
+    ui_dir: str | None
+    binds: list[Bind]
+
+
+def _keys(where: str, table: dict, allowed: dict) -> None:
+    for k, v in table.items():
+        if k not in allowed:
+            raise UsageError(f"config: unknown key {where}{k!r}; known keys: "
+                             f"{', '.join(allowed)}")
+        want = allowed[k]
+        if want is not None and not isinstance(v, want):
+            raise UsageError(f"config: {where}{k} must be a {want.__name__}, not {v!r}")
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Reads the TOML config (Moonfire's keys, camelCase); unknown keys are errors."""
+    try:
+        t = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config {source}: {e}") from None
+    _keys("", t, {"dbDir": str, "uiDir": str, "binds": list})
+    binds = []
+    for i, b in enumerate(t.get("binds", [])):
+        where = f"binds[{i}]."
+        if not isinstance(b, dict):
+            raise UsageError(f"config: binds[{i}] must be a table")
+        _keys(where, b, {"ipv4": str, "ipv6": str, "unix": str,
+                         "allowUnauthenticatedPermissions": dict, "trustForwardHeaders": bool,
+                         "ownUidIsPrivileged": bool, "tls": dict})
+        addrs = [(k, b[k]) for k in ("ipv4", "ipv6", "unix") if k in b]
+        if len(addrs) != 1:
+            raise UsageError(f"config: binds[{i}] needs exactly one of ipv4, ipv6, unix")
+        bind = Bind(addrs[0], trust_forward_headers=b.get("trustForwardHeaders", False),
+                    own_uid_is_privileged=b.get("ownUidIsPrivileged", False))
+        if "allowUnauthenticatedPermissions" in b:
+            try:
+                bind.allow_unauthenticated_permissions = auth.Permissions.from_json(
+                    b["allowUnauthenticatedPermissions"])
+            except ValueError as e:
+                raise UsageError(f"config: {where}allowUnauthenticatedPermissions: {e}") from None
+        if "tls" in b:
+            _keys(where + "tls.", b["tls"], {"cert": str, "key": str})
+            if set(b["tls"]) != {"cert", "key"}:
+                raise UsageError(f"config: {where}tls needs both cert and key")
+            bind.tls_cert, bind.tls_key = b["tls"]["cert"], b["tls"]["key"]
+        binds.append(bind)
+    return Config(db_dir=t.get("dbDir", DEFAULT_DB_DIR), ui_dir=t.get("uiDir"), binds=binds)
+
+
+def load_config(path: str | None) -> Config:
+    if path is None:
+        return parse_config(DEFAULT_CONFIG, "(embedded default)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_config(f.read(), path)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+
+
+def sd_notify(message: str) -> None:
+    """Tells systemd (Type=notify) our state, if it started us."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(addr)
+        s.sendall(message.encode())
+
+
+class Recorder:
+    """What `run` starts and stops: syncers, then streamers (reference §1.5)."""
+
+    def __init__(self, d: db.Database, opener, *, shutdown: threading.Event,
+                 rotate_interval_sec: int = 60):
+        self.db = d
+        self.shutdown = shutdown
+        self.syncers: dict[int, dirmod.Syncer] = {}
+        self.streamers: list = []
+        recorded = [s for s in sorted(d.streams.values(), key=lambda s: s.id)
+                    if s.record and s.sample_file_dir_id is not None and s.config.get("url")]
+        for s in recorded:
+            if s.sample_file_dir_id not in self.syncers:
+                sy = dirmod.Syncer(d, s.sample_file_dir_id, shutdown=self.shutdown)
+                sy.initial_rotation()
+                self.syncers[s.sample_file_dir_id] = sy
+        for i, s in enumerate(recorded):
+            o = opener(s)
+            self.streamers.append(stream.Streamer(
+                d, s.id, self.syncers[s.sample_file_dir_id], o, shutdown=self.shutdown,
+                rotate_offset_sec=rotate_interval_sec * i // len(recorded),
+                rotate_interval_sec=rotate_interval_sec))
+
+    def start(self) -> None:
+        for sy in self.syncers.values():
+            sy.start()
+        for st in self.streamers:
+            st.start()
+
+    def stop(self) -> None:
+        """Ends every run ("NVR shutdown"), makes the last recordings durable,
+        flushes, collects garbage, flushes again."""
+        self.shutdown.set()
+        for st in self.streamers:
+            st.join()
+        for sy in self.syncers.values():
+            sy.stop()
+        self.db.flush("NVR shutdown")
+        if sum(sy.collect_garbage() for sy in self.syncers.values()):
+            self.db.flush("NVR shutdown: garbage collected")
+
+
+def _demo_camera(d: db.Database) -> None:
+    """`run --demo`: a camera named "demo" recording the synthetic stream."""
+    for c in d.cameras.values():
+        if c.short_name == "demo":
+            return
+    if not d.dirs:
+        raise UsageError("--demo needs a sample file dir; run `nvr.py init` first")
+    cid = d.add_camera("demo", {"description": "synthetic test pattern (nvr.py run --demo)"})
+    d.add_stream(cid, "main", {"mode": "record", "url": "demo:", "rtspTransport": "",
+                               "retainBytes": 1 << 30, "flushIfSec": 10},
+                 min(d.dirs))
+
+
+def cmd_run(args) -> int:
+    config = load_config(args.config)
+    clocks = clock.RealClocks()
+    embedded = args.config is None
+    if embedded and not os.path.exists(os.path.join(config.db_dir, db.DB_FILENAME)):
+        # First run of the embedded layout: create it (as `nvr.py init` would).
+        db.init(config.db_dir, clocks)
+        d = db.Database.open_dir(config.db_dir, clocks)
+        try:
+            d.add_sample_file_dir(os.path.join(os.path.dirname(os.path.abspath(config.db_dir)),
+                                               "sample"))
+            d.flush("first run")
+        finally:
+            d.close()
+        logger.info("created the database and sample file dir under %s",
+                    os.path.dirname(config.db_dir) or ".")
+    d = db.Database.open_dir(config.db_dir, clocks, read_only=args.read_only)
+    signals = []
+
+    def on_signal(signum, frame):
+        signals.append(signum)
+        if len(signals) > 1:
+            os._exit(1)  # a second signal: exit at once
+        logger.info("received %s; shutting down (again to exit at once)",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    stop = threading.Event()
+    rec_shutdown = threading.Event()  # tells streamers and syncers to finish
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        d.open_sample_file_dirs()
+        if args.demo and not args.read_only:
+            _demo_camera(d)
+
+        def opener(s):
+            if s.config.get("url", "").startswith("demo:"):
+                import demo  # PyAV's encoder, only when a demo camera records
+                return demo.DemoOpener(clocks, shutdown=rec_shutdown)
+            return stream.PyAvOpener()
+        rec = None
+        if not args.read_only:
+            rec = Recorder(d, opener, shutdown=rec_shutdown,
+                           rotate_interval_sec=args.rotate_interval_sec)
+            rec.start()
+            logger.info("recording %d stream(s)", len(rec.streamers))
+        else:
+            logger.info("read-only: recording nothing")
+        sd_notify("READY=1")
+        while not stop.wait(1):
+            pass
+        sd_notify("STOPPING=1")
+        if rec is not None:
+            rec.stop()
+        logger.info("shut down cleanly")
+        return 0
+    finally:
+        d.close()
+
+
+# ---------------------------------------------------------------------------
 # The parser.
 
 def _add_db_dir(p: argparse.ArgumentParser) -> None:
@@ -422,6 +640,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvr.py", description="nvr: a network video recorder for IP cameras.")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("run", help="record cameras (and, soon, serve the web UI)",
+                       description="Records every stream set to record, until SIGINT or "
+                                   "SIGTERM (a second one exits at once). With no --config, "
+                                   "uses nvr-data/ in the current directory, creating it on "
+                                   "the first run.")
+    p.add_argument("--config", metavar="PATH", help="TOML config file (README: Configuration)")
+    p.add_argument("--read-only", action="store_true",
+                   help="open the database read-only and record nothing")
+    p.add_argument("--demo", action="store_true",
+                   help="also record a synthetic camera named 'demo' (no camera needed)")
+    p.add_argument("--rotate-interval-sec", type=int, default=60, metavar="SEC",
+                   help=argparse.SUPPRESS)  # tests rotate every few seconds
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("init", help="create the database and a sample file dir",
                        description="Creates the database (if absent) and, unless told not to, "

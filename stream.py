@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 OPEN_TIMEOUT_SEC = 30
 FRAME_TIMEOUT_SEC = 30
 RETRY_SEC = 1
+OPEN_WARN_SEC = 5  # warn about opens slower than this
 
 
 class StreamError(Exception):
@@ -152,8 +153,10 @@ class PyAvSource(Source):
             for f in self._read():
                 if f.is_key:
                     p = codec.parameters_from_frame(self.codec, f.data)
-                    if p is not None and p.sample_entry != current:
-                        f.parameters, current = p, p.sample_entry
+                    if p is not None:
+                        if p.sample_entry != current:
+                            f.parameters, current = p, p.sample_entry
+                        f.data = strip_parameter_sets(self.codec, f.data)
                 yield f
         except av.error.ExitError:
             raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s") from None
@@ -161,6 +164,17 @@ class PyAvSource(Source):
 
     def close(self) -> None:
         self.container.close()
+
+
+def strip_parameter_sets(codec_name: str, data: bytes) -> bytes:
+    """Drops in-band SPS/PPS/VPS from a length-prefixed access unit: `avc1`/`hvc1`
+    sample entries carry them (ISO/IEC 14496-15), as FFmpeg's mp4 muxer does;
+    a change is noticed first and becomes a new sample entry."""
+    nals = codec.nal_units(data)
+    kept = [n for n in nals if not codec.is_parameter_set(codec_name, n)]
+    if len(kept) == len(nals):
+        return data
+    return b"".join(len(n).to_bytes(4, "big") + n for n in kept)
 
 
 class PyAvOpener(Opener):
@@ -241,7 +255,9 @@ class Streamer:
 
     def run_once(self) -> None:
         logger.info("%s: opening %s", self.name, self.url)
-        with clock.TimerGuard(self.clocks, lambda: f"{self.name}: opening {self.url}"):
+        # PyAV probes until it has seen a key frame: 1-3 s is normal (docs/performance.md).
+        with clock.TimerGuard(self.clocks, lambda: f"{self.name}: opening {self.url}",
+                              limit_sec=OPEN_WARN_SEC):
             src = self.opener.open(self.url, username=self.username, password=self.password,
                                    transport=self.transport)
         self.runs += 1

@@ -26,6 +26,7 @@ import clock  # noqa: E402
 import db  # noqa: E402
 import dir as dirmod  # noqa: E402
 import recording  # noqa: E402
+from camera import make_rtsp_camera, rtsp_camera  # noqa: E402,F401
 
 # 2026-11-29T12:00:00Z: any fixed instant works; this one is far from DST.
 START_NS = 1_795_953_600 * 1_000_000_000

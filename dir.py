@@ -1,88 +1,133 @@
 """A sample file directory: its `meta` file, its lock, the file I/O seam, recovery.
 
-A sample file dir (typically one per disk) holds sample files, each one
-recording's frames, named by composite id as 16 lowercase hex digits
-(`name_for`), and one `meta` file tying the dir to its database. Sample files
-are only ever created (`O_EXCL`), appended to and unlinked, never truncated or
-rewritten, so a reader's `mmap` of one can't fault (a SIGBUS would kill the
-whole process).
+A sample file dir (typically one per disk) holds one file per recording, named
+by its composite id as 16 lowercase hex digits (`name_for`: stream id, then
+recording id; `00000003001c1ba6` is stream 3, recording 1842086), and one
+`meta` file tying the dir to its database (reference §2.5, §3.1). Sample files
+are only created (O_CREAT|O_EXCL, mode 0600), appended to and unlinked: never
+truncated or rewritten, so a reader's `mmap` can't fault (SIGBUS kills the
+whole process) and a reused id can't clobber a recording.
 
-The `meta` file (reference §2.5), exactly 512 bytes, rewritten in place:
+One process per dir: `flock` on the dir's fd, LOCK_EX read-write, LOCK_SH
+read-only, non-blocking. The kernel drops it when the fd closes or the process
+dies, so no stale lock outlives a crash.
 
-    varint N            length of the message
-    N bytes             DirMeta protobuf:
-                          1 db_uuid            bytes (16)
-                          2 dir_uuid           bytes (16)
-                          3 last_complete_open Open {1 id: uint32, 2 uuid: bytes}
-                          4 in_progress_open   Open
-    NUL bytes           padding to 512
+`meta` is exactly 512 bytes, so a rewrite is one sector in place:
 
-Writing it: the first write creates the file (O_EXCL), writes 512 bytes,
-fsyncs the file (its contents are durable) and the dir (its name is durable).
-A rewrite is one 512-byte `pwrite` at offset 0 and `fdatasync`: one sector, so
-either version survives a crash on real disks (POSIX doesn't promise it; the
-failure window is that one write, and the file holds nothing the database
-can't rebuild). Needing no free space, a rewrite works on a full disk
-(Moonfire #65).
+    offset 0    varint N, the length of the DirMeta message (1 byte: N < 128)
+    offset 1    N bytes of protobuf (proto3) DirMeta; empty fields omitted:
+                  0a 10 <16 bytes>   field 1 db_uuid, wire type 2, length 16
+                  12 10 <16 bytes>   field 2 dir_uuid
+                  1a LL <Open>       field 3 last_complete_open, LL = len(Open)
+                  22 LL <Open>       field 4 in_progress_open
+                Open:
+                  08 <varint>        field 1 id (uint32), wire type 0
+                  12 10 <16 bytes>   field 2 uuid
+    offset 1+N  NUL padding to 512. Reading ignores it, as Moonfire does: it
+                carries nothing, and refusing to start over it helps no one.
+Unknown fields are skipped (wire types 0, 1, 2, 5); repeated ones follow
+protobuf (bytes: last wins; messages: merged).
 
-Procedures (db.py calls them in this order; the code repeats the numbers):
+last_complete_open is the last open the database is known to have recorded as
+complete; in_progress_open one it may or may not have recorded, which has
+written no sample data. The check (O2) passes if the database's last complete
+open is either; if the database has none, the file must have no
+last_complete_open.
 
-Create a dir:
-  C1. mkdir if missing; flock it exclusively; it must be empty apart from a
-      `meta` without a last complete open (left by an interrupted create).
-  C2. write meta: db_uuid, a new dir_uuid, in_progress_open = this open.
-  C3. (db.py) insert the `sample_file_dir` row with last_complete_open_id =
-      this open.
-  C4. rewrite meta: last_complete_open = this open, no in_progress_open.
-  A crash after C2 leaves a dir the database doesn't know: creating it again
-  works. A crash after C3 leaves meta naming the open as in progress, which
-  the open check accepts.
+Procedures. "(db.py)" marks db.py's steps between ours; it calls these in
+order, and the code repeats the step ids. "Crash" means power loss.
 
-Open read-write (at start-up):
-  O1. flock exclusively (one process per dir).
-  O2. verify meta against the database (`_verify`).
-  O3. rewrite meta with in_progress_open = this open.
-  O4. (db.py) set last_complete_open_id = this open.
-  O5. rewrite meta: last_complete_open = this open.
-  O6. start-up recovery (`recover`).
-  A crash between steps leaves meta naming either the database's open or the
-  new one as in progress; O2 accepts both.
+Writing meta. First write (only C3):
+  M1. create `meta` O_CREAT|O_EXCL, 0600.   M2. write the 512 bytes.
+  M3. fsync the file: its contents are durable before its name can be.
+  M4. fsync the dir: its name is durable, so a crash can't lose the file.
+  Window: a crash before M4 leaves no meta, or an empty or short one; create
+  starts over (C2). Later writes are in place, needing no free space (a full
+  disk can't block start-up) and no dir fsync (name and size don't change):
+  M5. pwrite the 512 bytes at offset 0: one sector.
+  M6. fdatasync: the new contents are durable.
+  Window: until M6 returns the sector holds the old or the new contents (disks
+  write a sector whole in practice, though POSIX doesn't promise it; a torn one
+  shows as "meta is damaged" at the next open). Each procedure is ordered so
+  both versions pass O2. A failure raises OSError and `self.meta` keeps the old
+  value; the caller must not go on to its next step (it may retry this one).
 
-Open read-only: flock shared, verify; nothing is written.
+Create a dir (db.py `add_sample_file_dir`):
+  C1. mkdir (with parents, 0700) if missing; open it; flock LOCK_EX|LOCK_NB.
+  C2. it must hold nothing but maybe a `meta` without last_complete_open, left
+      by an interrupted create (of this database or another). A meta of the
+      wrong size is a torn M1-M4: unlink it (C3's M4 makes that durable).
+  C3. write meta: db_uuid, a new dir_uuid, in_progress_open = this open.
+  C4. (db.py) insert the row with last_complete_open_id = this open.
+  C5. rewrite meta: last_complete_open = this open, no in_progress_open.
+  Window: before C4 commits there is no row and creating again works; after
+  it the row's open is the file's in_progress_open, which O2 accepts.
 
-Delete a dir (db.py refuses while a stream or garbage uses it):
+Open read-write (db.py `open_sample_file_dirs`; §2.5 steps 1-6):
+  O1. open the dir; flock LOCK_EX|LOCK_NB.
+  O2. read meta and check it against the database's row; a mismatch raises
+      DirError and writes nothing.
+  O3. rewrite meta: last_complete_open = the database's (not the file's: after
+      a crash between O4 and O5 the file names the open before),
+      in_progress_open = this open.
+  O4. (db.py) set the row's last_complete_open_id = this open.
+  O5. rewrite meta: last_complete_open = this open, no in_progress_open.
+  O6. start-up recovery (R1-R5), before any writer starts.
+  Window: whenever it crashes, the database's open is in the file: O2 passes.
+
+Open read-only (`--read-only`, `nvr.py check`): flock LOCK_SH|LOCK_NB (shared
+with other read-only opens, excluded by a read-write one), then O2. Nothing is
+written.
+
+Delete a dir (db.py `delete_sample_file_dir`, once no stream or garbage row
+uses it; it does O1-O6 first):
   D1. the dir must hold no sample files.
-  D2. rewrite meta moving last_complete_open to in_progress_open, the one
-      allowed backtrack, so the meta no longer claims the database's open.
-  D3. (db.py) delete the row. The dir and its meta stay for the user to remove.
+  D2. rewrite meta moving last_complete_open to in_progress_open: the one
+      allowed backtrack. Without it the dir could never be created again.
+  D3. (db.py) delete the row. The dir and meta stay for the user to remove.
+  Window: after D2 the row's open is the file's in_progress_open: O2 passes.
 
-A recording's file (writer.py does S1; the syncer, S2-S4):
-  S1. create `name_for(id)` with O_EXCL, append frames.
-  S2. fsync the file: its data is durable.
-  S3. fsync the dir: its name is durable.
-  S4. the recording is ready; a database flush commits its rows.
+Create a sample file (§3.7):
+  S1. (writer.py) create `name_for(id)` O_CREAT|O_EXCL, 0600, and append the
+      frames (`write_all`). Its recording id is >= the stream's cum_recordings
+      until S4 commits, so after a crash it is abandoned (R3).
+  S2. fsync the file: the data is durable before a row claims it (inv. 1).
+  S3. fsync the dir: the name is durable, for the same reason.
+  S4. the recording is ready; (db.py) the next flush inserts its row and
+      raises cum_recordings past it.
 
-Deleting recordings, two phases (§3.8):
-  G1. (db.py) a flush moves the rows to `garbage`.
-  G2. unlink each file (ENOENT is fine: "may or may not still exist").
-  G3. fsync the dir: the unlinks are durable before the rows go.
+Delete sample files, two phases (§3.8):
+  G1. (db.py) a flush moves the recording rows to `garbage`.
+  G2. unlink each file; ENOENT is fine (an earlier try may have done it).
+  G3. fsync the dir: the unlinks are durable before the rows naming them go,
+      or a crash could bring back a file no row names (inv. 2).
   G4. (db.py) the next flush deletes the garbage rows.
+  Window: until G4 commits the garbage rows stay, and R2 finishes the job.
 
-Start-up recovery (`recover`), which restores invariant 2 of §3.7 (every file
-is a recording, garbage, or has an id >= its stream's cum_recordings):
+Start-up recovery (`recover`; O6):
   R1. list the dir once.
-  R2. unlink files named by garbage rows (G2 of an interrupted delete).
-  R3. unlink files with a recording id >= their stream's cum_recordings:
-      written by a run the database never committed ("abandoned").
-  R4. fsync the dir once.
-  R5. (db.py) delete the garbage rows whose files are gone.
+  R2. unlink every garbage row's file; ENOENT is fine ("may or may not exist").
+  R3. unlink each sample file whose recording id is >= its stream's
+      cum_recordings: S1 ran, S4 never committed ("abandoned"). Files of
+      streams the database doesn't know are reported, never touched.
+  R4. fsync the dir once, even if every file was already gone: a process that
+      crashed after G2 may have left its unlinks not yet durable.
+  R5. (db.py) its next transaction deletes the garbage rows R2 reported gone.
+  Each unlink and the fsync go through `retry`, which retries transient
+  errors (EIO, ENOSPC) with a warning naming the file.
 
-Every write, fsync and unlink goes through the seam `Fs`/`File`, so tests
-inject failures (test/fakes.py) and callers retry (clock.retry). db.py owns
-the `sample_file_dir` rows and the garbage bookkeeping; writer.py writes
-sample files through `Fs.create_file`; the `Syncer` thread at the end of
-this module does S2-S4 and G2-G3 for each dir while nvr runs, and plans the
-database flushes that S4 and G4 wait for.
+Invariants (§3.7), true on disk at every instant:
+  1. every `recording` row has its file, of the stated size and hash;
+  2. every sample file is in exactly one of: a `recording` row, a `garbage`
+     row, or "recording id >= its stream's cum_recordings" (abandoned);
+  3. after a clean shutdown every sample file has a row.
+
+Neighbours: db.py owns the `sample_file_dir`, `open` and `garbage` rows and
+calls these procedures in order; writer.py does S1 through `Fs.create_file`
+and `write_all`; `nvr.py check` opens dirs read-only. All I/O goes through
+`Fs`/`File` so tests can script failures (test/fakes.py).
+The `Syncer` thread at the end of this module does S2-S4 and G2-G3 for
+each dir while nvr runs, and plans the database flushes S4 and G4 wait for.
 """
 
 from __future__ import annotations
@@ -94,7 +139,6 @@ import heapq
 import logging
 import os
 import queue
-import re
 import threading
 import uuid as uuidlib
 from typing import Callable, Iterable
@@ -104,17 +148,18 @@ import clock
 logger = logging.getLogger(__name__)
 
 META_NAME = "meta"
-META_BYTES = 512
+META_BYTES = 512  # one sector, rewritten in place (M5)
+MAX_OPEN_ID = 0xFFFFFFFF  # Open.id is a uint32
 
 
 class DirError(Exception):
-    """A problem with a sample file dir that the user can act on."""
+    """A problem with a sample file dir the user can act on; the message says how."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Open:
     id: int
-    uuid: bytes
+    uuid: bytes  # 16 bytes, the `open` row's uuid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,122 +170,128 @@ class DirMeta:
     in_progress_open: Open | None = None
 
 
-# ---------------------------------------------------------------------------
-# Protobuf, just what DirMeta needs: varints (wire type 0) and length-delimited
-# fields (wire type 2); other wire types are skipped as protobuf requires.
+# -- meta encoding: the little of protobuf DirMeta needs ----------------------
 
 def _varint(v: int) -> bytes:
     out = bytearray()
     while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
+        out.append(v & 0x7F | 0x80)
         v >>= 7
     out.append(v)
     return bytes(out)
 
 
 def _read_varint(b: bytes, i: int) -> tuple[int, int]:
-    result = shift = 0
+    """Returns (value, index after it)."""
+    value = shift = 0
     while True:
         if i >= len(b):
-            raise DirError("meta: truncated varint")
+            raise DirError("truncated varint")
+        if shift >= 70:
+            raise DirError("varint longer than 10 bytes")
         byte = b[i]
         i += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, i
+        value |= (byte & 0x7F) << shift
         shift += 7
-        if shift >= 64:
-            raise DirError("meta: varint too long")
+        if not byte & 0x80:
+            return value, i
 
 
-def _fields(b: bytes):
-    """Yields (field number, wire type, value) of a protobuf message."""
+def _fields(msg: bytes):
+    """Yields (field number, wire type, value) for each field of a message."""
     i = 0
-    while i < len(b):
-        key, i = _read_varint(b, i)
+    while i < len(msg):
+        key, i = _read_varint(msg, i)
         field, wire = key >> 3, key & 7
+        if field == 0:
+            raise DirError("field number 0")
         if wire == 0:
-            value, i = _read_varint(b, i)
-        elif wire == 2:
-            n, i = _read_varint(b, i)
-            if i + n > len(b):
-                raise DirError(f"meta: field {field} runs past the end of the message")
-            value, i = b[i:i + n], i + n
-        elif wire == 1:
-            value, i = b[i:i + 8], i + 8
-        elif wire == 5:
-            value, i = b[i:i + 4], i + 4
-        else:
-            raise DirError(f"meta: unsupported wire type {wire} for field {field}")
-        if i > len(b):
-            raise DirError("meta: truncated field")
-        yield field, wire, value
+            value, i = _read_varint(msg, i)
+            yield field, wire, value
+            continue
+        if wire == 2:
+            n, i = _read_varint(msg, i)
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+        else:  # 3, 4 (groups) and 6, 7 never occur in DirMeta
+            raise DirError(f"field {field} has unsupported wire type {wire}")
+        if i + n > len(msg):
+            raise DirError(f"field {field} runs past the end of the message")
+        yield field, wire, msg[i:i + n]
+        i += n
+
+
+def _bytes_field(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
 
 def _encode_open(o: Open) -> bytes:
-    out = b""
-    if o.id:
-        out += b"\x08" + _varint(o.id)
-    if o.uuid:
-        out += b"\x12" + _varint(len(o.uuid)) + o.uuid
-    return out
-
-
-def _decode_open(b: bytes) -> Open:
-    id_, uuid = 0, b""
-    for field, wire, value in _fields(b):
-        if field == 1 and wire == 0:
-            id_ = value
-        elif field == 2 and wire == 2:
-            uuid = bytes(value)
-    return Open(id_, uuid)
+    if not 0 <= o.id <= MAX_OPEN_ID:
+        raise ValueError(f"open id {o.id} is not a uint32")
+    return ((b"\x08" + _varint(o.id) if o.id else b"")
+            + (_bytes_field(2, o.uuid) if o.uuid else b""))
 
 
 def encode_meta(m: DirMeta) -> bytes:
+    """The 512 bytes of a `meta` file (layout in the module docstring)."""
     msg = b""
     for field, value in ((1, m.db_uuid), (2, m.dir_uuid)):
         if value:
-            msg += bytes([field << 3 | 2]) + _varint(len(value)) + value
+            msg += _bytes_field(field, value)
     for field, o in ((3, m.last_complete_open), (4, m.in_progress_open)):
         if o is not None:
-            body = _encode_open(o)
-            msg += bytes([field << 3 | 2]) + _varint(len(body)) + body
+            msg += _bytes_field(field, _encode_open(o))
     out = _varint(len(msg)) + msg
-    assert len(out) <= META_BYTES, "DirMeta never exceeds 512 bytes"
+    if len(out) > META_BYTES:
+        raise ValueError(f"DirMeta needs {len(out)} bytes, over {META_BYTES}")
     return out + bytes(META_BYTES - len(out))
 
 
+def _want_wire(where: str, field: int, wire: int, want: int) -> None:
+    if wire != want:
+        raise DirError(f"{where} field {field} has wire type {wire}, expected {want}")
+
+
+def _decode_open(msg: bytes) -> Open:
+    id_, uuid = 0, b""
+    for field, wire, value in _fields(msg):
+        if field in (1, 2):  # others are unknown: skipped, as protobuf requires
+            _want_wire("Open", field, wire, 0 if field == 1 else 2)
+        if field == 1:
+            if value > MAX_OPEN_ID:
+                raise DirError(f"open id {value} is not a uint32")
+            id_ = value
+        elif field == 2:
+            uuid = value
+    return Open(id_, uuid)
+
+
 def decode_meta(b: bytes) -> DirMeta:
+    """Parses a `meta` file's bytes; DirError says what is wrong with them."""
     if len(b) != META_BYTES:
-        raise DirError(f"meta: is {len(b)} bytes, expected {META_BYTES}")
+        raise DirError(f"meta is {len(b)} bytes, expected {META_BYTES}")
     n, i = _read_varint(b, 0)
     if i + n > META_BYTES:
-        raise DirError(f"meta: message length {n} runs past the 512-byte file")
-    fields = {}
-    for field, wire, value in _fields(b[i:i + n]):
-        fields[field] = (wire, value)
-    if any(b[i + n:]):
-        raise DirError("meta: padding after the message is not all zero")
-
-    def get_bytes(f):
-        w, v = fields.get(f, (2, b""))
-        if w != 2:
-            raise DirError(f"meta: field {f} has wire type {w}, expected 2")
-        return bytes(v)
-
-    lco = _decode_open(get_bytes(3)) if 3 in fields else None
-    ipo = _decode_open(get_bytes(4)) if 4 in fields else None
-    return DirMeta(get_bytes(1), get_bytes(2), lco, ipo)
+        raise DirError(f"meta's message length {n} runs past the end of the file")
+    fields: dict[int, bytes] = {}
+    for field, wire, value in _fields(bytes(b[i:i + n])):
+        if field in (1, 2, 3, 4):  # others are unknown: skipped, as protobuf requires
+            _want_wire("DirMeta", field, wire, 2)
+            # A repeated bytes field: the last wins. A repeated message field:
+            # they merge, which parsing their concatenation does.
+            fields[field] = fields.get(field, b"") + value if field >= 3 else value
+    opens = [_decode_open(fields[f]) if f in fields else None for f in (3, 4)]
+    return DirMeta(fields.get(1, b""), fields.get(2, b""), *opens)
 
 
-# ---------------------------------------------------------------------------
-# The I/O seam.
+# -- the I/O seam ---------------------------------------------------------------
 
 class File:
-    """One open file. `write` may write less than asked (callers loop)."""
+    """One open file. `write` may write less than asked: use `write_all`."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, name: str = ""):
         self.fd = fd
+        self.name = name or f"fd {fd}"  # the path, for messages
 
     def write(self, data) -> int:
         return os.write(self.fd, data)
@@ -256,24 +307,27 @@ class File:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 class Fs:
-    """A sample file dir's files, relative to an `O_DIRECTORY` fd held open, so a
-    remount or rename of the path can't redirect operations mid-run."""
+    """One sample file dir's files, relative to an O_DIRECTORY fd held open, so
+    a rename of the path or a mount over it can't redirect operations."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, mkdir: bool = False):
         self.path = path
+        if mkdir:
+            os.makedirs(path, mode=0o700, exist_ok=True)
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def create_file(self, name: str) -> File:
-        return File(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                            dir_fd=self.fd))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        return File(os.open(name, flags, 0o600, dir_fd=self.fd), f"{self.path}/{name}")
 
     def open_file(self, name: str) -> File:
-        return File(os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.fd))
+        return File(os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.fd),
+                    f"{self.path}/{name}")
 
     def read_file(self, name: str) -> bytes:
         fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
@@ -302,207 +356,277 @@ class Fs:
         fcntl.flock(self.fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
 
     def close(self) -> None:
+        """Closes the fd, which releases the flock."""
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
-def write_all(f: File, data) -> None:
-    """Writes all of `data`, looping over short writes."""
+Retry = Callable[[str, Callable], object]  # retry(description, fn): fn() until it succeeds
+
+
+def no_retry(description: str, fn: Callable):
+    """A `retry` that lets the first failure propagate."""
+    return fn()
+
+
+def write_all(f: File, data, *, retry: Retry = no_retry) -> None:
+    """Writes all of `data` to `f`, looping over short writes. Each write(2)
+    goes through `retry`. Pass the retry here rather than retrying a whole
+    `write_all`: a failed write(2) wrote nothing, but an earlier one in the
+    loop may have, and writing `data` again would duplicate those bytes."""
     view = memoryview(data)
     while view:
-        n = f.write(view)
-        view = view[n:]
+        def write_some():
+            n = f.write(view)
+            if n <= 0:
+                raise OSError(errno.EIO, f"write to {f.name} returned {n}")
+            return n
+        view = view[retry(f"write {f.name}", write_some):]
 
 
-# ---------------------------------------------------------------------------
-# Names.
-
-_NAME_RE = re.compile(r"[0-9a-f]{16}")
-
+# -- sample file names ----------------------------------------------------------
 
 def name_for(composite_id: int) -> str:
     return "%08x%08x" % (composite_id >> 32, composite_id & 0xFFFFFFFF)
 
 
 def parse_name(name: str) -> int | None:
-    return int(name, 16) if _NAME_RE.fullmatch(name) else None
+    """The composite id a sample file name encodes, or None if it is not one."""
+    if len(name) != 16 or any(c not in "0123456789abcdef" for c in name):
+        return None
+    return int(name, 16)
 
 
-# ---------------------------------------------------------------------------
-# The dir.
-
-def _no_retry(what: str, fn: Callable):
-    return fn()
-
+# -- the dir --------------------------------------------------------------------
 
 class SampleFileDir:
-    """An open, locked sample file dir. Close it (or use `with`) to unlock."""
+    """An open, locked sample file dir. `close()` (or `with`) unlocks it."""
 
-    def __init__(self, path: str, fs: Fs, meta: DirMeta | None):
+    def __init__(self, path: str, fs: Fs, meta: DirMeta | None = None, *,
+                 read_only: bool = False):
         self.path = path
         self.fs = fs
         self.meta = meta
+        self.read_only = read_only
+        # The database's last complete open of this dir, which O3 writes.
+        self.db_open = meta.last_complete_open if meta else None
 
     @classmethod
     def create(cls, path: str, db_uuid: bytes, open_: Open, *, fs_factory=Fs) -> "SampleFileDir":
-        os.makedirs(path, exist_ok=True)  # C1
-        d = cls._lock(path, exclusive=True, fs_factory=fs_factory)
+        """C1-C3. db.py then inserts the row (C4) and calls `complete_open` (C5)."""
+        d = cls._open_locked(path, exclusive=True, fs_factory=fs_factory, mkdir=True)  # C1
         try:
-            names = d.fs.list_names()
-            existing = None
-            if META_NAME in names:
-                existing = decode_meta(d.fs.read_file(META_NAME))
-                if existing.last_complete_open is not None:
-                    raise DirError(f"{path} is already a sample file dir of a database "
-                                   f"(its meta names open {existing.last_complete_open.id}); "
-                                   f"use an empty directory")
+            names = d.fs.list_names()  # C2
             others = [n for n in names if n != META_NAME]
             if others:
-                raise DirError(f"{path} is not empty ({', '.join(others[:5])}"
-                               f"{', ...' if len(others) > 5 else ''}); use an empty directory")
-            d._write_meta(DirMeta(db_uuid, uuidlib.uuid4().bytes, None, open_),  # C2
-                          exists=existing is not None)
+                raise DirError(f"can't create sample file dir {path}: it is not empty "
+                               f"({_some(others)}); use an empty directory")
+            have_meta = META_NAME in names
+            if have_meta and d.fs.stat_size(META_NAME) != META_BYTES:
+                logger.warning("%s: removing the torn meta of an interrupted create", path)
+                d.fs.unlink(META_NAME)  # C2: C3's dir fsync (M4) makes this durable too
+                have_meta = False
+            if have_meta:
+                old = d._read_meta()
+                if old.last_complete_open is not None:
+                    raise DirError(f"can't create sample file dir {path}: it already belongs "
+                                   f"to a database (open {old.last_complete_open.id} of "
+                                   f"database {_uuid(old.db_uuid)}); use an empty directory")
+            m = DirMeta(db_uuid, uuidlib.uuid4().bytes, None, open_)
+            if have_meta:
+                d._rewrite_meta(m)  # C3 over an interrupted create's meta
+            else:
+                d._create_meta(m)  # C3
             return d
-        except BaseException:
+        except BaseException:  # re-raises; just don't leak the fd and lock
             d.close()
             raise
 
     @classmethod
     def open(cls, path: str, expected: DirMeta, *, read_only: bool = False,
              fs_factory=Fs) -> "SampleFileDir":
-        d = cls._lock(path, exclusive=not read_only, fs_factory=fs_factory)  # O1
+        """O1-O2 (`expected` is what the database says); read-only opens stop here.
+        Read-write, db.py goes on: begin_open (O3), its row (O4), complete_open (O5)."""
+        d = cls._open_locked(path, exclusive=not read_only, fs_factory=fs_factory)  # O1
+        d.read_only = read_only
         try:
-            try:
-                raw = d.fs.read_file(META_NAME)
-            except FileNotFoundError:
-                raise DirError(f"sample file dir {path} has no meta file; is its disk "
-                               f"mounted?") from None
-            d.meta = decode_meta(raw)
+            d.meta = d._read_meta()  # O2
             d._verify(expected)  # O2
+            d.db_open = expected.last_complete_open
             return d
-        except BaseException:
+        except BaseException:  # re-raises; just don't leak the fd and lock
             d.close()
             raise
 
     @classmethod
-    def _lock(cls, path: str, exclusive: bool, fs_factory) -> "SampleFileDir":
+    def _open_locked(cls, path: str, *, exclusive: bool, fs_factory,
+                     mkdir: bool = False) -> "SampleFileDir":
         try:
-            fs = fs_factory(path)
+            fs = fs_factory(path, mkdir=True) if mkdir else fs_factory(path)
         except FileNotFoundError:
             raise DirError(f"sample file dir {path} does not exist; is its disk mounted?") from None
-        except NotADirectoryError:
+        except (NotADirectoryError, FileExistsError):
             raise DirError(f"sample file dir {path} is not a directory") from None
+        except PermissionError:
+            raise DirError(f"sample file dir {path}: permission denied; check that it is "
+                           f"owned by the user nvr runs as (uid {os.getuid()})") from None
         try:
             fs.lock(exclusive)
         except BlockingIOError:
             fs.close()
             raise DirError(f"sample file dir {path} is in use by another process "
                            f"(is nvr already running?)") from None
-        return cls(path, fs, None)
+        except BaseException:  # re-raises; just don't leak the fd
+            fs.close()
+            raise
+        return cls(path, fs)
+
+    def _read_meta(self) -> DirMeta:
+        try:
+            raw = self.fs.read_file(META_NAME)
+        except FileNotFoundError:
+            raise DirError(f"sample file dir {self.path} has no meta file; is its disk "
+                           f"mounted? (an unmounted disk leaves an empty mount point)") from None
+        try:
+            return decode_meta(raw)
+        except DirError as e:
+            raise DirError(f"sample file dir {self.path}: meta is damaged ({e}); check the "
+                           f"disk (dmesg, fsck) and restore the dir from a backup") from None
 
     def _verify(self, expected: DirMeta) -> None:
-        m = self.meta
+        """O2: the check of §2.5. Raises DirError naming what to check; writes nothing."""
+        m, p = self.meta, self.path
         if m.db_uuid != expected.db_uuid:
-            raise DirError(f"sample file dir {self.path} belongs to another database; "
-                           f"check which disk is mounted there")
+            raise DirError(f"sample file dir {p} belongs to another database (its meta names "
+                           f"database {_uuid(m.db_uuid)}, this is {_uuid(expected.db_uuid)}); "
+                           f"check which disk is mounted there and which database you opened")
         if m.dir_uuid != expected.dir_uuid:
-            raise DirError(f"sample file dir {self.path} is a different directory of this "
-                           f"database than the one expected there; check the mounts")
+            raise DirError(f"sample file dir {p} is a different directory of this database "
+                           f"(dir {_uuid(m.dir_uuid)}, expected {_uuid(expected.dir_uuid)}); "
+                           f"check the mounts: were two disks swapped or a path aliased?")
         want = expected.last_complete_open
         if want is None:
             if m.last_complete_open is not None:
-                raise DirError(f"sample file dir {self.path} was last opened by open "
-                               f"{m.last_complete_open.id}, but the database has no complete "
-                               f"open for it; was the database restored from an old backup?")
+                raise DirError(f"sample file dir {p} was last opened by open "
+                               f"{m.last_complete_open.id}, but the database has never "
+                               f"completed an open of it; was the database restored from a "
+                               f"backup older than the dir?")
         elif want not in (m.last_complete_open, m.in_progress_open):
-            have = m.last_complete_open.id if m.last_complete_open else None
-            raise DirError(f"sample file dir {self.path} was last opened by open {have}, the "
-                           f"database expects open {want.id}; was the database or the dir "
-                           f"restored from a backup?")
+            have = m.in_progress_open or m.last_complete_open
+            same = " (a different open with the same id)" if have and have.id == want.id else ""
+            raise DirError(f"sample file dir {p} was last opened by open "
+                           f"{have.id if have else 'none'}, the database expects open "
+                           f"{want.id}{same}; was the database or the dir restored from a "
+                           f"backup, or the dir used by a copy of the database?")
 
-    def _write_meta(self, m: DirMeta, *, exists: bool = True) -> None:
+    def _create_meta(self, m: DirMeta) -> None:
+        """M1-M4: the first write of meta."""
         data = encode_meta(m)
-        if not exists:
-            f = self.fs.create_file(META_NAME)
-            try:
-                write_all(f, data)
-                f.sync()  # the contents are durable before the name
-            finally:
-                f.close()
-            self.fs.sync()  # the name is durable
-        else:
-            f = self.fs.open_file(META_NAME)
-            try:
-                # One sector in place: no free space needed, one write to tear.
-                if f.pwrite(data, 0) != len(data):
-                    raise OSError(errno.EIO, "short write of meta")
-                f.datasync()
-            finally:
-                f.close()
+        f = self.fs.create_file(META_NAME)  # M1
+        try:
+            write_all(f, data, retry=no_retry)  # M2
+            f.sync()  # M3: the contents are durable before the name can be
+        finally:
+            f.close()
+        self.fs.sync()  # M4: the name is durable, so a crash can't lose the file
         self.meta = m
 
+    def _rewrite_meta(self, m: DirMeta) -> None:
+        """M5-M6: one 512-byte sector in place; no free space needed."""
+        data = encode_meta(m)
+        f = self.fs.open_file(META_NAME)
+        try:
+            n = f.pwrite(data, 0)  # M5
+            if n != len(data):
+                raise OSError(errno.EIO, f"short write of {n} bytes to {self.path}/meta")
+            f.datasync()  # M6: the new contents are durable (name and size are unchanged)
+        finally:
+            f.close()
+        self.meta = m
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ValueError(f"sample file dir {self.path} is open read-only")
+
     def begin_open(self, open_: Open) -> None:
-        self._write_meta(dataclasses.replace(self.meta, in_progress_open=open_))  # O3
+        """O3: in_progress_open = open_, last_complete_open = the database's."""
+        self._check_writable()
+        self._rewrite_meta(dataclasses.replace(  # O3
+            self.meta, last_complete_open=self.db_open, in_progress_open=open_))
 
     def complete_open(self, open_: Open) -> None:
-        self._write_meta(dataclasses.replace(self.meta, last_complete_open=open_,  # C4 / O5
-                                             in_progress_open=None))
+        """C5 / O5, once the database's row names `open_` (C4 / O4)."""
+        self._check_writable()
+        if self.meta.in_progress_open != open_:
+            raise ValueError(f"complete_open({open_}) without begin_open or create")
+        self._rewrite_meta(dataclasses.replace(  # C5 / O5
+            self.meta, last_complete_open=open_, in_progress_open=None))
+        self.db_open = open_
 
     def prepare_delete(self) -> None:
+        """D1-D2. db.py then deletes the row (D3)."""
+        self._check_writable()
         files = [n for n in self.fs.list_names() if parse_name(n) is not None]  # D1
         if files:
-            raise DirError(f"sample file dir {self.path} still holds {len(files)} sample "
-                           f"file(s) ({', '.join(files[:3])}...); delete its streams' "
-                           f"recordings first")
-        self._write_meta(dataclasses.replace(  # D2
-            self.meta, last_complete_open=None, in_progress_open=self.meta.last_complete_open))
+            raise DirError(f"can't delete sample file dir {self.path}: it still holds "
+                           f"{len(files)} sample file(s) ({_some(files)}); delete its "
+                           f"streams' recordings first")
+        m = self.meta
+        self._rewrite_meta(dataclasses.replace(  # D2: the one allowed backtrack
+            m, last_complete_open=None,
+            in_progress_open=m.last_complete_open or m.in_progress_open))
 
     def close(self) -> None:
-        self.fs.close()  # closing the fd releases the flock
+        self.fs.close()  # releases the flock
 
-    def __enter__(self):
+    def __enter__(self) -> "SampleFileDir":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()
-        return False
 
+
+def _some(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", and {len(names) - n} more" if len(names) > n else "")
+
+
+def _uuid(b: bytes) -> str:
+    return str(uuidlib.UUID(bytes=b)) if len(b) == 16 else b.hex() or "(none)"
+
+
+# -- start-up recovery ----------------------------------------------------------
 
 @dataclasses.dataclass
 class RecoveryResult:
-    garbage_gone: list[int]       # garbage ids whose files are now gone (R5 deletes the rows)
-    abandoned: list[int]          # abandoned files unlinked
-    unexpected: list[str]         # names that are not sample files of known streams
+    garbage_gone: list[int]  # garbage ids whose files are now durably gone (R5 deletes the rows)
+    abandoned: list[int]     # composite ids of abandoned files unlinked (R3)
+    unexpected: list[str]    # names neither meta nor a sample file of a known stream
 
 
 def recover(d: SampleFileDir, garbage: Iterable[int], cum_recordings: dict[int, int], *,
-            retry: Callable = _no_retry) -> RecoveryResult:
-    """Start-up recovery, steps R1-R4 (see the module docstring)."""
-    garbage = set(garbage)
-    present: dict[int, str] = {}
-    unexpected = []
+            retry: Retry) -> RecoveryResult:
+    """R1-R4 (module docstring): `garbage` is the dir's garbage ids; `cum_recordings`
+    maps each stream in this dir to its cum_recordings."""
+    garbage = sorted(set(garbage))
+    garbage_set = set(garbage)
+    abandoned, unexpected = [], []
     for name in d.fs.list_names():  # R1
-        if name == META_NAME:
-            continue
         cid = parse_name(name)
-        if cid is None:
+        if name == META_NAME or cid in garbage_set:
+            continue
+        if cid is None or cid >> 32 not in cum_recordings:
             unexpected.append(name)
-        else:
-            present[cid] = name
-    abandoned = []
-    for cid, name in sorted(present.items()):
-        if cid in garbage:
-            _unlink(d, name, retry)  # R2
-        elif (cid >> 32) in cum_recordings:
-            if (cid & 0xFFFFFFFF) >= cum_recordings[cid >> 32]:
-                _unlink(d, name, retry)  # R3
-                abandoned.append(cid)
-        else:
-            unexpected.append(name)
-    if garbage & present.keys() or abandoned:
-        retry(f"fsync dir {d.path}", d.fs.sync)  # R4: unlinks durable before rows go
-    return RecoveryResult(sorted(garbage), abandoned, unexpected)
+        elif cid & 0xFFFFFFFF >= cum_recordings[cid >> 32]:
+            abandoned.append(cid)
+    for cid in garbage:
+        _unlink(d, name_for(cid), retry)  # R2
+    for cid in abandoned:
+        _unlink(d, name_for(cid), retry)  # R3
+    # R4: the unlinks must be durable before db.py deletes the garbage rows (R5).
+    retry(f"fsync dir {d.path}", d.fs.sync)
+    logger.debug("%s: recovery unlinked garbage %s, abandoned %s", d.path, garbage, abandoned)
+    return RecoveryResult(garbage, abandoned, unexpected)
 
 
 def collect(d: SampleFileDir, composite_ids: Iterable[int], retry: Callable) -> None:
@@ -513,12 +637,12 @@ def collect(d: SampleFileDir, composite_ids: Iterable[int], retry: Callable) -> 
     retry(f"fsync dir {d.path}", d.fs.sync)  # G3
 
 
-def _unlink(d: SampleFileDir, name: str, retry: Callable) -> None:
+def _unlink(d: SampleFileDir, name: str, retry: Retry) -> None:
     def unlink():
         try:
             d.fs.unlink(name)
         except FileNotFoundError:
-            pass  # "may or may not still exist"
+            pass  # may or may not still exist: an earlier try may have unlinked it
     retry(f"unlink {d.path}/{name}", unlink)
 
 

@@ -137,10 +137,14 @@ class Writer:
         cur = self.cur
         if cur.unindexed is not None:
             self._index_unindexed(pts_90k - cur.unindexed.pts_90k)
-        clock.retry(self.db.clocks, self.shutdown, f"write {self._name(cur)}",
-                    lambda: dirmod.write_all(cur.f, data))
+        # Each write(2) is retried on its own: retrying a whole write_all after
+        # a partial write would duplicate the bytes already written.
+        dirmod.write_all(cur.f, data, retry=self._retry)
         cur.hasher.update(data)
         cur.unindexed = _Unindexed(local_time_90k, pts_90k, len(data), is_key)
+
+    def _retry(self, what: str, fn):
+        return clock.retry(self.db.clocks, self.shutdown, what, fn)
 
     def _name(self, cur: _Recording) -> str:
         return f"{self.fs.path}/{dirmod.name_for(cur.id)}"

@@ -227,12 +227,13 @@ def faked(tmp_path, clocks):
 
 def test_write_path_retries_each_step(faked, clocks, caplog):
     t, fs = faked, faked.fs
-    f = FakeFile(fs)
     name = "0000000100000000"
+    f = FakeFile(fs, f"{t.sample_dir}/{name}")
     fs.expect("create_file", name, error=eio())
     fs.expect("create_file", name, result=f)
     f.expect_write(error=eio())
-    f.expect_write(2)          # a short write: the rest follows
+    f.expect_write(2)          # a short write: the rest follows...
+    f.expect_write(error=eio())  # ...after a failure, without writing "ke" twice
     f.expect_write()
     f.expect_write()
     syncer = dirmod.Syncer(t.db, t.dir_id)
@@ -248,10 +249,11 @@ def test_write_path_retries_each_step(faked, clocks, caplog):
     fs.expect("sync")
     drain(syncer)
     fs.assert_done()
-    assert clocks.monotonic() == 4 * clock.NANOS_PER_SEC  # four 1 s retry sleeps
+    assert clocks.monotonic() == 5 * clock.NANOS_PER_SEC  # five 1 s retry sleeps
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == [f"{what}: sleeping for 1 s after error: [Errno 5] I/O error" for what in (
         f"create {t.sample_dir}/{name}", f"write {t.sample_dir}/{name}",
+        f"write {t.sample_dir}/{name}",
         f"fsync {t.sample_dir}/{name}", f"fsync dir {t.sample_dir}")]
     t.db.flush("test")
     (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)

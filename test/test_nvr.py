@@ -179,3 +179,48 @@ def test_lowering_retention_asks_then_deletes_oldest(tmp_path, clocks):
     assert "deleted 2 recording(s) (59.4 KiB) to fit the new limit" in r.stdout
     assert sorted(os.listdir(t.sample_dir)) == [f"{ids[2]:016x}", "meta"]
     assert nvr("check", "--db-dir", t.db_dir, cwd=str(tmp_path)).stdout.endswith("check: clean\n")
+
+
+@pytest.mark.parametrize("text,message", [
+    ('dbDir = "x"\nworkerThreads = 4\n', "unknown key 'workerThreads'"),
+    ('[[binds]]\nipv4 = "127.0.0.1:1"\nallowUnauthenticatedPermission = {}\n',
+     "unknown key binds[0].'allowUnauthenticatedPermission'"),
+    ('[[binds]]\nipv4 = "127.0.0.1:1"\nunix = "/tmp/s"\n', "exactly one of ipv4, ipv6, unix"),
+    ('[[binds]]\nipv4 = "127.0.0.1:1"\ntls = { cert = "c" }\n', "tls needs both cert and key"),
+    ('[[binds]]\nipv4 = "127.0.0.1:1"\nallowUnauthenticatedPermissions = { view = true }\n',
+     "unknown permission(s) ['view']"),
+    ('dbDir = 3\n', "dbDir must be a str"),
+    ('dbDir = "x\n', "config t.toml: "),
+])
+def test_config_errors_name_the_key(text, message):
+    sys.path.insert(0, ROOT)
+    import nvr as nvrmod
+    with pytest.raises(nvrmod.UsageError) as e:
+        nvrmod.parse_config(text, "t.toml")
+    assert message in str(e.value)
+
+
+def test_config_parses_moonfire_keys_and_ours():
+    sys.path.insert(0, ROOT)
+    import nvr as nvrmod
+    c = nvrmod.parse_config(
+        'dbDir = "/var/lib/nvr/db"\nuiDir = "/srv/ui"\n'
+        '[[binds]]\nipv4 = "0.0.0.0:8080"\nallowUnauthenticatedPermissions = { viewVideo = true }\n'
+        'trustForwardHeaders = true\n'
+        '[[binds]]\nunix = "/run/nvr.sock"\nownUidIsPrivileged = true\n'
+        '[[binds]]\nipv6 = "[::1]:8443"\ntls = { cert = "c.pem", key = "k.pem" }\n', "t")
+    assert c.db_dir == "/var/lib/nvr/db" and c.ui_dir == "/srv/ui"
+    a, b, t = c.binds
+    assert a.address == ("ipv4", "0.0.0.0:8080") and a.trust_forward_headers
+    assert a.allow_unauthenticated_permissions.view_video
+    assert b.address == ("unix", "/run/nvr.sock") and b.own_uid_is_privileged
+    assert (t.tls_cert, t.tls_key) == ("c.pem", "k.pem")
+    default = nvrmod.load_config(None)
+    assert default.db_dir == "nvr-data/db"
+    assert default.binds[0].address == ("ipv4", "127.0.0.1:8080")  # loopback by default
+
+
+def test_run_with_a_bad_config_says_which_key(tmp_path):
+    (tmp_path / "nvr.toml").write_text('dbdir = "x"\n')
+    r = nvr("run", "--config", "nvr.toml", cwd=str(tmp_path), ok=False)
+    assert r.returncode == 1 and "unknown key 'dbdir'; known keys: dbDir, uiDir, binds" in r.stderr

@@ -51,12 +51,13 @@ class Nvr:
         self.log_path = os.path.join(cwd, "nvr.log")
         self.proc = None
 
-    def start(self):
+    def start(self, *args, env=None):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, NVR, "run", "--config", "nvr.toml", "--rotate-interval-sec", "3"],
+            [sys.executable, NVR, "run", "--config", "nvr.toml", "--rotate-interval-sec", "3",
+             *args],
             cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, NVR_LOG="INFO", TZ="UTC"))
+            env=dict(os.environ, NVR_LOG="INFO", TZ="UTC", **(env or {})))
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
         self.proc.send_signal(sig)
@@ -190,3 +191,20 @@ def test_sigkill_loses_nothing_committed(setup):
         assert now[:len(rows)] == rows  # nothing committed before the kill is missing
     assert nvr("check", "--db-dir", "nvr-data/db", cwd=n.cwd).endswith("check: clean\n")
     decode_all_frames(n.cwd)
+
+
+def test_read_only_records_nothing_and_notifies_systemd(setup, tmp_path):
+    import socket
+    n, cam = setup
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(60)
+    n.start("--read-only", env={"NOTIFY_SOCKET": path})
+    assert sock.recv(100) == b"READY=1"
+    assert n.stop() == 0
+    assert sock.recv(100) == b"STOPPING=1"
+    sock.close()
+    assert "read-only: recording nothing" in n.log_text()
+    assert all(n.rows(sid) == [] for sid in (1, 2, 3))
+    assert os.listdir(os.path.join(n.cwd, "nvr-data/sample")) == ["meta"]

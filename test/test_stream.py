@@ -1,0 +1,112 @@
+"""stream.py: PyAV sources, parameter changes, credentials, and the streamer loop."""
+
+import subprocess
+import threading
+
+import pytest
+
+import codec
+import db
+import dir as dirmod
+import stream
+from clips import make_clip
+from conftest import make_testdb
+
+
+@pytest.fixture(scope="module")
+def two_sizes(tmp_path_factory):
+    """A raw H.264 stream (Annex B, SPS/PPS in-band before each key frame) that
+    changes from 320x180 to 640x360 halfway, as a camera reconfigured mid-session."""
+    d = tmp_path_factory.mktemp("clips")
+    a = make_clip(str(d / "a.h264"), width=320, height=180, frames=60, gop=30, fmt="h264")
+    b = make_clip(str(d / "b.h264"), width=640, height=360, frames=60, gop=30, fmt="h264")
+    raw = d / "ab.h264"
+    raw.write_bytes(open(a, "rb").read() + open(b, "rb").read())
+    # Raw H.264 has no timestamps; remux to MPEG-TS at 30 fps, as RTSP would stamp it.
+    out = str(d / "ab.ts")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-r", "30", "-i", str(raw),
+                    "-c", "copy", out], check=True)
+    return out
+
+
+def test_file_source_strips_parameter_sets_and_notices_a_change(two_sizes):
+    src = stream.PyAvOpener().open(two_sizes)
+    try:
+        assert (src.parameters.width, src.parameters.height) == (320, 180)
+        frames = []
+        with pytest.raises(stream.StreamError, match="the camera ended the stream"):
+            for f in src.frames():
+                frames.append(f)
+    finally:
+        src.close()
+    assert len(frames) == 120
+    changed = [i for i, f in enumerate(frames) if f.parameters is not None]
+    assert changed == [60]
+    p = frames[60].parameters
+    assert (p.width, p.height) == (640, 360) and frames[60].is_key
+    for f in frames:
+        nals = codec.nal_units(f.data)  # length-prefixed, whole
+        assert nals and not any(codec.is_parameter_set("h264", n) for n in nals)
+
+
+def test_url_with_credentials_is_encoded():
+    u = stream.url_with_credentials("rtsp://cam.local:554/s1", "ad min", "p@ss:w/rd")
+    assert u == "rtsp://ad%20min:p%40ss%3Aw%2Frd@cam.local:554/s1"
+    assert stream.url_with_credentials("rtsp://h/s", "", "") == "rtsp://h/s"
+
+
+class ListSource(stream.Source):
+    def __init__(self, frames, parameters, end="gone"):
+        self.parameters, self._frames, self.end = parameters, frames, end
+
+    def frames(self):
+        yield from self._frames
+        raise stream.StreamError(self.end)
+
+
+class ListOpener(stream.Opener):
+    def __init__(self, sources, shutdown):
+        self.sources, self.shutdown, self.calls = list(sources), shutdown, []
+
+    def open(self, url, **kw):
+        self.calls.append((url, kw))
+        if not self.sources:
+            self.shutdown.set()
+            raise stream.StreamError("no more")
+        return self.sources.pop(0)
+
+
+def test_streamer_drops_leading_non_key_frames_and_keeps_a_run_across_a_change(
+        tmp_path, clocks, two_sizes):
+    t = make_testdb(tmp_path, clocks)
+    t.db.update_camera(t.camera_id, config={"username": "u", "password": "pw"})
+    src = stream.PyAvOpener().open(two_sizes)
+    frames = []
+    try:
+        for f in src.frames():
+            frames.append(f)
+    except stream.StreamError:
+        pass
+    params = src.parameters
+    src.close()
+    # Two leading non-key frames (a camera joined mid-GOP) must be dropped.
+    leading = [stream.Frame(-6000, False, frames[1].data), stream.Frame(-3000, False,
+                                                                        frames[2].data)]
+    shutdown = threading.Event()
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    opener = ListOpener([ListSource(leading + frames, params)], shutdown)
+    s = stream.Streamer(t.db, t.stream_id, syncer, opener, shutdown=shutdown,
+                        rotate_interval_sec=60)
+    s.run()  # one session, then the opener says "no more" and shuts down
+    assert opener.calls[0] == ("rtsp://127.0.0.1:8554/test",
+                               {"username": "u", "password": "pw", "transport": "tcp"})
+    while not syncer.queue.empty():
+        syncer.iter()
+    t.db.flush("test")
+    rows = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    sizes = {v.id: (v.width, v.height) for v in t.db.video_sample_entries.values()}
+    assert [(r.run_offset, sizes[r.video_sample_entry_id], r.video_samples) for r in rows] == [
+        (0, (320, 180), 60), (1, (640, 360), 60)]
+    assert rows[1].flags == db.FLAG_TRAILING_ZERO and rows[1].end_reason == "gone"
+    assert s.runs == 1
+    t.db.close()

@@ -24,10 +24,13 @@ transactions. Recording ids are assigned in memory from `cum_recordings`
 without a transaction; a crash before the flush leaves files with ids >=
 `cum_recordings`, which start-up recovery unlinks (dir.py; invariants §3.7).
 
-Locks, in rank order (take them only in this order, never a lower rank while
-holding a higher one): 1. the database lock (`Database._lock`), 2. a stream's
-lock (writer.py), 3. a directory's lock (dir.py). No disk or network I/O under
-the database lock except SQLite itself; a guard warns when it is held over 1 s.
+Threads and locks: one lock, the database lock (`Database.locked()`), guards
+this state and the connection; streamer threads (writer.py) update their
+growing recordings under it, the syncers (dir.py) mark them synced and flush,
+HTTP threads list. Hold it briefly: no disk or network I/O under it except
+SQLite itself; a guard warns when it is held over 1 s. Anything that needs
+another lock later ranks below it: never take the database lock while holding
+such a lock.
 
 Ownership: dir.py owns the sample file dirs' files and their meta procedures
 (this module calls them in order and owns the rows); recording.py owns the

@@ -1,10 +1,10 @@
 """writer.py, the syncer (dir.py) and the streamer (stream.py) in simulated time.
 
-A clip made with PyAV is replayed as a camera would send it (ReplayOpener,
-like Moonfire's ProxyingStream): the first seconds arrive at once (the
-camera's buffer), the rest in real time, with an arbitrary pts offset and
-optionally a camera clock running fast or slow. Exact figures below follow
-from reference §3.3-§3.4; the comments derive them.
+A clip made with PyAV is replayed as a camera would send it (replay.py's
+`record`, like Moonfire's ProxyingStream): the first seconds arrive at once
+(the camera's buffer), the rest in real time, with an arbitrary pts offset
+and optionally a camera clock running fast or slow. Exact figures below
+follow from reference §3.3-§3.4; the comments derive them.
 """
 
 import errno
@@ -18,11 +18,11 @@ import clock
 import db
 import dir as dirmod
 import recording
-import stream
 import writer
 from clips import make_clip
 from conftest import START_NS, make_testdb
 from fakes import FakeFile, FakeFs
+from replay import drain, record
 
 T0_90K = recording.to_90k_from_ns(START_NS)  # a multiple of 3 s and of 60 s
 SEC = 90_000
@@ -32,70 +32,6 @@ SEC = 90_000
 def clip(tmp_path_factory):
     """3 s of 320x180 H.264 at 30 fps, a key frame every second."""
     return make_clip(str(tmp_path_factory.mktemp("clip") / "clip.mp4"), frames=90, gop=30)
-
-
-class ReplaySource(stream.Source):
-    def __init__(self, inner, clocks, *, frames, buffered_sec=2.0, pts_offset=123_456,
-                 ppm=0, end="end of clip"):
-        self.inner, self.clocks = inner, clocks
-        self.parameters = inner.parameters
-        self.n, self.buffered_ns, self.pts_offset = frames, int(buffered_sec * 1e9), pts_offset
-        self.ppm, self.end = ppm, end
-
-    def frames(self):
-        clip = list(self.inner.frames_until_end())
-        loop_90k = len(clip) * 3000
-        slept_ns = 0
-        for i in range(self.n):
-            f = clip[i % len(clip)]
-            # Real time: the frame is complete when the next one starts. Rounded
-            # up to whole ns so the 90 kHz conversion (rounding down) is exact.
-            goal_ns = -(-(i + 1) * 1_000_000_000 // 30)
-            delta = goal_ns - slept_ns
-            from_buffer = min(self.buffered_ns, delta)
-            self.buffered_ns -= from_buffer
-            self.clocks.advance(delta - from_buffer)
-            slept_ns = goal_ns
-            media = f.pts_90k + (i // len(clip)) * loop_90k
-            media = media * (1_000_000 + self.ppm) // 1_000_000
-            yield stream.Frame(media + self.pts_offset, f.is_key, f.data)
-        raise stream.StreamError(self.end)
-
-
-class ClipSource(stream.PyAvSource):
-    def frames_until_end(self):
-        try:
-            yield from self.frames()
-        except stream.StreamError:
-            return
-
-
-class ReplayOpener(stream.Opener):
-    def __init__(self, clip, clocks, **kw):
-        self.clip, self.clocks, self.kw = clip, clocks, kw
-
-    def open(self, url, **_):
-        import av
-        return ReplaySource(ClipSource(av.open(self.clip), self.clip), self.clocks, **self.kw)
-
-
-def drain(syncer):
-    while not syncer.queue.empty():
-        assert syncer.iter()
-
-
-def record(t, clip, clocks, *, stream_id=None, offset=0, frames=600, **kw):
-    """Runs one session of the clip through a Streamer; returns the recordings."""
-    stream_id = stream_id or t.stream_id
-    syncer = dirmod.Syncer(t.db, t.dir_id)
-    shutdown = threading.Event()
-    s = stream.Streamer(t.db, stream_id, syncer, ReplayOpener(clip, clocks, frames=frames, **kw),
-                        shutdown=shutdown, rotate_offset_sec=offset, rotate_interval_sec=3)
-    with pytest.raises(stream.StreamError, match=kw.get("end", "end of clip")):
-        s.run_once()
-    drain(syncer)
-    t.db.flush("test")
-    return t.db.list_recordings_by_id(stream_id, 0, 1 << 31)
 
 
 def frames_of(t, cid):

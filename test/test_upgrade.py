@@ -93,19 +93,36 @@ def avc1_entry(width: int, height: int, sps: bytes, pps: bytes) -> bytes:
 
 def x264_entry(width: int, height: int, sar: tuple[int, int] | None) -> bytes:
     """A sample entry from libx264's parameter sets for a width x height stream."""
+    return x264_clip(width, height, sar, 0)[0]
+
+
+def x264_clip(width: int, height: int, sar: tuple[int, int] | None,
+              frames: int) -> tuple[bytes, list[bytes]]:
+    """libx264's sample entry and `frames` encoded frames (length-prefixed, a
+    key frame every 2), so a seeded recording can really be played."""
     av = pytest.importorskip("av")
+    import codec
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
     ctx.time_base = fractions.Fraction(1, 30)
     if sar:
         ctx.sample_aspect_ratio = fractions.Fraction(*sar)
-    ctx.options = {"preset": "ultrafast"}
+    ctx.options = {"preset": "ultrafast", "g": "2", "keyint_min": "2", "bf": "0",
+                   "sc_threshold": "0"}
     ctx.flags |= av.codec.context.Flags.global_header
     ctx.open()
     nals = [n.lstrip(b"\0") for n in bytes(ctx.extradata).split(b"\0\0\1") if n.strip(b"\0")]
     sps = next(n for n in nals if n[0] & 0x1F == 7)
     pps = next(n for n in nals if n[0] & 0x1F == 8)
-    return avc1_entry(width, height, sps.rstrip(b"\0"), pps.rstrip(b"\0"))
+    out = []
+    for i in range(frames):
+        f = av.VideoFrame(width, height, "yuv420p")
+        for plane in f.planes:
+            plane.update(bytes([(i * 40) & 0xFF]) * (plane.line_size * plane.height))
+        f.pts = i
+        out += [codec.to_length_prefixed(bytes(p)) for p in ctx.encode(f)]
+    out += [codec.to_length_prefixed(bytes(p)) for p in ctx.encode(None)]
+    return avc1_entry(width, height, sps.rstrip(b"\0"), pps.rstrip(b"\0")), out
 
 
 # Moonfire's upgrade test vectors (server/db/upgrade/mod.rs).
@@ -152,8 +169,9 @@ def seed_v0(tmp_path) -> Seeded:
         (2, b"\x22" * 16, "back", "", "back.local", None, None, "/ch1", "", 500_000_000),
         (3, b"\x33" * 16, "garage", None, "garage", "u", "p", "/live", None, 0),
     ])
+    entry1, playable = x264_clip(1280, 720, None, 4)  # key, non-key, key, non-key
     entries = {
-        1: (1280, 720, x264_entry(1280, 720, None)),             # 1:1
+        1: (1280, 720, entry1),                                  # 1:1
         2: (320, 240, MOONFIRE_320X240_NO_SAR),                  # defaults table: 4:3
         3: (704, 480, MOONFIRE_704X480_40_33),                   # VUI table: 40:33
         4: (704, 480, MOONFIRE_704X480_40_33),                   # unused: dropped by 5->6
@@ -168,18 +186,21 @@ def seed_v0(tmp_path) -> Seeded:
     # (camera, start, frames, entry); ids interleave cameras. front: a run of
     # two ending in a trailing zero, then a new run; garage: a run of two.
     second = 90000
+    # front's recordings of entry 1 hold real frames (test_pre_upgrade_recording_plays...).
+    real = {(1, T0): playable[0:2], (1, T0 + MIN): playable[2:4]}
     recs = [
-        (1, T0, [(second, True, 1000), (second, False, 50)], 1),
+        (1, T0, [(second, True, len(playable[0])), (second, False, len(playable[1]))], 1),
         (2, T0 + 5, [(second, True, 800), (second, False, 40), (second, False, 40)], 2),
         (1, T0 + 2 * second, [(second, True, 900), (0, False, 60)], 6),
         (3, T0 + 7, [(2 * second, True, 700)], 3),
-        (1, T0 + MIN, [(second, True, 990), (second, False, 30)], 1),
+        (1, T0 + MIN, [(second, True, len(playable[2])), (second, False, len(playable[3]))], 1),
         (3, T0 + 7 + 2 * second, [(second, True, 650), (second, False, 20)], 5),
     ]
     n_by_camera = {}
     for camera, start, frames, vse_id in recs:
         u = uuidlib.uuid4().bytes
-        content = os.urandom(sum(f[2] for f in frames))
+        content = (b"".join(real[(camera, start)]) if (camera, start) in real
+                   else os.urandom(sum(f[2] for f in frames)))
         n_by_camera[camera] = n_by_camera.get(camera, 0) + 1
         files[camera << 32 | n_by_camera[camera]] = (uuid_name(u), content)
         with open(os.path.join(sample_dir, uuid_name(u)), "wb") as f:
@@ -774,8 +795,27 @@ def test_check_is_clean_after_upgrade(upgraded):
     assert check.run(upgraded.db_dir, check.Options(), out) == 0, out.getvalue()
 
 
-def test_pre_upgrade_recording_plays_through_view_mp4(upgraded):
-    pytest.importorskip("mp4")
-    pytest.importorskip("web")
-    pytest.skip("mp4.py/web.py exist now: serve view.mp4 for stream 1, recording 1 of the "
-                "`upgraded` fixture and check its mdat bytes equal the sample file (issue 7)")
+def test_pre_upgrade_recording_plays_through_view_mp4(upgraded, tmp_path):
+    """A recording Moonfire made (schema 0) plays after the upgrade: its view.mp4
+    is read by ffprobe and every frame decodes with PyAV."""
+    av = pytest.importorskip("av")
+    import clock
+    import db as dbmod
+    import mp4
+    d = dbmod.Database.open_dir(upgraded.db_dir, clock.RealClocks(), read_only=True)
+    try:
+        d.open_sample_file_dirs()
+        vf = mp4.build_view(d, 1, ["1", "3"])  # front/main: its two recordings of entry 1
+        path = str(tmp_path / "view.mp4")
+        with open(path, "wb") as f:
+            f.write(vf.read(0, vf.length))
+    finally:
+        d.close()
+    import subprocess
+    r = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                        "stream=codec_name,width,height,nb_read_frames", "-of", "csv=p=0",
+                        path], capture_output=True, text=True, check=True)
+    assert r.stderr == "" and r.stdout.strip() == "h264,1280,720,4"
+    with av.open(path) as c:
+        frames = [fr for fr in c.decode(video=0)]
+    assert len(frames) == 4 and all((fr.width, fr.height) == (1280, 720) for fr in frames)

@@ -307,3 +307,24 @@ def test_a_flush_satisfies_other_plans(tmp_path, clocks):
     assert not syncer.planned
     assert clocks.monotonic() - before == 99 * clock.NANOS_PER_SEC
     t.db.close()
+
+
+def test_five_minutes_without_a_key_frame_ends_the_run(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"k", T0_90K, 0, True, t.vse_id)
+    with pytest.raises(writer.WriterError, match="at least the maximum of 5 minutes; are key "
+                                                 "frames too far apart"):
+        for i in range(1, 400):  # one frame a second, never another key frame
+            w.write(b"n", T0_90K + i * SEC, i * SEC, False, t.vse_id)
+    # Frame 300's arrival gives frame 299 its duration, which would make 300 s.
+    assert i == 300
+    w.close("too long")
+    drain(syncer)
+    t.db.flush("test")
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    # Closing indexes frame 299 as the trailing zero: 299 s, 300 frames.
+    assert r.wall_duration_90k == 299 * SEC and r.video_samples == 300
+    assert r.end_reason == "too long" and r.flags == db.FLAG_TRAILING_ZERO
+    t.db.close()

@@ -160,6 +160,8 @@ class PyAvSource(Source):
                 yield f
         except av.error.ExitError:
             raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s") from None
+        except (av.error.FFmpegError, OSError) as e:
+            raise StreamError(f"reading the stream: {_describe(e)}") from None
         raise StreamError("the camera ended the stream")
 
     def close(self) -> None:

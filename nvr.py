@@ -2,7 +2,7 @@
 """nvr's command line: `python3 nvr.py SUBCOMMAND --help` describes each.
 
 Subcommands (one `cmd_x(args) -> int` each, the exit status):
-  run      record cameras (the web server follows with the web issue)
+  run      record cameras and serve view.mp4/.m4s (the JSON API and UI follow)
   init     create the database and, by default, the embedded ./nvr-data layout
   config   add/list/edit/delete sample file dirs, cameras, streams and users
   check    verify the database against the sample files; repair with flags
@@ -39,6 +39,7 @@ import dir as dirmod
 import recording
 import stream
 import upgrade
+import web
 
 logger = logging.getLogger("nvr")
 
@@ -608,10 +609,20 @@ def cmd_run(args) -> int:
             logger.info("recording %d stream(s)", len(rec.streamers))
         else:
             logger.info("read-only: recording nothing")
+        try:
+            srv = web.Server(d, config, clocks=clocks)
+            srv.start()  # raises web.BindError (nothing left open) if a bind fails
+        except web.BindError as e:
+            if rec is not None:
+                rec.stop()
+            raise UsageError(str(e)) from None
+        for (kind, value), addr in zip((b.address for b in config.binds), srv.addresses):
+            logger.info("listening on %s %s", kind, addr if kind != "unix" else value)
         sd_notify("READY=1")
         while not stop.wait(1):
             pass
         sd_notify("STOPPING=1")
+        srv.stop()
         if rec is not None:
             rec.stop()
         logger.info("shut down cleanly")
@@ -641,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nvr.py", description="nvr: a network video recorder for IP cameras.")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
-    p = sub.add_parser("run", help="record cameras (and, soon, serve the web UI)",
+    p = sub.add_parser("run", help="record cameras and serve their video over HTTP",
                        description="Records every stream set to record, until SIGINT or "
                                    "SIGTERM (a second one exits at once). With no --config, "
                                    "uses nvr-data/ in the current directory, creating it on "

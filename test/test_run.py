@@ -9,11 +9,13 @@ recording's own `avcC`/`hvcC` entry.
 """
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid as uuidlib
 
 import pytest
 
@@ -92,7 +94,8 @@ def setup(tmp_path, rtsp_camera):
         nvr("config", "stream", "add", cam, typ, "--url", rtsp_camera.url(mount), "--record",
             "--dir", "1", "--retain-bytes", "1G", "--flush-if-sec", "0", cwd=cwd)
     with open(os.path.join(cwd, "nvr.toml"), "w") as f:
-        f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n')
+        f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n'
+                'allowUnauthenticatedPermissions = { viewVideo = true }\n')
     n = Nvr(cwd)
     yield n, rtsp_camera
     if n.proc is not None and n.proc.poll() is None:
@@ -140,6 +143,20 @@ def test_records_rotates_reconnects_and_stops_cleanly(setup):
     for sid in (1, 2, 3):
         wait_for(f"stream {sid} to commit 3 recordings", lambda: len(n.rows(sid)) >= 3)
     before = {sid: n.rows(sid) for sid in (1, 2, 3)}
+    # Its video is served while it records: view.mp4 over HTTP, read by ffprobe.
+    port = int(re.search(r"listening on ipv4 \('127.0.0.1', (\d+)\)", n.log_text()).group(1))
+    conn = sqlite3.connect(os.path.join(n.cwd, "nvr-data/db/db"))
+    (uuid,) = conn.execute("select uuid from camera where short_name = 'cam2'").fetchone()
+    conn.close()
+    url = (f"http://127.0.0.1:{port}/api/cameras/{uuidlib.UUID(bytes=uuid)}/main/view.mp4"
+           f"?s=0-1")
+    r = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                        "stream=codec_name,nb_read_frames", "-of", "csv=p=0", url],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    codec_name, nframes = r.stdout.strip().split(",")
+    assert codec_name == "hevc"
+    assert int(nframes) == sum(row[5] for row in before[3][:2])
     t_restart = time.time()
     cam.restart()  # the camera goes away and comes back on the same port
     for sid in (1, 2, 3):

@@ -1,0 +1,494 @@
+"""Tests of web.py against a live `web.Server` on 127.0.0.1 (port 0), with http.client.
+
+Recordings are real: a clip made with PyAV (clips.py) replayed through the streamer,
+writer and syncer (replay.py). Expected bodies come from `mp4.VirtualFile.read` of the
+same request built directly, so every Range/conditional case is compared byte for byte.
+ffprobe reads `view.mp4` over HTTP itself, a real client of our Range handling.
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+import auth
+import clock
+import dir as dirmod
+import mp4
+import nvr
+import recording
+import web
+import writer
+from clips import make_clip
+from conftest import START_NS, make_testdb
+from replay import drain, open_clip, record
+
+ZONE = "America/Los_Angeles"
+T0_90K = recording.to_90k_from_ns(START_NS)
+
+
+# --- parse_range, from a table (bottle's parse_range_header cases and RFC 9110 §14) ------
+
+@pytest.mark.parametrize("header,length,expected", [
+    (None, 10, None),
+    ("bytes=0-0", 10, [(0, 1)]),
+    ("bytes=0-4", 10, [(0, 5)]),
+    ("bytes=5-", 10, [(5, 10)]),           # open-ended
+    ("bytes=-3", 10, [(7, 10)]),           # suffix
+    ("bytes=-30", 10, [(0, 10)]),          # suffix longer than the entity
+    ("bytes=0-99", 10, [(0, 10)]),         # end clipped
+    ("bytes=9-9", 10, [(9, 10)]),
+    ("bytes=0-1,4-5,-2", 10, [(0, 2), (4, 6), (8, 10)]),  # several, in the order asked
+    ("bytes= 1-2 , -3", 10, [(1, 3), (7, 10)]),           # optional whitespace
+    ("bytes=0-1,,3-4", 10, [(0, 2), (3, 5)]),             # empty list elements
+    ("bytes=10-", 10, web.UNSATISFIABLE),  # starts at the end
+    ("bytes=10-20", 10, web.UNSATISFIABLE),
+    ("bytes=-0", 10, web.UNSATISFIABLE),
+    ("bytes=-1", 0, web.UNSATISFIABLE),
+    ("bytes=20-30,0-0", 10, [(0, 1)]),     # a satisfiable one is enough
+    ("bytes=5-3", 10, None),               # invalid: last before first
+    ("bytes=a-b", 10, None),
+    ("bytes=1", 10, None),
+    ("bytes=--1", 10, None),
+    ("bytes=", 10, None),
+    ("bytes=,", 10, None),
+    ("items=0-1", 10, None),               # another unit
+    ("bytes 0-1", 10, None),
+    ("bytes=" + ",".join(["0-0"] * (web.MAX_RANGES + 1)), 10, None),  # too many
+    ("BYTES=0-0", 10, [(0, 1)]),           # the unit is case-insensitive
+])
+def test_parse_range(header, length, expected):
+    assert web.parse_range(header, length) == expected
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+class Recorded:
+    def __init__(self, t, rows, camera_uuid):
+        self.t, self.rows, self.camera_uuid = t, rows, camera_uuid
+
+    def view(self, s="0-2", kind="mp4", query="") -> str:
+        return f"/api/cameras/{self.camera_uuid}/main/view.{kind}?s={s}{query}"
+
+    def file(self, s="0-2", kind="mp4") -> mp4.VirtualFile:
+        return mp4.build_view(self.t.db, self.t.stream_id, [s], kind=kind)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    recording.set_server_zone(ZONE)
+    tmp = tmp_path_factory.mktemp("web")
+    clocks = clock.SimulatedClocks(START_NS)
+    t = make_testdb(tmp, clocks, zone=ZONE)
+    clip = make_clip(str(tmp / "a.mp4"), frames=90, gop=30)
+    rows = record(t, clip, clocks, frames=450)   # 9 s, 3 s, 3 s
+    cam = t.db.cameras[t.camera_id]
+    import uuid
+    yield Recorded(t, rows, str(uuid.UUID(bytes=cam.uuid)))
+    t.db.close()
+    recording.set_server_zone(None)
+
+
+def config(*binds: nvr.Bind) -> nvr.Config:
+    return nvr.Config(db_dir="unused", ui_dir=None, binds=list(binds))
+
+
+def tcp_bind(view_video: bool = True, **kw) -> nvr.Bind:
+    return nvr.Bind(("ipv4", "127.0.0.1:0"),
+                    allow_unauthenticated_permissions=auth.Permissions(view_video=view_video),
+                    **kw)
+
+
+@pytest.fixture
+def serve():
+    """serve(db, *binds) starts a Server and returns it; all are stopped at the end."""
+    servers = []
+
+    def start(db, *binds, **kw):
+        s = web.Server(db, config(*(binds or (tcp_bind(),))), **kw)
+        s.start()
+        servers.append(s)
+        return s
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def port(recorded, serve):
+    return serve(recorded.t.db).addresses[0][1]
+
+
+def request(port, path, *, method="GET", headers=None, conn=None):
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request(method, path, headers=headers or {})
+    r = c.getresponse()
+    body = r.read()
+    if conn is None:
+        c.close()
+    return r.status, r.headers, body
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    """[(Content-Range, data)] of a multipart/byteranges body (RFC 9110 §14.6)."""
+    boundary = re.fullmatch(r"multipart/byteranges; boundary=(\S+)", content_type)[1].encode()
+    parts = body.split(b"\r\n--" + boundary)
+    assert parts[0] == b"" and parts[-1] == b"--\r\n"
+    out = []
+    for p in parts[1:-1]:
+        head, sep, data = p.partition(b"\r\n\r\n")
+        assert head.startswith(b"\r\n") and sep
+        fields = dict(line.split(": ", 1) for line in head[2:].decode().split("\r\n"))
+        assert fields["Content-Type"].startswith("video/mp4")
+        out.append((fields["Content-Range"], data))
+    return out
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+# --- serving a VirtualFile ---------------------------------------------------------------
+
+def test_whole_view_mp4_and_ffprobe_over_http(recorded, port):
+    f = recorded.file()
+    status, h, body = request(port, recorded.view())
+    assert status == 200
+    assert body == f.read(0, f.length)
+    assert int(h["Content-Length"]) == f.length
+    assert h["ETag"] == f.etag
+    assert h["Content-Type"] == f.content_type
+    assert h["Content-Disposition"] == f.content_disposition
+    assert h["Cache-Control"] == "private, max-age=3600"
+    assert h["Accept-Ranges"] == "bytes"
+    assert h["Last-Modified"] == f.headers()["Last-Modified"]
+    if shutil.which("ffprobe") is None:
+        pytest.skip("ffprobe is not installed (test/run.py installs ffmpeg)")
+    p = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                        "stream=codec_name,nb_read_frames", "-of", "json",
+                        f"http://127.0.0.1:{port}{recorded.view()}"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    (video,) = json.loads(p.stdout)["streams"]
+    assert video["codec_name"] == "h264"
+    assert int(video["nb_read_frames"]) == sum(r.video_samples for r in recorded.rows)
+
+
+def test_m4s_init_and_txt(recorded, port):
+    f = recorded.file("1", kind="m4s")
+    status, h, body = request(port, recorded.view("1", kind="m4s"))
+    assert (status, body) == (200, f.read())
+    assert h["X-Runs"] == f.extra_headers["X-Runs"]
+    vse = recorded.rows[0].video_sample_entry_id
+    init = mp4.build_init(recorded.t.db, vse)
+    status, h, body = request(port, f"/api/init/{vse}.mp4")
+    assert (status, body, h["ETag"]) == (200, init.read(), init.etag)
+    assert "Content-Disposition" not in h
+    status, h, body = request(port, f"/api/init/{vse}.mp4.txt")
+    assert (status, h["Content-Type"]) == (200, "text/plain; charset=utf-8")
+    assert body.decode() == init.slice_table_text()
+    status, h, body = request(port, recorded.view("0-2", query="&ts=true").replace(
+        "view.mp4", "view.mp4.txt"))
+    assert status == 200
+    assert body.decode() == mp4.build_view(recorded.t.db, recorded.t.stream_id, ["0-2"],
+                                           ts=True).slice_table_text()
+
+
+def _ranges(length):
+    """Cases: (name, request headers, status, expected [(start, end)] or None = none)."""
+    mid = length // 2
+    return [
+        ("single", {"Range": "bytes=100-199"}, 206, [(100, 200)]),
+        ("suffix", {"Range": "bytes=-500"}, 206, [(length - 500, length)]),
+        ("open-ended", {"Range": f"bytes={mid}-"}, 206, [(mid, length)]),
+        # Ranges crossing the moov/mdat border and a sample file border.
+        ("multiple", {"Range": f"bytes=0-9,1000-1999,{mid}-{mid + 7000},-7"}, 206,
+         [(0, 10), (1000, 2000), (mid, mid + 7001), (length - 7, length)]),
+        ("unsatisfiable", {"Range": f"bytes={length}-"}, 416, None),
+        ("invalid syntax: whole", {"Range": "bytes=9-1"}, 200, [(0, length)]),
+        ("If-None-Match", {"If-None-Match": "ETAG"}, 304, None),
+        ("If-None-Match list, weak", {"If-None-Match": '"x", W/ETAG'}, 304, None),
+        ("If-None-Match mismatch", {"If-None-Match": '"x"'}, 200, [(0, length)]),
+        ("If-Modified-Since", {"If-Modified-Since": "LASTMOD"}, 304, None),
+        ("If-Modified-Since earlier", {"If-Modified-Since": "Thu, 01 Jan 2015 00:00:00 GMT"},
+         200, [(0, length)]),
+        ("If-Range match", {"Range": "bytes=5-9", "If-Range": "ETAG"}, 206, [(5, 10)]),
+        ("If-Range date match", {"Range": "bytes=5-9", "If-Range": "LASTMOD"}, 206, [(5, 10)]),
+        ("If-Range mismatch: whole", {"Range": "bytes=5-9", "If-Range": '"other"'}, 200,
+         [(0, length)]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_range_and_conditional_requests(recorded, port, case, method):
+    f = recorded.file()
+    name, headers, status, expected = _ranges(f.length)[case]
+    headers = {k: v.replace("ETAG", f.etag).replace("LASTMOD", f.headers()["Last-Modified"])
+               for k, v in headers.items()}
+    got, h, body = request(port, recorded.view(), method=method, headers=headers)
+    assert got == status, (name, body)
+    if status == 416:
+        assert h["Content-Range"] == f"bytes */{f.length}"
+        assert body == (b"" if method == "HEAD" else
+                        f"none of the requested ranges is within the {f.length} bytes".encode())
+        return
+    assert h["ETag"] == f.etag
+    assert h["Cache-Control"] == "private, max-age=3600"
+    if status == 304:
+        assert body == b""
+        assert int(h["Content-Length"]) == f.length  # what a 200 would carry (RFC 9110 §8.6)
+        return
+    assert h["Accept-Ranges"] == "bytes"
+    if method == "HEAD":
+        assert body == b""
+    if len(expected) == 1:
+        (s, e), = expected
+        assert int(h["Content-Length"]) == e - s
+        assert h["Content-Type"] == f.content_type
+        if status == 206:
+            assert h["Content-Range"] == f"bytes {s}-{e - 1}/{f.length}"
+        else:
+            assert "Content-Range" not in h
+        if method == "GET":
+            assert body == f.read(s, e)
+        return
+    if method == "HEAD":
+        # Same headers, so the length is that of the multipart body a GET gets.
+        _, h_get, body_get = request(port, recorded.view(), headers=headers)
+        assert int(h["Content-Length"]) == len(body_get)
+        return
+    assert int(h["Content-Length"]) == len(body)
+    parts = parse_multipart(h["Content-Type"], body)
+    assert [cr for cr, _ in parts] == [f"bytes {s}-{e - 1}/{f.length}" for s, e in expected]
+    assert [d for _, d in parts] == [f.read(s, e) for s, e in expected]
+
+
+def test_growing_recording_is_served_up_to_its_current_length(tmp_path, clocks, serve):
+    t = make_testdb(tmp_path, clocks, zone=ZONE)
+    try:
+        clip = make_clip(str(tmp_path / "clip.mp4"), frames=90, gop=30)
+        src = open_clip(clip)
+        p = src.parameters
+        vse = t.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec, p.sample_entry)
+        frames = list(src.frames_until_end())
+        src.close()
+        syncer = dirmod.Syncer(t.db, t.dir_id)
+        w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+        port = serve(t.db).addresses[0][1]
+        import uuid
+        path = (f"/api/cameras/{uuid.UUID(bytes=t.db.cameras[t.camera_id].uuid)}"
+                f"/main/view.mp4?s=0")
+        lengths = []
+        for upto in (20, 45, 80):
+            for i in range(len(lengths) and [20, 45][len(lengths) - 1] or 0, upto):
+                f = frames[i]
+                w.write(f.data, T0_90K + f.pts_90k, f.pts_90k, f.is_key, vse)
+            status, h, body = request(port, path)
+            assert status == 200
+            # What the row described when the request came: everything but the last frame.
+            expected = mp4.build_view(t.db, t.stream_id, ["0"])
+            assert body == expected.read()
+            assert len(body) == int(h["Content-Length"])
+            lengths.append(len(body))
+        assert lengths == sorted(lengths) and len(set(lengths)) == 3
+        w.close("test")
+        drain(syncer)
+        t.db.flush("test")
+    finally:
+        t.db.close()
+
+
+# --- errors ------------------------------------------------------------------------------
+
+def test_errors(recorded, port):
+    v = recorded.view
+    u = recorded.camera_uuid
+    cases = [
+        (v("x"), 400, "invalid s parameter 'x': expected START_ID"),
+        (v("0-2", query="&foo=1"), 400, "unknown parameter 'foo'; this URL takes s, ts"),
+        (v("0-2", query="&ts=yes"), 400, "ts must be true or false, not 'yes'"),
+        (f"/api/cameras/{u}/main/view.mp4", 400, "no s parameter"),
+        (v("0.-999999999"), 400, "is beyond the recordings"),
+        (v("99"), 404, "no recording"),
+        (f"/api/cameras/{u}/sub/view.mp4?s=0", 404, f"camera {u} has no sub stream"),
+        ("/api/cameras/00000000-0000-0000-0000-000000000000/main/view.mp4?s=0", 404,
+         "no camera 00000000-0000-0000-0000-000000000000"),
+        ("/api/init/999.mp4", 404, "no video sample entry 999"),
+        ("/api/init/1.mp4?s=1", 400, "unknown parameter 's'"),
+        ("/api/nothing", 404, "no such path: /api/nothing"),
+        ("/index.html", 404, "no such path"),
+    ]
+    for path, status, text in cases:
+        got, h, body = request(port, path)
+        assert (got, h["Content-Type"]) == (status, "text/plain; charset=utf-8"), path
+        assert text in body.decode(), (path, body)
+        assert int(h["Content-Length"]) == len(body)
+        assert "\n" not in body.decode().strip()
+    got, h, body = request(port, v(), method="POST")
+    assert (got, h["Allow"]) == (405, "GET, HEAD")
+    assert body == b"method POST is not allowed here; use GET or HEAD"
+    got, h, body = request(port, v(), method="DELETE")
+    assert got == 405
+
+
+def test_401_without_view_video(recorded, serve):
+    port = serve(recorded.t.db, tcp_bind(view_video=False)).addresses[0][1]
+    vse = recorded.rows[0].video_sample_entry_id
+    for path in (recorded.view(), recorded.view(kind="m4s"), f"/api/init/{vse}.mp4",
+                 f"/api/init/{vse}.mp4.txt"):
+        got, h, body = request(port, path)
+        assert got == 401, path
+        assert b"needs the view_video permission" in body
+    assert request(port, "/api/nothing")[0] == 404  # not-found paths need nothing
+
+
+def test_every_route_names_its_permission():
+    for r in web.ROUTES:
+        assert r.permission is None or hasattr(auth.Permissions(), r.permission), r
+        assert set(r.methods) <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+
+
+def test_500_does_not_leak_the_traceback(recorded, port, monkeypatch, caplog):
+    def boom(request, m):
+        raise RuntimeError("secret detail")
+    monkeypatch.setattr(web, "ROUTES", [web.Route(re.compile("/api/boom"), ("GET",), None,
+                                                  boom)])
+    with caplog.at_level(logging.INFO, logger="web"):
+        got, h, body = request(port, "/api/boom")
+        wait_for(lambda: "-> 500" in caplog.text)  # logged just after the response
+    assert got == 500
+    assert b"secret" not in body and b"Traceback" not in body
+    rid = re.search(rb"request (\S+)$", body)[1].decode()
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(logged) == 1 and rid in logged[0].getMessage()
+    assert "secret detail" in caplog.text  # the traceback is in the log
+    # The per-request line, with status and latency.
+    assert re.search(rf"{rid} 127.0.0.1 GET /api/boom -> 500, \d+ body bytes, [0-9.]+ ms",
+                     caplog.text)
+
+
+def test_client_disconnecting_mid_body_is_not_an_error(recorded, port, caplog):
+    path = recorded.view()
+    with caplog.at_level(logging.DEBUG, logger="web"):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.recv(1000)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # RST
+        wait_for(lambda: "client went away" in caplog.text)
+    assert "client went away" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert request(port, path, method="HEAD")[0] == 200  # still serving
+
+
+# --- connections and binds ---------------------------------------------------------------
+
+def test_keep_alive(recorded, port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    status, _, body1 = request(port, recorded.view("1"), conn=c)
+    sock = c.sock
+    assert status == 200 and sock is not None
+    status, _, body2 = request(port, recorded.view("1"), headers={"Range": "bytes=0-3"}, conn=c)
+    status3, _, _ = request(port, "/api/nothing", conn=c)  # errors keep the connection too
+    assert (status, body2, status3) == (206, body1[:4], 404)
+    assert c.sock is sock  # http.client would have reconnected had the server closed
+    c.close()
+
+
+def make_cert(tmp_path) -> tuple[str, str]:
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_bind(recorded, serve, tmp_path):
+    cert, key = make_cert(tmp_path)
+    srv = serve(recorded.t.db, tcp_bind(tls_cert=cert, tls_key=key))
+    port = srv.addresses[0][1]
+    ctx = ssl.create_default_context(cafile=cert)
+    f = recorded.file()
+    for _ in range(2):
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        status, h, body = request(port, recorded.view(), conn=c,
+                                  headers={"Range": "bytes=10-,0-3"})
+        assert status == 206
+        parts = parse_multipart(h["Content-Type"], body)
+        assert [d for _, d in parts] == [f.read(10), f.read(0, 4)]  # read/write, no sendfile
+        assert request(port, recorded.view(), conn=c)[2] == f.read()  # keep-alive over TLS
+        c.close()
+        # Plain HTTP to the TLS port fails cleanly, and the server keeps serving.
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            request(port, recorded.view())
+
+
+def test_unix_and_two_binds(recorded, serve, tmp_path):
+    path = str(tmp_path / "sock")
+    with open(path, "w"):
+        pass
+    with pytest.raises(web.BindError, match="exists and is not a socket"):
+        serve(recorded.t.db, nvr.Bind(("unix", path)))
+    assert os.path.exists(path)  # not ours: left alone
+    os.unlink(path)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)  # a socket left by an earlier run
+    stale.close()
+    srv = serve(recorded.t.db, tcp_bind(), nvr.Bind(
+        ("unix", path), allow_unauthenticated_permissions=auth.Permissions(view_video=True)))
+    assert srv.addresses[1] == path
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(f"HEAD {recorded.view()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert s.recv(100).startswith(b"HTTP/1.1 200 OK\r\n")
+    s.close()
+    assert request(srv.addresses[0][1], recorded.view(), method="HEAD")[0] == 200
+    srv.stop()
+    assert not os.path.exists(path)
+
+
+def test_bind_errors(recorded, serve):
+    srv = serve(recorded.t.db)
+    taken = srv.addresses[0][1]
+    with pytest.raises(web.BindError, match=f"can't listen on ipv4 127.0.0.1:{taken}"):
+        serve(recorded.t.db, tcp_bind(), nvr.Bind(("ipv4", f"127.0.0.1:{taken}")))
+    with pytest.raises(web.BindError, match="expected \\[ADDRESS\\]:PORT"):
+        serve(recorded.t.db, nvr.Bind(("ipv6", "::1:80")))
+
+
+def _threads_and_fds():
+    gc.collect()
+    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+def test_start_stop_leaves_no_threads_or_fds(recorded):
+    path = recorded.view("1")
+    for i in range(21):
+        srv = web.Server(recorded.t.db, config(tcp_bind()))
+        srv.start()
+        port = srv.addresses[0][1]
+        # A finished request, and an idle keep-alive connection stop() must end.
+        assert request(port, path, method="HEAD")[0] == 200
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        assert request(port, path, headers={"Range": "bytes=0-9"}, conn=idle)[0] == 206
+        srv.stop()
+        idle.close()
+        if i == 0:
+            baseline = _threads_and_fds()  # after the first: lazily opened things exist
+    assert _threads_and_fds() == baseline

@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import tomllib
+import uuid as uuidlib
 
 import auth
 import check
@@ -239,7 +240,7 @@ def cmd_config_camera(args) -> int:
                 streams = ",".join(sorted(c.streams))
                 user = c.config.get("username") or "-"
                 print(f"{c.id}\t{c.short_name}\tuser={user}\tstreams={streams or '-'}"
-                      f"\t{c.config.get('description', '')}")
+                      f"\t{c.config.get('description', '')}\tuuid={uuidlib.UUID(bytes=c.uuid)}")
         elif args.action == "edit":
             c = d.camera_by_name(args.name)
             d.update_camera(c.id, short_name=args.rename, config=_camera_config(args, c.config))

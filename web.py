@@ -348,6 +348,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "nvr"
     sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in the Server header
     disable_nagle_algorithm = True  # our writes are already coalesced
     server: "_HttpServer"
 

@@ -391,8 +391,10 @@ def test_client_disconnecting_mid_body_is_not_an_error(recorded, port, caplog):
         s.recv(1000)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s.close()  # RST
-        wait_for(lambda: "client went away" in caplog.text)
-    assert "client went away" in caplog.text
+        # Whether the reset lands mid-body or after the server wrote the whole (small)
+        # body into socket buffers depends on timing; either way it is a debug line.
+        wait_for(lambda: "client went away" in caplog.text or
+                 re.search(r"connection from \S+ ended: ConnectionResetError", caplog.text))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert request(port, path, method="HEAD")[0] == 200  # still serving
 

@@ -434,9 +434,12 @@ def run_nvr(urls: list[str], seconds: float, rotate_sec: int, flush_if_sec: int,
         conn = sqlite3.connect(f"file:{os.path.join(tmp, 'db', 'db')}?mode=ro", uri=True)
         try:
             w0, w1 = round(window.wall_start * 90000), round(window.wall_end * 90000)
+            # A recording cut by our SIGTERM ends at its last frame, inside the window,
+            # but is fsynced after it: not counted.
             ended = conn.execute(
                 "select count(*) from recording where start_time_90k + wall_duration_90k > ? "
-                "and start_time_90k + wall_duration_90k <= ?", (w0, w1)).fetchone()[0]
+                "and start_time_90k + wall_duration_90k <= ? "
+                "and coalesce(end_reason, '') != 'NVR shutdown'", (w0, w1)).fetchone()[0]
             frames, wall = conn.execute(
                 "select sum(video_samples), sum(wall_duration_90k) from recording").fetchone()
         finally:

@@ -463,6 +463,8 @@ class Database:
         self.flush_hooks: list = []
         # Called after each successful flush, outside the lock (syncers: GC).
         self.on_flush: list = []
+        # stream id -> callbacks for each frame the writer indexes (live view, live.py).
+        self._live_listeners: dict[int, list] = {}
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -1157,6 +1159,28 @@ class Database:
                 bool(r.flags & FLAG_GROWING), bool(r.flags & FLAG_TRAILING_ZERO), r.end_reason)
         out.extend(aggs.values())
         return out
+
+    # -- live view hooks -------------------------------------------------------
+
+    def subscribe_live(self, stream_id: int, fn) -> None:
+        """Calls `fn(composite_id, media_start_90k, media_end_90k, is_key)` for each
+        frame the stream's writer indexes from now on: the frame's bytes are in the
+        sample file and its index entry in the uncommitted recording. `fn` runs in the
+        streamer's thread with the database lock held: it must only queue, never block."""
+        with self.locked():
+            self._live_listeners.setdefault(stream_id, []).append(fn)
+
+    def unsubscribe_live(self, stream_id: int, fn) -> None:
+        with self.locked():
+            fns = self._live_listeners.get(stream_id, [])
+            if fn in fns:
+                fns.remove(fn)
+
+    def frame_indexed(self, stream_id: int, composite_id: int, media_start_90k: int,
+                      media_end_90k: int, is_key: bool) -> None:
+        """Called by writer.py, with the database lock held, after indexing a frame."""
+        for fn in self._live_listeners.get(stream_id, ()):
+            fn(composite_id, media_start_90k, media_end_90k, is_key)
 
     def get_video_index(self, composite_id: int) -> bytes:
         """The recording's `video_index`, from memory if uncommitted, else

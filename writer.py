@@ -235,6 +235,8 @@ class Writer:
             r.video_samples = cur.encoder.video_samples
             r.video_sync_samples = cur.encoder.video_sync_samples
             r.sample_file_bytes = cur.encoder.sample_file_bytes
+            # Live view (live.py): the frame is in the file and in the index now.
+            self.db.frame_indexed(self.stream_id, cur.id, media - duration_90k, media, u.is_key)
         cur.unindexed = None
 
     # -- ending recordings and runs ----------------------------------------------

@@ -1,28 +1,62 @@
-"""Users' credentials and permissions: password hashing and the Permissions blob.
+"""Users' credentials, sessions and permissions.
 
 Passwords are hashed with argon2id (argon2-cffi) into PHC strings stored in
 `user.password_hash`. A legacy Moonfire scrypt PHC string
 (`$scrypt$ln=15,r=8,p=1$<salt>$<hash>`, base64 without padding) still verifies,
-with the standard library's `hashlib.scrypt`; the caller replaces it with an
-argon2id hash at the next successful login (`needs_rehash`).
+with the standard library's `hashlib.scrypt`, and is replaced by an argon2id hash
+at the next successful login (`needs_rehash`; the password_id stays the same).
 
 `Permissions` is Moonfire's protobuf message stored in `user.permissions` and
 `user_session.permissions`: four bools, field numbers view_video = 1,
 read_camera_configs = 2, update_signals = 3, admin_users = 4. A true bool is
 encoded as tag (field << 3 | 0) then 01; false fields are omitted (proto3).
 
-Sessions, CSRF tokens and caller resolution will live here too (issue 5);
-db.py owns the `user` rows and calls `hash_password` through `config`.
+Sessions (reference §6, `user_session`): a session id is 48 random bytes, sent to
+the browser as the `s` cookie (64 characters of base64 without padding) and never
+stored: the row's key is `blake2b(id, digest_size=24)`, so a leaked database or
+backup can't be used to log in. Each session has a 32-byte random seed; its CSRF
+token is `blake2b(b"csrf", key=seed, digest_size=24)` as base64 without padding (32
+characters), compared in constant time. (Moonfire uses Blake3 for both; version 8
+of our schema switched, and the 7 -> 8 upgrade revoked the old sessions.)
+Sessions never expire; they end by logout (revocation reason 1) or by
+`nvr.py sessions revoke` (reason 3), and a disabled user's sessions stop working.
+Creation and revocation are written at once, each in its own transaction; usage
+(use count, last use time, user agent, peer address) and password failure counts
+change in memory on every request and are written lazily by a hook in the next
+database flush (Moonfire #282).
+
+Login throttling (beyond Moonfire): failed password logins are counted per
+username and per client address (`Throttle`). The first FREE_FAILURES of a key cost
+nothing; after that the key must wait 1 s, 2 s, 4 s, ... (doubling, at most
+MAX_DELAY_SEC = 15 min) after its latest failure before the next attempt is even
+checked (HTTP 429 with `Retry-After`). A success clears the counts of its username
+and address; a key with no failure for FORGET_AFTER_SEC (1 hour) is forgotten, so
+an attacker can delay the real user by at most 15 minutes at a time, never lock
+them out for good. At most two password hashes are checked at once (argon2id takes
+64 MiB each).
+
+Neighbours: db.py owns the `user` rows (add/update/delete, in-memory `db.users`)
+and the flush transaction; web.py turns requests into calls here (cookies, caller
+resolution, CSRF checks on mutations); nvr.py's `login` and `sessions` commands
+use `Auth` directly. Thread safety: everything here runs under `db.locked()`,
+except password hashing and verification, which never hold the lock.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
+import logging
+import secrets
+import threading
 
 import argon2
+
+logger = logging.getLogger(__name__)
 
 # The hasher used for new hashes. Tests swap in argon2.profiles.CHEAPEST via
 # `set_password_hasher` (see test/conftest.py); production uses the library's
@@ -149,3 +183,414 @@ def _read_varint(b: bytes, i: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ValueError("permissions: varint too long")
+
+
+# ---------------------------------------------------------------------------------------
+# Sessions
+
+SESSION_ID_BYTES = 48
+SESSION_HASH_BYTES = 24
+SEED_BYTES = 32
+CSRF_BYTES = 24
+
+# user_session.flags: cookie attributes.
+FLAG_HTTP_ONLY = 1
+FLAG_SECURE = 2
+FLAG_SAME_SITE_LAX = 4
+FLAG_SAME_SITE_STRICT = 8
+FLAG_NAMES = {"http-only": FLAG_HTTP_ONLY, "secure": FLAG_SECURE,
+              "same-site": FLAG_SAME_SITE_LAX, "same-site-strict": FLAG_SAME_SITE_STRICT}
+
+# user_session.revocation_reason.
+REVOKED_LOGOUT = 1
+REVOKED_ALGORITHM_CHANGE = 2
+REVOKED_BY_ADMIN = 3
+REVOCATION_REASONS = {REVOKED_LOGOUT: "logged out", REVOKED_ALGORITHM_CHANGE: "algorithm change",
+                      REVOKED_BY_ADMIN: "revoked by an administrator"}
+
+
+class AuthError(Exception):
+    """A failed authentication; the message is safe to show the client."""
+
+
+class Throttled(AuthError):
+    """Too many failed logins for a username or address; retry after `retry_after_sec`."""
+
+    def __init__(self, message: str, retry_after_sec: int):
+        super().__init__(message)
+        self.retry_after_sec = retry_after_sec
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode().rstrip("=")
+
+
+def hash_session_id(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=SESSION_HASH_BYTES).digest()
+
+
+def csrf_token(seed: bytes) -> str:
+    return b64(hashlib.blake2b(b"csrf", key=seed, digest_size=CSRF_BYTES).digest())
+
+
+def parse_session_cookie(value: str) -> bytes | None:
+    """The 48-byte id of an `s` cookie value, or None if it isn't one."""
+    if len(value) != 64:
+        return None
+    try:
+        raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == SESSION_ID_BYTES else None
+
+
+def pack_addr(addr: str | None) -> bytes | None:
+    """A client address as stored: 4 or 16 bytes; None for a Unix socket or unknown."""
+    if not addr:
+        return None
+    try:
+        return ipaddress.ip_address(addr).packed
+    except ValueError:
+        return None
+
+
+def unpack_addr(blob: bytes | None) -> str | None:
+    if not blob:
+        return None
+    try:
+        return str(ipaddress.ip_address(bytes(blob)))
+    except ValueError:
+        return blob.hex()
+
+
+@dataclasses.dataclass
+class Client:
+    """Who made a request, as far as the audit fields go."""
+    addr: str | None = None        # IP address (after trusted proxy headers); None: Unix
+    user_agent: str | None = None
+    domain: str | None = None      # the Host header without the port
+
+
+@dataclasses.dataclass
+class Session:
+    """One `user_session` row (reference §6)."""
+    hash: bytes
+    user_id: int
+    seed: bytes
+    flags: int
+    domain: str | None
+    description: str | None
+    creation_password_id: int | None
+    creation_time_sec: int
+    creation_user_agent: str | None
+    creation_peer_addr: bytes | None
+    revocation_time_sec: int | None = None
+    revocation_user_agent: str | None = None
+    revocation_peer_addr: bytes | None = None
+    revocation_reason: int | None = None
+    revocation_reason_detail: str | None = None
+    last_use_time_sec: int | None = None
+    last_use_user_agent: str | None = None
+    last_use_peer_addr: bytes | None = None
+    use_count: int = 0
+    permissions: Permissions = dataclasses.field(default_factory=Permissions)
+    dirty: bool = False   # usage changed since the last flush
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.seed)
+
+    def check_csrf(self, token) -> bool:
+        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.csrf.encode())
+
+    @property
+    def id_text(self) -> str:
+        """How `nvr.py sessions` names a session: the first 16 hex digits of its hash."""
+        return self.hash.hex()[:16]
+
+    @property
+    def state(self) -> str:
+        if self.revocation_reason is None:
+            return "valid"
+        return "revoked (" + REVOCATION_REASONS.get(self.revocation_reason,
+                                                   f"reason {self.revocation_reason}") + ")"
+
+
+_SESSION_COLUMNS = ("session_id_hash, user_id, seed, flags, domain, description, "
+                    "creation_password_id, creation_time_sec, creation_user_agent, "
+                    "creation_peer_addr, revocation_time_sec, revocation_user_agent, "
+                    "revocation_peer_addr, revocation_reason, revocation_reason_detail, "
+                    "last_use_time_sec, last_use_user_agent, last_use_peer_addr, use_count, "
+                    "permissions")
+
+
+def _session_from_row(row) -> Session:
+    return Session(bytes(row[0]), *row[1:19], Permissions.decode(bytes(row[19] or b"")))
+
+
+# ---------------------------------------------------------------------------------------
+# Login throttling
+
+class Throttle:
+    """Failed-login counts per key ("user:<name>", "addr:<ip>"); see the module docstring."""
+
+    FREE_FAILURES = 5
+    MAX_DELAY_SEC = 15 * 60
+    FORGET_AFTER_SEC = 60 * 60
+    MAX_KEYS = 10_000
+
+    def __init__(self):
+        # key -> (failures, time of the latest failure in seconds)
+        self._fails: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def delay_sec(cls, failures: int) -> int:
+        """How long after its latest failure a key with `failures` must wait."""
+        if failures < cls.FREE_FAILURES:
+            return 0
+        return min(cls.MAX_DELAY_SEC, 1 << min(failures - cls.FREE_FAILURES, 20))
+
+    def retry_after(self, keys, now_sec: float) -> int:
+        """Seconds to wait before an attempt for `keys` may be checked; 0 if now."""
+        wait = 0.0
+        with self._lock:
+            for k in keys:
+                e = self._fails.get(k)
+                if e is None:
+                    continue
+                n, last = e
+                if now_sec - last >= self.FORGET_AFTER_SEC:
+                    del self._fails[k]
+                    continue
+                wait = max(wait, last + self.delay_sec(n) - now_sec)
+        return int(wait) + (wait % 1 > 0) if wait > 0 else 0
+
+    def failed(self, keys, now_sec: float) -> None:
+        with self._lock:
+            for k in keys:
+                n, last = self._fails.pop(k, (0, now_sec))
+                if now_sec - last >= self.FORGET_AFTER_SEC:
+                    n = 0
+                self._fails[k] = (n + 1, now_sec)
+            while len(self._fails) > self.MAX_KEYS:
+                self._fails.popitem(last=False)
+
+    def succeeded(self, keys) -> None:
+        with self._lock:
+            for k in keys:
+                self._fails.pop(k, None)
+
+    def failures(self, key: str) -> int:
+        with self._lock:
+            return self._fails.get(key, (0, 0))[0]
+
+
+# ---------------------------------------------------------------------------------------
+# The session store
+
+class Auth:
+    """Sessions and logins for one database. `Auth(db)` registers its flush hook."""
+
+    def __init__(self, db):
+        self.db = db
+        self._sessions: dict[bytes, Session] = {}   # cache by hash (and all dirty ones)
+        self._failures_dirty: set[int] = set()      # user ids whose failure count changed
+        self.throttle = Throttle()
+        self._hashing = threading.BoundedSemaphore(2)
+        self._written: list[tuple[Session, int]] = []
+        self._written_failures: set[int] = set()
+        if not db.read_only:
+            db.flush_hooks.append(self._flush)
+            db.on_flush.append(self._flushed)
+
+    def _now_sec(self) -> int:
+        return self.db.clocks.realtime() // 1_000_000_000
+
+    # -- logging in --------------------------------------------------------------------
+
+    def login_by_password(self, username: str, password: str, client: Client, *,
+                          flags: int = FLAG_HTTP_ONLY | FLAG_SAME_SITE_LAX) -> tuple[str, Session]:
+        """Checks the password and creates a session: returns (cookie value, session).
+
+        Raises `Throttled`, or `AuthError` for an unknown user, a wrong password, a
+        user without a password or a disabled user (one message for all, so as not to
+        say which usernames exist)."""
+        keys = [f"user:{username}"] + ([f"addr:{client.addr}"] if client.addr else [])
+        now = self.db.clocks.realtime() / 1e9
+        wait = self.throttle.retry_after(keys, now)
+        if wait:
+            raise Throttled(f"too many failed logins; try again in {wait} s", wait)
+        with self.db.locked("login: find user"):
+            user = next((u for u in self.db.users.values() if u.username == username), None)
+            password_hash = user.password_hash if user else None
+            password_id = user.password_id if user else None
+        with self._hashing:   # never under the database lock: argon2 takes ~0.1 s
+            ok = password_hash is not None and verify_password(password_hash, password)
+            new_hash = hash_password(password) if ok and needs_rehash(password_hash) else None
+        if not ok or user.disabled:
+            self.throttle.failed(keys, now)
+            if user is not None and password_hash is not None and not ok:
+                with self.db.locked("login: count failure"):
+                    u = self.db.users.get(user.id)
+                    if u is not None:
+                        u.password_failure_count += 1
+                        self._failures_dirty.add(u.id)
+            logger.info("login failed for %r from %s", username, client.addr or "unix")
+            raise AuthError("incorrect username or password")
+        self.throttle.succeeded(keys)
+        if new_hash is not None:
+            with self.db.locked("login: rehash"):
+                u = self.db.users.get(user.id)
+                if u is not None and u.password_id == password_id \
+                        and u.password_hash == password_hash:
+                    self.db.update_user(user.id, password_hash=new_hash, keep_password_id=True)
+                    logger.info("user %r: password hash upgraded to argon2id", username)
+        cookie, session = self.make_session(user.id, client, flags=flags,
+                                            creation_password_id=password_id)
+        logger.info("user %r logged in from %s; session %s", username, client.addr or "unix",
+                    session.id_text)
+        return cookie, session
+
+    def make_session(self, user_id: int, client: Client, *, flags: int,
+                     permissions: Permissions | None = None, description: str | None = None,
+                     creation_password_id: int | None = None) -> tuple[str, Session]:
+        """Creates and stores a session; returns (cookie value, session). Its
+        permissions are the user's unless given (`nvr.py login --permissions`)."""
+        raw = secrets.token_bytes(SESSION_ID_BYTES)
+        with self.db.locked("make session"):
+            user = self.db.get_user(user_id)
+            s = Session(hash=hash_session_id(raw), user_id=user_id,
+                        seed=secrets.token_bytes(SEED_BYTES), flags=flags,
+                        domain=client.domain, description=description,
+                        creation_password_id=creation_password_id,
+                        creation_time_sec=self._now_sec(),
+                        creation_user_agent=client.user_agent,
+                        creation_peer_addr=pack_addr(client.addr),
+                        permissions=permissions if permissions is not None
+                        else dataclasses.replace(user.permissions))
+            with self.db.transaction():
+                self.db.conn.execute(
+                    f"insert into user_session ({_SESSION_COLUMNS}) values "
+                    f"({', '.join('?' * 20)})", self._row(s))
+            self._sessions[s.hash] = s
+        return b64(raw), s
+
+    @staticmethod
+    def _row(s: Session) -> tuple:
+        return (s.hash, s.user_id, s.seed, s.flags, s.domain, s.description,
+                s.creation_password_id, s.creation_time_sec, s.creation_user_agent,
+                s.creation_peer_addr, s.revocation_time_sec, s.revocation_user_agent,
+                s.revocation_peer_addr, s.revocation_reason, s.revocation_reason_detail,
+                s.last_use_time_sec, s.last_use_user_agent, s.last_use_peer_addr,
+                s.use_count, s.permissions.encode())
+
+    # -- using a session ---------------------------------------------------------------
+
+    def _lookup(self, h: bytes) -> Session | None:
+        s = self._sessions.get(h)
+        if s is None:
+            row = self.db.conn.execute(f"select {_SESSION_COLUMNS} from user_session "
+                                       f"where session_id_hash = ?", (h,)).fetchone()
+            if row is None:
+                return None
+            s = _session_from_row(row)
+            self._sessions[h] = s
+        return s
+
+    def authenticate(self, cookie_value: str, client: Client):
+        """The (session, user) of an `s` cookie, recording this use; raises AuthError."""
+        raw = parse_session_cookie(cookie_value)
+        if raw is None:
+            raise AuthError("session cookie is malformed; log in again")
+        with self.db.locked("authenticate"):
+            s = self._lookup(hash_session_id(raw))
+            if s is None:
+                raise AuthError("no such session; log in again")
+            if s.revocation_reason is not None:
+                logger.info("revoked session %s used (%s)", s.id_text, s.state)
+                raise AuthError("session has ended; log in again")
+            user = self.db.users.get(s.user_id)
+            if user is None or user.disabled:
+                raise AuthError("user is disabled or gone; log in again")
+            s.use_count += 1
+            s.last_use_time_sec = self._now_sec()
+            s.last_use_user_agent = client.user_agent
+            s.last_use_peer_addr = pack_addr(client.addr)
+            s.dirty = True
+            return s, user
+
+    def revoke(self, session_hash: bytes, reason: int, client: Client | None = None,
+               detail: str | None = None) -> bool:
+        """Revokes a session; False if it didn't exist or was already revoked."""
+        client = client or Client()
+        with self.db.locked("revoke session"):
+            s = self._lookup(session_hash)
+            if s is None or s.revocation_reason is not None:
+                return False
+            s.revocation_time_sec = self._now_sec()
+            s.revocation_user_agent = client.user_agent
+            s.revocation_peer_addr = pack_addr(client.addr)
+            s.revocation_reason = reason
+            s.revocation_reason_detail = detail
+            with self.db.transaction():
+                self._write_usage(self.db.conn, s)
+                self.db.conn.execute(
+                    "update user_session set revocation_time_sec = ?, revocation_user_agent = ?, "
+                    "revocation_peer_addr = ?, revocation_reason = ?, revocation_reason_detail = ? "
+                    "where session_id_hash = ?",
+                    (s.revocation_time_sec, s.revocation_user_agent, s.revocation_peer_addr,
+                     reason, detail, s.hash))
+            s.dirty = False
+            return True
+
+    def list_sessions(self, user_id: int | None = None) -> list[Session]:
+        """Every stored session (with the latest in-memory usage), oldest first."""
+        with self.db.locked("list sessions"):
+            where, params = ("where user_id = ?", (user_id,)) if user_id is not None else ("", ())
+            out = []
+            for row in self.db.conn.execute(
+                    f"select {_SESSION_COLUMNS} from user_session {where} "
+                    f"order by creation_time_sec, session_id_hash", params):
+                s = _session_from_row(row)
+                out.append(self._sessions.get(s.hash, s))
+            return out
+
+    def forget_user(self, user_id: int) -> None:
+        """Drops cached sessions of a deleted user (db.delete_user deletes the rows)."""
+        with self.db.locked():
+            for h in [h for h, s in self._sessions.items() if s.user_id == user_id]:
+                del self._sessions[h]
+            self._failures_dirty.discard(user_id)
+
+    # -- lazy writes -------------------------------------------------------------------
+
+    @staticmethod
+    def _write_usage(c, s: Session) -> None:
+        c.execute("update user_session set last_use_time_sec = ?, last_use_user_agent = ?, "
+                  "last_use_peer_addr = ?, use_count = ? where session_id_hash = ?",
+                  (s.last_use_time_sec, s.last_use_user_agent, s.last_use_peer_addr,
+                   s.use_count, s.hash))
+
+    def _flush(self, c) -> None:
+        """db.flush_hooks: inside the flush transaction, with the database lock held."""
+        self._written = []
+        for s in self._sessions.values():
+            if s.dirty:
+                self._write_usage(c, s)
+                self._written.append((s, s.use_count))
+        for uid in self._failures_dirty:
+            u = self.db.users.get(uid)
+            if u is not None:
+                c.execute("update user set password_failure_count = ? where id = ?",
+                          (u.password_failure_count, uid))
+        self._written_failures = set(self._failures_dirty)
+
+    def _flushed(self) -> None:
+        """db.on_flush: the transaction committed; what it wrote is clean unless used since."""
+        with self.db.locked():
+            for s, n in self._written:
+                if s.use_count == n:
+                    s.dirty = False
+            self._failures_dirty -= self._written_failures
+            self._written, self._written_failures = [], set()

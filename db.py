@@ -501,6 +501,10 @@ class Database:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
+    def transaction(self):
+        """A write transaction on the connection; hold `locked()` around it."""
+        return transaction(self.conn)
+
     @contextlib.contextmanager
     def locked(self, what: str = "database lock"):
         """Holds the database lock, warning if it is held over a second."""
@@ -790,8 +794,11 @@ class Database:
 
     def update_user(self, user_id: int, *, username: str | None = None,
                     config: dict | None = None, permissions: auth.Permissions | None = None,
-                    password_hash: str | None | type(...) = ...) -> None:
-        """Edits a user; a password set or clear bumps password_id and resets failures."""
+                    password_hash: str | None | type(...) = ...,
+                    keep_password_id: bool = False) -> None:
+        """Edits a user; a password set or clear bumps password_id and resets failures.
+        `keep_password_id`: the same password re-hashed (auth.py's upgrade to argon2id),
+        which must not look like a password change."""
         with self.locked():
             u = self.get_user(user_id)
             if username is not None and username != u.username and any(
@@ -806,8 +813,9 @@ class Database:
                 new.permissions = permissions
             if password_hash is not ...:
                 new.password_hash = password_hash
-                new.password_id += 1
-                new.password_failure_count = 0
+                if not keep_password_id:
+                    new.password_id += 1
+                    new.password_failure_count = 0
             with transaction(self.conn):
                 self.conn.execute(
                     "update user set username = ?, config = ?, password_hash = ?, password_id = ?, "

@@ -55,6 +55,7 @@ import dataclasses
 import email.utils
 import http
 import http.server
+import ipaddress
 import itertools
 import logging
 import os
@@ -65,11 +66,13 @@ import socket
 import socketserver
 import ssl
 import stat
+import struct
 import threading
 import urllib.parse
 import uuid as uuidlib
 from collections.abc import Callable
 
+import api
 import auth
 import clock
 import mp4
@@ -86,18 +89,26 @@ WRITE_BUFFER_BYTES = 256 * 1024
 # More ranges than this in one Range header: serve the whole entity instead (a cheap
 # defence against a header asking for thousands of tiny overlapping parts).
 MAX_RANGES = 64
+# Request bodies (JSON) larger than this are refused with 413.
+MAX_BODY_BYTES = api.MAX_JSON_BODY_BYTES
+# Static UI files: names aren't content-hashed (there is no build step, and people edit
+# ui/ on the box), so browsers revalidate each time and mostly get a 304.
+STATIC_CACHE_CONTROL = "public, no-cache"
+STATIC_TYPES = {
+    "css": "text/css; charset=utf-8", "html": "text/html; charset=utf-8",
+    "ico": "image/x-icon", "js": "text/javascript; charset=utf-8",
+    "map": "application/json", "json": "application/json", "png": "image/png",
+    "svg": "image/svg+xml", "txt": "text/plain; charset=utf-8",
+    "webmanifest": "application/manifest+json", "woff2": "font/woff2",
+}
+DEFAULT_UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
+
 # A keep-alive connection idle (or a client not reading) this long is closed.
 DEFAULT_CONNECTION_TIMEOUT_SEC = 120.0
 
 
-class HttpError(Exception):
-    """An error response: `status` and a one-line, user-facing `message`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+HttpError = api.HttpError
+Response = api.Response
 
 
 class BindError(Exception):
@@ -153,129 +164,161 @@ def parse_range(header: str | None, length: int) -> list[tuple[int, int]] | None
 
 
 # ---------------------------------------------------------------------------------------
-# Requests, routes and permissions
+# Who is calling (reference §5.4, §5.7)
 
-@dataclasses.dataclass
-class Request:
-    """What a route handler gets: the parsed request and where it came from."""
-    method: str
-    path: str                      # percent-decoded path, without the query
-    query: list[tuple[str, str]]   # in order, repeated keys kept
-    headers: object                # http.client.HTTPMessage (case-insensitive get)
-    bind: object                   # the nvr.Bind this connection came in on
-    client: str
-    request_id: str
-    server: "Server"
-
-    def params(self, allowed: tuple[str, ...]) -> dict[str, list[str]]:
-        """The query as {name: [values]}; a name not in `allowed` is a 400 naming it."""
-        out: dict[str, list[str]] = {}
-        for k, v in self.query:
-            if k not in allowed:
-                raise HttpError(400, f"unknown parameter {k!r}; this URL takes "
-                                     f"{', '.join(allowed)}")
-            out.setdefault(k, []).append(v)
-        return out
+def _split_quoted(value: str, sep: str) -> list[str]:
+    """Splits on `sep` outside double quotes (RFC 7239 §4 quoted-strings)."""
+    out, cur, quoted = [], [], False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return out
 
 
-@dataclasses.dataclass
-class Response:
-    """A small response held in memory (text, later JSON)."""
-    status: int
-    body: bytes
-    content_type: str = "text/plain; charset=utf-8"
-    headers: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def text(cls, s: str, status: int = 200, **headers) -> "Response":
-        return cls(status, s.encode(), headers={"Cache-Control": TEXT_CACHE_CONTROL, **headers})
-
-
-@dataclasses.dataclass(frozen=True)
-class Route:
-    """One entry of the route table: a full-match path pattern, the methods it answers,
-    the permission it needs (an `auth.Permissions` attribute, or None for none), and the
-    handler, called with the request and the match. A handler returns a `Response` or
-    a `mp4.VirtualFile` (served with Range and conditional requests), or raises
-    `HttpError`, `mp4.Mp4Error` (400) or `mp4.NotFound` (404)."""
-    pattern: re.Pattern
-    methods: tuple[str, ...]
-    permission: str | None
-    handler: Callable[[Request, re.Match], object]
-
-
-def authorize(request: Request, permission: str | None) -> None:
-    """Raises HttpError(401) unless the caller has `permission`.
-
-    For now the caller's permissions are the bind's `allowUnauthenticatedPermissions`
-    (reference §5.4 step 3). Issue 5 replaces this with full caller resolution: session
-    cookie, then a Unix peer with our uid on an `ownUidIsPrivileged` bind, then the bind."""
-    if permission is None:
-        return
-    perms = getattr(request.bind, "allow_unauthenticated_permissions", None) or auth.Permissions()
-    if not getattr(perms, permission):
-        raise HttpError(401, f"unauthenticated: this needs the {permission} permission, "
-                             f"which this listener doesn't grant without a login")
-
-
-def _camera_stream(request: Request, camera_uuid: str, stream_type: str) -> int:
+def _forwarded_node(value: str) -> str | None:
+    """An RFC 7239 §6 node ("192.0.2.1", "192.0.2.1:80", "[2001:db8::1]:80") -> its IP."""
+    v = value.strip().strip('"')
+    if v.startswith("["):
+        v = v[1:v.find("]")] if "]" in v else ""
+    elif v.count(":") == 1:
+        v = v.split(":")[0]
     try:
-        u = uuidlib.UUID(camera_uuid).bytes
+        return str(ipaddress.ip_address(v))
     except ValueError:
-        raise HttpError(404, f"no camera {camera_uuid!r}: not a UUID") from None
-    db = request.server.db
-    with db.locked("web: find camera"):
-        for c in db.cameras.values():
-            if c.uuid == u:
-                sid = c.streams.get(stream_type)
-                if sid is None:
-                    raise HttpError(404, f"camera {camera_uuid} has no {stream_type} stream")
-                return sid
-    raise HttpError(404, f"no camera {camera_uuid}")
+        return None   # "unknown", an obfuscated "_name", or garbage
 
 
-def _ts_param(values: list[str]) -> bool:
-    if values[-1] in ("true", "false"):
-        return values[-1] == "true"
-    raise HttpError(400, f"ts must be true or false, not {values[-1]!r}")
+def forwarded_client(headers) -> tuple[str | None, str | None]:
+    """(client address, protocol) from a trusted proxy's headers, either may be None.
+
+    RFC 7239 `Forwarded` first: its last element is the one our proxy added, so its
+    `for=` and `proto=` are used. Else the last entries of `X-Forwarded-For` and
+    `X-Forwarded-Proto`, else `X-Real-IP` for the address."""
+    addr = proto = None
+    fwd = headers.get_all("Forwarded") if hasattr(headers, "get_all") else None
+    if fwd:
+        last = _split_quoted(",".join(fwd), ",")[-1]
+        for pair in _split_quoted(last, ";"):
+            k, eq, v = pair.partition("=")
+            if not eq:
+                continue
+            k, v = k.strip().lower(), v.strip().strip('"')
+            if k == "for":
+                addr = _forwarded_node(v)
+            elif k == "proto":
+                proto = v.lower()
+        return addr, proto
+    xff = headers.get("X-Forwarded-For")
+    if xff:
+        addr = _forwarded_node(xff.split(",")[-1])
+    xfp = headers.get("X-Forwarded-Proto")
+    if xfp:
+        proto = xfp.split(",")[-1].strip().lower()
+    if addr is None and headers.get("X-Real-IP"):
+        addr = _forwarded_node(headers.get("X-Real-IP"))
+    return addr, proto
 
 
-def handle_view(request: Request, m: re.Match):
-    """`view.mp4`, `view.m4s` and their `.txt` variants (reference §5.2)."""
-    sid = _camera_stream(request, m["uuid"], m["type"])
-    p = request.params(("s", "ts"))
-    ts = _ts_param(p["ts"]) if "ts" in p else False
-    f = mp4.build_view(request.server.db, sid, p.get("s", []), ts=ts, kind=m["kind"])
-    return Response.text(f.slice_table_text()) if m["txt"] else f
+def apply_forward_headers(req: api.Request) -> None:
+    """With `trustForwardHeaders`, the client address and https-ness come from the proxy."""
+    if not getattr(req.bind, "trust_forward_headers", False):
+        return
+    addr, proto = forwarded_client(req.headers)
+    if addr is not None:
+        req.client = addr
+    if proto == "https":
+        req.secure = True
 
 
-def handle_init(request: Request, m: re.Match):
-    """`/api/init/<id>.mp4` and `.mp4.txt` (reference §4.5)."""
-    request.params(())
-    f = mp4.build_init(request.server.db, int(m["id"]))
-    return Response.text(f.slice_table_text()) if m["txt"] else f
-
-
-_UUID = r"[0-9A-Fa-f-]{32,36}"
-GET_HEAD = ("GET", "HEAD")
-
-# The route table. Issue 5 adds the JSON API (login, logout, /api/, recordings, users,
-# signals, request), issue 6 static files; a permission test walks this list.
-ROUTES: list[Route] = [
-    Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/(?P<type>main|sub|ext)/"
-                     r"view\.(?P<kind>mp4|m4s)(?P<txt>\.txt)?"),
-          GET_HEAD, "view_video", handle_view),
-    Route(re.compile(r"/api/init/(?P<id>[0-9]{1,18})\.mp4(?P<txt>\.txt)?"),
-          GET_HEAD, "view_video", handle_init),
-]
-
-
-def route(path: str) -> tuple[Route, re.Match] | None:
-    for r in ROUTES:
-        m = r.pattern.fullmatch(path)
-        if m is not None:
-            return r, m
+def session_cookie_value(headers) -> str | None:
+    """The `s` cookie of a request, if any."""
+    values = headers.get_all("Cookie") if hasattr(headers, "get_all") else None
+    for header in values or ():
+        for part in header.split(";"):
+            k, eq, v = part.strip().partition("=")
+            if eq and k == "s":
+                return v.strip().strip('"')
     return None
+
+
+def resolve_caller(req: api.Request, peer_uid: int | None) -> api.Caller | None:
+    """Reference §5.4: a valid session; else a privileged Unix peer; else the bind's
+    unauthenticated permissions; else nobody (None). A bad cookie falls through."""
+    srv = req.server
+    cookie = session_cookie_value(req.headers)
+    if cookie is not None and srv.auth is not None:
+        try:
+            session, user = srv.auth.authenticate(cookie, req.client_info)
+            return api.Caller(permissions=session.permissions, user=user, session=session)
+        except auth.AuthError as e:
+            logger.debug("request %s: session cookie refused: %s", req.request_id, e)
+    if (peer_uid is not None and getattr(req.bind, "own_uid_is_privileged", False)
+            and peer_uid == os.geteuid()):
+        return api.Caller(permissions=auth.Permissions.all(), privileged_unix=True)
+    perms = getattr(req.bind, "allow_unauthenticated_permissions", None)
+    if perms is not None:
+        return api.Caller(permissions=perms)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Static UI files
+
+@dataclasses.dataclass
+class StaticFile:
+    """A file of the UI directory, served like a VirtualFile (Range, conditional)."""
+    path: str
+    length: int
+    last_modified: int
+    etag: str
+    content_type: str
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type, "ETag": self.etag,
+                "Last-Modified": email.utils.formatdate(self.last_modified, usegmt=True),
+                "X-Content-Type-Options": "nosniff"}
+
+    def chunks(self, start: int = 0, end: int | None = None):
+        end = self.length if end is None else end
+        if end > start:
+            yield mp4.FileChunk(self.path, start, end - start)
+
+    cache_control = STATIC_CACHE_CONTROL
+
+
+def find_static(ui_dir: str, path: str) -> StaticFile:
+    """The UI file for a URL path, refusing anything outside `ui_dir` (404).
+
+    `/` is index.html (a literal `/index.html` is a 404, as Moonfire: one URL per page);
+    other names need a known extension. Components that are empty,
+    `.`/`..`, hidden, or contain a backslash or NUL are refused before touching the disk,
+    and the resolved real path must still be inside the real `ui_dir` (symlinks)."""
+    rel = "index.html" if path == "/" else path[1:]
+    parts = rel.split("/")
+    if path == "/index.html" or not path.startswith("/") or any(
+            not p or p.startswith(".") or "\\" in p or "\0" in p for p in parts):
+        raise HttpError(404, f"no such file: {path}")
+    ext = parts[-1].rpartition(".")[2].lower() if "." in parts[-1] else ""
+    if ext not in STATIC_TYPES:
+        raise HttpError(404, f"no such file: {path}")
+    root = os.path.realpath(ui_dir)
+    full = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, full]) != root:
+        raise HttpError(404, f"no such file: {path}")
+    try:
+        st = os.stat(full)
+    except OSError:
+        raise HttpError(404, f"no such file: {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise HttpError(404, f"no such file: {path}")
+    return StaticFile(full, st.st_size, int(st.st_mtime),
+                      f'"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"', STATIC_TYPES[ext])
 
 
 # ---------------------------------------------------------------------------------------
@@ -426,26 +469,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
         began = srv.clocks.monotonic()
         self.status, self.body_bytes, self.headers_sent = 0, 0, False
         split = urllib.parse.urlsplit(self.path)
-        req = Request(method=self.command, path=urllib.parse.unquote(split.path),
-                      query=urllib.parse.parse_qsl(split.query, keep_blank_values=True),
-                      headers=self.headers, bind=self.server.bind,
-                      client=self.address_string(), request_id=new_request_id(srv.clocks),
-                      server=srv)
+        req = api.Request(method=self.command, path=urllib.parse.unquote(split.path),
+                          query=urllib.parse.parse_qsl(split.query, keep_blank_values=True),
+                          headers=self.headers, bind=self.server.bind,
+                          client=self.address_string(), request_id=new_request_id(srv.clocks),
+                          server=srv, handler=self,
+                          secure=isinstance(self.connection, ssl.SSLSocket))
         outcome = ""
         try:
-            if int(self.headers.get("Content-Length") or 0) or \
-                    self.headers.get("Transfer-Encoding"):
-                # No route takes a body yet (issue 5's JSON API will); don't try to parse
-                # the next request out of this one's body.
+            req.body = self._read_body()
+            apply_forward_headers(req)
+            req.caller = resolve_caller(req, self.peer_uid())
+            if req.path.startswith("/api/"):
+                result = api.call(req)
+            else:
+                result = srv.static(req)
+            if result is None:       # live.py took the connection over and is done with it
                 self.close_connection = True
-            result = self._call(req)
-            if isinstance(result, Response):
+                outcome = " (websocket)"
+            elif isinstance(result, Response):
                 self._send_response(result, head=req.method == "HEAD")
             else:
                 self._serve_entity(req, result)
         except HttpError as e:
-            self._send_response(Response.text(e.message, e.status, **e.headers),
-                                head=req.method == "HEAD")
+            if self.headers_sent:
+                self.close_connection = True
+                outcome = f" (after the headers: {e.message})"
+            else:
+                self._send_response(Response.text(e.message, e.status, **e.headers),
+                                    head=req.method == "HEAD")
         except _ClientGone as e:
             self.close_connection = True
             outcome = f" (client went away: {e.__cause__!r})"
@@ -466,22 +518,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     req.client, req.method, self.path, self.status, self.body_bytes, ms,
                     outcome)
 
-    def _call(self, req: Request):
-        found = route(req.path)
-        if found is None:
-            raise HttpError(404, f"no such path: {req.path}")
-        r, m = found
-        if req.method not in r.methods:
-            raise HttpError(405, f"method {req.method} is not allowed here; use "
-                                 f"{' or '.join(r.methods)}",
-                            {"Allow": ", ".join(r.methods)})
-        authorize(req, r.permission)
+    def _read_body(self) -> bytes:
+        """The request body (Content-Length only, at most MAX_BODY_BYTES)."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # we can't find where the next request starts
+            raise HttpError(411, "chunked request bodies aren't supported; send Content-Length")
         try:
-            return r.handler(req, m)
-        except mp4.Mp4Error as e:
-            raise HttpError(400, str(e)) from None
-        except mp4.NotFound as e:
-            raise HttpError(404, str(e)) from None
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if n < 0:
+            self.close_connection = True
+            raise HttpError(400, "Content-Length must be a non-negative integer")
+        if n > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise HttpError(413, f"request body of {n} bytes is over the limit of "
+                                 f"{MAX_BODY_BYTES}")
+        if n == 0:
+            return b""
+        body = self.rfile.read(n)
+        if len(body) != n:
+            self.close_connection = True
+            raise _ClientGone() from ConnectionResetError("body cut short")
+        return body
+
+    def peer_uid(self) -> int | None:
+        """The peer's uid on a Unix socket (SO_PEERCRED), else None."""
+        if self.server.address_family != socket.AF_UNIX:
+            return None
+        try:
+            creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                               struct.calcsize("3i"))
+        except OSError:
+            return None
+        return struct.unpack("3i", creds)[1]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -516,7 +586,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _serve_entity(self, req: Request, f: mp4.VirtualFile) -> None:
         """A VirtualFile with caching headers, conditional requests and Range."""
         base = f.headers()
-        base["Cache-Control"] = ENTITY_CACHE_CONTROL
+        base["Cache-Control"] = getattr(f, "cache_control", ENTITY_CACHE_CONTROL)
         base["Accept-Ranges"] = "bytes"
         head = req.method == "HEAD"
         if not_modified(req.headers, f):
@@ -752,10 +822,16 @@ class Server:
     gives what each bind actually listens on (port 0 is resolved)."""
 
     def __init__(self, db, config, *, clocks: clock.Clocks | None = None,
-                 connection_timeout_sec: float = DEFAULT_CONNECTION_TIMEOUT_SEC):
+                 connection_timeout_sec: float = DEFAULT_CONNECTION_TIMEOUT_SEC,
+                 auth_: auth.Auth | None = None, signals=None):
         self.db = db
         self.binds = list(config.binds)
+        self.ui_dir = getattr(config, "ui_dir", None) or DEFAULT_UI_DIR
         self.clocks = clocks or clock.RealClocks()
+        # Sessions and logins; one per database (nvr.py passes the one it made).
+        self.auth = auth_ if auth_ is not None else auth.Auth(db)
+        self.signals = signals
+        self.stopping = threading.Event()   # set when stop() begins (live.py watches it)
         self.connection_timeout_sec = connection_timeout_sec
         self._servers: list[_HttpServer] = []
         self._threads: list[threading.Thread] = []
@@ -790,7 +866,15 @@ class Server:
             logger.info("listening on %s %s%s", b.address[0], s.socket.getsockname(),
                         " (TLS)" if s.tls_context else "")
 
+    def static(self, req: api.Request) -> StaticFile:
+        """A non-/api/ path: a file of the UI directory (reference §5.1)."""
+        if req.method not in ("GET", "HEAD"):
+            raise HttpError(405, f"method {req.method} is not allowed here; use GET or HEAD",
+                            {"Allow": "GET, HEAD"})
+        return find_static(self.ui_dir, req.path)  # a query (cache buster) is ignored
+
     def stop(self) -> None:
+        self.stopping.set()
         for s, t in zip(self._servers, self._threads):
             s.shutdown()   # the accept loop returns
             t.join()

@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+import api
 import auth
 import clock
 import dir as dirmod
@@ -331,7 +332,9 @@ def test_errors(recorded, port):
         ("/api/init/999.mp4", 404, "no video sample entry 999"),
         ("/api/init/1.mp4?s=1", 400, "unknown parameter 's'"),
         ("/api/nothing", 404, "no such path: /api/nothing"),
-        ("/index.html", 404, "no such path"),
+        ("/index.html", 404, "no such file: /index.html"),
+        ("/../etc/passwd", 404, "no such file"),
+        ("/%2e%2e/etc/passwd", 404, "no such file"),
     ]
     for path, status, text in cases:
         got, h, body = request(port, path)
@@ -353,20 +356,20 @@ def test_401_without_view_video(recorded, serve):
                  f"/api/init/{vse}.mp4.txt"):
         got, h, body = request(port, path)
         assert got == 401, path
-        assert b"needs the view_video permission" in body
+        assert b"needs the viewVideo permission" in body
     assert request(port, "/api/nothing")[0] == 404  # not-found paths need nothing
 
 
 def test_every_route_names_its_permission():
-    for r in web.ROUTES:
-        assert r.permission is None or hasattr(auth.Permissions(), r.permission), r
+    for r in api.ROUTES:
+        assert r.permission in (None, api.CALLER) or hasattr(auth.Permissions(), r.permission), r
         assert set(r.methods) <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
 
 
 def test_500_does_not_leak_the_traceback(recorded, port, monkeypatch, caplog):
     def boom(request, m):
         raise RuntimeError("secret detail")
-    monkeypatch.setattr(web, "ROUTES", [web.Route(re.compile("/api/boom"), ("GET",), None,
+    monkeypatch.setattr(api, "ROUTES", [api.Route(re.compile("/api/boom"), ("GET",), None,
                                                   boom)])
     with caplog.at_level(logging.INFO, logger="web"):
         got, h, body = request(port, "/api/boom")

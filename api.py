@@ -1,0 +1,730 @@
+"""The routes under /api/: the JSON API, the video URLs and who may call each.
+
+What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing reference):
+- `ROUTES`, the table of every /api/ URL: its pattern, methods, the permission it needs
+  and its handler. A test walks this table as every kind of caller.
+- The meaning of each endpoint: login/logout, `/api/` (cameras, streams, days, signals,
+  the caller), one camera, a stream's recordings, view.mp4/.m4s/.txt and init segments
+  (built by mp4.py), live.m4s (handed to live.py), signals, users, `/api/request`.
+- JSON bodies: only with `Content-Type: application/json` (optionally
+  `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
+  A session-authenticated mutation must carry the session's `csrf` (§5.5), compared
+  in constant time; a wrong or missing one is a 400 (reference §5.2).
+- Errors: `HttpError(status, one-line message)`; the kinds of §5.1 map to 400 (bad
+  argument), 401 (no caller, or a caller without the permission who hasn't logged in),
+  403 (a logged-in caller without the permission), 404, 412 (precondition), 429
+  (login throttled), 503 (a read-only server asked to write).
+
+Who the caller is (`Caller`) is decided by web.py before a handler runs (reference §5.4:
+session cookie, then a Unix peer with our uid on an `ownUidIsPrivileged` bind, then the
+bind's `allowUnauthenticatedPermissions`, else nobody). `Route.permission` is one of:
+`None` (anyone, even nobody: login, logout, request), `CALLER` (anyone the server
+recognises, with whatever permissions), or an `auth.Permissions` attribute name.
+
+Neighbours: web.py is the HTTP transport (sockets, parsing, Range, sending bytes, static
+UI files, caller resolution); auth.py owns sessions and passwords; db.py the data;
+mp4.py the virtual files; live.py the WebSocket; signals.py signal state. Handlers take
+the database lock only through those modules' methods, briefly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import uuid as uuidlib
+from collections.abc import Callable
+
+import auth
+import db as dbmod
+import mp4
+import recording
+
+VERSION = "0.1.0"
+
+# Cache-Control of generated text and JSON: always revalidate.
+TEXT_CACHE_CONTROL = "private, no-cache"
+MAX_JSON_BODY_BYTES = 64 * 1024
+# Max-Age of the session cookie: sessions don't expire (reference §5.2).
+COOKIE_MAX_AGE = 2147483648
+# Route.permission: any recognised caller, whatever its permissions.
+CALLER = "caller"
+
+
+class HttpError(Exception):
+    """An error response: `status` and a one-line, user-facing `message`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclasses.dataclass
+class Caller:
+    """Who is calling and what they may do (reference §5.4)."""
+    permissions: auth.Permissions
+    user: dbmod.User | None = None
+    session: auth.Session | None = None
+    privileged_unix: bool = False   # a Unix peer with our uid on an ownUidIsPrivileged bind
+
+    @property
+    def authenticated(self) -> bool:
+        """Logged in (or privileged): a missing permission is then a 403, not a 401."""
+        return self.user is not None or self.privileged_unix
+
+    def describe(self) -> str:
+        if self.session is not None:
+            return f"user {self.user.username!r} (id {self.user.id}), session {self.session.id_text}"
+        if self.privileged_unix:
+            return "privileged Unix peer"
+        return "unauthenticated, with the listener's allowUnauthenticatedPermissions"
+
+
+@dataclasses.dataclass
+class Request:
+    """What a route handler gets: the parsed request and where it came from."""
+    method: str
+    path: str                      # percent-decoded path, without the query
+    query: list[tuple[str, str]]   # in order, repeated keys kept
+    headers: object                # http.client.HTTPMessage (case-insensitive get)
+    bind: object                   # the nvr.Bind this connection came in on
+    client: str                    # client address (after trusted proxy headers) or "unix"
+    request_id: str
+    server: object                 # web.Server: .db, .auth, .signals, .clocks, .stopping
+    body: bytes = b""
+    caller: Caller | None = None
+    secure: bool = False           # TLS, or a trusted proxy said https
+    handler: object = None         # web.Handler: live.py takes the connection over
+
+    def params(self, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+        """The query as {name: [values]}; a name not in `allowed` is a 400 naming it."""
+        out: dict[str, list[str]] = {}
+        for k, v in self.query:
+            if k not in allowed:
+                raise HttpError(400, f"unknown parameter {k!r}; this URL takes "
+                                     f"{', '.join(allowed) or 'no parameters'}")
+            out.setdefault(k, []).append(v)
+        return out
+
+    def json(self, allowed: tuple[str, ...]) -> dict:
+        """The JSON object body; anything else is a 400 saying what was wrong."""
+        ctype = (self.headers.get("Content-Type") or "").replace(" ", "").lower()
+        if ctype not in ("application/json", "application/json;charset=utf-8"):
+            raise HttpError(400, "the request body must be JSON with Content-Type: "
+                                 "application/json")
+        try:
+            body = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise HttpError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "the request body must be a JSON object")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise HttpError(400, f"unknown key(s) {', '.join(map(repr, unknown))} in the "
+                                 f"request body; this URL takes {', '.join(allowed)}")
+        return body
+
+    @property
+    def client_info(self) -> auth.Client:
+        host = self.headers.get("Host") or ""
+        return auth.Client(addr=None if self.client == "unix" else self.client,
+                           user_agent=self.headers.get("User-Agent"),
+                           domain=_host_without_port(host) or None)
+
+
+def _host_without_port(host: str) -> str:
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+@dataclasses.dataclass
+class Response:
+    """A small response held in memory (text or JSON)."""
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def text(cls, s: str, status: int = 200, **headers) -> "Response":
+        return cls(status, s.encode(), headers={"Cache-Control": TEXT_CACHE_CONTROL, **headers})
+
+    @classmethod
+    def json(cls, obj, status: int = 200, **headers) -> "Response":
+        return cls(status, json.dumps(obj, separators=(",", ":")).encode(),
+                   "application/json", {"Cache-Control": TEXT_CACHE_CONTROL, **headers})
+
+    @classmethod
+    def empty(cls, status: int = 204, **headers) -> "Response":
+        return cls(status, b"", headers={"Cache-Control": TEXT_CACHE_CONTROL, **headers})
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One entry of the route table: a full-match path pattern, the methods it answers,
+    the permission it needs (see the module docstring), and the handler, called with
+    the request and the match. A handler returns a `Response`, a `mp4.VirtualFile`
+    (served with Range and conditional requests), or None when it took the connection
+    over (live.m4s); or raises `HttpError`, `mp4.Mp4Error` (400) or `mp4.NotFound` (404)."""
+    pattern: re.Pattern
+    methods: tuple[str, ...]
+    permission: str | None
+    handler: Callable[[Request, re.Match], object]
+
+
+def authorize(request: Request, permission: str | None) -> None:
+    """Raises HttpError(401 or 403) unless the caller may use a route needing `permission`."""
+    if permission is None:
+        return
+    caller = request.caller
+    if caller is None:
+        raise HttpError(401, "unauthenticated: log in first (POST /api/login)")
+    if permission == CALLER or getattr(caller.permissions, permission):
+        return
+    name = {a: n for _, a, n in auth.Permissions.FIELDS}[permission]
+    if caller.authenticated:
+        raise HttpError(403, f"permission denied: this needs the {name} permission, which "
+                             f"{caller.describe()} doesn't have")
+    raise HttpError(401, f"unauthenticated: this needs the {name} permission, which this "
+                         f"listener doesn't grant without a login")
+
+
+def check_csrf(request: Request, body: dict) -> None:
+    """A session-authenticated mutation must carry its session's CSRF token (§5.5)."""
+    s = request.caller.session if request.caller else None
+    if s is None:
+        return  # no cookie: nothing a cross-site form could ride on
+    token = body.get("csrf")
+    if token is None:
+        raise HttpError(400, "missing csrf: a logged-in request that changes something must "
+                             "include the csrf token from GET /api/ (user.session.csrf)")
+    if not s.check_csrf(token):
+        raise HttpError(400, "wrong csrf token for this session")
+
+
+def _require_writable(request: Request) -> None:
+    if request.server.db.read_only:
+        raise HttpError(503, "this server runs with --read-only; that needs a writable database")
+
+
+def _bool_param(name: str, values: list[str]) -> bool:
+    if values[-1] in ("true", "false"):
+        return values[-1] == "true"
+    raise HttpError(400, f"{name} must be true or false, not {values[-1]!r}")
+
+
+def _time_param(name: str, values: list[str]) -> int:
+    try:
+        return recording.parse_time(values[-1])
+    except ValueError as e:
+        raise HttpError(400, f"{name}: {e}") from None
+
+
+def _int_param(name: str, values: list[str]) -> int:
+    try:
+        return int(values[-1])
+    except ValueError:
+        raise HttpError(400, f"{name} must be an integer, not {values[-1]!r}") from None
+
+
+def _camera_by_uuid(request: Request, camera_uuid: str) -> dbmod.Camera:
+    try:
+        u = uuidlib.UUID(camera_uuid).bytes
+    except ValueError:
+        raise HttpError(404, f"no camera {camera_uuid!r}: not a UUID") from None
+    db = request.server.db
+    with db.locked("api: find camera"):
+        for c in db.cameras.values():
+            if c.uuid == u:
+                return c
+    raise HttpError(404, f"no camera {camera_uuid}")
+
+
+def _camera_stream(request: Request, camera_uuid: str, stream_type: str) -> int:
+    c = _camera_by_uuid(request, camera_uuid)
+    sid = c.streams.get(stream_type)
+    if sid is None:
+        raise HttpError(404, f"camera {camera_uuid} has no {stream_type} stream")
+    return sid
+
+
+# ---------------------------------------------------------------------------------------
+# Video: view.mp4, view.m4s, init segments, live.m4s
+
+def handle_view(request: Request, m: re.Match):
+    """`view.mp4`, `view.m4s` and their `.txt` variants (reference §5.2)."""
+    sid = _camera_stream(request, m["uuid"], m["type"])
+    p = request.params(("s", "ts"))
+    ts = _bool_param("ts", p["ts"]) if "ts" in p else False
+    f = mp4.build_view(request.server.db, sid, p.get("s", []), ts=ts, kind=m["kind"])
+    return Response.text(f.slice_table_text()) if m["txt"] else f
+
+
+def handle_init(request: Request, m: re.Match):
+    """`/api/init/<id>.mp4` and `.mp4.txt` (reference §4.5)."""
+    request.params(())
+    f = mp4.build_init(request.server.db, int(m["id"]))
+    return Response.text(f.slice_table_text()) if m["txt"] else f
+
+
+def handle_live(request: Request, m: re.Match):
+    """`live.m4s`: a WebSocket (reference §5.3), run by live.py on this connection. The
+    permission is checked after the upgrade, so the error goes inside the socket."""
+    import live  # here, not at the top: live.py uses this module's types
+    sid = _camera_stream(request, m["uuid"], m["type"])
+    request.params(())
+    return live.serve(request, sid)
+
+
+# ---------------------------------------------------------------------------------------
+# Login and logout
+
+def session_cookie(value: str, flags: int) -> str:
+    parts = [f"s={value}"]
+    if flags & auth.FLAG_HTTP_ONLY:
+        parts.append("HttpOnly")
+    if flags & auth.FLAG_SECURE:
+        parts.append("Secure")
+    if flags & auth.FLAG_SAME_SITE_STRICT:
+        parts.append("SameSite=Strict")
+    elif flags & auth.FLAG_SAME_SITE_LAX:
+        parts.append("SameSite=Lax")
+    parts += [f"Max-Age={COOKIE_MAX_AGE}", "Path=/"]
+    return "; ".join(parts)
+
+
+def clear_cookie(secure: bool) -> str:
+    return "s=; Max-Age=0; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "") + "; Path=/"
+
+
+def handle_login(request: Request, m: re.Match):
+    request.params(())
+    body = request.json(("username", "password"))
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise HttpError(400, "login needs a JSON body {\"username\": ..., \"password\": ...} "
+                             "with two strings")
+    _require_writable(request)
+    flags = auth.FLAG_HTTP_ONLY | auth.FLAG_SAME_SITE_LAX
+    if request.secure:
+        flags |= auth.FLAG_SECURE
+    try:
+        cookie, _ = request.server.auth.login_by_password(username, password,
+                                                         request.client_info, flags=flags)
+    except auth.Throttled as e:
+        raise HttpError(429, str(e), {"Retry-After": str(e.retry_after_sec)}) from None
+    except auth.AuthError as e:
+        raise HttpError(401, str(e)) from None
+    return Response.empty(204, **{"Set-Cookie": session_cookie(cookie, flags)})
+
+
+def handle_logout(request: Request, m: re.Match):
+    request.params(())
+    body = request.json(("csrf",))
+    s = request.caller.session if request.caller else None
+    if s is not None:
+        check_csrf(request, body)
+        request.server.auth.revoke(s.hash, auth.REVOKED_LOGOUT, request.client_info)
+    return Response.empty(204, **{"Set-Cookie": clear_cookie(request.secure)})
+
+
+# ---------------------------------------------------------------------------------------
+# Cameras, streams, recordings
+
+def _uuid_text(b: bytes) -> str:
+    return str(uuidlib.UUID(bytes=bytes(b)))
+
+
+def _stream_json(db: dbmod.Database, s: dbmod.Stream, *, days: bool, config: bool) -> dict:
+    out = {
+        "id": s.id,
+        "retainBytes": s.retain_bytes,
+        "record": s.record,
+        "minStartTime90k": s.range_90k[0] if s.range_90k else None,
+        "maxEndTime90k": s.range_90k[1] if s.range_90k else None,
+        "totalDuration90k": s.duration_90k,
+        "totalSampleFileBytes": s.sample_file_bytes,
+        "fsBytes": s.fs_bytes,
+        "numRecentRecordings": len(s.uncommitted),
+    }
+    if days:
+        out["days"] = db.days_with_bounds(s.id)
+    if config:
+        out["config"] = s.config
+    return out
+
+
+def _camera_json(db: dbmod.Database, c: dbmod.Camera, *, days: bool, config: bool) -> dict:
+    out = {"uuid": _uuid_text(c.uuid), "id": c.id, "shortName": c.short_name,
+           "description": c.config.get("description", "")}
+    if config:
+        out["config"] = c.config
+    out["streams"] = {t: _stream_json(db, db.streams[sid], days=days, config=config)
+                      for t, sid in sorted(c.streams.items())}
+    return out
+
+
+def handle_top(request: Request, m: re.Match):
+    """`GET /api/`: the server, its cameras and streams, signals and the caller."""
+    p = request.params(("days", "cameraConfigs"))
+    days = _bool_param("days", p["days"]) if "days" in p else False
+    configs = _bool_param("cameraConfigs", p["cameraConfigs"]) if "cameraConfigs" in p \
+        else False
+    if configs:
+        authorize(request, "read_camera_configs")
+    db = request.server.db
+    caller = request.caller
+    with db.locked("api: top"):
+        cameras = [_camera_json(db, c, days=days, config=configs)
+                   for c in sorted(db.cameras.values(), key=lambda c: c.id)]
+    signals, signal_types = request.server.signals.api_json(days) \
+        if request.server.signals is not None else ([], [])
+    out = {
+        "timeZoneName": recording.server_zone_name(),
+        "serverVersion": VERSION,
+        "cameras": cameras,
+        "signals": signals,
+        "signalTypes": signal_types,
+        "permissions": caller.permissions.to_json(),
+    }
+    if caller.user is not None:
+        u = caller.user
+        out["user"] = {"id": u.id, "name": u.username,
+                       "preferences": u.config.get("preferences", {})}
+        if caller.session is not None:
+            out["user"]["session"] = {"csrf": caller.session.csrf}
+    return Response.json(out)
+
+
+def handle_camera(request: Request, m: re.Match):
+    """`GET /api/cameras/<uuid>/`: one camera with its days, without config."""
+    request.params(())
+    c = _camera_by_uuid(request, m["uuid"])
+    db = request.server.db
+    with db.locked("api: camera"):
+        return Response.json(_camera_json(db, c, days=True, config=False))
+
+
+def _aspect(e: dbmod.VideoSampleEntry) -> tuple[int, int]:
+    w, h = e.width * e.pasp_h_spacing, e.height * e.pasp_v_spacing
+    g = math.gcd(w, h) or 1
+    return w // g, h // g
+
+
+def handle_recordings(request: Request, m: re.Match):
+    """`GET .../recordings?startTime90k&endTime90k&split90k`: aggregated rows (§5.2)."""
+    sid = _camera_stream(request, m["uuid"], m["type"])
+    p = request.params(("startTime90k", "endTime90k", "split90k"))
+    start = _time_param("startTime90k", p["startTime90k"]) if "startTime90k" in p else 0
+    end = _time_param("endTime90k", p["endTime90k"]) if "endTime90k" in p else 2 ** 62
+    split = _int_param("split90k", p["split90k"]) if "split90k" in p else 2 ** 62
+    if start > end:
+        raise HttpError(400, f"startTime90k {start} is after endTime90k {end}")
+    if split <= 0:
+        raise HttpError(400, f"split90k must be positive, not {split}")
+    db = request.server.db
+    rows = db.list_aggregated_recordings(sid, start, end, split)
+    out, entries = [], {}
+    for r in rows:
+        j = {"startId": r.start_id}
+        if r.end_id != r.start_id:
+            j["endId"] = r.end_id
+        j["runStartId"] = r.run_start_id
+        if r.first_uncommitted is not None:
+            j["firstUncommitted"] = r.first_uncommitted
+        if r.growing:
+            j["growing"] = True
+        j.update(openId=r.open_id, startTime90k=r.start_time_90k, endTime90k=r.end_time_90k,
+                 videoSampleEntryId=r.video_sample_entry_id, videoSamples=r.video_samples,
+                 sampleFileBytes=r.sample_file_bytes)
+        if r.has_trailing_zero:
+            j["hasTrailingZero"] = True
+        if r.end_reason is not None:
+            j["endReason"] = r.end_reason
+        out.append(j)
+        entries[r.video_sample_entry_id] = None
+    with db.locked("api: sample entries"):
+        for vid in entries:
+            e = db.video_sample_entries[vid]
+            aw, ah = _aspect(e)
+            entries[vid] = {"width": e.width, "height": e.height,
+                            "paspHSpacing": e.pasp_h_spacing, "paspVSpacing": e.pasp_v_spacing,
+                            "aspectWidth": aw, "aspectHeight": ah}
+    return Response.json({"recordings": out,
+                          "videoSampleEntries": {str(k): v for k, v in entries.items()}})
+
+
+# ---------------------------------------------------------------------------------------
+# Signals
+
+def _signals(request: Request):
+    s = request.server.signals
+    if s is None:
+        raise HttpError(404, "this server has no signals")
+    return s
+
+
+def handle_signals(request: Request, m: re.Match):
+    """`GET /api/signals` (viewVideo) and `POST /api/signals` (updateSignals)."""
+    import signals as signalsmod
+    if request.method == "POST":
+        authorize(request, "update_signals")
+        request.params(())
+        body = request.json(("csrf", "signalIds", "states", "start", "end"))
+        check_csrf(request, body)
+        _require_writable(request)
+        body.pop("csrf", None)
+        try:
+            now = _signals(request).update(body)
+        except signalsmod.SignalsError as e:
+            raise HttpError(400, str(e)) from None
+        return Response.json({"time90k": now})
+    authorize(request, "view_video")
+    p = request.params(("startTime90k", "endTime90k"))
+    start = _time_param("startTime90k", p["startTime90k"]) if "startTime90k" in p else 0
+    end = _time_param("endTime90k", p["endTime90k"]) if "endTime90k" in p else 2 ** 62
+    if start > end:
+        raise HttpError(400, f"startTime90k {start} is after endTime90k {end}")
+    return Response.json(_signals(request).list_changes(start, end))
+
+
+# ---------------------------------------------------------------------------------------
+# Users
+
+PASSWORD_CENSORED = "(censored)"
+_USER_KEYS = ("username", "disabled", "preferences", "password", "permissions")
+
+
+def _user_json(u: dbmod.User) -> dict:
+    return {"id": u.id, "username": u.username, "disabled": u.disabled,
+            "preferences": u.config.get("preferences", {}),
+            "password": PASSWORD_CENSORED if u.password_hash else None,
+            "permissions": u.permissions.to_json()}
+
+
+def _user_subset(obj, what: str) -> dict:
+    """Validates a UserSubset object (§5.2): each key optional, with its type."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise HttpError(400, f"{what} must be a JSON object")
+    unknown = sorted(set(obj) - set(_USER_KEYS))
+    if unknown:
+        raise HttpError(400, f"unknown key(s) {', '.join(map(repr, unknown))} in {what}; "
+                             f"known: {', '.join(_USER_KEYS)}")
+    types = {"username": (str,), "disabled": (bool,), "preferences": (dict,),
+             "password": (str, type(None)), "permissions": (dict,)}
+    for k, v in obj.items():
+        if not isinstance(v, types[k]):
+            raise HttpError(400, f"{what}.{k} has the wrong type ({type(v).__name__})")
+    if obj.get("username") == "":
+        raise HttpError(400, f"{what}.username must not be empty")
+    if "permissions" in obj:
+        try:
+            obj = dict(obj, permissions=auth.Permissions.from_json(obj["permissions"]))
+        except ValueError as e:
+            raise HttpError(400, f"{what}.permissions: {e}") from None
+    return obj
+
+
+def _user_id(m: re.Match) -> int:
+    return int(m["id"])
+
+
+def _get_user(request: Request, user_id: int) -> dbmod.User:
+    db = request.server.db
+    with db.locked("api: user"):
+        u = db.users.get(user_id)
+        if u is None:
+            raise HttpError(404, f"no user with id {user_id}")
+        return u
+
+
+def _self_or_admin(request: Request, user_id: int) -> None:
+    c = request.caller
+    if c.permissions.admin_users or (c.user is not None and c.user.id == user_id):
+        return
+    if not c.authenticated:
+        raise HttpError(401, "unauthenticated: log in first (POST /api/login)")
+    raise HttpError(403, "permission denied: only the user itself or an administrator "
+                         "(adminUsers) may do that")
+
+
+def handle_users(request: Request, m: re.Match):
+    """`GET /api/users/` (list) and `POST /api/users/` (create), adminUsers."""
+    request.params(())
+    db = request.server.db
+    if request.method == "GET":
+        with db.locked("api: users"):
+            users = [{"id": u.id, "user": _user_json(u)}
+                     for u in sorted(db.users.values(), key=lambda u: u.id)]
+        return Response.json({"users": users})
+    body = request.json(("csrf", "user"))
+    check_csrf(request, body)
+    _require_writable(request)
+    sub = _user_subset(body.get("user"), "user")
+    if "username" not in sub:
+        raise HttpError(400, "user.username is required")
+    password = sub.get("password")
+    config = {}
+    if sub.get("disabled"):
+        config["disabled"] = True
+    if "preferences" in sub:
+        config["preferences"] = sub["preferences"]
+    pw_hash = auth.hash_password(password) if password else None
+    try:
+        uid = db.add_user(sub["username"], password_hash=pw_hash,
+                          permissions=sub.get("permissions"), config=config)
+    except dbmod.DbError as e:
+        raise HttpError(412 if "already exists" in str(e) else 400, str(e)) from None
+    return Response.json({"id": uid})
+
+
+def handle_user(request: Request, m: re.Match):
+    """`GET|PATCH|DELETE /api/users/<id>`."""
+    request.params(())
+    uid = _user_id(m)
+    db = request.server.db
+    if request.method == "GET":
+        _self_or_admin(request, uid)
+        return Response.json(_user_json(_get_user(request, uid)))
+    if request.method == "DELETE":
+        authorize(request, "admin_users")
+        body = request.json(("csrf",))
+        check_csrf(request, body)
+        _require_writable(request)
+        _get_user(request, uid)
+        db.delete_user(uid)
+        request.server.auth.forget_user(uid)
+        return Response.empty(204)
+    # PATCH
+    _self_or_admin(request, uid)
+    body = request.json(("csrf", "update", "precondition"))
+    check_csrf(request, body)
+    _require_writable(request)
+    update = _user_subset(body.get("update"), "update")
+    pre = _user_subset(body.get("precondition"), "precondition")
+    admin = request.caller.permissions.admin_users
+    for k in ("username", "disabled", "permissions"):
+        if k in update and not admin:
+            raise HttpError(403, f"permission denied: changing {k} needs adminUsers")
+    u = _get_user(request, uid)
+    # Preconditions (§5.2): each given field must equal the current value -> else 412.
+    cur = _user_json(u)
+    for k, v in pre.items():
+        if k == "password":
+            ok = (u.password_hash is None) if v is None else \
+                (u.password_hash is not None and auth.verify_password(u.password_hash, v))
+        elif k == "permissions":
+            ok = v == u.permissions
+        else:
+            ok = cur[k] == v
+        if not ok:
+            raise HttpError(412, f"precondition failed: {k} is not what the request expected")
+    if "password" in update and not admin and "password" not in pre:
+        raise HttpError(403, "permission denied: to change your password, give the current "
+                             "one in precondition.password")
+    kwargs = {}
+    if "username" in update:
+        kwargs["username"] = update["username"]
+    if "permissions" in update:
+        kwargs["permissions"] = update["permissions"]
+    if "disabled" in update or "preferences" in update:
+        config = dict(u.config)
+        if "disabled" in update:
+            config["disabled"] = update["disabled"]
+            if not config["disabled"]:
+                del config["disabled"]
+        if "preferences" in update:
+            config["preferences"] = update["preferences"]
+        kwargs["config"] = config
+    if "password" in update:
+        pw = update["password"]
+        kwargs["password_hash"] = auth.hash_password(pw) if pw else None
+    try:
+        db.update_user(uid, **kwargs)
+    except dbmod.DbError as e:
+        raise HttpError(412 if "already exists" in str(e) else 400, str(e)) from None
+    return Response.empty(204)
+
+
+# ---------------------------------------------------------------------------------------
+# /api/request
+
+def handle_request(request: Request, m: re.Match):
+    """Plain-text debug output for checking a proxy set-up (§5.2)."""
+    request.params(())
+    c = request.caller
+    lines = [
+        f"time: {recording.format_time(recording.to_90k_from_ns(request.server.clocks.realtime()))}",
+        f"host: {request.headers.get('Host')}",
+        f"client addr: {request.client}",
+        f"user agent: {request.headers.get('User-Agent')}",
+        f"secure: {request.secure}",
+        f"caller: {c.describe() if c else 'none'}",
+        f"permissions: {json.dumps(c.permissions.to_json()) if c else '{}'}",
+    ]
+    return Response.text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# The route table
+
+_UUID = r"[0-9A-Fa-f-]{32,36}"
+_TYPE = r"(?P<type>main|sub|ext)"
+GET_HEAD = ("GET", "HEAD")
+
+ROUTES: list[Route] = [
+    Route(re.compile(r"/api/login"), ("POST",), None, handle_login),
+    Route(re.compile(r"/api/logout"), ("POST",), None, handle_logout),
+    Route(re.compile(r"/api/request"), GET_HEAD, None, handle_request),
+    Route(re.compile(r"/api/"), GET_HEAD, CALLER, handle_top),
+    Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/"), GET_HEAD, CALLER, handle_camera),
+    Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/recordings"), GET_HEAD,
+          "view_video", handle_recordings),
+    Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/"
+                     r"view\.(?P<kind>mp4|m4s)(?P<txt>\.txt)?"),
+          GET_HEAD, "view_video", handle_view),
+    # The permission (viewVideo) is checked inside the socket (§5.3).
+    Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/live\.m4s"), ("GET",),
+          CALLER, handle_live),
+    Route(re.compile(r"/api/init/(?P<id>[0-9]{1,18})\.mp4(?P<txt>\.txt)?"),
+          GET_HEAD, "view_video", handle_init),
+    # GET needs viewVideo, POST updateSignals: checked in the handler.
+    Route(re.compile(r"/api/signals"), ("GET", "HEAD", "POST"), CALLER, handle_signals),
+    Route(re.compile(r"/api/users/"), ("GET", "HEAD", "POST"), "admin_users", handle_users),
+    # GET and PATCH: the user itself or an admin; DELETE: admin. Checked in the handler.
+    Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})"), ("GET", "HEAD", "PATCH", "DELETE"),
+          CALLER, handle_user),
+]
+
+
+def route(path: str) -> tuple[Route, re.Match] | None:
+    for r in ROUTES:
+        m = r.pattern.fullmatch(path)
+        if m is not None:
+            return r, m
+    return None
+
+
+def call(request: Request):
+    """Routes and authorizes `request` and runs its handler (see `Route`)."""
+    found = route(request.path)
+    if found is None:
+        raise HttpError(404, f"no such path: {request.path}")
+    r, m = found
+    if request.method not in r.methods:
+        raise HttpError(405, f"method {request.method} is not allowed here; use "
+                             f"{' or '.join(r.methods)}", {"Allow": ", ".join(r.methods)})
+    authorize(request, r.permission)
+    try:
+        return r.handler(request, m)
+    except mp4.Mp4Error as e:
+        raise HttpError(400, str(e)) from None
+    except mp4.NotFound as e:
+        raise HttpError(404, str(e)) from None

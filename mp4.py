@@ -42,7 +42,10 @@ otherwise only when a byte range first touches that segment's `stts`/`stsz`/`sts
 `view.m4s` (`kind="m4s"`, §4.6): `moof` (mfhd seq 1; traf: tfhd default-base-is-moof,
 tfdt 0, one `trun` per GOP with absolute data offsets), then `mdat` with a 32-bit size.
 It has no edit list, so it starts at the key frame and says how much to cut in
-`X-Leading-Media-Duration`. Init segment (`kind="init"`, §4.5): ftyp iso5, then the
+`X-Leading-Media-Duration`. Live view's per-frame segments (`build_live_segment`,
+§5.3) are appended with `start_at_key=False`: exactly the frames starting in the
+range, the first `trun` beginning at a non-key frame without first_sample_flags (trex's
+non-sync default applies). Init segment (`kind="init"`, §4.5): ftyp iso5, then the
 moov above with empty tables, no stss, and `mvex/trex`.
 
 Segments follow `s=` (§5.2, `parse_segments`): relative times are wall time from the
@@ -51,13 +54,17 @@ Subtitles: one 27-byte sample (u16 length 25, `%Y-%m-%d %H:%M:%S %z` in the serv
 zone) per wall-clock second each segment touches.
 
 ETag (§4.7): hex blake2b-256 (Moonfire: Blake3) of `FORMAT_VERSION`, the options and 28
-bytes per segment. Bump `FORMAT_VERSION` whenever the bytes for a given request change,
-or clients may combine ranges of two formats. Where we differ from Moonfire: `tkhd`
+bytes per segment, then (only if some segment was appended with `start_at_key=False`)
+one byte per segment saying which were. Bump `FORMAT_VERSION` whenever the bytes for a given request
+change, or clients may combine ranges of two formats. Where we differ from Moonfire: `tkhd`
 switches to version 1 past 2^32 ticks (13 h 15 min; Moonfire's wraps); the subtitle
 `stts` always counts as many samples as `stsz` (Moonfire's adds one when a segment ends
 exactly on a second); a zero-length segment at a recording's very end is dropped when
 later recordings follow; a `.m4s` refuses more than one sample entry; the filename says
-`ext` for an ext stream.
+`ext` for an ext stream; a `start_at_key=False` start must be a frame's start (Moonfire's
+rounds down to the frame at or before it) and its range ending at the recording's end
+leaves out a trailing zero frame (Moonfire's includes it, so a live client could get it
+twice).
 
 Threads: a VirtualFile is immutable once built except for its lazily built tables,
 which any thread may build (a race builds the same bytes twice); no lock of ours is
@@ -204,10 +211,15 @@ assert _ETAG_SEGMENT.size == 28
 
 # trun (§8.8.8) header, version 0: size, "trun", tr_flags, sample_count, data_offset,
 # first_sample_flags. tr_flags 0x000305 = data-offset (0x1), first-sample-flags (0x4),
-# sample-duration (0x100), sample-size (0x200); a run always starts at a key frame.
+# sample-duration (0x100), sample-size (0x200): a run starting at a key frame.
 _TRUN_HEADER = struct.Struct(">I4sIIII")
 assert _TRUN_HEADER.size == 24
 _TRUN_FLAGS = 0x000305
+# The header of a run starting at a non-key frame (a live segment, `start_at_key=False`):
+# no first_sample_flags, so tr_flags 0x000301 and trex's non-sync default applies.
+_TRUN_HEADER_NON_KEY = struct.Struct(">I4sIII")
+assert _TRUN_HEADER_NON_KEY.size == 20
+_TRUN_FLAGS_NON_KEY = 0x000301
 # Sample flags (§8.8.3.1) of a key frame: is_leading 2 (not leading), depends_on 2 (on
 # nothing), is_depended_on 1, has_redundancy 2 (none), not a non-sync sample.
 KEY_SAMPLE_FLAGS = (2 << 26) | (2 << 24) | (1 << 22) | (2 << 20)
@@ -302,8 +314,9 @@ class _Segment:
     """A recording's contribution to a file: the frames covering a media range of it."""
 
     __slots__ = ("row", "media_start_90k", "media_end_90k", "path", "frame_range",
-                 "actual_start_90k", "frames", "key_frames", "pos", "bytes",
-                 "first_frame_num", "data_offset", "subtitle_samples", "tables", "truns")
+                 "start_at_key", "lead_frames", "starts_with_key", "actual_start_90k",
+                 "frames", "key_frames", "pos", "bytes", "first_frame_num", "data_offset",
+                 "subtitle_samples", "tables", "truns")
 
     def __init__(self, row: dbmod.ListRow, media_start_90k: int, media_end_90k: int, path: str):
         self.row = row
@@ -311,7 +324,10 @@ class _Segment:
         self.media_end_90k = media_end_90k
         self.path = path
         self.frame_range: recording.FrameRange | None = None  # None: the whole recording
-        self.actual_start_90k = 0                # of the key frame the segment starts at
+        self.start_at_key = True                 # as appended (FileBuilder.append)
+        self.lead_frames = 0                     # frames of frame_range before the segment's
+        self.starts_with_key = True              # False only with start_at_key=False
+        self.actual_start_90k = 0                # of the frame the segment starts at
         self.frames = row.video_samples
         self.key_frames = row.video_sync_samples
         self.pos = 0                             # sample file byte range [pos, pos + bytes)
@@ -340,7 +356,7 @@ class _Segment:
     def frame_list(self, db: dbmod.Database) -> list[recording.Frame]:
         """The segment's frames; reads the index (through db.py's cache) if needed."""
         if self.frame_range is not None:
-            frames = list(self.frame_range)
+            frames = list(self.frame_range)[self.lead_frames:self.lead_frames + self.frames]
         else:
             # The index may have grown since the row was listed: take the row's frames.
             index = db.get_video_index(self.row.composite_id)
@@ -372,10 +388,12 @@ class _Segment:
         return t
 
     def truns_len(self) -> int:
-        return self.key_frames * _TRUN_HEADER.size + self.frames * 8
+        lead = 0 if self.starts_with_key else _TRUN_HEADER_NON_KEY.size
+        return lead + self.key_frames * _TRUN_HEADER.size + self.frames * 8
 
     def get_truns(self, db: dbmod.Database) -> bytes:
-        """One trun (§8.8.8) per GOP; data offsets are from the start of the file (moof)."""
+        """One trun (§8.8.8) per GOP (and one for the frames before the first key frame,
+        if the segment starts elsewhere); data offsets are from the start of the file."""
         t = self.truns
         if t is None:
             frames = self.frame_list(db)
@@ -386,6 +404,9 @@ class _Segment:
                 if f.is_key:
                     runs.append((len(out), 0))
                     out += _TRUN_HEADER.pack(0, b"trun", _TRUN_FLAGS, 0, pos, KEY_SAMPLE_FLAGS)
+                elif not runs:
+                    runs.append((len(out), 0))
+                    out += _TRUN_HEADER_NON_KEY.pack(0, b"trun", _TRUN_FLAGS_NON_KEY, 0, pos)
                 h, count = runs[-1]
                 runs[-1] = (h, count + 1)
                 out += struct.pack(">II", f.duration_90k, f.bytes)
@@ -410,6 +431,38 @@ def _be(a: array) -> bytes:
 
 def _rid(row: dbmod.ListRow) -> str:
     return f"{row.composite_id >> 32}/{row.recording_id}"
+
+
+def _exact_frames(seg: _Segment) -> None:
+    """Narrows a segment built from the key frame at or before its start to exactly the
+    frames starting in [start, end) (`start_at_key=False`); an empty range [t, t) keeps
+    the frame starting at t. So a run's trailing zero frame, which starts at the
+    recording's end, is only in the range that starts there: live view sends it once.
+    Walks the segment's frames once (a live segment has one or a few)."""
+    start, end = seg.media_start_90k, seg.media_end_90k
+    lead = frames = keys = nbytes = 0
+    first = None
+    for f in seg.frame_range:
+        if f.start_90k < start:
+            lead += 1
+            continue
+        if first is None:
+            first = f
+            if f.start_90k != start:
+                break
+        elif f.start_90k >= end:
+            break
+        frames += 1
+        keys += f.is_key
+        nbytes += f.bytes
+    if first is None or first.start_90k != start:
+        raise Mp4Error(f"recording {_rid(seg.row)}: media offset {start} is not the start of "
+                       f"a frame{'' if first is None else f' (one starts at {first.start_90k})'}"
+                       f"; a segment that needn't start at a key frame must start at a frame")
+    seg.lead_frames = lead
+    seg.starts_with_key = first.is_key
+    seg.actual_start_90k, seg.pos = start, first.pos
+    seg.frames, seg.key_frames, seg.bytes = frames, keys, nbytes
 
 
 # Slice kinds: what produces a slice's bytes. The parameter is named per kind.
@@ -493,7 +546,7 @@ class FileBuilder:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         self.kind = kind
-        self._appended: list[tuple[dbmod.ListRow, int, int]] = []
+        self._appended: list[tuple[dbmod.ListRow, int, int, bool]] = []  # + start_at_key
         self._sample_entry_ids: list[int] = []
         self._subtitles = False
         self.content_disposition: str | None = None
@@ -511,22 +564,37 @@ class FileBuilder:
         self.filename = safe
         self.content_disposition = f'attachment; filename="{safe}"'
 
-    def append(self, row: dbmod.ListRow, rel_media_range_90k: tuple[int, int]) -> None:
+    def append(self, row: dbmod.ListRow, rel_media_range_90k: tuple[int, int], *,
+               start_at_key: bool = True) -> None:
         """Appends the frames of media range [start, end) of a recording (relative to its
-        start); `(0, row.media_duration_90k)` is the whole recording."""
+        start); `(0, row.media_duration_90k)` is the whole recording.
+
+        With `start_at_key` (the default) the segment begins at the key frame at or before
+        `start` (§4.3): a view.mp4 skips the lead-in with an edit list, a media segment
+        says how long it is in `X-Leading-Media-Duration`. `start_at_key=False` (media
+        segments only, for live view's one message per frame, Moonfire's live.rs) gives
+        exactly the frames starting in [start, end): `start` must be where a frame starts
+        (else `Mp4Error`), the first frame need not be a key frame, and there is no
+        lead-in. An empty range [t, t) gives the frame starting at t (as with key starts);
+        a run's trailing zero-duration frame, starting at the recording's end, is only in
+        the range [end, end), so a live stream sends it once.
+        """
         if self.kind == "init":
             raise ValueError("an init segment has no recordings; use append_video_sample_entry")
+        if not start_at_key and self.kind != "m4s":
+            raise ValueError("only a media segment (m4s) may start at a non-key frame; a "
+                             ".mp4 starts at a key frame and skips to its start with an edit list")
         start, end = rel_media_range_90k
         if not 0 <= start <= end <= row.media_duration_90k:
             raise Mp4Error(f"recording {_rid(row)}: media range [{start}, {end}) is outside "
                            f"[0, {row.media_duration_90k})")
         if self._appended:
-            prev, _, prev_end = self._appended[-1]
+            prev, _, prev_end, _ = self._appended[-1]
             if prev.flags & dbmod.FLAG_TRAILING_ZERO and prev_end == prev.media_duration_90k:
                 raise Mp4Error(f"recording {_rid(prev)} ends its run with a zero-duration "
                                f"frame, so recording {_rid(row)} can't follow it in one file; "
                                f"request them as separate files")
-        self._appended.append((row, start, end))
+        self._appended.append((row, start, end, start_at_key))
 
     def append_video_sample_entry(self, video_sample_entry_id: int) -> None:
         if self.kind != "init":
@@ -537,7 +605,7 @@ class FileBuilder:
         """Lays out the file. Reads `video_index` only for partial segments."""
         with db.locked("mp4 build"):
             paths = {}
-            for row, _, _ in self._appended:
+            for row, _, _, _ in self._appended:
                 sid = row.composite_id >> 32
                 if sid not in paths:
                     s = db.streams.get(sid)
@@ -547,16 +615,23 @@ class FileBuilder:
             entries = dict(db.video_sample_entries)
         segments: list[_Segment] = []
         next_frame = 1
-        for row, start, end in self._appended:
+        for row, start, end, start_at_key in self._appended:
             path = os.path.join(paths[row.composite_id >> 32], dirmod.name_for(row.composite_id))
             seg = _Segment(row, start, end, path)
-            if not (start == 0 and end == row.media_duration_90k):
+            if not (start == 0 and end == row.media_duration_90k and start_at_key):
+                probe_end = end
+                if not start_at_key and start == end < row.media_duration_90k:
+                    probe_end = start + 1  # [t, t) is the frame starting at t, as Moonfire's
                 # No db lock held here: get_video_index takes it.
-                fr = recording.frames_in_range(db.get_video_index(row.composite_id), start, end)
+                fr = recording.frames_in_range(db.get_video_index(row.composite_id), start,
+                                               probe_end)
                 seg.frame_range = fr
                 seg.actual_start_90k, seg.frames, seg.key_frames = (
                     fr.actual_start_90k, fr.frames, fr.key_frames)
                 seg.pos, seg.bytes = fr.pos, fr.bytes
+                if not start_at_key:
+                    seg.start_at_key = False
+                    _exact_frames(seg)
             seg.first_frame_num = next_frame
             next_frame += seg.frames
             segments.append(seg)
@@ -601,6 +676,11 @@ def _build(b: FileBuilder, db: dbmod.Database, segments: list[_Segment],
             n_subtitles += seg.subtitle_samples
         etag.update(_ETAG_SEGMENT.pack(seg.row.composite_id, seg.row.start_time_90k,
                                        seg.row.open_id, seg.media_start_90k, seg.media_end_90k))
+    # Segments appended with start_at_key=False hold other frames than the same ranges
+    # begun at a key frame. Nothing is added otherwise, so earlier files keep their ETags.
+    exact = bytes(not s.start_at_key for s in segments)
+    if any(exact):
+        etag.update(b":exact:" + exact)
     last_modified = 0 if max_end_90k is None else max_end_90k // TIME_UNITS_PER_SEC
     creation = last_modified + ISO14496_EPOCH_OFFSET
     f = VirtualFile(b.kind, db, segments, vses)
@@ -883,7 +963,10 @@ class VirtualFile:
 
     Attributes: `kind`, `length` (Content-Length), `etag` (quoted), `last_modified`
     (Unix seconds), `content_type`, `filename` and `content_disposition` (None for init
-    segments), `extra_headers` (the X-* headers), `media_duration_90k`.
+    segments), `extra_headers` (the X-* headers), `media_duration_90k`. A live segment
+    (`build_live_segment`) also sets `recording_start_90k`, `recording_id_text`
+    ("<open id>.<recording id>"), `media_range_90k` and `video_sample_entry_id`; they
+    are None otherwise.
     """
 
     def __init__(self, kind: str, db: dbmod.Database, segments: list[_Segment],
@@ -900,6 +983,10 @@ class VirtualFile:
         self.content_disposition: str | None = None
         self.extra_headers: dict[str, str] = {}
         self.media_duration_90k = 0
+        self.recording_start_90k: int | None = None    # live segments only
+        self.recording_id_text: str | None = None
+        self.media_range_90k: tuple[int, int] | None = None
+        self.video_sample_entry_id: int | None = None
         self.subtitle_co64_pos: int | None = None
         self.buf = b""
         self.ends: list[int] = []
@@ -1080,3 +1167,59 @@ def build_init(db: dbmod.Database, video_sample_entry_id: int) -> VirtualFile:
     b = FileBuilder("init")
     b.append_video_sample_entry(video_sample_entry_id)
     return b.build(db)
+
+
+def build_live_segment(db: dbmod.Database, stream_id: int, composite_id: int,
+                       media_start_90k: int, media_end_90k: int,
+                       start_at_key: bool = False) -> VirtualFile:
+    """A media segment (kind "m4s") for live view (reference §5.3): the frames of media
+    range [start, end) of one recording, committed or still growing, as db.py's
+    `frame_indexed` hook reports them (offsets relative to the recording's start).
+
+    `start_at_key=False` (one WebSocket message per frame) gives exactly the frames
+    starting in the range, the first maybe a non-key frame; `start` must be a frame's
+    start. `start_at_key=True` (a connection's first message) begins at the key frame at
+    or before `start` and adds `X-Leading-Media-Duration` when that is earlier. See
+    `FileBuilder.append`.
+
+    The result's `extra_headers`, in the order of a live message's header block
+    (§5.3; send `Content-Type` first, then these):
+    - `X-Recording-Start`: the recording's start, wall 90 kHz ticks since the epoch;
+    - `X-Recording-Id`: `<open id>.<recording id>`;
+    - `X-Media-Time-Range`: `<start>-<end>`, the media range asked for;
+    - `X-Prev-Media-Duration`, `X-Runs` (as for view.m4s, §4.6),
+      `X-Leading-Media-Duration` (only when begun at an earlier key frame);
+    - `X-Video-Sample-Entry-Id`.
+    `headers()` has all of them plus Content-Type (with codecs), ETag and Last-Modified.
+    The same values are attributes: `recording_start_90k`, `recording_id_text`,
+    `media_range_90k`, `video_sample_entry_id`. There is no Content-Disposition.
+
+    Holds no lock while reading the index; takes the database lock briefly to list the
+    row. Raises `NotFound` for an unknown stream or recording (e.g. deleted by
+    retention meanwhile), `Mp4Error` for a range outside the recording or a
+    `start_at_key=False` start that isn't a frame's.
+    """
+    if composite_id >> 32 != stream_id:
+        raise ValueError(f"composite id {composite_id:#x} is not of stream {stream_id}")
+    recording_id = composite_id & 0xFFFFFFFF
+    with db.locked("mp4 live segment"):
+        if stream_id not in db.streams:
+            raise NotFound(f"no stream {stream_id}")
+    rows = db.list_recordings_by_id(stream_id, recording_id, recording_id + 1)
+    if not rows:
+        raise NotFound(f"no recording {stream_id}/{recording_id}")
+    row = rows[0]
+    b = FileBuilder("m4s")
+    b.append(row, (media_start_90k, media_end_90k), start_at_key=start_at_key)
+    f = b.build(db)
+    f.recording_start_90k = row.start_time_90k
+    f.recording_id_text = f"{row.open_id}.{recording_id}"
+    f.media_range_90k = (media_start_90k, media_end_90k)
+    f.video_sample_entry_id = row.video_sample_entry_id
+    f.extra_headers = {
+        "X-Recording-Start": str(row.start_time_90k),
+        "X-Recording-Id": f.recording_id_text,
+        "X-Media-Time-Range": f"{media_start_90k}-{media_end_90k}",
+        **f.extra_headers,  # X-Prev-Media-Duration, X-Runs[, X-Leading-Media-Duration]
+        "X-Video-Sample-Entry-Id": str(row.video_sample_entry_id)}
+    return f

@@ -330,6 +330,100 @@ def test_single_frame_media_segments(testdb):
         pos += 2 * i
 
 
+# --- live view's media segments (start_at_key=False, reference §5.3) --------------------
+
+def moof_mdat(*truns: bytes, data: bytes) -> bytes:
+    """A media segment of the given truns (bodies after the full-box header)."""
+    return (box(b"moof", full(b"mfhd", 0, 0, u32(1)),
+                box(b"traf", full(b"tfhd", 0, 0x020000, u32(1)), full(b"tfdt", 0, 0, u32(0)),
+                    *truns))
+            + box(b"mdat", data))
+
+
+def test_live_segment_of_one_non_key_frame(testdb):
+    # HALF_SYNC: frames (start, duration, bytes, key) (0, 2, 3, K), (2, 4, 6, -),
+    # (6, 6, 9, K), (12, 8, 12, -), (20, 10, 15, K); sample bytes at 0, 3, 9, 18, 30.
+    cid = add_frames(testdb, HALF_SYNC)
+    f = mp4.build_live_segment(testdb.db, testdb.stream_id, cid, 2, 6)
+    moof_len = 8 + 16 + 8 + 16 + 16 + 20 + 8
+    # A run starting at a non-key frame: tr_flags 0x301, no first_sample_flags.
+    assert f.read() == moof_mdat(full(b"trun", 0, 0x301, u32(1, moof_len + 8, 4, 6)),
+                                 data=sample_bytes(9)[3:])
+    assert f.kind == "m4s" and f.filename is None
+    assert f.headers() == {
+        "Content-Type": 'video/mp4; codecs="avc1.640028"', "ETag": f.etag,
+        "Last-Modified": "Sun, 29 Nov 2026 12:00:00 GMT",
+        "X-Recording-Start": str(T0_90K), "X-Recording-Id": "1.0",
+        "X-Media-Time-Range": "2-6", "X-Prev-Media-Duration": "0", "X-Runs": "1",
+        "X-Video-Sample-Entry-Id": str(testdb.vse_id)}
+    assert list(f.extra_headers) == ["X-Recording-Start", "X-Recording-Id",
+                                     "X-Media-Time-Range", "X-Prev-Media-Duration",
+                                     "X-Runs", "X-Video-Sample-Entry-Id"]  # §5.3's order
+    assert (f.recording_start_90k, f.recording_id_text, f.media_range_90k,
+            f.video_sample_entry_id) == (T0_90K, "1.0", (2, 6), testdb.vse_id)
+    assert f.media_duration_90k == 4
+    # The same range begun at its key frame is another file: another ETag.
+    g = mp4.build_live_segment(testdb.db, testdb.stream_id, cid, 2, 6, start_at_key=True)
+    assert g.extra_headers["X-Leading-Media-Duration"] == "2" and g.etag != f.etag
+    assert g.read() == moof_mdat(
+        full(b"trun", 0, 0x305, u32(2, moof_len + 4 + 8 + 8, 0x0A600000, 2, 3, 4, 6)),
+        data=sample_bytes(9))
+
+
+def test_live_segment_of_one_key_frame(testdb):
+    cid = add_frames(testdb, HALF_SYNC)
+    f = mp4.build_live_segment(testdb.db, testdb.stream_id, cid, 6, 12)
+    moof_len = 8 + 16 + 8 + 16 + 16 + 24 + 8
+    assert f.read() == moof_mdat(full(b"trun", 0, 0x305, u32(1, moof_len + 8, 0x0A600000, 6, 9)),
+                                 data=sample_bytes(18)[9:])
+    assert "X-Leading-Media-Duration" not in f.extra_headers
+    # At a key frame, start_at_key makes no difference to the bytes.
+    g = mp4.build_live_segment(testdb.db, testdb.stream_id, cid, 6, 12, start_at_key=True)
+    assert g.read() == f.read()
+
+
+def test_live_segment_runs_and_edges(testdb):
+    t = testdb
+    cid = add_frames(t, HALF_SYNC)
+    # Frames 1-3: a run of the non-key frame, then one per GOP; the last truncated to 5.
+    f = mp4.build_live_segment(t.db, t.stream_id, cid, 2, 17)
+    moof_len = 8 + 16 + 8 + 16 + 16 + (20 + 8) + (24 + 16)
+    assert f.read() == moof_mdat(
+        full(b"trun", 0, 0x301, u32(1, moof_len + 8, 4, 6)),
+        full(b"trun", 0, 0x305, u32(2, moof_len + 8 + 6, 0x0A600000, 6, 9, 5, 12)),
+        data=sample_bytes(30)[3:])
+    # An empty range [t, t) at a frame's start is that frame, its duration cut to 0.
+    f = mp4.build_live_segment(t.db, t.stream_id, cid, 12, 12)
+    assert find(f.read(), "moof/traf/trun") == u32(0x301, 1, 8 + 16 + 8 + 16 + 16 + 28 + 8, 0, 12)
+    assert f.media_duration_90k == 0
+    with pytest.raises(Mp4Error, match=r"recording 1/0: media offset 3 is not the start of "
+                                       r"a frame \(one starts at 6\)"):
+        mp4.build_live_segment(t.db, t.stream_id, cid, 3, 12)
+    with pytest.raises(Mp4Error, match="not the start of a frame"):
+        mp4.build_live_segment(t.db, t.stream_id, cid, 13, 13)
+    with pytest.raises(Mp4Error, match=r"media range \[20, 31\) is outside \[0, 30\)"):
+        mp4.build_live_segment(t.db, t.stream_id, cid, 20, 31)
+    with pytest.raises(NotFound, match="no recording 1/1"):
+        mp4.build_live_segment(t.db, t.stream_id, cid + 1, 0, 2)
+    with pytest.raises(NotFound, match="no stream 9"):
+        mp4.build_live_segment(t.db, 9, 9 << 32, 0, 2)
+    with pytest.raises(ValueError, match="only a media segment"):
+        mp4.FileBuilder("mp4").append(rows_of(t)[0], (2, 6), start_at_key=False)
+    # A run's trailing zero: only in the empty range at the recording's end, so a live
+    # stream sends it once (with start_at_key, a range ending there includes it, §4.3).
+    cid = add_frames(t, [(3, 5, True), (4, 6, False), (0, 7, False)], start_90k=T0_90K + 30,
+                     run_offset=1)
+    f = mp4.build_live_segment(t.db, t.stream_id, cid, 7, 7)
+    assert find(f.read(), "moof/traf/trun") == u32(0x301, 1, 8 + 16 + 8 + 16 + 16 + 28 + 8, 0, 7)
+    assert f.extra_headers["X-Prev-Media-Duration"] == "30"
+    f = mp4.build_live_segment(t.db, t.stream_id, cid, 3, 7)
+    assert find(f.read(), "moof/traf/trun") == u32(0x301, 1, 8 + 16 + 8 + 16 + 16 + 28 + 8, 4, 6)
+    f = mp4.build_live_segment(t.db, t.stream_id, cid, 0, 7)
+    assert len(find(f.read(), "moof/traf/trun")) == 12 + 4 + 2 * 8
+    f = mp4.build_live_segment(t.db, t.stream_id, cid, 0, 7, start_at_key=True)
+    assert len(find(f.read(), "moof/traf/trun")) == 12 + 4 + 3 * 8
+
+
 # --- whole files, byte for byte ---------------------------------------------------------
 
 # Two recordings of one run: 0.5 s frames, the second ending the run with a trailing zero.
@@ -981,4 +1075,71 @@ def test_growing_recording(tmp_path, clocks):
     t.db.flush("test")
     done = mp4.build_view(t.db, t.stream_id, ["0"])
     check(save(done, tmp_path, "done.mp4"), frames=80, samples=80, duration_90k=79 * 3000)
+    t.db.close()
+
+
+def test_live_segments_of_a_growing_recording(tmp_path, clocks):
+    """Live view: one media segment per frame as the writer indexes it, built while the
+    recording grows (uncommitted) and again once committed; an init segment followed by
+    the segments from a key frame on decodes to every frame, in order."""
+    t = make_testdb(tmp_path, clocks, zone=ZONE)
+    clip = make_clip(str(tmp_path / "clip.mp4"), frames=90, gop=30)
+    src = open_clip(clip)
+    p = src.parameters
+    vse = t.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec, p.sample_entry)
+    frames = list(src.frames_until_end())
+    src.close()
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    indexed = []  # (composite id, media start, media end, is_key) per frame_indexed call
+    t.db.subscribe_live(t.stream_id, lambda *a: indexed.append(a))
+    live = []
+    for i, fr in enumerate(frames[:80]):
+        w.write(fr.data, T0_90K + fr.pts_90k, fr.pts_90k, fr.is_key, vse)
+        while len(live) < len(indexed):  # as live view would, while the recording grows
+            cid, start, end, key = indexed[len(live)]
+            (row,) = rows_of(t)
+            assert row.flags & db.FLAG_GROWING
+            live.append(mp4.build_live_segment(t.db, t.stream_id, cid, start, end))
+    assert [x[1:] for x in indexed[:2]] == [(0, 3000, True), (3000, 6000, False)]
+    assert len(live) == 79 and all(f.extra_headers["X-Recording-Id"] == "1.0" for f in live)
+    assert [f.extra_headers["X-Media-Time-Range"] for f in live[:2]] == ["0-3000", "3000-6000"]
+    init = mp4.build_init(t.db, vse).read()
+
+    def play(segments, name):
+        # Each segment has tfdt 0 (§4.6): a browser places it with timestampOffset. Here,
+        # write its first frame's media start into tfdt instead, as that offset would.
+        path = str(tmp_path / name)
+        with open(path, "wb") as out:
+            out.write(init)
+            for f in segments:
+                data = bytearray(f.read())
+                (tfdt,) = [b for p_, b in walk(parse_boxes(data)) if p_ == "/moof/traf/tfdt"]
+                lead = int(f.extra_headers.get("X-Leading-Media-Duration", 0))
+                struct.pack_into(">I", data, tfdt.start + 12, f.media_range_90k[0] - lead)
+                out.write(data)
+        return path
+
+    # From key frame 30: frames 30..78.
+    path = play(live[30:], "live.mp4")
+    shown = decode(path)
+    assert [bar_x(x) for x in shown] == [bar(i) for i in range(30, 79)]
+    assert probe(path)[2] == 49
+    # Starting mid-GOP, a connection's first message begins at the key frame before.
+    first = mp4.build_live_segment(t.db, t.stream_id, *indexed[40][:3], start_at_key=True)
+    assert first.extra_headers["X-Leading-Media-Duration"] == str(10 * 3000)
+    shown = decode(play([first] + live[41:], "joined.mp4"))
+    assert [bar_x(x) for x in shown] == [bar(i) for i in range(30, 79)]
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    (row,) = rows_of(t)
+    assert not row.flags & db.FLAG_UNCOMMITTED
+    # Committed now, ending with the run's trailing zero frame: the same segments, and
+    # that frame in a segment of its own.
+    assert len(indexed) == 80 and indexed[79][1:] == (79 * 3000, 79 * 3000, False)
+    again = [mp4.build_live_segment(t.db, t.stream_id, *x[:3]) for x in indexed]
+    assert [f.read() for f in again[:79]] == [f.read() for f in live]
+    shown = decode(play(live[60:] + again[79:], "ended.mp4"))
+    assert [bar_x(x) for x in shown] == [bar(i) for i in range(60, 80)]
     t.db.close()

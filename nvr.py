@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -561,6 +562,102 @@ def _demo_camera(d: db.Database) -> None:
                  min(d.dirs))
 
 
+def _parse_session_flags(s: str) -> int:
+    flags = 0
+    for name in (p.strip() for p in s.split(",") if p.strip()):
+        if name not in auth.FLAG_NAMES:
+            raise UsageError(f"unknown session flag {name!r}; known: "
+                             f"{', '.join(auth.FLAG_NAMES)}")
+        flags |= auth.FLAG_NAMES[name]
+    return flags
+
+
+def _format_sec(t: int | None) -> str:
+    if t is None:
+        return "-"
+    return recording.format_time(t * recording.TIME_UNITS_PER_SEC)[:19]
+
+
+def cmd_login(args) -> int:
+    """Creates a session for a user without a password, for scripts (reference §7.1)."""
+    if args.curl_cookie_jar and not args.domain:
+        raise UsageError("--curl-cookie-jar needs --domain (the host name the cookie is for)")
+    d = db.Database.open_dir(args.db_dir, clock.RealClocks())
+    try:
+        u = d.user_by_name(args.username)
+        if u.disabled:
+            raise UsageError(f"user {u.username!r} is disabled; `nvr.py config user edit "
+                             f"{u.username} --enable` first")
+        perms = None
+        if args.permissions is not None:
+            p = args.permissions.strip()
+            if p.startswith("{"):
+                try:
+                    perms = auth.Permissions.from_json(json.loads(p))
+                except ValueError as e:
+                    raise UsageError(f"--permissions: {e}") from None
+            else:
+                perms = parse_permissions(p)
+        flags = _parse_session_flags(args.session_flags)
+        a = auth.Auth(d)
+        cookie, s = a.make_session(u.id, auth.Client(domain=args.domain), flags=flags,
+                                   permissions=perms, description="created by nvr.py login")
+        if args.curl_cookie_jar:
+            # Netscape cookie file (curl -b/-c): domain, subdomains, path, secure, expiry,
+            # name, value; "#HttpOnly_" marks an HttpOnly cookie. Mode 0600: it's a key.
+            prefix = "#HttpOnly_" if flags & auth.FLAG_HTTP_ONLY else ""
+            secure = "TRUE" if flags & auth.FLAG_SECURE else "FALSE"
+            line = (f"{prefix}{args.domain}\tFALSE\t/\t{secure}\t2147483647\ts\t"
+                    f"{cookie}\n")
+            fd = os.open(args.curl_cookie_jar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("# Netscape HTTP Cookie File\n" + line)
+        print(f"s={cookie}")
+        logger.info("session %s created for %s", s.id_text, u.username)
+        _finish(d, "login")
+    finally:
+        d.close()
+    return 0
+
+
+def cmd_sessions(args) -> int:
+    d = db.Database.open_dir(args.db_dir, clock.RealClocks(), read_only=args.action == "list")
+    try:
+        a = auth.Auth(d)
+        user_id = d.user_by_name(args.user).id if args.user else None
+        sessions = a.list_sessions(user_id)
+        if args.action == "list":
+            print("ID\tUSER\tCREATED\tLAST USE\tPEER\tUSES\tSTATE\tUSER AGENT")
+            for s in sessions:
+                u = d.users.get(s.user_id)
+                peer = auth.unpack_addr(s.last_use_peer_addr or s.creation_peer_addr) or "-"
+                ua = s.last_use_user_agent or s.creation_user_agent or "-"
+                print(f"{s.id_text}\t{u.username if u else s.user_id}\t"
+                      f"{_format_sec(s.creation_time_sec)}\t{_format_sec(s.last_use_time_sec)}\t"
+                      f"{peer}\t{s.use_count}\t{s.state}\t{ua}")
+            return 0
+        # revoke
+        if bool(args.id) == bool(args.user):
+            raise UsageError("give a session ID (from `nvr.py sessions list`) or --user, "
+                             "not both")
+        if args.id:
+            ident = args.id.lower()
+            found = [s for s in sessions if s.hash.hex().startswith(ident)]
+            if len(ident) < 8 or len(found) != 1:
+                raise UsageError(f"no single session with id {args.id!r}; "
+                                 f"`nvr.py sessions list` shows the ids")
+            targets = found
+        else:
+            targets = [s for s in sessions if s.revocation_reason is None]
+        n = sum(a.revoke(s.hash, auth.REVOKED_BY_ADMIN, detail="nvr.py sessions revoke")
+                for s in targets)
+        print(f"revoked {n} session(s)")
+        _finish(d, "sessions revoke")
+    finally:
+        d.close()
+    return 0
+
+
 def cmd_run(args) -> int:
     config = load_config(args.config)
     clocks = clock.RealClocks()
@@ -611,7 +708,7 @@ def cmd_run(args) -> int:
         else:
             logger.info("read-only: recording nothing")
         try:
-            srv = web.Server(d, config, clocks=clocks)
+            srv = web.Server(d, config, clocks=clocks, auth_=auth.Auth(d))
             srv.start()  # raises web.BindError (nothing left open) if a bind fails
         except web.BindError as e:
             if rec is not None:
@@ -815,6 +912,38 @@ def build_parser() -> argparse.ArgumentParser:
     r = qs.add_parser("list", help="list users")
     _add_db_dir(r)
     r.set_defaults(func=cmd_config_user)
+
+    p = sub.add_parser("login", help="create a session for a user and print its cookie",
+                       description="Creates a web session for USERNAME without a password, "
+                                   "for scripts, and prints `s=<cookie>`. The server must "
+                                   "be stopped (it holds the database lock).")
+    _add_db_dir(p)
+    p.add_argument("username", metavar="USERNAME")
+    p.add_argument("--permissions", help="the session's permissions instead of the user's: "
+                   "comma-separated names, all, none, or JSON like {\"viewVideo\": true}")
+    p.add_argument("--domain", help="the host name the cookie is for (recorded in the session)")
+    p.add_argument("--curl-cookie-jar", metavar="PATH",
+                   help="also write a Netscape cookie file for curl -b (mode 0600; needs "
+                        "--domain)")
+    p.add_argument("--session-flags", default="http-only,secure,same-site,same-site-strict",
+                   help="cookie attributes: http-only, secure, same-site, same-site-strict "
+                        "(default: all four)")
+    p.set_defaults(func=cmd_login, action="login")
+
+    p = sub.add_parser("sessions", help="list or revoke web sessions")
+    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    r = ssub.add_parser("list", help="every session: creation, last use, peer, user agent, "
+                                     "state")
+    _add_db_dir(r)
+    r.add_argument("--user", metavar="USERNAME", help="only this user's sessions")
+    r.set_defaults(func=cmd_sessions)
+    r = ssub.add_parser("revoke", help="end a session (by the ID `sessions list` shows) or "
+                                       "all of a user's",
+                        description="Revokes sessions; the server must be stopped.")
+    _add_db_dir(r)
+    r.add_argument("id", nargs="?", metavar="ID")
+    r.add_argument("--user", metavar="USERNAME", help="revoke all of this user's sessions")
+    r.set_defaults(func=cmd_sessions)
     return parser
 
 

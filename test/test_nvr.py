@@ -139,7 +139,7 @@ def test_sql_holds_the_lock_and_runs_queries(tmp_path):
     assert r.stdout.strip() == "1"
 
 
-SUBCOMMANDS = ["run", "init", "config", "check", "upgrade", "sql", "ts"]
+SUBCOMMANDS = ["run", "init", "config", "check", "upgrade", "sql", "ts", "login", "sessions"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)

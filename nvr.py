@@ -39,6 +39,7 @@ import clock
 import db
 import dir as dirmod
 import recording
+import signals as signalsmod
 import stream
 import upgrade
 import web
@@ -708,7 +709,8 @@ def cmd_run(args) -> int:
         else:
             logger.info("read-only: recording nothing")
         try:
-            srv = web.Server(d, config, clocks=clocks, auth_=auth.Auth(d))
+            srv = web.Server(d, config, clocks=clocks, auth_=auth.Auth(d),
+                             signals=signalsmod.Signals(d))
             srv.start()  # raises web.BindError (nothing left open) if a bind fails
         except web.BindError as e:
             if rec is not None:

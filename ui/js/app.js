@@ -115,6 +115,7 @@ function openLoginDialog(reason, resolve, reject) {
                                     password: form.password.value}, {login: false});
       await loadTop();
       finish(true);
+      state.fresh = true;
       if (state.ready) route();
     } catch (e) {
       err.hidden = false;
@@ -163,7 +164,7 @@ function initAccountMenu() {
       state.top = null;
       updateHeader();
       snackbar('Logged out.');
-      await loadTop();
+      state.fresh = false;
       route();
     } catch (e) {
       if (e.status === 401) { showLoggedOut(); return; }
@@ -270,11 +271,15 @@ export async function route() {
   if (!state.top) { showLoggedOut(); return; }
   let mod;
   try {
-    mod = await page.load();
+    // A fresh /api/ for each page: days with video and stream totals change as nvr records.
+    [mod] = await Promise.all([page.load(), state.fresh ? null : loadTop()]);
   } catch (e) {
+    if (seq !== state.renderSeq) return;
+    if (e.status === 401) { showLoggedOut(); return; }
     showError(e, `Loading the ${page.title} page`);
-    return;
+    if (!mod) return;
   }
+  state.fresh = false;
   if (seq !== state.renderSeq) return;
   main.replaceChildren();
   main.removeAttribute('aria-busy');
@@ -313,6 +318,7 @@ async function start() {
     return;
   }
   state.ready = true;
+  state.fresh = true;
   route();
 }
 

@@ -43,7 +43,7 @@ export function render(main, ctx) {
   const hover = h('div', {class: 'tl-hover muted', 'aria-live': 'off'}, '\u00a0');
   const axis = h('div', {class: 'tl-axis', 'aria-hidden': 'true'});
   const lanesBox = h('div', {class: 'tl-lanes'});
-  const timeline = h('div', {class: 'timeline', style: {'--lane-label': 'min(9em, 28vw)'}}, axis, lanesBox);
+  const timeline = h('div', {class: 'timeline', style: {'--lane-label': 'min(8rem, 28vw)'}}, axis, lanesBox);
   const viewLabel = h('span', {class: 'muted', 'aria-live': 'polite'});
 
   main.append(
@@ -111,7 +111,8 @@ export function render(main, ctx) {
     loadAbort = new AbortController();
     const signal = loadAbort.signal;
     lanesBox.setAttribute('aria-busy', 'true');
-    const shown = streams.filter(s => Object.keys(s.stream.days || {}).some(d => d >= start && d <= end));
+    // Every stream that records or has video in the range (days only count committed video).
+    const shown = streams.filter(s => s.stream.record || Object.keys(s.stream.days || {}).some(d => d >= start && d <= end));
     try {
       const results = await Promise.all(shown.map(s => fetchRecordings(s, r0, r1, ROW_SPLIT, signal)));
       lanes = shown.map((s, i) => buildLane(s, results[i].recordings || [], results[i].videoSampleEntries || {}));
@@ -123,7 +124,17 @@ export function render(main, ctx) {
     }
     // A view from the URL applies to the range it was saved with.
     const uv0 = Number(p.get('v0')), uv1 = Number(p.get('v1'));
-    if (uv1 > uv0 && uv0 >= r0 && uv1 <= r1) [v0, v1] = clampView(uv0, uv1);
+    if (uv1 > uv0 && uv0 >= r0 && uv1 <= r1) {
+      [v0, v1] = clampView(uv0, uv1);
+    } else {
+      // Show where the video is, with a margin.
+      const spans = lanes.flatMap(l => l.spans);
+      if (spans.length) {
+        const a = Math.min(...spans.map(x => x.start)), b = Math.max(...spans.map(x => x.end));
+        const pad = Math.max((b - a) * 0.05, 5 * TICKS);
+        [v0, v1] = clampView(a - pad, b + pad);
+      }
+    }
     p.delete('v0');
     p.delete('v1');
     drawLanes();
@@ -147,7 +158,7 @@ export function render(main, ctx) {
   }
 
   function draw() {
-    viewLabel.textContent = `${dateTime90k(v0)} – ${dayOf90k(v0) === dayOf90k(v1 - 1) ? timeOf90k(v1) : dateTime90k(v1)} (${duration90k(v1 - v0)})`;
+    viewLabel.textContent = `${dateTime90k(v0)} – ${dayOf90k(v0) === dayOf90k(v1) ? timeOf90k(v1) : dateTime90k(v1)} (${duration90k(v1 - v0)})`;
     drawAxis();
     const w = v1 - v0;
     const px = (lanes[0]?.track?.clientWidth || 800) / w;  // pixels per tick

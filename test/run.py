@@ -3,9 +3,11 @@
 
 Installs what a fresh Debian 12 machine lacks, then runs pytest on test/:
 - Debian packages (apt-get; needs root): the sqlite3 shell (`nvr.py sql`),
-  ffmpeg (ffprobe checks generated video), and GStreamer's RTSP server with
-  the plugins that encode H.264/H.265 (the test camera);
-- Python packages (pip): requirements.txt and test/requirements.txt.
+  ffmpeg (ffprobe checks generated video), GStreamer's RTSP server with
+  the plugins that encode H.264/H.265 (the test camera), and Chromium (the web
+  UI's tests drive Debian's /usr/bin/chromium, which plays H.264, through
+  Playwright; `playwright install` and its browser downloads are never needed);
+- Python packages (pip): requirements.txt, test/requirements.txt and playwright.
 Safe to run again: it installs only what is missing.
 """
 
@@ -25,11 +27,16 @@ DEBIAN_PACKAGES = [
     "gstreamer1.0-plugins-bad",
     "gstreamer1.0-plugins-ugly",
     "gstreamer1.0-x",
+    "chromium",              # test_ui.py: the browser
+    "fonts-dejavu-core",     # test_ui.py: text in screenshots
 ]
 
 # Python module name -> pip requirement file that provides it.
 PYTHON_MODULES = {"av": "requirements.txt", "argon2": "requirements.txt",
                   "pytest": "test/requirements.txt", "hypothesis": "test/requirements.txt"}
+# Python module name -> pip requirement for the web UI's tests (test_ui.py). Only the
+# package: its browser is Debian's chromium above.
+UI_TEST_MODULES = {"playwright": "playwright>=1.40"}
 
 
 def missing_debian_packages():
@@ -59,6 +66,11 @@ def main():
         print("installing Python packages from", req, flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r",
                         os.path.join(ROOT, req)], check=True)
+    for module, req in UI_TEST_MODULES.items():
+        r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
+        if r.returncode != 0:
+            print("installing Python package", req, flush=True)
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", req], check=True)
     os.chdir(ROOT)
     return subprocess.call([sys.executable, "-m", "pytest", "-q", "test"] + sys.argv[1:])
 

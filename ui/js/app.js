@@ -268,16 +268,23 @@ export async function route() {
     return;
   }
   document.title = `nvr: ${page.title}`;
-  if (!state.top) { showLoggedOut(); return; }
   let mod;
   try {
-    // A fresh /api/ for each page: days with video and stream totals change as nvr records.
-    [mod] = await Promise.all([page.load(), state.fresh ? null : loadTop()]);
+    mod = await page.load();
   } catch (e) {
-    if (seq !== state.renderSeq) return;
-    if (e.status === 401) { showLoggedOut(); return; }
     showError(e, `Loading the ${page.title} page`);
-    if (!mod) return;
+    return;
+  }
+  if (!state.fresh || !state.top) {
+    // A fresh /api/ for each page: days with video and stream totals change as nvr
+    // records. Without a session this is the 401 that opens the login dialog.
+    try {
+      await loadTop();
+    } catch (e) {
+      if (seq !== state.renderSeq) return;
+      if (e.status === 401 || !state.top) { showLoggedOut(); return; }
+      showError(e, 'Refreshing the camera list');
+    }
   }
   state.fresh = false;
   if (seq !== state.renderSeq) return;

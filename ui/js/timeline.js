@@ -63,13 +63,14 @@ export function render(main, ctx) {
         h('span', null, h('span', {class: 'swatch', style: {background: 'var(--gap)'}}), 'gap, labelled with why the recording before it ended'),
         h('span', null, `Times in ${ctx.top.timeZoneName}. Drag to pan, Ctrl+wheel to zoom.`))));
 
-  function setRange() {
+  /** Loads the range [start, end]; then shows all of it, or (`fit`) where its video is. */
+  function setRange(fit = true) {
     startInput.value = start;
     endInput.value = end;
     r0 = dayTime90k(start, 0);
     r1 = dayTime90k(nextDay(end), 0);
     v0 = r0; v1 = r1;
-    load();
+    load(fit);
   }
 
   function commitView() {
@@ -86,7 +87,7 @@ export function render(main, ctx) {
   function zoomTo(w) {
     if (w > r1 - r0 && w >= WEEK) {  // widen the range to a week ending on its last day
       start = nextDay(end, -6);
-      setRange();
+      setRange(false);
       return;
     }
     const c = (v0 + v1) / 2;
@@ -106,7 +107,7 @@ export function render(main, ctx) {
     commitView();
   }
 
-  async function load() {
+  async function load(fit) {
     if (loadAbort) loadAbort.abort();
     loadAbort = new AbortController();
     const signal = loadAbort.signal;
@@ -126,7 +127,7 @@ export function render(main, ctx) {
     const uv0 = Number(p.get('v0')), uv1 = Number(p.get('v1'));
     if (uv1 > uv0 && uv0 >= r0 && uv1 <= r1) {
       [v0, v1] = clampView(uv0, uv1);
-    } else {
+    } else if (fit) {
       // Show where the video is, with a margin.
       const spans = lanes.flatMap(l => l.spans);
       if (spans.length) {
@@ -168,7 +169,7 @@ export function render(main, ctx) {
       const kids = [];
       for (const sp of lane.spans) {
         if (sp.end <= v0 || sp.start >= v1) continue;
-        kids.push(h('div', {class: 'tl-span' + (sp.uncommitted ? ' uncommitted' : ''),
+        kids.push(h('div', {class: 'tl-span',
           style: {left: pct(Math.max(sp.start, v0)), width: len(sp.start, sp.end)},
           dataset: {start90k: String(sp.start), end90k: String(sp.end)}}));
       }
@@ -301,7 +302,6 @@ export function buildLane(s, recordings, entries) {
   for (const r of rows) {
     if (cur && r.runStartId === last.runStartId && r.startTime90k <= cur.end) {
       cur.end = Math.max(cur.end, r.endTime90k);
-      cur.uncommitted ||= r.firstUncommitted !== undefined;
     } else {
       if (cur) {
         spans.push(cur);
@@ -310,7 +310,7 @@ export function buildLane(s, recordings, entries) {
                      reason: last.endReason || (last.runStartId === r.runStartId ? 'no reason recorded' : 'run ended; no reason recorded')});
         }
       }
-      cur = {start: r.startTime90k, end: r.endTime90k, uncommitted: r.firstUncommitted !== undefined};
+      cur = {start: r.startTime90k, end: r.endTime90k};
     }
     last = r;
   }

@@ -225,3 +225,23 @@ def test_read_only_records_nothing_and_notifies_systemd(setup, tmp_path):
     assert "read-only: recording nothing" in n.log_text()
     assert all(n.rows(sid) == [] for sid in (1, 2, 3))
     assert os.listdir(os.path.join(n.cwd, "nvr-data/sample")) == ["meta"]
+
+
+def test_second_signal_exits_at_once(setup, tmp_path):
+    import socket
+    n, cam = setup
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(60)
+    n.start("--read-only", env={"NOTIFY_SOCKET": path})
+    assert sock.recv(100) == b"READY=1"
+    # Two signals back to back: the first starts the clean shutdown (which takes at
+    # least one accept-loop poll, 0.1 s), the second ends the process there and then.
+    n.proc.send_signal(signal.SIGTERM)
+    assert n.stop(signal.SIGINT) == 1
+    sock.close()
+    log = n.log_text()
+    # Python runs pending handlers in signal-number order, so SIGINT may come first.
+    assert re.search(r"received SIG(TERM|INT); shutting down \(again to exit at once\)", log)
+    assert "shut down cleanly" not in log

@@ -11,6 +11,19 @@ a partial first or last segment (to find the key frame at or before its start), 
 otherwise only when a byte range first touches that segment's `stts`/`stsz`/`stss`
 (or `trun`s), through db.py's LRU cache. Tables built are kept for the file's life.
 
+Sample tables are the cost of serving a view.mp4: the moov holds 12 bytes per frame
+(stts 8, stsz 4), all of it before the first sample byte, and every frame's entry is
+decoded from its recording's index in Python (24 h at 30 fps: 2.6 million frames,
+31 MB). So `_decode_columns` decodes an index straight into `array`s with the least
+per-frame work it can (no objects per frame), and `table_cache` (a `TableCache`) keeps
+committed recordings' stts/stsz bytes and key frame positions across files, bounded at
+TABLE_CACHE_BYTES (64 MiB, ~50 h of 30 fps video), least recently used out first: a
+player's Range requests, a repeated or overlapping view reuse them. Keys are the
+recording's identity (database uuid, composite id, start, open id) and the segment's
+media range and `start_at_key`; stss, numbered across the file, is made per file from
+the positions. A growing recording is never cached (its row may be behind its index).
+docs/performance.md ("Serve") has the figures, cold and warm.
+
 `view.mp4` (`kind="mp4"`, reference §4.2; ISO/IEC 14496-12 section numbers):
 
     ftyp                     32 bytes: isom, 0, [isom iso2 avc1 mp41]          §4.3
@@ -68,9 +81,11 @@ twice).
 
 Threads: a VirtualFile is immutable once built except for its lazily built tables,
 which any thread may build (a race builds the same bytes twice); no lock of ours is
-held while db.py's lock is taken. Growing (uncommitted) recordings are served up to
-the length their row had at build time: the writer appends each frame to the file
-before indexing it, so the file always holds what the row describes.
+held while db.py's lock is taken. `table_cache` has one lock, held only for its dict
+operations and ranking below every other (nothing is taken while holding it).
+Growing (uncommitted) recordings are served up to the length their row had at build
+time: the writer appends each frame to the file before indexing it, so the file always
+holds what the row describes.
 
 Neighbours: recording.py owns the index and `frames_in_range`; db.py lists rows and
 caches indexes; codec.py makes the sample entries copied verbatim into `stsd`; web.py
@@ -80,17 +95,18 @@ maps `Mp4Error` to 400, `NotFound` to 404.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import email.utils
 import hashlib
-import itertools
 import logging
 import math
 import os
 import re
 import struct
 import sys
+import threading
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -353,38 +369,62 @@ class _Segment:
         s = self.row.start_time_90k
         return s + self.wall(self.media_start_90k), s + self.wall(self.media_end_90k)
 
-    def frame_list(self, db: dbmod.Database) -> list[recording.Frame]:
-        """The segment's frames; reads the index (through db.py's cache) if needed."""
-        if self.frame_range is not None:
-            frames = list(self.frame_range)[self.lead_frames:self.lead_frames + self.frames]
-        else:
-            # The index may have grown since the row was listed: take the row's frames.
-            index = db.get_video_index(self.row.composite_id)
-            frames = list(itertools.islice(recording.iter_index(index), self.frames))
-        if (len(frames) != self.frames or sum(f.is_key for f in frames) != self.key_frames
-                or sum(f.bytes for f in frames) != self.bytes):
-            raise RuntimeError(f"recording {_rid(self.row)}: index ({len(frames)} frames) "
-                               f"disagrees with its row ({self.frames} frames); "
-                               f"run `nvr.py check`")
-        return frames
+    def _cache_key(self, db: dbmod.Database) -> tuple | None:
+        """This segment's key in `table_cache`, or None if its recording may still
+        change. A committed recording's frames never change. Its composite id, start
+        and open id are the ETag's identity of it (§4.7); the database's uuid keeps
+        another database's recording (tests open many in one process) from matching."""
+        r = self.row
+        if r.flags & dbmod.FLAG_UNCOMMITTED:
+            return None
+        return (db.uuid, r.composite_id, r.start_time_90k, r.open_id, self.media_start_90k,
+                self.media_end_90k, self.start_at_key)
 
-    def last_duration(self, last: recording.Frame) -> int:
-        return min(last.duration_90k, self.media_end_90k - last.start_90k)
+    def columns(self, db: dbmod.Database) -> tuple[array, array, array]:
+        """The segment's frame durations (the last cut to the desired end), sizes, and
+        key frame positions (from 0 within the segment), checked against its row. Reads
+        the index (through db.py's cache) for a whole recording; a partial segment has
+        it in its FrameRange. A growing recording's index may have grown since the row
+        was listed: only the row's frames are taken."""
+        if self.frame_range is None:
+            index, first = db.get_video_index(self.row.composite_id), 0
+        else:
+            index, first = self.frame_range.video_index, self.frame_range.first_frame
+            first += self.lead_frames
+        end = first + self.frames
+        durations, sizes, keys = _decode_columns(index, end)
+        last_start = sum(durations[:end - 1])   # the last frame's, in the recording
+        if first:
+            durations, sizes = durations[first:], sizes[first:]
+            keys = array("I", [k - first for k in keys if k >= first])
+        if (len(keys) != self.key_frames or sum(sizes) != self.bytes
+                or (self.is_whole and last_start + durations[-1] != self.row.media_duration_90k)):
+            raise RuntimeError(f"recording {_rid(self.row)}: index disagrees with its row "
+                               f"({len(keys)} key frames and {sum(sizes)} bytes in the "
+                               f"index's {self.frames} frames, {self.key_frames} and "
+                               f"{self.bytes} in the row); run `nvr.py check`")
+        durations[-1] = min(durations[-1], self.media_end_90k - last_start)
+        return durations, sizes, keys
 
     def get_tables(self, db: dbmod.Database) -> tuple[bytes, bytes, bytes]:
-        """stts, stsz and stss entries, built once (§8.6.1.2, §8.7.3, §8.6.2)."""
+        """stts, stsz and stss entries (§8.6.1.2, §8.7.3, §8.6.2), built once per file
+        and kept in `table_cache` for committed recordings. stss numbers frames across
+        the file, so the cache holds key frame positions within the segment instead."""
         t = self.tables
         if t is None:
-            frames = self.frame_list(db)
-            n = len(frames)
-            durations = array("I", (f.duration_90k for f in frames))
-            durations[-1] = self.last_duration(frames[-1])
-            stts = array("I", [1]) * (2 * n)
-            stts[1::2] = durations
-            stsz = array("I", (f.bytes for f in frames))
+            key = self._cache_key(db)
+            cached = None if key is None else table_cache.get(key)
+            if cached is None:
+                durations, sizes, keys = self.columns(db)
+                stts = array("I", [1]) * (2 * len(durations))
+                stts[1::2] = durations
+                cached = (_be(stts), _be(sizes), keys)
+                if key is not None:
+                    table_cache.put(key, cached)
+            stts_bytes, stsz_bytes, keys = cached
             first = self.first_frame_num
-            stss = array("I", (first + i for i, f in enumerate(frames) if f.is_key))
-            t = self.tables = (_be(stts), _be(stsz), _be(stss))
+            stss = array("I", [first + k for k in keys])  # one per GOP: few
+            t = self.tables = (stts_bytes, stsz_bytes, _be(stss))
         return t
 
     def truns_len(self) -> int:
@@ -393,29 +433,29 @@ class _Segment:
 
     def get_truns(self, db: dbmod.Database) -> bytes:
         """One trun (§8.8.8) per GOP (and one for the frames before the first key frame,
-        if the segment starts elsewhere); data offsets are from the start of the file."""
+        if the segment starts elsewhere); data offsets are from the start of the file.
+        Not cached across files: the offsets depend on the file."""
         t = self.truns
         if t is None:
-            frames = self.frame_list(db)
+            durations, sizes, keys = self.columns(db)
+            n = len(durations)
+            samples = array("I", bytes(8 * n))  # (duration, size) per frame
+            samples[0::2] = durations
+            samples[1::2] = sizes
+            samples = _be(samples)
+            starts = list(keys) if self.starts_with_key else [0, *keys]
             out = bytearray()
             pos = self.data_offset
-            runs: list[tuple[int, int]] = []  # (header offset, frames)
-            for f in frames:
-                if f.is_key:
-                    runs.append((len(out), 0))
-                    out += _TRUN_HEADER.pack(0, b"trun", _TRUN_FLAGS, 0, pos, KEY_SAMPLE_FLAGS)
-                elif not runs:
-                    runs.append((len(out), 0))
-                    out += _TRUN_HEADER_NON_KEY.pack(0, b"trun", _TRUN_FLAGS_NON_KEY, 0, pos)
-                h, count = runs[-1]
-                runs[-1] = (h, count + 1)
-                out += struct.pack(">II", f.duration_90k, f.bytes)
-                pos += f.bytes
-            struct.pack_into(">I", out, len(out) - 8, self.last_duration(frames[-1]))
-            for i, (h, count) in enumerate(runs):
-                end = runs[i + 1][0] if i + 1 < len(runs) else len(out)
-                struct.pack_into(">I", out, h, end - h)
-                struct.pack_into(">I", out, h + 12, count)
+            for j, s in enumerate(starts):
+                e = starts[j + 1] if j + 1 < len(starts) else n
+                if j == 0 and not self.starts_with_key:
+                    out += _TRUN_HEADER_NON_KEY.pack(_TRUN_HEADER_NON_KEY.size + 8 * (e - s),
+                                                     b"trun", _TRUN_FLAGS_NON_KEY, e - s, pos)
+                else:
+                    out += _TRUN_HEADER.pack(_TRUN_HEADER.size + 8 * (e - s), b"trun",
+                                             _TRUN_FLAGS, e - s, pos, KEY_SAMPLE_FLAGS)
+                out += samples[8 * s:8 * e]
+                pos += sum(sizes[s:e])
             if len(out) != self.truns_len():
                 raise RuntimeError(f"recording {_rid(self.row)}: truns are {len(out)} bytes, "
                                    f"expected {self.truns_len()}")
@@ -427,6 +467,173 @@ def _be(a: array) -> bytes:
     if sys.byteorder == "little":
         a.byteswap()
     return a.tobytes()
+
+
+# ---------------------------------------------------------------------------------------
+# Sample tables from the index
+
+# unzigzag(v) for every value a 1- or 2-byte varint can hold (< 2**14), looked up by value:
+# nearly all of an index's varints are that short, and a list lookup is cheaper per frame
+# than the arithmetic. About 0.5 MB, built once.
+_SHORT_VARINT_MAX = 1 << 14
+_UNZIGZAG = [(v >> 1) ^ -(v & 1) for v in range(_SHORT_VARINT_MAX)]
+
+
+def _unzigzag(v: int) -> int:
+    return (v >> 1) ^ -(v & 1)
+
+
+def _long_varint(index: bytes, off: int, frame: int) -> tuple[int, int]:
+    """A varint of 3 to 5 bytes at `off` -> (value, next offset)."""
+    v = 0
+    for k in range(5):
+        b = index[off + k]  # IndexError: truncated, reported by the caller
+        v |= (b & 0x7F) << (7 * k)
+        if b < 0x80:
+            if v > 0xFFFFFFFF:
+                raise recording.CorruptIndex(f"frame {frame}: varint at byte {off} exceeds "
+                                             f"32 bits")
+            return v, off + k + 1
+    raise recording.CorruptIndex(f"frame {frame}: varint at byte {off} is longer than 5 bytes")
+
+
+def _decode_columns(index: bytes, frames: int) -> tuple[array, array, array]:
+    """Durations, sizes and key frame numbers (from 0) of the first `frames` frames of a
+    `video_index` (recording.py's format, reference §3.2), decoded straight into arrays.
+
+    This is the hot loop of a view.mp4: every frame of every segment passes through it
+    before the moov, hence the first sample byte, can be sent (24 h at 30 fps is 2.6
+    million frames). So it makes no per-frame objects and does the least per-frame work
+    it can: 1- and 2-byte varints inline, zigzag by table, stores into preallocated
+    arrays. The index's invariants are checked without per-frame work where possible:
+    a negative duration or size doesn't fit `array("I")` (OverflowError), a truncated
+    index runs off the bytes (IndexError), zero sizes and misplaced zero durations are
+    searched for afterwards. It is a second reader of recording.py's format, tested
+    against `recording.iter_index`; raises `recording.CorruptIndex` as that does.
+    """
+    durations = array("I", bytes(4 * frames))
+    sizes = array("I", bytes(4 * frames))
+    keys = array("I")
+    add_key = keys.append
+    unzigzag = _UNZIGZAG
+    short = _SHORT_VARINT_MAX
+    off = dur = prev_key = prev_non_key = i = 0
+    try:
+        for i in range(frames):
+            v1 = index[off]  # (duration delta, zigzagged) << 1 | is_key
+            if v1 < 0x80:
+                off += 1
+            else:
+                b = index[off + 1]
+                if b < 0x80:
+                    v1 = (v1 & 0x7F) | (b << 7)
+                    off += 2
+                else:
+                    v1, off = _long_varint(index, off, i)
+            v2 = index[off]  # size delta from the previous frame of the same kind, zigzagged
+            if v2 < 0x80:
+                off += 1
+            else:
+                b = index[off + 1]
+                if b < 0x80:
+                    v2 = (v2 & 0x7F) | (b << 7)
+                    off += 2
+                else:
+                    v2, off = _long_varint(index, off, i)
+            dur += unzigzag[v1 >> 1] if v1 < short else _unzigzag(v1 >> 1)
+            durations[i] = dur
+            if v1 & 1:
+                prev_key += unzigzag[v2] if v2 < short else _unzigzag(v2)
+                sizes[i] = prev_key
+                add_key(i)
+            else:
+                prev_non_key += unzigzag[v2] if v2 < short else _unzigzag(v2)
+                sizes[i] = prev_non_key
+    except IndexError:
+        raise recording.CorruptIndex(f"frame {i}: index truncated at byte {off} of "
+                                     f"{len(index)}; expected {frames} frames") from None
+    except OverflowError:  # array("I") refuses a negative value
+        what = f"duration {dur}" if dur < 0 else f"size {prev_key if v1 & 1 else prev_non_key}"
+        raise recording.CorruptIndex(f"frame {i}: negative {what}") from None
+    if frames and (not keys or keys[0] != 0):
+        raise recording.CorruptIndex("frame 0 is not a key frame")
+    if 0 in sizes:
+        raise recording.CorruptIndex(f"frame {sizes.index(0)}: size 0")
+    if 0 in durations:
+        z = durations.index(0)
+        if z < frames - 1 or off < len(index):
+            raise recording.CorruptIndex(f"frame {z}: zero duration, but only the last frame "
+                                         f"may have one")
+    return durations, sizes, keys
+
+
+# ---------------------------------------------------------------------------------------
+# The table cache
+
+TABLE_CACHE_BYTES = 64 << 20
+_TABLE_ENTRY_OVERHEAD = 200  # bytes of a cache entry besides its tables: key, tuple, dict
+
+
+class TableCache:
+    """A least-recently-used cache of committed segments' sample tables, bounded by bytes.
+
+    Values are `(stts bytes, stsz bytes, key frame positions)` as `_Segment.get_tables`
+    makes them; keys are `_Segment._cache_key()`s. Only committed recordings go in:
+    their index never changes, so an entry is valid for the process's life (a deleted
+    recording's entries just age out). Growing ones are never cached.
+
+    Why: a view.mp4's moov holds every frame's stts/stsz entry, generated in Python
+    before the first sample byte (a 24 h file has 31 MB of them). Players re-request
+    files with Range (seeking, resuming), and the UI asks for overlapping spans; each
+    request builds a new VirtualFile, and this lets it reuse the tables. 64 MiB holds
+    about 50 h of 30 fps video.
+
+    Thread-safe: one lock, held only for dict operations (tables are generated outside
+    it; two threads may both generate an entry, and the second `put` is ignored). It
+    ranks below every other lock: nothing else is taken while holding it.
+    """
+
+    def __init__(self, max_bytes: int = TABLE_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict = collections.OrderedDict()  # key -> (value, size)
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple):
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return e[0]
+
+    def put(self, key: tuple, value: tuple[bytes, bytes, array]) -> None:
+        stts, stsz, keys = value
+        size = len(stts) + len(stsz) + keys.itemsize * len(keys) + _TABLE_ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.bytes -= evicted
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = self.hits = self.misses = 0
+
+
+table_cache = TableCache()
 
 
 def _rid(row: dbmod.ListRow) -> str:

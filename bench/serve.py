@@ -9,11 +9,20 @@ For each span (hours) of synthetic ~2 Mbit/s video it measures, with `curl` as t
 - time to first byte (`time_starttransfer`: connect + request + our `build_view` + the
   response headers) and throughput (`size_download / (time_total - time_starttransfer)`)
   of `GET /api/cameras/<uuid>/main/view.mp4?s=<all of the span>` from a `web.Server`
-  running in this process (its handler threads; curl is another process);
+  running in this process (its handler threads; curl is another process), twice:
+  - COLD: `mp4.table_cache` and db.py's video index cache emptied first, as for the
+    first request after start-up: every segment's moov tables are generated from the
+    indexes (read from SQLite) before the first sample byte;
+  - WARM: the same request again right after, the tables now in `mp4.table_cache` (as
+    for a player's Range requests or a repeated view);
 - the same for nginx (Debian's package, run as a child with a temp config on 127.0.0.1:
   one worker, `sendfile on`, access log off) serving a static file of exactly the same
   length, in the same directory (same disk);
-and prints the medians of --runs runs after one warm-up run each, and the ratios.
+after one warm-up request to each server (the page cache), --runs rounds of cold, warm
+and nginx in turn (interleaved, so drift on a shared machine hits all three alike). It
+prints the medians, the median of each round's throughput ratio to nginx's (cold and
+warm), and the median of each round's cold minus warm transfer time: what generating
+the tables cost that request.
 
 Synthetic recordings (made cheaply, not through the writer): one-minute recordings of
 1800 frames at 30 fps, a key frame every 30 (5x the size of the others), 15,000,000
@@ -49,6 +58,7 @@ import clock  # noqa: E402
 import db  # noqa: E402
 import dir as dirmod  # noqa: E402
 import nvr  # noqa: E402
+import mp4  # noqa: E402
 import recording  # noqa: E402
 import web  # noqa: E402
 
@@ -209,10 +219,28 @@ def curl(url: str) -> tuple[float, float, int]:
     return ttfb, size / max(total - ttfb, 1e-9), size
 
 
-def measure(url: str, runs: int) -> tuple[float, float, int]:
-    curl(url)  # warm-up: page cache, and (for us) the database's pages
-    r = [curl(url) for _ in range(runs)]
-    return (statistics.median(x[0] for x in r), statistics.median(x[1] for x in r), r[0][2])
+def forget_tables(d: db.Database) -> None:
+    """Empties the caches a cold request finds empty: mp4's table cache and db.py's
+    video index cache (a private attribute: this benchmark's business only)."""
+    mp4.table_cache.clear()
+    with d.locked("bench"):
+        d._video_index_cache.clear()
+
+
+def median(results: list[tuple[float, float, int]]) -> tuple[float, float, int]:
+    """(median TTFB, median throughput, bytes)."""
+    return (statistics.median(x[0] for x in results),
+            statistics.median(x[1] for x in results), results[0][2])
+
+
+def ratio(ours: list, theirs: list) -> float:
+    """The median of each round's throughput ratio."""
+    return statistics.median(a[1] / b[1] for a, b in zip(ours, theirs))
+
+
+def table_cost(cold: list, warm: list) -> float:
+    """The median of each round's extra transfer time cold, seconds."""
+    return statistics.median(c[2] / c[1] - w[2] / w[1] for c, w in zip(cold, warm))
 
 
 def main() -> int:
@@ -223,7 +251,7 @@ def main() -> int:
     ap.add_argument("--links", action="store_true",
                     help="hard-link the longer spans' sample files to 60 distinct ones")
     ap.add_argument("--profile", action="store_true",
-                    help="cProfile the server's handler threads over one request per span")
+                    help="cProfile the server's handler threads over one cold request per span")
     args = ap.parse_args()
     hours = [int(x) for x in args.spans.split(",")]
     recording.set_server_zone("UTC")
@@ -247,20 +275,29 @@ def main() -> int:
                           if ln.lower().startswith("content-length")][0])
             static = static_file(args.dir, length)
             ng, ng_port, ng_tmp = start_nginx(os.path.dirname(static))
+            nginx_url = f"http://127.0.0.1:{ng_port}/{os.path.basename(static)}"
+            cold, warm, theirs = [], [], []
             try:
-                ours = measure(url, args.runs)
-                theirs = measure(f"http://127.0.0.1:{ng_port}/{os.path.basename(static)}",
-                                 args.runs)
+                curl(url)  # warm-up: the page cache, and the database's pages
+                curl(nginx_url)
+                for _ in range(args.runs):
+                    forget_tables(d)
+                    cold.append(curl(url))
+                    warm.append(curl(url))
+                    theirs.append(curl(nginx_url))
             finally:
                 ng.terminate()
                 ng.wait()
                 shutil.rmtree(ng_tmp, ignore_errors=True)
-            assert ours[2] == theirs[2] == length
-            results.append((h, length, ours, theirs))
-            print(f"{h:>3} h, {length / 1e9:6.2f} GB: nvr TTFB {ours[0] * 1e3:7.1f} ms, "
-                  f"{ours[1] / 1e6:7.0f} MB/s | nginx TTFB {theirs[0] * 1e3:5.1f} ms, "
-                  f"{theirs[1] / 1e6:7.0f} MB/s | throughput ratio "
-                  f"{ours[1] / theirs[1]:.2f}", flush=True)
+            assert {x[2] for x in cold + warm + theirs} == {length}
+            r = (ratio(cold, theirs), ratio(warm, theirs), table_cost(cold, warm))
+            cold, warm, theirs = median(cold), median(warm), median(theirs)
+            results.append((h, length, cold, warm, theirs, r))
+            print(f"{h:>3} h, {length / 1e9:6.2f} GB: nvr cold TTFB {cold[0] * 1e3:5.1f} ms, "
+                  f"{cold[1] / 1e6:5.0f} MB/s ({r[0]:.2f}x) | warm TTFB {warm[0] * 1e3:5.1f} ms, "
+                  f"{warm[1] / 1e6:5.0f} MB/s ({r[1]:.2f}x) | nginx TTFB "
+                  f"{theirs[0] * 1e3:4.1f} ms, {theirs[1] / 1e6:5.0f} MB/s | cold - warm "
+                  f"{r[2] * 1e3:.0f} ms", flush=True)
             if args.profile:
                 prof = cProfile.Profile()
                 orig = web.Handler._dispatch
@@ -269,6 +306,7 @@ def main() -> int:
                     prof.runcall(orig, self)
                 web.Handler._dispatch = profiled
                 try:
+                    forget_tables(d)
                     curl(url)
                 finally:
                     web.Handler._dispatch = orig
@@ -276,11 +314,14 @@ def main() -> int:
     finally:
         srv.stop()
         d.close()
-    print("\n| span | bytes | nvr TTFB | nvr MB/s | nginx TTFB | nginx MB/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for h, length, ours, theirs in results:
-        print(f"| {h} h | {length:,} | {ours[0] * 1e3:.1f} ms | {ours[1] / 1e6:.0f} | "
-              f"{theirs[0] * 1e3:.1f} ms | {theirs[1] / 1e6:.0f} | {ours[1] / theirs[1]:.2f} |")
+    print("\n| span | bytes | nginx TTFB | nginx MB/s | cold TTFB | cold MB/s | cold ratio "
+          "| warm TTFB | warm MB/s | warm ratio | cold - warm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for h, length, cold, warm, theirs, r in results:
+        print(f"| {h} h | {length:,} | {theirs[0] * 1e3:.1f} ms | {theirs[1] / 1e6:.0f} "
+              f"| {cold[0] * 1e3:.1f} ms | {cold[1] / 1e6:.0f} | {r[0]:.2f} "
+              f"| {warm[0] * 1e3:.1f} ms | {warm[1] / 1e6:.0f} | {r[1]:.2f} "
+              f"| {r[2] * 1e3:.0f} ms |")
     return 0
 
 

@@ -56,6 +56,14 @@ def zone():
     recording.set_server_zone(None)
 
 
+@pytest.fixture(autouse=True)
+def empty_table_cache():
+    """Each test starts with an empty mp4.table_cache, so index reads are predictable."""
+    mp4.table_cache.clear()
+    yield
+    mp4.table_cache.clear()
+
+
 # --- the s= grammar (reference §5.2) -----------------------------------------------------
 
 @pytest.mark.parametrize("value,spec", [
@@ -675,7 +683,169 @@ def test_indexes_are_read_lazily(testdb):
     assert sorted(spy.calls) == sorted(ids)  # each index read once, tables kept
     spy.calls.clear()
     part.read()
-    assert spy.calls == [ids[1], ids[2]]  # the partial ones kept their FrameRange
+    # The partial ends kept their FrameRange; the whole middle ones' tables come from
+    # the table cache, which reading `whole` filled.
+    assert spy.calls == []
+    mp4.table_cache.clear()
+    part = mp4.build_view(t.db, t.stream_id, ["0-3.4000-100000"])
+    spy.calls.clear()
+    part.read()
+    assert spy.calls == [ids[1], ids[2]]
+
+
+# --- the table decoder and the table cache ---------------------------------------------
+
+def columns_by_iter_index(index: bytes, n: int):
+    frames = list(recording.iter_index(index))[:n]
+    return ([f.duration_90k for f in frames], [f.bytes for f in frames],
+            [f.i for f in frames if f.is_key])
+
+
+def test_decode_columns_matches_iter_index():
+    """mp4's fast decoder reads recording.py's format as recording.iter_index does,
+    including 3- to 5-byte varints (big deltas), a trailing zero and a prefix."""
+    rnd = random.Random(7)
+    for case in range(300):
+        n = rnd.randrange(1, 200)
+        big = case % 3 == 0
+        frames = []
+        for i in range(n):
+            dur = rnd.randrange(1, 2**29 if big else 6000)
+            size = rnd.randrange(1, 2**31 - 1 if big and rnd.random() < 0.3 else 60000)
+            frames.append((dur, size, i == 0 or rnd.random() < 0.1))
+        if case % 4 == 0:
+            frames[-1] = (0, *frames[-1][1:])       # a run's trailing zero
+        index = recording.encode_index(frames)
+        for k in (n, rnd.randrange(1, n + 1)):
+            durations, sizes, keys = mp4._decode_columns(index, k)
+            assert (list(durations), list(sizes), list(keys)) == columns_by_iter_index(index, k)
+    assert [list(c) for c in mp4._decode_columns(recording.encode_index([(10, 1, True)]), 0)] == [
+        [], [], []]
+
+
+# Frame 0 is (duration 10, size 1, key): varints 29 02.
+@pytest.mark.parametrize("index,frames,message", [
+    (b"\x29\xd0\x0f\x02", 2, r"frame 1: index truncated at byte 4 of 4; expected 2 frames"),
+    (b"\x28\x02", 1, "frame 0 is not a key frame"),
+    (b"\x29\x00", 1, "frame 0: size 0"),
+    (b"\x29\x02\x2a\x02", 2, "frame 1: negative duration -1"),
+    (b"\x29\x02\x01\x03", 2, "frame 1: negative size -1"),
+    (b"\x29\x02\x26\x02\x28\x02", 3, "frame 1: zero duration, but only the last frame"),
+    (b"\x29\x02\x26\x02", 1, None),                 # frame 1 (duration 0) is its last
+    (b"\x29\x02\x26\x02\x28\x02", 2, "frame 1: zero duration"),  # more follow
+    (b"\x29\xff\xff\xff\xff\xff\x01", 1, "frame 0: varint at byte 1 is longer than 5 bytes"),
+    (b"\x29\xff\xff\xff\xff\x1f", 1, "frame 0: varint at byte 1 exceeds 32 bits"),
+])
+def test_decode_columns_refuses_corrupt_indexes(index, frames, message):
+    if message is None:
+        assert [list(c) for c in mp4._decode_columns(index, 2)] == [[10, 0], [1, 1], [0]]
+        return
+    with pytest.raises(recording.CorruptIndex, match=message):
+        mp4._decode_columns(index, frames)
+
+
+def test_table_cache_holds_committed_tables(testdb):
+    t = testdb
+    for i in range(3):
+        add_frames(t, [(3000, 100 + i, j % 3 == 0) for j in range(9)],
+                   start_90k=T0_90K + i * 27000, run_offset=i)
+    first = mp4.build_view(t.db, t.stream_id, ["0-2"]).read()
+    assert len(mp4.table_cache) == 3 and mp4.table_cache.misses == 3
+    spy = IndexSpy(t.db)
+    again = mp4.build_view(t.db, t.stream_id, ["0-2"])
+    assert again.read() == first and spy.calls == [] and mp4.table_cache.hits == 3
+    # A cached table equals one generated afresh; stss is numbered per file (recording 1
+    # is frames 10.. of the first file, 1.. of this one).
+    alone = mp4.build_view(t.db, t.stream_id, ["1"]).read()
+    mp4.table_cache.clear()
+    assert mp4.build_view(t.db, t.stream_id, ["1"]).read() == alone
+    assert find(alone, STBL + "stss") == u32(0, 3, 1, 4, 7)
+    assert find(first, STBL + "stss") == u32(0, 9, 1, 4, 7, 10, 13, 16, 19, 22, 25)
+    # Another range of a recording is another entry; so is a segment not begun at a key
+    # frame, though media segments' truns aren't cached at all.
+    mp4.build_view(t.db, t.stream_id, ["1.4000-"]).read()
+    assert len(mp4.table_cache) == 2
+    mp4.build_view(t.db, t.stream_id, ["1"], kind="m4s").read()
+    assert len(mp4.table_cache) == 2
+
+
+def test_table_cache_skips_growing_recordings(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks, zone=ZONE)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    for i in range(10):
+        w.write(b"x" * (100 + i), T0_90K + i * 3000, i * 3000, i % 5 == 0, t.vse_id)
+    (row,) = rows_of(t)
+    assert row.flags & db.FLAG_GROWING
+    growing = mp4.build_view(t.db, t.stream_id, ["0"])
+    growing.read()
+    mp4.build_view(t.db, t.stream_id, ["0.3000-"]).read()
+    assert len(mp4.table_cache) == 0 and mp4.table_cache.misses == 0
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    done = mp4.build_view(t.db, t.stream_id, ["0"])
+    done.read()
+    assert len(mp4.table_cache) == 1
+    # The file built while it grew still has its 9 frames (the tenth wasn't indexed yet).
+    assert find(growing.read(), STBL + "stsz")[8:12] == u32(9)
+    assert find(done.read(), STBL + "stsz")[8:12] == u32(10)
+    t.db.close()
+
+
+def test_table_cache_evicts_least_recently_used_by_size(testdb, monkeypatch):
+    t = testdb
+    for i in range(4):  # 100 frames each: stts 800 + stsz 400 + 10 key frames * 4 bytes
+        add_frames(t, [(3000, 10, j % 10 == 0) for j in range(100)],
+                   start_90k=T0_90K + i * 300000, run_offset=i)
+    entry = 800 + 400 + 40 + mp4._TABLE_ENTRY_OVERHEAD
+    cache = mp4.TableCache(max_bytes=3 * entry)
+    monkeypatch.setattr(mp4, "table_cache", cache)
+    ids = [r.composite_id for r in rows_of(t)]
+
+    def read(i):
+        mp4.build_view(t.db, t.stream_id, [str(i)]).read()
+
+    def cached():
+        return [k[1] for k in cache._entries]
+
+    for i in range(3):
+        read(i)
+    assert cached() == ids[:3] and cache.bytes == 3 * entry
+    read(0)                      # a hit makes 0 the most recent
+    read(3)                      # so 1 is evicted
+    assert cached() == [ids[2], ids[0], ids[3]] and cache.bytes == 3 * entry
+    assert (cache.hits, cache.misses) == (1, 4)
+    small = mp4.TableCache(max_bytes=entry - 1)  # an entry larger than the cache isn't kept
+    monkeypatch.setattr(mp4, "table_cache", small)
+    read(1)
+    assert len(small) == 0 and small.bytes == 0
+
+
+def test_table_cache_threads(testdb):
+    """Handler threads building and reading the same files at once get the same bytes."""
+    for i in range(6):
+        add_frames(testdb, [(3000, 50 + i, j % 7 == 0) for j in range(60)],
+                   start_90k=T0_90K + i * 180000, run_offset=i)
+    expected = mp4.build_view(testdb.db, testdb.stream_id, ["0-5"]).read()
+    mp4.table_cache.clear()
+    got, errors = [], []
+
+    def run():
+        try:
+            for _ in range(5):
+                got.append(mp4.build_view(testdb.db, testdb.stream_id, ["0-5"]).read())
+        except BaseException as e:  # reported below
+            errors.append(e)
+            raise
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and got == [expected] * 20
+    assert len(mp4.table_cache) == 6
 
 
 def test_byte_ranges(testdb):

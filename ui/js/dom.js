@@ -52,7 +52,8 @@ const ICONS = {
 };
 
 export function icon(name) {
-  const svg = h('svg:svg', {viewBox: '0 0 24 24', 'aria-hidden': 'true', focusable: 'false'});
+  const svg = h('svg:svg', {viewBox: '0 0 24 24', width: '20', height: '20', 'aria-hidden': 'true',
+                           focusable: 'false', fill: 'currentColor'});
   svg.append(h('svg:path', {d: ICONS[name]}));
   return svg;
 }

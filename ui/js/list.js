@@ -43,8 +43,23 @@ export function render(main, ctx) {
       const collapsed = controls.classList.toggle('collapsed');
       filterButton.setAttribute('aria-expanded', String(!collapsed));
     }}, icon('filter'), ' Filters');
-  main.append(h('div', {class: 'toolbar'}, h('h1', {style: {margin: 0, flex: 1}}, 'Recordings'), filterButton),
+  const summary = h('span', {class: 'muted list-summary'});
+  main.append(h('div', {class: 'toolbar'}, h('h1', {style: {margin: 0}}, 'Recordings'), summary,
+                h('span', {class: 'spacer'}), filterButton),
               h('div', {class: 'list-layout'}, controls, results));
+  // On a phone the filters would push the tables off the screen: start folded.
+  if (matchMedia('(max-width: 720px)').matches) {
+    controls.classList.add('collapsed');
+    filterButton.setAttribute('aria-expanded', 'false');
+  }
+
+  function drawSummary() {
+    const sel = selected();
+    const end = st.endOther && st.end ? st.end : st.start;
+    summary.textContent = `${sel.map(s => s.label).join(', ') || 'no streams'} · ${st.start || ''}` +
+      `${end !== st.start ? ' – ' + end : ''}` +
+      `${st.st !== '00:00:00' || st.et !== END_OF_DAY ? ` ${st.st}–${st.et}` : ''}`;
+  }
 
   function selected() { return streams.filter(s => st.ids.has(s.id)); }
 
@@ -63,6 +78,7 @@ export function render(main, ctx) {
 
   // ---- controls ----
   function drawControls() {
+    drawSummary();
     const days = new Set(daysWithVideo(selected()));
     replace(controls,
       h('section', {class: 'card', 'aria-labelledby': 'streams-h'},
@@ -80,7 +96,7 @@ export function render(main, ctx) {
         h('div', {class: 'time-row'},
           h('label', null, 'Start time', h('input', {type: 'time', step: '1', value: st.st,
             'aria-label': 'Start time', onchange: ev => { st.st = ev.target.value || '00:00:00'; commit(); }}))),
-        h('div', {class: 'time-row', role: 'radiogroup', 'aria-label': 'End day'},
+        h('div', {class: 'time-row center', role: 'radiogroup', 'aria-label': 'End day'},
           h('span', {class: 'muted'}, 'End:'),
           h('label', {class: 'check'}, h('input', {type: 'radio', name: 'endday', checked: !st.endOther,
             onchange: () => { st.endOther = false; st.end = st.start; commit(); }}), 'Same day'),

@@ -243,7 +243,8 @@ class LivePlayer {
     };
     ws.onclose = ev => {
       if (gen !== this.generation) return;
-      const why = this.lastError || (ev.reason ? ev.reason : `connection closed (code ${ev.code})`);
+      const why = this.lastError || ev.reason ||
+        (ev.code === 1006 ? 'lost the connection to nvr' : `connection closed (code ${ev.code})`);
       this.retry(why);
     };
     ws.onerror = () => { /* onclose follows with the details there are */ };

@@ -14,9 +14,9 @@ export function openPlayer({url, title, start90k, end90k, entry}) {
                             dataset: {start90k: String(start90k), end90k: String(end90k)}});
   video.muted = true;
   if (entry && entry.aspectWidth && entry.aspectHeight) {
+    // As large as the window allows, in the entry's display aspect ratio.
     video.style.aspectRatio = `${entry.aspectWidth} / ${entry.aspectHeight}`;
-    const w = `min(calc(100vw - 18px), calc((100vh - 120px) * ${entry.aspectWidth} / ${entry.aspectHeight}), ${Math.max(entry.width, 640)}px)`;
-    video.style.width = w;
+    video.style.width = `min(calc(100vw - 18px), calc((100vh - 120px) * ${entry.aspectWidth} / ${entry.aspectHeight}))`;
   }
   video.src = url;
   const d = modal([

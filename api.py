@@ -329,6 +329,7 @@ def handle_logout(request: Request, m: re.Match):
     s = request.caller.session if request.caller else None
     if s is not None:
         check_csrf(request, body)
+        _require_writable(request)
         request.server.auth.revoke(s.hash, auth.REVOKED_LOGOUT, request.client_info)
     return Response.empty(204, **{"Set-Cookie": clear_cookie(request.secure)})
 
@@ -350,7 +351,11 @@ def _stream_json(db: dbmod.Database, s: dbmod.Stream, *, days: bool, config: boo
         "totalDuration90k": s.duration_90k,
         "totalSampleFileBytes": s.sample_file_bytes,
         "fsBytes": s.fs_bytes,
+        # Recordings (and their frames, bytes) not yet committed: growing or waiting
+        # for a flush. Debug counters, as Moonfire's.
         "numRecentRecordings": len(s.uncommitted),
+        "numRecentFrames": sum(r.video_samples for r in s.uncommitted),
+        "recentFrameBytes": sum(r.sample_file_bytes for r in s.uncommitted),
     }
     if days:
         out["days"] = db.days_with_bounds(s.id)
@@ -524,6 +529,8 @@ def _user_subset(obj, what: str) -> dict:
             raise HttpError(400, f"{what}.{k} has the wrong type ({type(v).__name__})")
     if obj.get("username") == "":
         raise HttpError(400, f"{what}.username must not be empty")
+    if obj.get("password") == "":
+        raise HttpError(400, f"{what}.password must not be empty (null clears it)")
     if "permissions" in obj:
         try:
             obj = dict(obj, permissions=auth.Permissions.from_json(obj["permissions"]))
@@ -576,7 +583,7 @@ def handle_users(request: Request, m: re.Match):
         config["disabled"] = True
     if "preferences" in sub:
         config["preferences"] = sub["preferences"]
-    pw_hash = auth.hash_password(password) if password else None
+    pw_hash = request.server.auth.hash_password(password) if password else None
     try:
         uid = db.add_user(sub["username"], password_hash=pw_hash,
                           permissions=sub.get("permissions"), config=config)
@@ -613,43 +620,61 @@ def handle_user(request: Request, m: re.Match):
     for k in ("username", "disabled", "permissions"):
         if k in update and not admin:
             raise HttpError(403, f"permission denied: changing {k} needs adminUsers")
+    a = request.server.auth
     u = _get_user(request, uid)
-    # Preconditions (§5.2): each given field must equal the current value -> else 412.
-    cur = _user_json(u)
-    for k, v in pre.items():
-        if k == "password":
-            ok = (u.password_hash is None) if v is None else \
-                (u.password_hash is not None and auth.verify_password(u.password_hash, v))
-        elif k == "permissions":
-            ok = v == u.permissions
-        else:
-            ok = cur[k] == v
-        if not ok:
-            raise HttpError(412, f"precondition failed: {k} is not what the request expected")
     if "password" in update and not admin and "password" not in pre:
         raise HttpError(403, "permission denied: to change your password, give the current "
                              "one in precondition.password")
-    kwargs = {}
-    if "username" in update:
-        kwargs["username"] = update["username"]
-    if "permissions" in update:
-        kwargs["permissions"] = update["permissions"]
-    if "disabled" in update or "preferences" in update:
-        config = dict(u.config)
-        if "disabled" in update:
-            config["disabled"] = update["disabled"]
-            if not config["disabled"]:
-                del config["disabled"]
-        if "preferences" in update:
-            config["preferences"] = update["preferences"]
-        kwargs["config"] = config
+    # The slow parts first, without the database lock: checking the old password
+    # (throttled and counted like a login) and hashing the new one.
+    if "password" in pre:
+        v = pre["password"]
+        try:
+            ok = (u.password_hash is None) if v is None else \
+                a.check_password(uid, v, request.client_info)
+        except auth.Throttled as e:
+            raise HttpError(429, str(e), {"Retry-After": str(e.retry_after_sec)}) from None
+        if not ok:
+            raise HttpError(412, "precondition failed: password is not what the request "
+                                 "expected")
+    new_hash = ...
     if "password" in update:
         pw = update["password"]
-        kwargs["password_hash"] = auth.hash_password(pw) if pw else None
-    try:
-        db.update_user(uid, **kwargs)
-    except dbmod.DbError as e:
-        raise HttpError(412 if "already exists" in str(e) else 400, str(e)) from None
+        new_hash = a.hash_password(pw) if pw else None
+    with db.locked("api: update user"):
+        # Check and update in one step: a concurrent PATCH can't slip in between.
+        cur_user = db.users.get(uid)
+        if cur_user is None:
+            raise HttpError(404, f"no user with id {uid}")
+        if "password" in pre and cur_user.password_id != u.password_id:
+            raise HttpError(412, "precondition failed: the password changed meanwhile")
+        cur = _user_json(cur_user)
+        for k, v in pre.items():
+            if k == "password":
+                continue
+            if (v != cur_user.permissions) if k == "permissions" else (cur[k] != v):
+                raise HttpError(412, f"precondition failed: {k} is not what the request "
+                                     f"expected")
+        kwargs = {}
+        if "username" in update:
+            kwargs["username"] = update["username"]
+        if "permissions" in update:
+            kwargs["permissions"] = update["permissions"]
+        if "disabled" in update or "preferences" in update:
+            config = dict(cur_user.config)
+            if "disabled" in update:
+                config["disabled"] = update["disabled"]
+                if not config["disabled"]:
+                    del config["disabled"]
+            if "preferences" in update:
+                config["preferences"] = update["preferences"]
+            kwargs["config"] = config
+        if new_hash is not ...:
+            kwargs["password_hash"] = new_hash
+        try:
+            db.update_user(uid, **kwargs)
+        except dbmod.DbError as e:
+            raise HttpError(412 if "already exists" in str(e) else 400, str(e)) from None
     return Response.empty(204)
 
 
@@ -690,9 +715,10 @@ ROUTES: list[Route] = [
     Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/"
                      r"view\.(?P<kind>mp4|m4s)(?P<txt>\.txt)?"),
           GET_HEAD, "view_video", handle_view),
-    # The permission (viewVideo) is checked inside the socket (§5.3).
+    # viewVideo is checked after the upgrade, so that even "log in first" arrives
+    # inside the socket, where the page's script can read it (§5.3).
     Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/live\.m4s"), ("GET",),
-          CALLER, handle_live),
+          None, handle_live),
     Route(re.compile(r"/api/init/(?P<id>[0-9]{1,18})\.mp4(?P<txt>\.txt)?"),
           GET_HEAD, "view_video", handle_init),
     # GET needs viewVideo, POST updateSignals: checked in the handler.

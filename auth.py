@@ -163,7 +163,10 @@ class Permissions:
         if unknown:
             raise ValueError(f"unknown permission(s) {sorted(unknown)}; "
                              f"known: {', '.join(names)}")
-        return cls(**{names[k]: bool(v) for k, v in obj.items()})
+        for k, v in obj.items():
+            if not isinstance(v, bool):
+                raise ValueError(f"permission {k} must be true or false, not {v!r}")
+        return cls(**{names[k]: v for k, v in obj.items()})
 
     @classmethod
     def all(cls) -> "Permissions":
@@ -452,6 +455,37 @@ class Auth:
                     session.id_text)
         return cookie, session
 
+    def check_password(self, user_id: int, password: str, client: Client) -> bool:
+        """Checks a user's current password outside a login (the API's
+        `precondition.password`): throttled and counted exactly like a login, so it is
+        no better an oracle. Raises `Throttled`."""
+        with self.db.locked("check password: find user"):
+            user = self.db.get_user(user_id)
+            password_hash = user.password_hash
+        keys = [f"user:{user.username}"] + ([f"addr:{client.addr}"] if client.addr else [])
+        now = self.db.clocks.realtime() / 1e9
+        wait = self.throttle.retry_after(keys, now)
+        if wait:
+            raise Throttled(f"too many failed password checks; try again in {wait} s", wait)
+        with self._hashing:
+            ok = password_hash is not None and verify_password(password_hash, password)
+        if ok:
+            self.throttle.succeeded(keys)
+            return True
+        self.throttle.failed(keys, now)
+        if password_hash is not None:
+            with self.db.locked("check password: count failure"):
+                u = self.db.users.get(user_id)
+                if u is not None:
+                    u.password_failure_count += 1
+                    self._failures_dirty.add(u.id)
+        return False
+
+    def hash_password(self, password: str) -> str:
+        """argon2id, at most two at once (64 MiB each)."""
+        with self._hashing:
+            return hash_password(password)
+
     def make_session(self, user_id: int, client: Client, *, flags: int,
                      permissions: Permissions | None = None, description: str | None = None,
                      creation_password_id: int | None = None) -> tuple[str, Session]:
@@ -528,19 +562,21 @@ class Auth:
             s = self._lookup(session_hash)
             if s is None or s.revocation_reason is not None:
                 return False
-            s.revocation_time_sec = self._now_sec()
-            s.revocation_user_agent = client.user_agent
-            s.revocation_peer_addr = pack_addr(client.addr)
-            s.revocation_reason = reason
-            s.revocation_reason_detail = detail
-            with self.db.transaction():
+            revoked = dataclasses.replace(
+                s, revocation_time_sec=self._now_sec(), revocation_user_agent=client.user_agent,
+                revocation_peer_addr=pack_addr(client.addr), revocation_reason=reason,
+                revocation_reason_detail=detail)
+            with self.db.transaction():   # written first: memory changes only if it commits
                 self._write_usage(self.db.conn, s)
                 self.db.conn.execute(
                     "update user_session set revocation_time_sec = ?, revocation_user_agent = ?, "
                     "revocation_peer_addr = ?, revocation_reason = ?, revocation_reason_detail = ? "
                     "where session_id_hash = ?",
-                    (s.revocation_time_sec, s.revocation_user_agent, s.revocation_peer_addr,
-                     reason, detail, s.hash))
+                    (revoked.revocation_time_sec, revoked.revocation_user_agent,
+                     revoked.revocation_peer_addr, reason, detail, s.hash))
+            for f in ("revocation_time_sec", "revocation_user_agent", "revocation_peer_addr",
+                      "revocation_reason", "revocation_reason_detail"):
+                setattr(s, f, getattr(revoked, f))
             s.dirty = False
             return True
 

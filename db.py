@@ -390,10 +390,15 @@ class DayBounds:
     def __init__(self, zone: datetime.tzinfo):
         self.zone = zone
         self._cache: tuple[int, int, str] | None = None  # (start, end, key)
+        self._bounds: dict[str, tuple[int, int]] = {}    # every day asked for (a few KB/year)
 
     def bounds(self, key: str) -> tuple[int, int]:
-        d = datetime.date.fromisoformat(key)
-        return self._midnight(d), self._midnight(d + datetime.timedelta(days=1))
+        b = self._bounds.get(key)
+        if b is None:
+            d = datetime.date.fromisoformat(key)
+            b = self._midnight(d), self._midnight(d + datetime.timedelta(days=1))
+            self._bounds[key] = b
+        return b
 
     def _midnight(self, d: datetime.date) -> int:
         dt = datetime.datetime(d.year, d.month, d.day, tzinfo=self.zone)
@@ -1211,12 +1216,20 @@ class Database:
             return row[0]
 
     def days_with_bounds(self, stream_id: int) -> dict[str, dict]:
-        """The stream's day summaries as the API returns them (§5.2)."""
+        """The stream's day summaries as the API returns them (§5.2): committed
+        recordings plus the uncommitted ones (growing or waiting for a flush), so a
+        day with video shows up as soon as it is being recorded."""
         with self.locked():
             s = self._get_stream(stream_id)
+            days = s.days
+            extra = [r for r in s.uncommitted if not r.abandoned and r.wall_duration_90k > 0]
+            if extra:
+                days = {k: dataclasses.replace(v) for k, v in s.days.items()}
+                for r in extra:
+                    self.day_bounds.add(days, r.start_time_90k, r.wall_duration_90k, 1)
             out = {}
-            for key in sorted(s.days):
+            for key in sorted(days):
                 start, end = self.day_bounds.bounds(key)
                 out[key] = {"startTime90k": start, "endTime90k": end,
-                            "totalDuration90k": s.days[key].duration_90k}
+                            "totalDuration90k": days[key].duration_90k}
             return out

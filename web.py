@@ -589,6 +589,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_response(self, r: Response, *, head: bool) -> None:
         h = {"Content-Type": r.content_type, "Content-Length": str(len(r.body)), **r.headers}
+        if r.status == 204:   # RFC 9110 §8.6, §15.3.5: no content, so no Content-Length
+            del h["Content-Type"], h["Content-Length"]
         self._start(r.status, h)
         body = b"" if head or r.status == 304 else r.body
         self._write(self._header_bytes() + body)  # one write: no Nagle/delayed-ACK stall

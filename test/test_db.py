@@ -362,3 +362,18 @@ def test_video_index_cache_and_uncommitted(testdb):
     assert t.db.get_video_index(a) == idx
     assert list(t.db._video_index_cache) == [a]
     assert recording.decode_summary(idx).video_samples == 30
+
+
+def test_days_include_uncommitted_recordings(testdb):
+    t = testdb
+    day1 = recording.parse_time("2026-11-28T23:59:59", "America/Los_Angeles")
+    t.add_recording(start_90k=day1 - 90_000, frames=30)    # committed below, 1 s
+    t.db.flush("test")
+    t.add_recording(start_90k=day1, frames=60)             # 2 s, across midnight: uncommitted
+    days = t.db.days_with_bounds(t.stream_id)
+    assert {k: v["totalDuration90k"] for k, v in days.items()} == \
+        {"2026-11-28": 90_000 + 90_000, "2026-11-29": 90_000}
+    assert days["2026-11-29"]["startTime90k"] == day1 + 90_000
+    # The committed summaries themselves are untouched.
+    assert {k: d.duration_90k for k, d in t.db.streams[t.stream_id].days.items()} == \
+        {"2026-11-28": 90_000}

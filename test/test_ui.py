@@ -383,6 +383,23 @@ def test_list_view_lists_and_plays_recordings(tab, server):
     st = wait_playing(pg, seconds=0.5)
     assert "@" in st["src"] or "." in st["src"].split("s=")[1]
     pg.get_by_role("button", name="Close player").click()
+    # The stream selector: a column header toggles that type for every camera, a camera
+    # name all of its streams.
+    pg.get_by_role("button", name="main", exact=True).click()
+    pg.get_by_text("Select one or more streams.").wait_for()
+    pg.get_by_role("button", name="cam1", exact=True).click()
+    pg.locator("table.recordings").nth(1).wait_for()
+    assert pg.locator("table.recordings").evaluate_all(
+        "ts => ts.map(t => Number(t.dataset.streamId))") == [server.main_id, server.sub_id]
+    assert pg.get_by_role("checkbox", name="cam1 sub").is_checked()
+    pg.get_by_role("checkbox", name="cam1 sub").uncheck()
+    pg.wait_for_function("() => document.querySelectorAll('table.recordings').length === 1")
+    # A range of days: the end day has its own calendar, which can't go before the start.
+    pg.get_by_label("Other day").check()
+    end_cal = pg.get_by_role("group", name="End day")
+    end_cal.locator(f'button.day[data-day="{day}"]').click()
+    assert f"start={day}" in pg.url and "end=" not in pg.url
+    table.locator("tbody tr.clickable").first.wait_for()
     # State lives in the URL: reloading shows the same selection.
     pg.get_by_label("Timestamp track").check()
     pg.get_by_label("Max video duration").select_option("4h")
@@ -573,6 +590,21 @@ def test_admin_adds_edits_and_deletes_a_user_who_can_log_in(tab, server):
     assert pg.locator('nav a[data-page="users"]').is_hidden()
     top = tab.api("/api/")
     assert top["user"]["name"] == "carol"
+    # She changes her password from the account menu (a wrong current one is refused).
+    pg.locator("#account-button").click()
+    pg.get_by_role("menuitem", name="Change password").click()
+    d = pg.locator("#password-dialog")
+    d.get_by_label("Current password").fill("not-her-password")
+    d.get_by_label("New password", exact=True).fill("carol-password-2")
+    d.get_by_label("Confirm new password").fill("carol-password-2")
+    tab.allow(r"status of 412")  # the wrong current password, on purpose
+    d.get_by_role("button", name="Change password").click()
+    assert d.get_by_role("alert").inner_text() == "The current password is wrong."
+    d.get_by_label("Current password").fill("carol-password")
+    d.get_by_role("button", name="Change password").click()
+    d.wait_for(state="hidden")
+    tab.logout()
+    tab.login("carol", "carol-password-2")
     tab.logout()
     # The admin deletes her, after confirming.
     tab.login("admin")

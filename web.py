@@ -842,7 +842,7 @@ class Server:
 
     def __init__(self, db, config, *, clocks: clock.Clocks | None = None,
                  connection_timeout_sec: float = DEFAULT_CONNECTION_TIMEOUT_SEC,
-                 auth_: auth.Auth | None = None, signals=None):
+                 auth_: auth.Auth | None = None, signals=None, live_options=None):
         self.db = db
         self.binds = list(config.binds)
         self.ui_dir = getattr(config, "ui_dir", None) or DEFAULT_UI_DIR
@@ -850,6 +850,7 @@ class Server:
         # Sessions and logins; one per database (nvr.py passes the one it made).
         self.auth = auth_ if auth_ is not None else auth.Auth(db)
         self.signals = signals
+        self.live_options = live_options    # live.Options; None: live.py's defaults
         self.stopping = threading.Event()   # set when stop() begins (live.py watches it)
         self.connection_timeout_sec = connection_timeout_sec
         self._servers: list[_HttpServer] = []

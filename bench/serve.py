@@ -22,7 +22,9 @@ after one warm-up request to each server (the page cache), --runs rounds of cold
 and nginx in turn (interleaved, so drift on a shared machine hits all three alike). It
 prints the medians, the median of each round's throughput ratio to nginx's (cold and
 warm), and the median of each round's cold minus warm transfer time: what generating
-the tables cost that request.
+the tables cost that request. Throughput on a shared 2-core machine is noisy, so it
+also times the Python work alone, in-process and without HTTP (`moov_times`): the
+layout (`build_view`) and the bytes before the first sample byte, cold and warm.
 
 Synthetic recordings (made cheaply, not through the writer): one-minute recordings of
 1800 frames at 30 fps, a key frame every 30 (5x the size of the others), 15,000,000
@@ -142,7 +144,7 @@ def setup(base: str, hours: list[int], links: bool):
             if made % 120 == 0:
                 d.flush("bench setup")
         d.flush("bench setup")
-        spans[h] = (str(uuidlib.UUID(bytes=cam.uuid)), n)
+        spans[h] = (str(uuidlib.UUID(bytes=cam.uuid)), sid, n)
     return d, spans
 
 
@@ -233,6 +235,23 @@ def median(results: list[tuple[float, float, int]]) -> tuple[float, float, int]:
             statistics.median(x[1] for x in results), results[0][2])
 
 
+def moov_times(d: db.Database, stream_id: int, s: str, runs: int) -> tuple[float, float, float]:
+    """Medians over `runs` of: `build_view` (the layout: TTFB's share), and generating
+    the bytes before the first sample byte (ftyp + moov + mdat header) cold and warm, in
+    this thread, with no HTTP: the part of a request that is Python's work alone."""
+    build, cold, warm = [], [], []
+    for _ in range(runs):
+        forget_tables(d)
+        for out in (cold, warm):
+            began = time.perf_counter()
+            f = mp4.build_view(d, stream_id, [s])
+            built = time.perf_counter()
+            f.read(0, f.segments[0].data_offset)
+            out.append(time.perf_counter() - built)
+            build.append(built - began)
+    return statistics.median(build), statistics.median(cold), statistics.median(warm)
+
+
 def ratio(ours: list, theirs: list) -> float:
     """The median of each round's throughput ratio."""
     return statistics.median(a[1] / b[1] for a, b in zip(ours, theirs))
@@ -267,7 +286,7 @@ def main() -> int:
     results = []
     try:
         for h in hours:
-            cam, n = spans[h]
+            cam, sid, n = spans[h]
             url = f"http://127.0.0.1:{port}/api/cameras/{cam}/main/view.mp4?s=0-{n - 1}"
             head = subprocess.run(["curl", "-sI", url], capture_output=True, text=True,
                                   check=True).stdout
@@ -290,14 +309,16 @@ def main() -> int:
                 ng.wait()
                 shutil.rmtree(ng_tmp, ignore_errors=True)
             assert {x[2] for x in cold + warm + theirs} == {length}
-            r = (ratio(cold, theirs), ratio(warm, theirs), table_cost(cold, warm))
+            r = (ratio(cold, theirs), ratio(warm, theirs), table_cost(cold, warm),
+                 *moov_times(d, sid, f"0-{n - 1}", args.runs))
             cold, warm, theirs = median(cold), median(warm), median(theirs)
             results.append((h, length, cold, warm, theirs, r))
             print(f"{h:>3} h, {length / 1e9:6.2f} GB: nvr cold TTFB {cold[0] * 1e3:5.1f} ms, "
                   f"{cold[1] / 1e6:5.0f} MB/s ({r[0]:.2f}x) | warm TTFB {warm[0] * 1e3:5.1f} ms, "
                   f"{warm[1] / 1e6:5.0f} MB/s ({r[1]:.2f}x) | nginx TTFB "
                   f"{theirs[0] * 1e3:4.1f} ms, {theirs[1] / 1e6:5.0f} MB/s | cold - warm "
-                  f"{r[2] * 1e3:.0f} ms", flush=True)
+                  f"{r[2] * 1e3:.0f} ms | in-process: build_view {r[3] * 1e3:.1f} ms, moov "
+                  f"cold {r[4] * 1e3:.0f} ms, warm {r[5] * 1e3:.1f} ms", flush=True)
             if args.profile:
                 prof = cProfile.Profile()
                 orig = web.Handler._dispatch
@@ -322,6 +343,12 @@ def main() -> int:
               f"| {cold[0] * 1e3:.1f} ms | {cold[1] / 1e6:.0f} | {r[0]:.2f} "
               f"| {warm[0] * 1e3:.1f} ms | {warm[1] / 1e6:.0f} | {r[1]:.2f} "
               f"| {r[2] * 1e3:.0f} ms |")
+    print("\n| span | stts+stsz bytes | build_view | moov cold | moov warm |")
+    print("|---|---|---|---|---|")
+    for h, length, cold, warm, theirs, r in results:
+        frames = spans[h][2] * FRAMES
+        print(f"| {h} h | {frames * 12:,} ({frames:,} frames) | {r[3] * 1e3:.1f} ms "
+              f"| {r[4] * 1e3:.0f} ms | {r[5] * 1e3:.1f} ms |")
     return 0
 
 

@@ -6,8 +6,10 @@ Owns
   `00 00 01` or `00 00 00 01`, possibly with trailing zero bytes. Sample files and mp4
   `mdat`s hold the ISO/IEC 14496-15 form instead: each NAL unit preceded by its length
   as a 4-byte big-endian integer (`lengthSizeMinusOne = 3`). `to_length_prefixed`
-  converts one access unit (the hot path: one call per frame), `nal_units` splits the
-  result again. Neither touches emulation-prevention bytes (`00 00 03`): those belong to
+  converts one access unit, telling the two framings apart;
+  `annexb_to_length_prefixed` is the per-frame hot path for streams known to be Annex
+  B (RTSP), overwriting 4-byte start codes in place; `nal_units` splits the result
+  again, `split_parameter_sets` takes SPS/PPS/VPS out of a key frame. Neither touches emulation-prevention bytes (`00 00 03`): those belong to
   the NAL unit in both framings; only the parameter-set parsers here remove them.
 - **Parameter sets -> `VideoParameters`.** The SPS (H.264 §7.3.2.1.1; H.265 §7.3.2.2)
   gives the displayed size (after frame cropping / the conformance window), the pixel
@@ -33,8 +35,8 @@ Invariants: every function is pure bytes in, values out; bad input raises `Codec
 equal bytes mean the same configuration (db.py deduplicates sample entries by `data`).
 
 Neighbours: stream.py calls `parameters_from_extradata` once per session (and
-`parameters_from_frame` on key frames to notice changes) and `to_length_prefixed` per
-frame; db.py stores `sample_entry`, width, height, codec string and pasp in
+`split_parameter_sets`, then `parameters_from_frame` when the sets change, on key
+frames) and `annexb_to_length_prefixed` or `to_length_prefixed` per frame; db.py stores `sample_entry`, width, height, codec string and pasp in
 `video_sample_entry`; mp4.py writes the entry into `stsd` and never parses it.
 upgrade/h264.py is a frozen copy of older rules and does not import this module.
 An `hvc1` entry says every parameter set is in it (array_completeness 1), so FFmpeg's
@@ -142,12 +144,51 @@ def to_length_prefixed(data: bytes) -> bytes:
     """
     if _is_length_prefixed(data):
         return data
+    return _from_annexb(data)
+
+
+def _from_annexb(data: bytes) -> bytes:
     view = memoryview(data)
     parts = []
     for start, end in _annexb_spans(data):
         parts.append(_U32.pack(end - start))
         parts.append(view[start:end])
     return b"".join(parts)
+
+
+_START_CODE_4 = b"\x00\x00\x00\x01"
+_pack_u32_into = _U32.pack_into
+
+
+def annexb_to_length_prefixed(data) -> bytes | bytearray:
+    """`to_length_prefixed` for an access unit known to be Annex B (its stream's
+    extradata is), e.g. a PyAV packet (any object with the buffer protocol).
+
+    FFmpeg's RTP depacketizers (rtpdec_h264.c, rtpdec_hevc.c) put a 4-byte start code
+    before every NAL unit: as long as the length that replaces it. So the common case is
+    one copy of `data` into a bytearray with each start code overwritten in place by the
+    NAL unit's length (one `find` per NAL unit). Anything else (a 3-byte start code,
+    zero bytes before the first start code or after a NAL unit, an empty NAL unit) is
+    converted as `to_length_prefixed` converts Annex B, with the same result. Unlike it,
+    this never takes `data` to be length-prefixed already: the caller knows it isn't.
+    """
+    buf = bytearray(data)
+    n = len(buf)
+    if buf.startswith(_START_CODE_4) and buf[-1]:  # a NAL unit never ends in 00
+        start = 4
+        while True:
+            nxt = buf.find(_START_CODE, start)
+            if nxt < 0:
+                if n <= start:
+                    break  # an empty last NAL unit
+                _pack_u32_into(buf, start - 4, n - start)
+                return buf
+            end = nxt - 1  # where a 4-byte start code begins
+            if end <= start or buf[end] or not buf[end - 1]:
+                break  # an empty NAL unit, a 3-byte start code, or trailing zeros
+            _pack_u32_into(buf, start - 4, end - start)
+            start = nxt + 3
+    return _from_annexb(bytes(data))
 
 
 def nal_units(length_prefixed: bytes) -> list[bytes]:
@@ -163,6 +204,22 @@ def nal_units(length_prefixed: bytes) -> list[bytes]:
         nals.append(length_prefixed[pos + 4:pos + 4 + length])
         pos += 4 + length
     return nals
+
+
+def split_parameter_sets(codec: str, data: bytes) -> tuple[bytes, bytes]:
+    """A 4-byte length-prefixed access unit -> (its parameter-set NAL units, the other
+    NAL units), both length-prefixed and in their original order. Without parameter
+    sets: (b"", `data` itself). The first part is what `parameters_from_frame` reads
+    (stream.py parses it only when it differs from the last key frame's); the second
+    is the sample to store, as `avc1`/`hvc1` entries carry the sets (ISO/IEC 14496-15)."""
+    nals = nal_units(data)
+    sets = [is_parameter_set(codec, nal) for nal in nals]
+    if not any(sets):
+        return b"", data
+
+    def join(want: bool) -> bytes:
+        return b"".join(_U32.pack(len(nal)) + nal for nal, s in zip(nals, sets) if s == want)
+    return join(True), join(False)
 
 
 def _any_nal_units(data: bytes) -> list[bytes]:

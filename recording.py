@@ -276,22 +276,36 @@ class SampleIndexEncoder:
         self._prev_duration = self._prev_key = self._prev_nonkey = 0
 
     def add_sample(self, duration_90k: int, bytes_: int, is_key: bool) -> None:
+        # One call per frame of every camera (writer.py): zigzag32 and the varints
+        # are written out inline rather than through `_zigzag32`/`_append_varint`.
         if not 0 <= duration_90k <= MAX_FRAME_DURATION_90K:
             raise ValueError(f"frame duration {duration_90k} outside 0..{MAX_FRAME_DURATION_90K}")
         if not 0 < bytes_ <= MAX_FRAME_BYTES:
             raise ValueError(f"frame size {bytes_} outside 1..{MAX_FRAME_BYTES}")
-        if self.video_samples == 0 and not is_key:
-            raise ValueError("the first frame of a recording must be a key frame")
-        if self.video_samples and self._prev_duration == 0:
+        if self.video_samples == 0:
+            if not is_key:
+                raise ValueError("the first frame of a recording must be a key frame")
+        elif self._prev_duration == 0:
             raise ValueError("only the last frame may have zero duration")
         if is_key:
             delta, self._prev_key = bytes_ - self._prev_key, bytes_
             self.video_sync_samples += 1
+            v = 1
         else:
             delta, self._prev_nonkey = bytes_ - self._prev_nonkey, bytes_
-        _append_varint(self.video_index,
-                       (_zigzag32(duration_90k - self._prev_duration) << 1) | bool(is_key))
-        _append_varint(self.video_index, _zigzag32(delta))
+            v = 0
+        d = duration_90k - self._prev_duration
+        v |= (((d << 1) ^ (d >> 31)) & 0xFFFFFFFF) << 1   # varint1
+        buf = self.video_index
+        while v >= 0x80:
+            buf.append((v & 0x7F) | 0x80)
+            v >>= 7
+        buf.append(v)
+        v = ((delta << 1) ^ (delta >> 31)) & 0xFFFFFFFF    # varint2
+        while v >= 0x80:
+            buf.append((v & 0x7F) | 0x80)
+            v >>= 7
+        buf.append(v)
         self._prev_duration = duration_90k
         self.video_samples += 1
         self.media_duration_90k += duration_90k

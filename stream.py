@@ -53,11 +53,11 @@ class StreamError(Exception):
     """The stream can't go on; the message becomes the run's end reason."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Frame:
     pts_90k: int
     is_key: bool
-    data: bytes                                  # length-prefixed NAL units
+    data: bytes                                  # length-prefixed NAL units (bytes-like)
     parameters: codec.VideoParameters | None = None  # set on a key frame with new ones
 
 
@@ -94,6 +94,16 @@ _CODECS = {"h264": "h264", "hevc": "h265", "h265": "h265"}
 
 
 class PyAvSource(Source):
+    """Frames from a PyAV container's first video stream.
+
+    The per-frame path is kept short (it runs 30 times a second per camera, and its
+    Python cost is most of what nvr spends beyond PyAV's own demuxing; see
+    docs/performance.md): packets from a stream whose extradata is Annex B (RTSP)
+    are converted in one copy (`codec.annexb_to_length_prefixed`); others are
+    told apart per packet (`codec.to_length_prefixed`). A key frame's parameter
+    sets are parsed only when they differ from the previous key frame's.
+    """
+
     def __init__(self, container, what: str):
         import av  # noqa: F401  (imported where used: tests without PyAV skip it)
         self.container = container
@@ -111,7 +121,13 @@ class PyAvSource(Source):
         self.time_base = fractions.Fraction(tb.numerator, tb.denominator) if tb else None
         self._packets = container.demux(self.stream)
         self._pending: list[Frame] = []
+        self._last_sets = b""     # the last key frame's parameter sets...
+        self._last_parameters: codec.VideoParameters | None = None  # ...parsed
         extradata = self.stream.codec_context.extradata
+        # Annex B extradata (RTSP: from the SDP's sprop-parameter-sets) means Annex B
+        # packets; an avcC/hvcC record (mp4) means length-prefixed ones.
+        self._annexb = bool(extradata) and extradata.startswith((b"\x00\x00\x01",
+                                                                  b"\x00\x00\x00\x01"))
         params = codec.parameters_from_extradata(self.codec, extradata) if extradata else None
         if params is None:
             # No extradata (no sprop-parameter-sets in the SDP): take the parameters
@@ -128,21 +144,33 @@ class PyAvSource(Source):
                 raise StreamError(f"{what}: ended before the first key frame")
         self.parameters = params
 
-    def _to_90k(self, pts: int) -> int:
-        tb = self.time_base
-        if tb == fractions.Fraction(1, 90_000):
-            return pts
-        return pts * tb.numerator * 90_000 // tb.denominator
-
     def _read(self):
+        """Frames (without parameter checks) from the packets."""
+        tb = self.time_base
+        rescale = tb != fractions.Fraction(1, 90_000)  # RTSP's is 1/90000
+        annexb = self._annexb
+        to_length_prefixed = codec.to_length_prefixed
+        annexb_to_length_prefixed = codec.annexb_to_length_prefixed
         for pkt in self._packets:
-            if pkt.size == 0:
-                continue  # the demuxer's flush packet at end of stream
-            if pkt.pts is None:
-                logger.debug("%s: skipping a packet without pts", self.what)
+            pts = pkt.pts
+            if pts is None:
+                if pkt.size:  # else the demuxer's flush packet at end of stream
+                    logger.debug("%s: skipping a packet without pts", self.what)
                 continue
-            yield Frame(self._to_90k(pkt.pts), bool(pkt.is_keyframe),
-                        codec.to_length_prefixed(bytes(pkt)))
+            data = annexb_to_length_prefixed(pkt) if annexb else to_length_prefixed(bytes(pkt))
+            if not data:
+                continue
+            if rescale:
+                pts = pts * tb.numerator * 90_000 // tb.denominator
+            yield Frame(pts, pkt.is_keyframe, data)
+
+    def _parameters_of(self, sets: bytes) -> codec.VideoParameters | None:
+        """`codec.parameters_from_frame` of a key frame's parameter sets, parsed only
+        when they differ from the last key frame's (equal bytes, equal result)."""
+        if sets != self._last_sets:
+            p = codec.parameters_from_frame(self.codec, sets) if sets else None
+            self._last_sets, self._last_parameters = sets, p
+        return self._last_parameters
 
     def frames(self):
         import av
@@ -152,11 +180,12 @@ class PyAvSource(Source):
         try:
             for f in self._read():
                 if f.is_key:
-                    p = codec.parameters_from_frame(self.codec, f.data)
+                    sets, rest = codec.split_parameter_sets(self.codec, f.data)
+                    p = self._parameters_of(sets)
                     if p is not None:
                         if p.sample_entry != current:
                             f.parameters, current = p, p.sample_entry
-                        f.data = strip_parameter_sets(self.codec, f.data)
+                        f.data = rest
                 yield f
         except av.error.ExitError:
             raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s") from None
@@ -172,11 +201,7 @@ def strip_parameter_sets(codec_name: str, data: bytes) -> bytes:
     """Drops in-band SPS/PPS/VPS from a length-prefixed access unit: `avc1`/`hvc1`
     sample entries carry them (ISO/IEC 14496-15), as FFmpeg's mp4 muxer does;
     a change is noticed first and becomes a new sample entry."""
-    nals = codec.nal_units(data)
-    kept = [n for n in nals if not codec.is_parameter_set(codec_name, n)]
-    if len(kept) == len(nals):
-        return data
-    return b"".join(len(n).to_bytes(4, "big") + n for n in kept)
+    return codec.split_parameter_sets(codec_name, data)[1]
 
 
 class PyAvOpener(Opener):
@@ -270,11 +295,16 @@ class Streamer:
                              rotate_offset_sec=self.rotate_offset_sec,
                              rotate_interval_sec=self.rotate_interval_sec)
         reason = "NVR shutdown"
+        # The per-frame loop: names bound once (it runs 30 times a second per camera).
+        stopping, monotonic, to_90k = self.shutdown.is_set, self.clocks.monotonic, \
+            recording.to_90k_from_ns
+        write = w.write
+        local_offset_ns = realtime_at_open - monotonic_at_open
         try:
             vse_id = self._insert_entry(src.parameters)
             seen_key = False
             for f in src.frames():
-                if self.shutdown.is_set():
+                if stopping():
                     break
                 if not seen_key:
                     if not f.is_key:
@@ -286,9 +316,7 @@ class Streamer:
                                 f.parameters.width, f.parameters.height,
                                 f.parameters.rfc6381_codec)
                     vse_id = self._insert_entry(f.parameters)
-                local_90k = recording.to_90k_from_ns(
-                    realtime_at_open + self.clocks.monotonic() - monotonic_at_open)
-                w.write(f.data, local_90k, f.pts_90k, f.is_key, vse_id)
+                write(f.data, to_90k(local_offset_ns + monotonic()), f.pts_90k, f.is_key, vse_id)
         except BaseException as e:
             reason = str(e) or type(e).__name__
             raise

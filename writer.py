@@ -46,12 +46,21 @@ reconnects.
 
 Threads: the writer runs on its stream's thread. Fields of the growing
 `RecordingToInsert` change under the database lock (held briefly, no I/O), so
-listing and playback see a consistent recording.
+listing and playback see a consistent recording. Its `video_index` is the
+encoder's own bytearray, which only grows, and only under that lock: readers
+copy it (`db.get_video_index`, flush) rather than the writer copying it per
+frame.
+
+The per-frame path (`write`, `_index_unindexed`) runs 30 times a second per
+camera and is most of nvr's own CPU (docs/performance.md): it keeps its state
+in slots of `_Recording`, tries each frame in one write(2) before falling back
+to `dir.write_all`'s retry loop, and holds the database lock's RLock directly
+for its few assignments.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import errno
 import hashlib
 import logging
 import threading
@@ -75,27 +84,30 @@ class WriterError(Exception):
     """A stream problem that ends the run; the message becomes its end reason."""
 
 
-@dataclasses.dataclass
-class _Unindexed:
-    """The last frame written: in the file, not yet in the index."""
-    local_time_90k: int
-    pts_90k: int
-    bytes: int
-    is_key: bool
-
-
 class _Recording:
-    """One recording being written."""
+    """One recording being written, and its last frame: in the file, not yet
+    in the index (`unindexed_pts_90k` is None when there is none)."""
 
-    def __init__(self, composite_id: int, r: dbmod.RecordingToInsert, f: dirmod.File):
+    __slots__ = ("id", "r", "f", "encoder", "hasher", "local_start_90k", "rotate_at_sec",
+                 "rotate_at_90k", "video_sample_entry_id", "unindexed_local_90k",
+                 "unindexed_pts_90k", "unindexed_bytes", "unindexed_is_key")
+
+    def __init__(self, composite_id: int, r: dbmod.RecordingToInsert, f: dirmod.File,
+                 encoder: recording.SampleIndexEncoder):
         self.id = composite_id
         self.r = r
         self.f = f
-        self.encoder = recording.SampleIndexEncoder()
+        self.encoder = encoder  # r.video_index is its bytearray
         self.hasher = hashlib.blake2b(digest_size=32)
         self.local_start_90k: int | None = None
-        self.unindexed: _Unindexed | None = None
         self.rotate_at_sec: int | None = None
+        self.rotate_at_90k: int | None = None  # (rotate_at_sec + 1) s: a key frame at or
+        #                                        after it ends the recording
+        self.video_sample_entry_id = r.video_sample_entry_id
+        self.unindexed_local_90k = 0
+        self.unindexed_pts_90k: int | None = None
+        self.unindexed_bytes = 0
+        self.unindexed_is_key = False
 
 
 class Writer:
@@ -121,27 +133,53 @@ class Writer:
 
     def write(self, data, local_time_90k: int, pts_90k: int, is_key: bool,
               video_sample_entry_id: int) -> None:
-        """Appends one frame (length-prefixed NAL units) to the run."""
+        """Appends one frame (length-prefixed NAL units, any bytes-like object) to the run."""
         cur = self.cur
-        if cur is not None:
-            if cur.r.video_sample_entry_id != video_sample_entry_id:
-                if not is_key:
-                    raise WriterError("video parameters changed on a non-key frame")
-                self._close_recording(pts_90k, None)  # same run, new sample entry
-            elif is_key and local_time_90k // recording.TIME_UNITS_PER_SEC > cur.rotate_at_sec:
-                self._close_recording(pts_90k, None)
-        if self.cur is None:
+        if cur is not None and (
+                cur.video_sample_entry_id != video_sample_entry_id
+                or (is_key and local_time_90k >= cur.rotate_at_90k)):
+            if cur.video_sample_entry_id != video_sample_entry_id and not is_key:
+                raise WriterError("video parameters changed on a non-key frame")
+            # Past the rotation second, or new parameters (same run, new sample entry).
+            self._close_recording(pts_90k, None)
+            cur = None
+        if cur is None:
             if not is_key:
                 raise WriterError("a recording must start with a key frame")
             self._open(video_sample_entry_id, local_time_90k)
-        cur = self.cur
-        if cur.unindexed is not None:
-            self._index_unindexed(pts_90k - cur.unindexed.pts_90k)
-        # Each write(2) is retried on its own: retrying a whole write_all after
-        # a partial write would duplicate the bytes already written.
-        dirmod.write_all(cur.f, data, retry=self._retry)
+            cur = self.cur
+        if cur.unindexed_pts_90k is not None:
+            self._index_unindexed(pts_90k - cur.unindexed_pts_90k)
+        n = len(data)
+        try:
+            written = cur.f.write(data)
+        except OSError as e:
+            self._write_rest(cur.f, data, 0, e)
+        else:
+            if written != n:
+                self._write_rest(cur.f, data, written, None)
         cur.hasher.update(data)
-        cur.unindexed = _Unindexed(local_time_90k, pts_90k, len(data), is_key)
+        cur.unindexed_local_90k = local_time_90k
+        cur.unindexed_pts_90k = pts_90k
+        cur.unindexed_bytes = n
+        cur.unindexed_is_key = is_key
+
+    def _write_rest(self, f: dirmod.File, data, written: int, error: OSError | None) -> None:
+        """The slow path of a frame's write: the first write(2) took `written` bytes
+        (less than all) or failed with `error`. Each write(2) is retried on its own:
+        retrying a whole write_all after a partial write would duplicate the bytes
+        already written. Handles the first attempt as `dir.write_all` would have."""
+        if error is None and written <= 0:
+            error = OSError(errno.EIO, f"write to {f.name} returned {written}")
+        pending = [error] if error is not None else []
+
+        def retry(what: str, fn):
+            def first_as_seen():  # the failure already seen, then the real calls
+                if pending:
+                    raise pending.pop()
+                return fn()
+            return self._retry(what, first_as_seen)
+        dirmod.write_all(f, memoryview(data)[max(written, 0):], retry=retry)
 
     def _retry(self, what: str, fn):
         return clock.retry(self.db.clocks, self.shutdown, what, fn)
@@ -151,6 +189,7 @@ class Writer:
 
     def _open(self, video_sample_entry_id: int, local_time_90k: int) -> None:
         s = self.db.streams[self.stream_id]
+        encoder = recording.SampleIndexEncoder()
         with self.db.locked():
             r = dbmod.RecordingToInsert(
                 run_offset=self.run_offset,
@@ -158,7 +197,9 @@ class Writer:
                 prev_media_duration_90k=s.cum_media_duration_90k + sum(
                     u.media_duration_90k for u in s.uncommitted),
                 prev_runs=s.cum_runs + sum(u.run_offset == 0 for u in s.uncommitted),
-                video_sample_entry_id=video_sample_entry_id)
+                video_sample_entry_id=video_sample_entry_id,
+                # Shared, not copied per frame: it only grows, under the database lock.
+                video_index=encoder.video_index)
             cid = self.db.add_recording(self.stream_id, r)
         name = dirmod.name_for(cid)
         try:
@@ -167,7 +208,7 @@ class Writer:
         except clock.ShutdownError:
             self._abandon(cid, r, None)
             raise
-        cur = _Recording(cid, r, f)
+        cur = _Recording(cid, r, f, encoder)
         sec = local_time_90k // recording.TIME_UNITS_PER_SEC
         i = self.rotate_interval_sec
         at = sec - sec % i + self.rotate_offset_sec
@@ -176,6 +217,7 @@ class Writer:
         if self.run_offset == 0:
             at += i  # a run's first recording: 1-2 intervals, for a better start estimate
         cur.rotate_at_sec = at
+        cur.rotate_at_90k = (at + 1) * recording.TIME_UNITS_PER_SEC
         self.cur = cur
 
     def _abandon(self, cid: int, r: dbmod.RecordingToInsert, f: dirmod.File | None) -> None:
@@ -208,36 +250,45 @@ class Writer:
         """Adds the unindexed frame, lasting `duration_90k`, to the index and
         updates the recording's times. `run_ends`: the trailing zero."""
         cur = self.cur
-        u = cur.unindexed
-        if not run_ends and duration_90k <= 0:
-            raise WriterError(f"pts not monotonically increasing; got {u.pts_90k} then "
-                              f"{u.pts_90k + duration_90k}")
+        if duration_90k <= 0 and not run_ends:
+            pts = cur.unindexed_pts_90k
+            raise WriterError(f"pts not monotonically increasing; got {pts} then "
+                              f"{pts + duration_90k}")
         if duration_90k > MAX_PTS_JUMP_90K:
-            raise WriterError(f"excessive pts jump from {u.pts_90k} to {u.pts_90k + duration_90k}")
+            pts = cur.unindexed_pts_90k
+            raise WriterError(f"excessive pts jump from {pts} to {pts + duration_90k}")
         r = cur.r
         media = r.media_duration_90k + duration_90k
-        candidate = u.local_time_90k - media
-        local_start = candidate if cur.local_start_90k is None else min(cur.local_start_90k,
-                                                                         candidate)
+        local_start = cur.unindexed_local_90k - media  # this frame's candidate
+        if cur.local_start_90k is not None and cur.local_start_90k < local_start:
+            local_start = cur.local_start_90k
         start = local_start if r.run_offset == 0 else r.start_time_90k
         limit = media // 2000  # 500 ppm
-        wall = media + max(-limit, min(limit, local_start - start))
+        adjust = local_start - start
+        if adjust > limit:
+            adjust = limit
+        elif adjust < -limit:
+            adjust = -limit
+        wall = media + adjust
         if wall >= recording.MAX_RECORDING_WALL_DURATION_90K:
             raise WriterError(f"recording would last {recording.format_duration(wall)}, at least "
                               f"the maximum of 5 minutes; are key frames too far apart?")
         cur.local_start_90k = local_start
-        cur.encoder.add_sample(duration_90k, u.bytes, u.is_key)
-        with self.db.locked():
+        e = cur.encoder
+        is_key = cur.unindexed_is_key
+        # The database lock's RLock itself, not `db.locked()`: this section is a few
+        # assignments, no I/O, so its over-a-second guard would cost more than it finds.
+        with self.db._lock:
+            e.add_sample(duration_90k, cur.unindexed_bytes, is_key)  # r.video_index grows
             r.start_time_90k = start
             r.wall_duration_90k = wall
             r.media_duration_90k = media
-            r.video_index = bytes(cur.encoder.video_index)
-            r.video_samples = cur.encoder.video_samples
-            r.video_sync_samples = cur.encoder.video_sync_samples
-            r.sample_file_bytes = cur.encoder.sample_file_bytes
+            r.video_samples = e.video_samples
+            r.video_sync_samples = e.video_sync_samples
+            r.sample_file_bytes = e.sample_file_bytes
             # Live view (live.py): the frame is in the file and in the index now.
-            self.db.frame_indexed(self.stream_id, cur.id, media - duration_90k, media, u.is_key)
-        cur.unindexed = None
+            self.db.frame_indexed(self.stream_id, cur.id, media - duration_90k, media, is_key)
+        cur.unindexed_pts_90k = None
 
     # -- ending recordings and runs ----------------------------------------------
 
@@ -246,14 +297,14 @@ class Writer:
         trailing zero that ends a run), finishes the row and hands the file to
         the syncer."""
         cur = self.cur
-        if cur.unindexed is None:  # a write failed on shutdown before any frame landed
+        if cur.unindexed_pts_90k is None:  # a write failed on shutdown before any frame landed
             self.cur = None
             self._abandon(cur.id, cur.r, cur.f)
             return
         if next_pts_90k is None:
             self._index_unindexed(0, run_ends=True)
         else:
-            self._index_unindexed(next_pts_90k - cur.unindexed.pts_90k)
+            self._index_unindexed(next_pts_90k - cur.unindexed_pts_90k)
         self.cur = None
         r = cur.r
         with self.db.locked():

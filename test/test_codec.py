@@ -827,6 +827,59 @@ def test_frames_from_an_encoder_round_trip():
     assert codec.parameters_from_frame("h264", sps_only) is None
 
 
+@pytest.mark.parametrize("data", [
+    b"\x00\x00\x00\x01\x41\x9a\x26",                                    # one NAL unit
+    b"\x00\x00\x00\x01\x09\xf0\x00\x00\x00\x01\x06" + SEI_WITH_EPB[1:]
+    + b"\x00\x00\x00\x01\x65\x88\x80",                                   # all 4-byte codes
+    b"\x00\x00\x00\x01\x09\xf0\x00\x00\x01\x65\x88",                        # a 3-byte code
+    b"\x00\x00\x01\x65\x88",                                              # a 3-byte first one
+    b"\x00\x00\x00\x00\x01\x65\x88",                                      # a leading zero
+    b"\x00\x00\x00\x01\x65\x88\x00",                                      # a trailing zero
+    b"\x00\x00\x00\x01\x09\xf0\x00\x00\x00\x00\x01\x65\x88",                # zero between
+    b"\x00\x00\x00\x01\x00\x00\x00\x01\x65\x88",                           # an empty NAL unit
+    b"\x00\x00\x00\x01\x65\x88\x00\x00\x00\x01",                           # an empty last one
+    b"\x00\x00\x00\x01",
+    b"",
+], ids=lambda v: v.hex())
+def test_annexb_to_length_prefixed_agrees(data):
+    expected = codec.nal_units(codec.to_length_prefixed(data)) if data else []
+    out = codec.annexb_to_length_prefixed(data)
+    assert codec.nal_units(bytes(out)) == expected == codec.split_annexb(data)
+
+
+def test_annexb_to_length_prefixed_from_an_encoder_and_a_packet():
+    _, packets, _ = x264("h264", 64, 48, options={"profile": "main"})
+    for pkt in packets:
+        four = b"".join(b"\x00\x00\x00\x01" + nal for nal in codec.split_annexb(pkt))
+        for data in (pkt, four, av.Packet(four)):  # any buffer, as PyAV's packets
+            assert bytes(codec.annexb_to_length_prefixed(data)) == codec.to_length_prefixed(pkt)
+        # All 4-byte start codes (what FFmpeg's RTP depacketizer writes): converted in
+        # place in one copy, the input untouched.
+        out = codec.annexb_to_length_prefixed(four)
+        assert isinstance(out, bytearray) and len(out) == len(four) and four[:4] == b"\0\0\0\1"
+
+
+def test_split_parameter_sets():
+    _, packets, _ = x264("h264", 64, 48, options={"profile": "main"})
+    key = codec.to_length_prefixed(packets[0])
+    sets, rest = codec.split_parameter_sets("h264", key)
+    nals = codec.nal_units(key)
+    assert codec.nal_units(sets) == [n for n in nals if codec.is_parameter_set("h264", n)]
+    assert codec.nal_units(rest) == [n for n in nals if not codec.is_parameter_set("h264", n)]
+    assert len(codec.nal_units(sets)) == 2 and rest
+    assert codec.parameters_from_frame("h264", sets) == codec.parameters_from_frame("h264", key)
+    p_frame = codec.to_length_prefixed(packets[-1])
+    sets, rest = codec.split_parameter_sets("h264", p_frame)
+    assert sets == b"" and rest is p_frame
+    # Parameter sets anywhere in the access unit, not only first.
+    (sps,) = [n for n in nals if codec.nal_type("h264", n) == 7]
+    (pps,) = [n for n in nals if codec.nal_type("h264", n) == 8]
+    odd = b"".join(len(n).to_bytes(4, "big") + n for n in (b"\x09\xf0", sps, b"\x65\x88", pps))
+    sets, rest = codec.split_parameter_sets("h264", odd)
+    assert codec.nal_units(sets) == [sps, pps]
+    assert codec.nal_units(rest) == [b"\x09\xf0", b"\x65\x88"]
+
+
 def test_nal_type_and_parameter_sets():
     assert codec.nal_type("h264", b"\x67") == 7 and codec.is_parameter_set("h264", b"\x68")
     assert not codec.is_parameter_set("h264", b"\x65")

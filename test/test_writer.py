@@ -120,6 +120,43 @@ def test_parameter_change_starts_a_recording_in_the_same_run(tmp_path, clocks, c
     t.db.close()
 
 
+def test_a_growing_recording_reads_consistently_as_it_grows(tmp_path, clocks):
+    """The writer shares its index with the uncommitted row rather than copying it per
+    frame: at every step a reader gets a copy that agrees with the row, and the
+    frames indexed later don't change copies already taken."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event(),
+                      rotate_interval_sec=60)
+    sizes = [50, 30, 40, 60, 20, 70]
+    copies = []
+    for i, n in enumerate(sizes):
+        w.write(bytes([i]) * n, T0_90K + i * 3000, i * 3000, i in (0, 3), t.vse_id)
+        rows = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+        if i == 0:
+            assert rows == []  # nothing indexed yet: the first frame lasts until the next
+            continue
+        (r,) = rows
+        index = t.db.get_video_index(r.composite_id)
+        assert isinstance(index, bytes)
+        fr = list(recording.iter_index(index))
+        assert [f.bytes for f in fr] == sizes[:i] and [f.is_key for f in fr] == [
+            j in (0, 3) for j in range(i)]
+        assert (r.video_samples, r.video_sync_samples, r.sample_file_bytes,
+                r.media_duration_90k) == (i, 1 + (i > 3), sum(sizes[:i]), 3000 * i)
+        copies.append(index)
+    w.close("test")
+    for i, index in enumerate(copies, 1):
+        assert len(list(recording.iter_index(index))) == i
+    drain(syncer)
+    t.db.flush("test")
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert r.video_samples == len(sizes)
+    assert t.db.get_video_index(r.composite_id) == recording.encode_index(
+        [(3000, n, i in (0, 3)) for i, n in enumerate(sizes[:-1])] + [(0, sizes[-1], False)])
+    t.db.close()
+
+
 @pytest.mark.parametrize("pts,message", [
     (3000, "pts not monotonically increasing; got 3000 then 3000"),
     (1000, "pts not monotonically increasing; got 3000 then 1000"),

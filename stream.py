@@ -145,24 +145,32 @@ class PyAvSource(Source):
         self.parameters = params
 
     def _read(self):
-        """Frames (without parameter checks) from the packets."""
-        tb = self.time_base
-        rescale = tb != fractions.Fraction(1, 90_000)  # RTSP's is 1/90000
-        annexb = self._annexb
-        to_length_prefixed = codec.to_length_prefixed
-        annexb_to_length_prefixed = codec.annexb_to_length_prefixed
+        """Frames from the packets, without parameter checks (the first key frame,
+        at open, when there is no extradata)."""
+        for pkt, pts in self._packets_with_pts():
+            data = self._convert(pkt)
+            if data:
+                yield Frame(pts, pkt.is_keyframe, data)
+
+    def _packets_with_pts(self):
         for pkt in self._packets:
             pts = pkt.pts
             if pts is None:
                 if pkt.size:  # else the demuxer's flush packet at end of stream
                     logger.debug("%s: skipping a packet without pts", self.what)
                 continue
-            data = annexb_to_length_prefixed(pkt) if annexb else to_length_prefixed(bytes(pkt))
-            if not data:
-                continue
-            if rescale:
-                pts = pts * tb.numerator * 90_000 // tb.denominator
-            yield Frame(pts, pkt.is_keyframe, data)
+            yield pkt, self._rescale(pts)
+
+    def _rescale(self, pts: int) -> int:
+        tb = self.time_base
+        if tb == fractions.Fraction(1, 90_000):
+            return pts
+        return pts * tb.numerator * 90_000 // tb.denominator
+
+    def _convert(self, pkt):
+        if self._annexb:
+            return codec.annexb_to_length_prefixed(pkt)
+        return codec.to_length_prefixed(bytes(pkt))
 
     def _parameters_of(self, sets: bytes) -> codec.VideoParameters | None:
         """`codec.parameters_from_frame` of a key frame's parameter sets, parsed only
@@ -177,10 +185,26 @@ class PyAvSource(Source):
         yield from self._pending
         self._pending = []
         current = self.parameters.sample_entry
+        # What `_read` does, inlined with names bound once: one generator, a few
+        # operations per frame (this loop runs 30 times a second per camera).
+        rescale = self.time_base != fractions.Fraction(1, 90_000)  # RTSP's is 1/90000
+        convert = codec.annexb_to_length_prefixed if self._annexb else self._convert
+        split_parameter_sets, name = codec.split_parameter_sets, self.codec
         try:
-            for f in self._read():
+            for pkt in self._packets:
+                pts = pkt.pts
+                if pts is None:
+                    if pkt.size:  # else the demuxer's flush packet at end of stream
+                        logger.debug("%s: skipping a packet without pts", self.what)
+                    continue
+                data = convert(pkt)
+                if not data:
+                    continue
+                if rescale:
+                    pts = self._rescale(pts)
+                f = Frame(pts, pkt.is_keyframe, data)
                 if f.is_key:
-                    sets, rest = codec.split_parameter_sets(self.codec, f.data)
+                    sets, rest = split_parameter_sets(name, data)
                     p = self._parameters_of(sets)
                     if p is not None:
                         if p.sample_entry != current:

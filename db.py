@@ -254,7 +254,9 @@ class RecordingToInsert:
     prev_media_duration_90k: int
     prev_runs: int
     video_sample_entry_id: int
-    video_index: bytes = b""
+    # While uncommitted, the writer's own bytearray: it only grows, and only under the
+    # database lock; readers copy it (get_video_index, flush).
+    video_index: bytes | bytearray = b""
     video_samples: int = 0
     video_sync_samples: int = 0
     sample_file_bytes: int = 0
@@ -505,6 +507,13 @@ class Database:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    @property
+    def lock(self):
+        """The raw database lock, for tiny per-frame sections with no I/O (writer.py's
+        index update), where `locked()`'s over-a-second timer costs more than the work.
+        Everything else uses `locked()`."""
+        return self._lock
 
     def transaction(self):
         """A write transaction on the connection; hold `locked()` around it."""

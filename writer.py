@@ -278,7 +278,7 @@ class Writer:
         is_key = cur.unindexed_is_key
         # The database lock's RLock itself, not `db.locked()`: this section is a few
         # assignments, no I/O, so its over-a-second guard would cost more than it finds.
-        with self.db._lock:
+        with self.db.lock:  # raw: per frame, no I/O (db.Database.lock)
             e.add_sample(duration_90k, cur.unindexed_bytes, is_key)  # r.video_index grows
             r.start_time_90k = start
             r.wall_duration_90k = wall

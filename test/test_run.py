@@ -210,15 +210,21 @@ def test_sigkill_loses_nothing_committed(setup):
     decode_all_frames(n.cwd)
 
 
-def test_read_only_records_nothing_and_notifies_systemd(setup, tmp_path):
+def start_read_only_and_wait_until_ready(n, tmp_path):
+    """Starts `run --read-only` with a systemd notify socket; returns it after READY=1."""
     import socket
-    n, cam = setup
     path = str(tmp_path / "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     sock.settimeout(60)
     n.start("--read-only", env={"NOTIFY_SOCKET": path})
     assert sock.recv(100) == b"READY=1"
+    return sock
+
+
+def test_read_only_records_nothing_and_notifies_systemd(setup, tmp_path):
+    n, cam = setup
+    sock = start_read_only_and_wait_until_ready(n, tmp_path)
     assert n.stop() == 0
     assert sock.recv(100) == b"STOPPING=1"
     sock.close()
@@ -228,14 +234,8 @@ def test_read_only_records_nothing_and_notifies_systemd(setup, tmp_path):
 
 
 def test_second_signal_exits_at_once(setup, tmp_path):
-    import socket
     n, cam = setup
-    path = str(tmp_path / "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(60)
-    n.start("--read-only", env={"NOTIFY_SOCKET": path})
-    assert sock.recv(100) == b"READY=1"
+    sock = start_read_only_and_wait_until_ready(n, tmp_path)
     # Two signals back to back: the first starts the clean shutdown (which takes at
     # least one accept-loop poll, 0.1 s), the second ends the process there and then.
     n.proc.send_signal(signal.SIGTERM)

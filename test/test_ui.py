@@ -686,6 +686,17 @@ def test_live_view_plays_and_reconnects_after_a_restart(tab, server):
     tab.screenshot("live")
     # The choice is remembered.
     assert json.loads(pg.evaluate("localStorage.getItem('nvr.live')"))["cams"][0] == f"{uuid}/sub"
+    # Pause closes the socket (the cell says so); Play opens a new one and plays again.
+    pg.get_by_role("button", name="Pause: cell 1").click()
+    pg.wait_for_function("() => document.querySelector('.cell').dataset.state === 'paused'")
+    assert "Paused" in cell.locator(".status").inner_text()
+    pg.get_by_role("button", name="Play: cell 1").click()
+    pg.wait_for_function(
+        "() => { const c = document.querySelector('.cell');"
+        "        return c.dataset.state === 'playing' && c.dataset.connections === '2'; }",
+        timeout=30_000)
+    pg.evaluate("delete document.querySelector('.cell video').dataset.t0")
+    wait_playing(pg, video, seconds=1)
     # The server goes away and comes back: the cell reconnects by itself.
     tab.allow(r"WebSocket connection to .* failed")
     tab.allow(r"Failed to load resource: net::ERR_CONNECTION_REFUSED")
@@ -696,7 +707,7 @@ def test_live_view_plays_and_reconnects_after_a_restart(tab, server):
     server.start()
     pg.wait_for_function(
         "() => { const c = document.querySelector('.cell');"
-        "        return c.dataset.state === 'playing' && Number(c.dataset.connections) >= 2; }",
+        "        return c.dataset.state === 'playing' && Number(c.dataset.connections) >= 3; }",
         timeout=60_000)
     pg.evaluate("delete document.querySelector('.cell video').dataset.t0")
     wait_playing(pg, video, seconds=2)

@@ -89,7 +89,23 @@ export function render(main, ctx) {
       save(); draw();
     }}, ['main', 'sub'].map(t => h('option', {value: t, selected: t === type,
                                               disabled: !camera?.streams?.[t]}, t)));
-    cell.append(video, status, h('div', {class: 'cell-bar'}, camSelect, typeSelect,
+    // Pause closes the WebSocket (nothing is sent while nobody watches); Play reopens it
+    // and starts again at the latest key frame, as Moonfire's live view does.
+    let player = null;
+    const pauseButton = h('button', {type: 'button', class: 'pause-button', disabled: true,
+                                     'aria-label': `Pause: cell ${i + 1}`, onclick: () => {
+      if (!player) return;
+      const pausing = !player.stopped;
+      if (pausing) {
+        player.stop();
+        setStatus(cell, status, 'Paused: press Play to watch live again.', 'paused');
+      } else {
+        player.start();
+      }
+      pauseButton.textContent = pausing ? 'Play' : 'Pause';
+      pauseButton.setAttribute('aria-label', `${pausing ? 'Play' : 'Pause'}: cell ${i + 1}`);
+    }}, 'Pause');
+    cell.append(video, status, h('div', {class: 'cell-bar'}, camSelect, typeSelect, pauseButton,
       h('button', {type: 'button', class: 'icon-button', 'aria-label': `Full screen: cell ${i + 1}`,
                    onclick: () => toggleFullscreen(cell)}, icon('fullscreen'))));
     if (!camera) {
@@ -105,6 +121,8 @@ export function render(main, ctx) {
     } else {
       const p = new LivePlayer(cell, video, status, camera, type);
       players.push(p);
+      player = p;
+      pauseButton.disabled = false;
       p.start();
     }
     return cell;
@@ -245,6 +263,13 @@ class LivePlayer {
       if (gen !== this.generation) return;
       const why = this.lastError || ev.reason ||
         (ev.code === 1006 ? 'lost the connection to nvr' : `connection closed (code ${ev.code})`);
+      if (ev.code === 1008) {
+        // Policy violation: no viewVideo permission. Retrying can't help until the
+        // user logs in (which redraws the page).
+        this.stop();
+        this.status(`${why}`, 'error');
+        return;
+      }
       this.retry(why);
     };
     ws.onerror = () => { /* onclose follows with the details there are */ };

@@ -110,3 +110,64 @@ def test_streamer_drops_leading_non_key_frames_and_keeps_a_run_across_a_change(
     assert rows[1].flags == db.FLAG_TRAILING_ZERO and rows[1].end_reason == "gone"
     assert s.runs == 1
     t.db.close()
+
+
+def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_camera, monkeypatch):
+    """The between-frames timeout (30 s in production, 2 s here) against a real RTSP
+    server whose video stalls while its session stays up (test/camera.py's pause)."""
+    import time
+    import clock
+    from replay import drain
+    monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 2)
+    t = make_testdb(tmp_path, clock.RealClocks())
+    try:
+        t.db.update_stream(t.stream_id, config={**t.db.streams[t.stream_id].config,
+                                                "url": rtsp_camera.url("main")})
+        syncer = dirmod.Syncer(t.db, t.dir_id)
+        s = stream.Streamer(t.db, t.stream_id, syncer, stream.PyAvOpener(),
+                            shutdown=threading.Event(), rotate_interval_sec=60)
+        errors = []
+
+        def run():
+            try:
+                s.run_once()
+            except stream.StreamError as e:
+                errors.append(e)
+        th = threading.Thread(target=run)
+        th.start()
+        deadline = time.monotonic() + 30
+        while not t.db.streams[t.stream_id].uncommitted or \
+                t.db.streams[t.stream_id].uncommitted[-1].video_samples < 10:
+            assert time.monotonic() < deadline, "not recording"
+            time.sleep(0.05)
+        paused_at = time.monotonic()
+        rtsp_camera.pause("main")
+        th.join(30)
+        stalled_for = time.monotonic() - paused_at
+        rtsp_camera.resume("main")
+        assert not th.is_alive()
+        assert [str(e) for e in errors] == ["no frame for 2 s"]
+        assert 2 <= stalled_for < 10
+        drain(syncer)
+        t.db.flush("test")
+        rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)
+        assert rows[-1].flags & db.FLAG_TRAILING_ZERO
+        assert rows[-1].end_reason == "no frame for 2 s"
+        # The next run (a new RTSP session) records again.
+        th = threading.Thread(target=run)
+        th.start()
+        n = len(rows)
+        deadline = time.monotonic() + 30
+        while len(t.db.streams[t.stream_id].uncommitted) == 0 or \
+                t.db.streams[t.stream_id].uncommitted[-1].video_samples < 5:
+            assert time.monotonic() < deadline, "the next run didn't record"
+            time.sleep(0.05)
+        s.shutdown.set()
+        th.join(30)
+        drain(syncer)
+        t.db.flush("test")
+        rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)
+        assert len(rows) == n + 1 and rows[-1].run_offset == 0
+        assert rows[-1].end_reason == "NVR shutdown"
+    finally:
+        t.db.close()

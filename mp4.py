@@ -485,16 +485,12 @@ def _unzigzag(v: int) -> int:
 
 def _long_varint(index: bytes, off: int, frame: int) -> tuple[int, int]:
     """A varint of 3 to 5 bytes at `off` -> (value, next offset)."""
-    v = 0
-    for k in range(5):
-        b = index[off + k]  # IndexError: truncated, reported by the caller
-        v |= (b & 0x7F) << (7 * k)
-        if b < 0x80:
-            if v > 0xFFFFFFFF:
-                raise recording.CorruptIndex(f"frame {frame}: varint at byte {off} exceeds "
-                                             f"32 bits")
-            return v, off + k + 1
-    raise recording.CorruptIndex(f"frame {frame}: varint at byte {off} is longer than 5 bytes")
+    try:
+        return recording.read_varint32(index, off)
+    except recording.VarintError as e:
+        if e.truncated:
+            raise IndexError from None  # reported by the caller, with the frame count
+        raise recording.CorruptIndex(f"frame {frame}: {e}") from None
 
 
 def _decode_columns(index: bytes, frames: int) -> tuple[array, array, array]:

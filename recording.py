@@ -256,7 +256,8 @@ def _zigzag32(i: int) -> int:
     return ((i << 1) ^ (i >> 31)) & 0xFFFFFFFF
 
 
-def _append_varint(buf: bytearray, v: int) -> None:
+def append_varint(buf: bytearray, v: int) -> None:
+    """Appends `v` as an unsigned LEB128 varint (the index's and signals.py's)."""
     while v >= 0x80:
         buf.append((v & 0x7F) | 0x80)
         v >>= 7
@@ -277,7 +278,7 @@ class SampleIndexEncoder:
 
     def add_sample(self, duration_90k: int, bytes_: int, is_key: bool) -> None:
         # One call per frame of every camera (writer.py): zigzag32 and the varints
-        # are written out inline rather than through `_zigzag32`/`_append_varint`.
+        # are written out inline rather than through `_zigzag32`/`append_varint`.
         if not 0 <= duration_90k <= MAX_FRAME_DURATION_90K:
             raise ValueError(f"frame duration {duration_90k} outside 0..{MAX_FRAME_DURATION_90K}")
         if not 0 < bytes_ <= MAX_FRAME_BYTES:
@@ -320,20 +321,38 @@ def encode_index(frames: Iterable[tuple[int, int, bool]]) -> bytes:
     return bytes(e.video_index)
 
 
-def _varint(data: bytes, off: int, frame: int) -> tuple[int, int]:
-    """Slow path: decodes a varint at `off` -> (value, next offset)."""
+class VarintError(ValueError):
+    """A bad varint; `truncated` if the data ended inside it."""
+
+    def __init__(self, message: str, truncated: bool = False):
+        super().__init__(message)
+        self.truncated = truncated
+
+
+def read_varint32(data, off: int) -> tuple[int, int]:
+    """Decodes an unsigned LEB128 varint of at most 32 bits at `off` -> (value, next
+    offset). The one reader of this project's varints (the sample index here, mp4.py's
+    fast decoder for its long ones, signals.py's change blobs); raises VarintError."""
     v = 0
     for k in range(5):
         if off + k >= len(data):
-            raise CorruptIndex(f"frame {frame}: index truncated inside a varint at byte "
-                               f"{off} ({len(data)} bytes)")
+            raise VarintError(f"truncated inside a varint at byte {off} ({len(data)} bytes)",
+                              truncated=True)
         b = data[off + k]
         v |= (b & 0x7F) << (7 * k)
         if b < 0x80:
             if v > 0xFFFFFFFF:
-                raise CorruptIndex(f"frame {frame}: varint at byte {off} exceeds 32 bits")
+                raise VarintError(f"varint at byte {off} exceeds 32 bits")
             return v, off + k + 1
-    raise CorruptIndex(f"frame {frame}: varint at byte {off} is longer than 5 bytes")
+    raise VarintError(f"varint at byte {off} is longer than 5 bytes")
+
+
+def _varint(data: bytes, off: int, frame: int) -> tuple[int, int]:
+    """Slow path: decodes a varint at `off` -> (value, next offset)."""
+    try:
+        return read_varint32(data, off)
+    except VarintError as e:
+        raise CorruptIndex(f"frame {frame}: {'index ' if e.truncated else ''}{e}") from None
 
 
 def _walk(data: bytes, i: int = 0, off: int = 0, start: int = 0, pos: int = 0,

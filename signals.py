@@ -104,13 +104,6 @@ class CorruptChanges(ValueError):
 # ---------------------------------------------------------------------------------------
 # The signal_change.changes codec (layout and worked example in the module docstring)
 
-def _append_varint(buf: bytearray, v: int) -> None:
-    while v >= 0x80:
-        buf.append((v & 0x7F) | 0x80)
-        v >>= 7
-    buf.append(v)
-
-
 def encode_changes(changes: Iterable[tuple[int, int]]) -> bytes:
     """`(signal_id, state)` pairs, ids strictly increasing -> a `changes` blob."""
     buf = bytearray()
@@ -121,26 +114,17 @@ def encode_changes(changes: Iterable[tuple[int, int]]) -> bytes:
                              f"{signal_id} comes after {next_allowed - 1}")
         if not 0 <= state <= 0xFFFF:
             raise ValueError(f"signal {signal_id}: state {state} outside 0..65535")
-        _append_varint(buf, signal_id - next_allowed)
-        _append_varint(buf, state)
+        recording.append_varint(buf, signal_id - next_allowed)
+        recording.append_varint(buf, state)
         next_allowed = signal_id + 1
     return bytes(buf)
 
 
 def _varint(data: bytes, off: int) -> tuple[int, int]:
-    """Decodes a varint of at most 32 bits at `off` -> (value, next offset)."""
-    v = 0
-    for k in range(5):
-        if off + k >= len(data):
-            raise CorruptChanges(f"truncated inside a varint at byte {off} "
-                                 f"({len(data)} bytes)")
-        b = data[off + k]
-        v |= (b & 0x7F) << (7 * k)
-        if b < 0x80:
-            if v > 0xFFFFFFFF:
-                raise CorruptChanges(f"varint at byte {off} exceeds 32 bits")
-            return v, off + k + 1
-    raise CorruptChanges(f"varint at byte {off} is longer than 5 bytes")
+    try:
+        return recording.read_varint32(data, off)
+    except recording.VarintError as e:
+        raise CorruptChanges(str(e)) from None
 
 
 def decode_changes(data: bytes) -> list[tuple[int, int]]:

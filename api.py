@@ -18,7 +18,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
 Who the caller is (`Caller`) is decided by web.py before a handler runs (reference §5.4:
 session cookie, then a Unix peer with our uid on an `ownUidIsPrivileged` bind, then the
 bind's `allowUnauthenticatedPermissions`, else nobody). `Route.permission` is one of:
-`None` (anyone, even nobody: login, logout, request), `CALLER` (anyone the server
+`None` (anyone, even nobody: login, logout, request, and live.m4s, whose
+permission live.py checks inside the socket), `CALLER` (anyone the server
 recognises, with whatever permissions), or an `auth.Permissions` attribute name.
 
 Neighbours: web.py is the HTTP transport (sockets, parsing, Range, sending bytes, static

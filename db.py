@@ -28,9 +28,10 @@ Threads and locks: one lock, the database lock (`Database.locked()`), guards
 this state and the connection; streamer threads (writer.py) update their
 growing recordings under it, the syncers (dir.py) mark them synced and flush,
 HTTP threads list. Hold it briefly: no disk or network I/O under it except
-SQLite itself; a guard warns when it is held over 1 s. Anything that needs
-another lock later ranks below it: never take the database lock while holding
-such a lock.
+SQLite itself; a guard warns when it is held over 1 s (`Database.lock` is the
+raw lock without that guard, for writer.py's per-frame section). Locks rank below
+it: live.py's per-connection queue lock, taken inside `frame_indexed` callbacks
+with the database lock held; never take the database lock while holding one.
 
 Ownership: dir.py owns the sample file dirs' files and their meta procedures
 (this module calls them in order and owns the rows); recording.py owns the
@@ -466,7 +467,8 @@ class Database:
         self._vse_to_insert: list[int] = []
         self.users: dict[int, User] = {}
         self._video_index_cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        # Called inside each flush transaction with the connection (auth usage).
+        # Called inside each flush transaction with the cursor (auth.py's session usage and
+        # failure counts, signals.py's changes).
         self.flush_hooks: list = []
         # Called after each successful flush, outside the lock (syncers: GC).
         self.on_flush: list = []

@@ -79,6 +79,7 @@ import os
 import re
 import secrets
 import select
+import selectors
 import socket
 import socketserver
 import ssl
@@ -743,7 +744,36 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         self._conns: dict[socket.socket, socket.socket] = {}  # accepted -> current
         self.bound = False
         self._conns_lock = threading.Lock()
+        # The accept loop blocks until a connection or `wake()`: socketserver's own
+        # serve_forever polls (10 wake-ups a second for nothing on an idle recorder).
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop_accepting = False
         super().__init__(address, Handler, bind_and_activate=False)
+
+    def accept_loop(self) -> None:
+        """Accepts connections until `wake()`; each is handled on its own thread."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.socket, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                ready = sel.select()
+                if self._stop_accepting:
+                    return
+                if ready:
+                    self._handle_request_noblock()  # accept, verify, process_request
+
+    def wake(self) -> None:
+        """Ends `accept_loop` (from another thread)."""
+        self._stop_accepting = True
+        os.write(self._wake_w, b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(host), which may wait on DNS.
@@ -879,8 +909,7 @@ class Server:
             self.stop()
             raise
         for b, s in zip(self.binds, self._servers):
-            t = threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1},
-                                 name=f"http-{b.address[1]}", daemon=True)
+            t = threading.Thread(target=s.accept_loop, name=f"http-{b.address[1]}", daemon=True)
             t.start()
             self._threads.append(t)
             logger.info("listening on %s %s%s", b.address[0], s.socket.getsockname(),
@@ -896,7 +925,7 @@ class Server:
     def stop(self) -> None:
         self.stopping.set()
         for s, t in zip(self._servers, self._threads):
-            s.shutdown()   # the accept loop returns
+            s.wake()   # the accept loop returns
             t.join()
         for s in self._servers:
             s.end_connections()

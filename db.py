@@ -269,6 +269,9 @@ class RecordingToInsert:
     end_reason: str | None = None
     synced: bool = False   # file and dir fsynced: may be committed
     growing: bool = True   # the writer may still append
+    # The index decoder's state before the latest key frame (SampleIndexEncoder.
+    # walk_state; set by the writer): live view's segments walk from there.
+    live_key_state: tuple | None = None
     # Given up by the writer (e.g. on shutdown mid-write). Once its file is
     # unlinked and the dir fsynced (`file_gone`), a flush skips it, consuming
     # its id; until then it holds back the stream's later recordings, so
@@ -1187,9 +1190,10 @@ class Database:
     # -- live view hooks -------------------------------------------------------
 
     def subscribe_live(self, stream_id: int, fn) -> None:
-        """Calls `fn(composite_id, media_start_90k, media_end_90k, is_key)` for each
-        frame the stream's writer indexes from now on: the frame's bytes are in the
-        sample file and its index entry in the uncommitted recording. `fn` runs in the
+        """Calls `fn(composite_id, media_start_90k, media_end_90k, is_key, key_state)`
+        for each frame the stream's writer indexes from now on: the frame's bytes are in
+        the sample file and its index entry in the uncommitted recording; `key_state` is
+        the recording's `live_key_state` (None if unknown). `fn` runs in the
         streamer's thread with the database lock held: it must only queue, never block."""
         with self.locked():
             self._live_listeners.setdefault(stream_id, []).append(fn)
@@ -1201,10 +1205,10 @@ class Database:
                 fns.remove(fn)
 
     def frame_indexed(self, stream_id: int, composite_id: int, media_start_90k: int,
-                      media_end_90k: int, is_key: bool) -> None:
+                      media_end_90k: int, is_key: bool, key_state: tuple | None = None) -> None:
         """Called by writer.py, with the database lock held, after indexing a frame."""
         for fn in self._live_listeners.get(stream_id, ()):
-            fn(composite_id, media_start_90k, media_end_90k, is_key)
+            fn(composite_id, media_start_90k, media_end_90k, is_key, key_state)
 
     def get_video_index(self, composite_id: int) -> bytes:
         """The recording's `video_index`, from memory if uncommitted, else

@@ -399,6 +399,7 @@ class LiveFrame:
     media_start_90k: int
     media_end_90k: int
     is_key: bool
+    key_state: tuple | None = None  # where its segment starts reading the index
 
 
 class _FrameQueue:
@@ -432,7 +433,7 @@ class _FrameQueue:
             self._wake()
 
     def on_frame(self, composite_id: int, media_start_90k: int, media_end_90k: int,
-                 is_key: bool) -> None:
+                 is_key: bool, key_state: tuple | None = None) -> None:
         with self._lock:
             if self._need_key:
                 if not is_key:
@@ -441,7 +442,7 @@ class _FrameQueue:
                         self.dropped_total += 1
                     return
                 self._need_key, self._started = False, True
-            f = LiveFrame(composite_id, media_start_90k, media_end_90k, is_key)
+            f = LiveFrame(composite_id, media_start_90k, media_end_90k, is_key, key_state)
             self._frames.append(f)
             self._queued_90k += media_end_90k - media_start_90k
             if (len(self._frames) - self._exempt > self._max_frames
@@ -501,7 +502,8 @@ def _recent_gop(db: dbmod.Database, stream_id: int) -> list[LiveFrame]:
     for f in recording.iter_index(r.video_index):
         if f.is_key:
             out.clear()
-        out.append(LiveFrame(cid, f.start_90k, f.start_90k + f.duration_90k, f.is_key))
+        out.append(LiveFrame(cid, f.start_90k, f.start_90k + f.duration_90k, f.is_key,
+                             r.live_key_state))
     return out if out and out[0].is_key else []
 
 
@@ -652,7 +654,8 @@ class _Connection:
                     self.send_json({"type": "dropped", "frames": dropped})
                 try:
                     seg = mp4.build_live_segment(self.db, self.stream_id, f.composite_id,
-                                                 f.media_start_90k, f.media_end_90k)
+                                                 f.media_start_90k, f.media_end_90k,
+                                                 key_state=f.key_state)
                     msg = segment_message(seg)
                 except (mp4.NotFound, mp4.Mp4Error, dbmod.DbError, OSError) as e:
                     rid = f"{f.composite_id >> 32}/{f.composite_id & 0xFFFFFFFF}"

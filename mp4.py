@@ -749,7 +749,8 @@ class FileBuilder:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         self.kind = kind
-        self._appended: list[tuple[dbmod.ListRow, int, int, bool]] = []  # + start_at_key
+        # (row, start, end, start_at_key, key_state) per append
+        self._appended: list[tuple[dbmod.ListRow, int, int, bool, tuple | None]] = []
         self._sample_entry_ids: list[int] = []
         self._subtitles = False
         self.content_disposition: str | None = None
@@ -768,7 +769,7 @@ class FileBuilder:
         self.content_disposition = f'attachment; filename="{safe}"'
 
     def append(self, row: dbmod.ListRow, rel_media_range_90k: tuple[int, int], *,
-               start_at_key: bool = True) -> None:
+               start_at_key: bool = True, key_state: tuple | None = None) -> None:
         """Appends the frames of media range [start, end) of a recording (relative to its
         start); `(0, row.media_duration_90k)` is the whole recording.
 
@@ -781,6 +782,9 @@ class FileBuilder:
         lead-in. An empty range [t, t) gives the frame starting at t (as with key starts);
         a run's trailing zero-duration frame, starting at the recording's end, is only in
         the range [end, end), so a live stream sends it once.
+
+        `key_state` (live view) is where reading the index may begin: see
+        `recording.frames_in_range`'s `begin`.
         """
         if self.kind == "init":
             raise ValueError("an init segment has no recordings; use append_video_sample_entry")
@@ -792,12 +796,12 @@ class FileBuilder:
             raise Mp4Error(f"recording {_rid(row)}: media range [{start}, {end}) is outside "
                            f"[0, {row.media_duration_90k})")
         if self._appended:
-            prev, _, prev_end, _ = self._appended[-1]
+            prev, _, prev_end, *_ = self._appended[-1]
             if prev.flags & dbmod.FLAG_TRAILING_ZERO and prev_end == prev.media_duration_90k:
                 raise Mp4Error(f"recording {_rid(prev)} ends its run with a zero-duration "
                                f"frame, so recording {_rid(row)} can't follow it in one file; "
                                f"request them as separate files")
-        self._appended.append((row, start, end, start_at_key))
+        self._appended.append((row, start, end, start_at_key, key_state))
 
     def append_video_sample_entry(self, video_sample_entry_id: int) -> None:
         if self.kind != "init":
@@ -808,7 +812,7 @@ class FileBuilder:
         """Lays out the file. Reads `video_index` only for partial segments."""
         with db.locked("mp4 build"):
             paths = {}
-            for row, _, _, _ in self._appended:
+            for row, *_ in self._appended:
                 sid = row.composite_id >> 32
                 if sid not in paths:
                     s = db.streams.get(sid)
@@ -818,7 +822,7 @@ class FileBuilder:
             entries = dict(db.video_sample_entries)
         segments: list[_Segment] = []
         next_frame = 1
-        for row, start, end, start_at_key in self._appended:
+        for row, start, end, start_at_key, key_state in self._appended:
             path = os.path.join(paths[row.composite_id >> 32], dirmod.name_for(row.composite_id))
             seg = _Segment(row, start, end, path)
             if not (start == 0 and end == row.media_duration_90k and start_at_key):
@@ -827,7 +831,7 @@ class FileBuilder:
                     probe_end = start + 1  # [t, t) is the frame starting at t, as Moonfire's
                 # No db lock held here: get_video_index takes it.
                 fr = recording.frames_in_range(db.get_video_index(row.composite_id), start,
-                                               probe_end)
+                                               probe_end, begin=key_state)
                 seg.frame_range = fr
                 seg.actual_start_90k, seg.frames, seg.key_frames = (
                     fr.actual_start_90k, fr.frames, fr.key_frames)
@@ -1374,7 +1378,7 @@ def build_init(db: dbmod.Database, video_sample_entry_id: int) -> VirtualFile:
 
 def build_live_segment(db: dbmod.Database, stream_id: int, composite_id: int,
                        media_start_90k: int, media_end_90k: int,
-                       start_at_key: bool = False) -> VirtualFile:
+                       start_at_key: bool = False, key_state: tuple | None = None) -> VirtualFile:
     """A media segment (kind "m4s") for live view (reference §5.3): the frames of media
     range [start, end) of one recording, committed or still growing, as db.py's
     `frame_indexed` hook reports them (offsets relative to the recording's start).
@@ -1383,7 +1387,8 @@ def build_live_segment(db: dbmod.Database, stream_id: int, composite_id: int,
     starting in the range, the first maybe a non-key frame; `start` must be a frame's
     start. `start_at_key=True` (a connection's first message) begins at the key frame at
     or before `start` and adds `X-Leading-Media-Duration` when that is earlier. See
-    `FileBuilder.append`.
+    `FileBuilder.append`. `key_state`, the recording's `live_key_state` as
+    `frame_indexed` reports it, saves walking the index from frame 0 for every frame.
 
     The result's `extra_headers`, in the order of a live message's header block
     (§5.3; send `Content-Type` first, then these):
@@ -1413,7 +1418,8 @@ def build_live_segment(db: dbmod.Database, stream_id: int, composite_id: int,
         raise NotFound(f"no recording {stream_id}/{recording_id}")
     row = rows[0]
     b = FileBuilder("m4s")
-    b.append(row, (media_start_90k, media_end_90k), start_at_key=start_at_key)
+    b.append(row, (media_start_90k, media_end_90k), start_at_key=start_at_key,
+             key_state=key_state)
     f = b.build(db)
     f.recording_start_90k = row.start_time_90k
     f.recording_id_text = f"{row.open_id}.{recording_id}"

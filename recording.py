@@ -312,6 +312,15 @@ class SampleIndexEncoder:
         self.media_duration_90k += duration_90k
         self.sample_file_bytes += bytes_
 
+    def walk_state(self) -> tuple:
+        """The decoder state before the next frame: resuming a walk there
+        (`frames_in_range(..., begin=)`) skips the frames before it. Live view keeps
+        the state before the latest key frame so each frame's segment needn't walk
+        the growing index from frame 0."""
+        return (self.video_samples, len(self.video_index), self.media_duration_90k,
+                self.sample_file_bytes, self._prev_duration, self._prev_key,
+                self._prev_nonkey)
+
 
 def encode_index(frames: Iterable[tuple[int, int, bool]]) -> bytes:
     """`(duration_90k, bytes, is_key)` tuples -> `video_index`."""
@@ -475,7 +484,7 @@ class FrameRange:
 
 
 def frames_in_range(video_index: bytes, start_90k: int, end_90k: int, *,
-                    is_whole: bool = False) -> FrameRange:
+                    is_whole: bool = False, begin: tuple | None = None) -> FrameRange:
     """The frames of media range [start_90k, end_90k), relative to the recording's start.
 
     Follows Moonfire's `Segment::new` (start_at_key = true):
@@ -491,15 +500,20 @@ def frames_in_range(video_index: bytes, start_90k: int, end_90k: int, *,
       come and go with the range's start.
     `is_whole=True` says the caller (from its row) believes this is the whole recording;
     it is checked against the index, so a row/index mismatch is caught here.
+    `begin`, a `SampleIndexEncoder.walk_state()` taken before a key frame starting at
+    or before start_90k, starts the walk there instead of at frame 0 (live view: one
+    GOP instead of the whole growing recording); one starting later is ignored.
     Raises ValueError for a bad range, CorruptIndex for a bad index.
     """
     if start_90k < 0 or start_90k > end_90k:
         raise ValueError(f"invalid media range [{start_90k}, {end_90k}): need 0 <= start <= end")
-    begin = (0, 0, 0, 0, 0, 0, 0)  # _walk state before the first included frame
+    if begin is None or begin[2] > start_90k:
+        begin = (0, 0, 0, 0, 0, 0, 0)  # _walk state before the first included frame
     frames = keys = nbytes = 0
-    last_start = last_dur = pkey = pnon = 0  # last_*: the last included frame, as stored
+    last_start = 0
+    last_dur, pkey, pnon = begin[4:]  # last_*: the last included frame, as stored
     exhausted = True
-    for i, off, start, dur, pos, b, key in _walk(video_index):
+    for i, off, start, dur, pos, b, key in _walk(video_index, *begin):
         if key and start <= start_90k:  # a (later) key frame to begin at
             begin = (i, off, start, pos, last_dur, pkey, pnon)
             frames = keys = nbytes = 0

@@ -279,7 +279,11 @@ class Writer:
         # The database lock's RLock itself, not `db.locked()`: this section is a few
         # assignments, no I/O, so its over-a-second guard would cost more than it finds.
         with self.db.lock:  # raw: per frame, no I/O (db.Database.lock)
+            if is_key:  # where live view's segments start walking the index
+                key_state = e.walk_state()
             e.add_sample(duration_90k, cur.unindexed_bytes, is_key)  # r.video_index grows
+            if is_key:
+                r.live_key_state = key_state
             r.start_time_90k = start
             r.wall_duration_90k = wall
             r.media_duration_90k = media
@@ -287,7 +291,8 @@ class Writer:
             r.video_sync_samples = e.video_sync_samples
             r.sample_file_bytes = e.sample_file_bytes
             # Live view (live.py): the frame is in the file and in the index now.
-            self.db.frame_indexed(self.stream_id, cur.id, media - duration_90k, media, is_key)
+            self.db.frame_indexed(self.stream_id, cur.id, media - duration_90k, media, is_key,
+                                  r.live_key_state)
         cur.unindexed_pts_90k = None
 
     # -- ending recordings and runs ----------------------------------------------

@@ -769,7 +769,7 @@ def test_vanished_recording_and_unexpected_errors_end_with_a_message(
         recorded, serve, monkeypatch, caplog):
     port = port_of(serve())
 
-    def gone(db, stream_id, cid, start, end):
+    def gone(db, stream_id, cid, start, end, key_state=None):
         raise mp4.NotFound(f"no recording {stream_id}/{cid & 0xFFFFFFFF}")
     monkeypatch.setattr(mp4, "build_live_segment", gone)
     c = WsClient(port, recorded.path())
@@ -778,7 +778,7 @@ def test_vanished_recording_and_unexpected_errors_end_with_a_message(
     assert c.expect_close()[0] == live.INTERNAL_ERROR
     c.close()
 
-    def bug(*args):
+    def bug(*args, **kwargs):
         raise RuntimeError("a bug")
     monkeypatch.setattr(mp4, "build_live_segment", bug)
     c = WsClient(port, recorded.path())

@@ -1261,17 +1261,25 @@ def test_live_segments_of_a_growing_recording(tmp_path, clocks):
     src.close()
     syncer = dirmod.Syncer(t.db, t.dir_id)
     w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
-    indexed = []  # (composite id, media start, media end, is_key) per frame_indexed call
+    indexed = []  # (composite id, media start, media end, is_key, key_state) per frame
     t.db.subscribe_live(t.stream_id, lambda *a: indexed.append(a))
     live = []
     for i, fr in enumerate(frames[:80]):
         w.write(fr.data, T0_90K + fr.pts_90k, fr.pts_90k, fr.is_key, vse)
         while len(live) < len(indexed):  # as live view would, while the recording grows
-            cid, start, end, key = indexed[len(live)]
+            cid, start, end, key, key_state = indexed[len(live)]
             (row,) = rows_of(t)
             assert row.flags & db.FLAG_GROWING
-            live.append(mp4.build_live_segment(t.db, t.stream_id, cid, start, end))
-    assert [x[1:] for x in indexed[:2]] == [(0, 3000, True), (3000, 6000, False)]
+            f = mp4.build_live_segment(t.db, t.stream_id, cid, start, end, key_state=key_state)
+            # Starting the index walk at the latest key frame changes nothing.
+            assert f.read() == mp4.build_live_segment(t.db, t.stream_id, cid, start, end).read()
+            live.append(f)
+    assert [x[1:4] for x in indexed[:2]] == [(0, 3000, True), (3000, 6000, False)]
+    # The state before key frame 30 (frames 0-29 indexed), reported with frames 30-59.
+    ks = indexed[45][4]
+    assert ks[:3] == (30, ks[1], 30 * 3000) and ks[1] > 0 and ks[3] == sum(
+        len(fr.data) for fr in frames[:30])
+    assert {x[4] for x in indexed[30:60]} == {ks} and indexed[29][4] != ks
     assert len(live) == 79 and all(f.extra_headers["X-Recording-Id"] == "1.0" for f in live)
     assert [f.extra_headers["X-Media-Time-Range"] for f in live[:2]] == ["0-3000", "3000-6000"]
     init = mp4.build_init(t.db, vse).read()
@@ -1307,7 +1315,7 @@ def test_live_segments_of_a_growing_recording(tmp_path, clocks):
     assert not row.flags & db.FLAG_UNCOMMITTED
     # Committed now, ending with the run's trailing zero frame: the same segments, and
     # that frame in a segment of its own.
-    assert len(indexed) == 80 and indexed[79][1:] == (79 * 3000, 79 * 3000, False)
+    assert len(indexed) == 80 and indexed[79][1:4] == (79 * 3000, 79 * 3000, False)
     again = [mp4.build_live_segment(t.db, t.stream_id, *x[:3]) for x in indexed]
     assert [f.read() for f in again[:79]] == [f.read() for f in live]
     shown = decode(play(live[60:] + again[79:], "ended.mp4"))

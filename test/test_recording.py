@@ -323,6 +323,37 @@ def test_frames_in_range_single_frame():
     assert [f.i for f in r] == [0] and r.trailing_zero and r.media_duration_90k == 0
 
 
+def test_frames_in_range_begin_state():
+    """A walk resumed at an encoder's state before a key frame (live view) finds what a
+    walk from frame 0 finds, for every range starting at or after that key frame; a
+    state past the range's start is ignored."""
+    rng = random.Random(7)
+    e = recording.SampleIndexEncoder()
+    states = []  # (media start of the key frame, walk_state before it)
+    for i in range(200):
+        key = i % 13 == 0 or rng.random() < 0.05
+        if key:
+            states.append((e.media_duration_90k, e.walk_state()))
+        e.add_sample(rng.choice([2990, 3000, 3010]) if i < 199 else 0,
+                     rng.randrange(1, 70_000 if key else 9_000), key)
+    index = bytes(e.video_index)
+    total = e.media_duration_90k
+    for _ in range(300):
+        start = rng.randrange(total + 1)
+        end = rng.randrange(start, total + 1)
+        plain = frames_in_range(index, start, end)
+        for key_start, state in states:
+            r = frames_in_range(index, start, end, begin=state)
+            if key_start <= start:
+                assert r == plain and list(r) == list(plain)
+            else:  # a state after the start: ignored
+                assert r == plain
+    frames = list(iter_index(index))
+    for key_start, (i, off, start, pos, *_) in states:  # each state is its key frame's
+        assert frames[i].is_key and (frames[i].start_90k, frames[i].pos) == (start, pos)
+        assert start == key_start and 0 < off < len(index) or i == 0 == off
+
+
 @pytest.mark.parametrize("start,end,kw,error", [
     (5, 4, {}, r"invalid media range \[5, 4\)"),
     (-1, 4, {}, r"invalid media range \[-1, 4\)"),

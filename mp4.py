@@ -14,7 +14,7 @@ otherwise only when a byte range first touches that segment's `stts`/`stsz`/`sts
 Sample tables are the cost of serving a view.mp4: the moov holds 12 bytes per frame
 (stts 8, stsz 4), all of it before the first sample byte, and every frame's entry is
 decoded from its recording's index in Python (24 h at 30 fps: 2.6 million frames,
-31 MB). So `_decode_columns` decodes an index straight into `array`s with the least
+31 MB). So `recording.decode_columns` decodes an index straight into `array`s with the least
 per-frame work it can (no objects per frame), and `table_cache` (a `TableCache`) keeps
 committed recordings' stts/stsz bytes and key frame positions across files, bounded at
 TABLE_CACHE_BYTES (64 MiB, ~50 h of 30 fps video), least recently used out first: a
@@ -392,7 +392,7 @@ class _Segment:
             index, first = self.frame_range.video_index, self.frame_range.first_frame
             first += self.lead_frames
         end = first + self.frames
-        durations, sizes, keys = _decode_columns(index, end)
+        durations, sizes, keys = recording.decode_columns(index, end)
         last_start = sum(durations[:end - 1])   # the last frame's, in the recording
         if first:
             durations, sizes = durations[first:], sizes[first:]
@@ -472,96 +472,7 @@ def _be(a: array) -> bytes:
 # ---------------------------------------------------------------------------------------
 # Sample tables from the index
 
-# unzigzag(v) for every value a 1- or 2-byte varint can hold (< 2**14), looked up by value:
-# nearly all of an index's varints are that short, and a list lookup is cheaper per frame
-# than the arithmetic. About 0.5 MB, built once.
-_SHORT_VARINT_MAX = 1 << 14
-_UNZIGZAG = [(v >> 1) ^ -(v & 1) for v in range(_SHORT_VARINT_MAX)]
-
-
-def _unzigzag(v: int) -> int:
-    return (v >> 1) ^ -(v & 1)
-
-
-def _long_varint(index: bytes, off: int, frame: int) -> tuple[int, int]:
-    """A varint of 3 to 5 bytes at `off` -> (value, next offset)."""
-    try:
-        return recording.read_varint32(index, off)
-    except recording.VarintError as e:
-        if e.truncated:
-            raise IndexError from None  # reported by the caller, with the frame count
-        raise recording.CorruptIndex(f"frame {frame}: {e}") from None
-
-
-def _decode_columns(index: bytes, frames: int) -> tuple[array, array, array]:
-    """Durations, sizes and key frame numbers (from 0) of the first `frames` frames of a
-    `video_index` (recording.py's format, reference §3.2), decoded straight into arrays.
-
-    This is the hot loop of a view.mp4: every frame of every segment passes through it
-    before the moov, hence the first sample byte, can be sent (24 h at 30 fps is 2.6
-    million frames). So it makes no per-frame objects and does the least per-frame work
-    it can: 1- and 2-byte varints inline, zigzag by table, stores into preallocated
-    arrays. The index's invariants are checked without per-frame work where possible:
-    a negative duration or size doesn't fit `array("I")` (OverflowError), a truncated
-    index runs off the bytes (IndexError), zero sizes and misplaced zero durations are
-    searched for afterwards. It is a second reader of recording.py's format, tested
-    against `recording.iter_index`; raises `recording.CorruptIndex` as that does.
-    """
-    durations = array("I", bytes(4 * frames))
-    sizes = array("I", bytes(4 * frames))
-    keys = array("I")
-    add_key = keys.append
-    unzigzag = _UNZIGZAG
-    short = _SHORT_VARINT_MAX
-    off = dur = prev_key = prev_non_key = i = 0
-    try:
-        for i in range(frames):
-            v1 = index[off]  # (duration delta, zigzagged) << 1 | is_key
-            if v1 < 0x80:
-                off += 1
-            else:
-                b = index[off + 1]
-                if b < 0x80:
-                    v1 = (v1 & 0x7F) | (b << 7)
-                    off += 2
-                else:
-                    v1, off = _long_varint(index, off, i)
-            v2 = index[off]  # size delta from the previous frame of the same kind, zigzagged
-            if v2 < 0x80:
-                off += 1
-            else:
-                b = index[off + 1]
-                if b < 0x80:
-                    v2 = (v2 & 0x7F) | (b << 7)
-                    off += 2
-                else:
-                    v2, off = _long_varint(index, off, i)
-            dur += unzigzag[v1 >> 1] if v1 < short else _unzigzag(v1 >> 1)
-            durations[i] = dur
-            if v1 & 1:
-                prev_key += unzigzag[v2] if v2 < short else _unzigzag(v2)
-                sizes[i] = prev_key
-                add_key(i)
-            else:
-                prev_non_key += unzigzag[v2] if v2 < short else _unzigzag(v2)
-                sizes[i] = prev_non_key
-    except IndexError:
-        raise recording.CorruptIndex(f"frame {i}: index truncated at byte {off} of "
-                                     f"{len(index)}; expected {frames} frames") from None
-    except OverflowError:  # array("I") refuses a negative value
-        what = f"duration {dur}" if dur < 0 else f"size {prev_key if v1 & 1 else prev_non_key}"
-        raise recording.CorruptIndex(f"frame {i}: negative {what}") from None
-    if frames and (not keys or keys[0] != 0):
-        raise recording.CorruptIndex("frame 0 is not a key frame")
-    if 0 in sizes:
-        raise recording.CorruptIndex(f"frame {sizes.index(0)}: size 0")
-    if 0 in durations:
-        z = durations.index(0)
-        if z < frames - 1 or off < len(index):
-            raise recording.CorruptIndex(f"frame {z}: zero duration, but only the last frame "
-                                         f"may have one")
-    return durations, sizes, keys
-
+# `recording.decode_columns` decodes them: the hot loop of a cold view.mp4.
 
 # ---------------------------------------------------------------------------------------
 # The table cache

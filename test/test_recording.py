@@ -372,3 +372,54 @@ def test_frames_in_range_corrupt():
         frames_in_range(b"", 0, 0)
     with pytest.raises(CorruptIndex, match="frame 0 is not a key frame"):
         frames_in_range(b"\x04\x02", 0, 0)
+
+
+# --- decode_columns: mp4's table decoder ---------------------------------------------------
+
+def columns_by_iter_index(index: bytes, n: int):
+    frames = list(recording.iter_index(index))[:n]
+    return ([f.duration_90k for f in frames], [f.bytes for f in frames],
+            [f.i for f in frames if f.is_key])
+
+
+def test_decode_columns_matches_iter_index():
+    """decode_columns (mp4's fast decoder) reads the format as iter_index does,
+    including 3- to 5-byte varints (big deltas), a trailing zero and a prefix."""
+    rnd = random.Random(7)
+    for case in range(300):
+        n = rnd.randrange(1, 200)
+        big = case % 3 == 0
+        frames = []
+        for i in range(n):
+            dur = rnd.randrange(1, 2**29 if big else 6000)
+            size = rnd.randrange(1, 2**31 - 1 if big and rnd.random() < 0.3 else 60000)
+            frames.append((dur, size, i == 0 or rnd.random() < 0.1))
+        if case % 4 == 0:
+            frames[-1] = (0, *frames[-1][1:])       # a run's trailing zero
+        index = recording.encode_index(frames)
+        for k in (n, rnd.randrange(1, n + 1)):
+            durations, sizes, keys = recording.decode_columns(index, k)
+            assert (list(durations), list(sizes), list(keys)) == columns_by_iter_index(index, k)
+    assert [list(c) for c in recording.decode_columns(recording.encode_index([(10, 1, True)]), 0)] == [
+        [], [], []]
+
+
+# Frame 0 is (duration 10, size 1, key): varints 29 02.
+@pytest.mark.parametrize("index,frames,message", [
+    (b"\x29\xd0\x0f\x02", 2, r"frame 1: index truncated at byte 4 of 4; expected 2 frames"),
+    (b"\x28\x02", 1, "frame 0 is not a key frame"),
+    (b"\x29\x00", 1, "frame 0: size 0"),
+    (b"\x29\x02\x2a\x02", 2, "frame 1: negative duration -1"),
+    (b"\x29\x02\x01\x03", 2, "frame 1: negative size -1"),
+    (b"\x29\x02\x26\x02\x28\x02", 3, "frame 1: zero duration, but only the last frame"),
+    (b"\x29\x02\x26\x02", 1, None),                 # frame 1 (duration 0) is its last
+    (b"\x29\x02\x26\x02\x28\x02", 2, "frame 1: zero duration"),  # more follow
+    (b"\x29\xff\xff\xff\xff\xff\x01", 1, "frame 0: varint at byte 1 is longer than 5 bytes"),
+    (b"\x29\xff\xff\xff\xff\x1f", 1, "frame 0: varint at byte 1 exceeds 32 bits"),
+])
+def test_decode_columns_refuses_corrupt_indexes(index, frames, message):
+    if message is None:
+        assert [list(c) for c in recording.decode_columns(index, 2)] == [[10, 0], [1, 1], [0]]
+        return
+    with pytest.raises(recording.CorruptIndex, match=message):
+        recording.decode_columns(index, frames)

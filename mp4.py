@@ -803,7 +803,8 @@ def _build(b: FileBuilder, db: dbmod.Database, segments: list[_Segment],
     creation = last_modified + ISO14496_EPOCH_OFFSET
     f = VirtualFile(b.kind, db, segments, vses)
     f.media_duration_90k = media_duration
-    f.last_modified = last_modified
+    # An init segment holds no recordings: it has no modification time to give.
+    f.last_modified = None if max_end_90k is None else last_modified
     f.etag = f'"{etag.hexdigest()}"'
     f.filename = b.filename
     f.content_disposition = b.content_disposition
@@ -1080,8 +1081,8 @@ class VirtualFile:
     """A built file: its headers, and its bytes on demand.
 
     Attributes: `kind`, `length` (Content-Length), `etag` (quoted), `last_modified`
-    (Unix seconds), `content_type`, `filename` and `content_disposition` (None for init
-    segments), `extra_headers` (the X-* headers), `media_duration_90k`. A live segment
+    (Unix seconds), `content_type`, `filename` and `content_disposition` (these three
+    None for init segments), `extra_headers` (the X-* headers), `media_duration_90k`. A live segment
     (`build_live_segment`) also sets `recording_start_90k`, `recording_id_text`
     ("<open id>.<recording id>"), `media_range_90k` and `video_sample_entry_id`; they
     are None otherwise.
@@ -1095,7 +1096,7 @@ class VirtualFile:
         self.vses = vses
         self.length = 0
         self.etag = ""
-        self.last_modified = 0
+        self.last_modified: int | None = 0
         self.content_type = ""
         self.filename: str | None = None
         self.content_disposition: str | None = None
@@ -1112,8 +1113,9 @@ class VirtualFile:
 
     def headers(self) -> dict[str, str]:
         """The entity headers web.py sends (it adds Content-Length/Range and caching)."""
-        h = {"Content-Type": self.content_type, "ETag": self.etag,
-             "Last-Modified": email.utils.formatdate(self.last_modified, usegmt=True)}
+        h = {"Content-Type": self.content_type, "ETag": self.etag}
+        if self.last_modified is not None:
+            h["Last-Modified"] = email.utils.formatdate(self.last_modified, usegmt=True)
         if self.content_disposition is not None:
             h["Content-Disposition"] = self.content_disposition
         h.update(self.extra_headers)

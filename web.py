@@ -378,7 +378,7 @@ def not_modified(headers, entity) -> bool:
     if inm is not None:
         return _etag_list_matches(inm, entity.etag, weak=True)
     ims = _http_date(headers.get("If-Modified-Since"))
-    return ims is not None and entity.last_modified <= ims
+    return ims is not None and entity.last_modified is not None and entity.last_modified <= ims
 
 
 def range_applies(headers, entity) -> bool:
@@ -389,7 +389,8 @@ def range_applies(headers, entity) -> bool:
     ir = ir.strip()
     if ir.startswith('"') or ir.startswith("W/"):
         return ir == entity.etag and not ir.startswith("W/")  # strong comparison
-    return ir == email.utils.formatdate(entity.last_modified, usegmt=True)
+    return entity.last_modified is not None and \
+        ir == email.utils.formatdate(entity.last_modified, usegmt=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -611,7 +612,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         head = req.method == "HEAD"
         if not_modified(req.headers, f):
             keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Type")
-            self._start(304, {**{k: base[k] for k in keep}, "Content-Length": str(f.length)})
+            self._start(304, {**{k: base[k] for k in keep if k in base},
+                              "Content-Length": str(f.length)})
             self._write(self._header_bytes())
             return
         ranges = (parse_range(req.headers.get("Range"), f.length)

@@ -515,6 +515,7 @@ def test_init_segment_bytes(testdb):
     assert f.read() == expected
     assert f.extra_headers == {"X-Aspect": "16:9"}
     assert f.filename is None and "Content-Disposition" not in f.headers()
+    assert f.last_modified is None and "Last-Modified" not in f.headers()
     with pytest.raises(NotFound, match="no video sample entry 99"):
         mp4.build_init(testdb.db, 99)
 

@@ -198,7 +198,16 @@ def test_m4s_init_and_txt(recorded, port):
     init = mp4.build_init(recorded.t.db, vse)
     status, h, body = request(port, f"/api/init/{vse}.mp4")
     assert (status, body, h["ETag"]) == (200, init.read(), init.etag)
-    assert "Content-Disposition" not in h
+    assert "Content-Disposition" not in h and "Last-Modified" not in h  # no recordings
+    # With no Last-Modified, If-Modified-Since is ignored and a date If-Range gives all.
+    status, _, body = request(port, f"/api/init/{vse}.mp4", headers={
+        "If-Modified-Since": "Sun, 29 Nov 2026 12:00:00 GMT"})
+    assert (status, body) == (200, init.read())
+    status, _, body = request(port, f"/api/init/{vse}.mp4", headers={
+        "Range": "bytes=0-9", "If-Range": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    assert (status, body) == (200, init.read())
+    status, _, _ = request(port, f"/api/init/{vse}.mp4", headers={"If-None-Match": init.etag})
+    assert status == 304
     status, h, body = request(port, f"/api/init/{vse}.mp4.txt")
     assert (status, h["Content-Type"]) == (200, "text/plain; charset=utf-8")
     assert body.decode() == init.slice_table_text()

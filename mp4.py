@@ -1081,8 +1081,8 @@ class VirtualFile:
     """A built file: its headers, and its bytes on demand.
 
     Attributes: `kind`, `length` (Content-Length), `etag` (quoted), `last_modified`
-    (Unix seconds), `content_type`, `filename` and `content_disposition` (these three
-    None for init segments), `extra_headers` (the X-* headers), `media_duration_90k`. A live segment
+    (Unix seconds), `content_type`, `filename`, `content_disposition` (the last two and
+    `last_modified` are None for init segments), `extra_headers` (the X-* headers), `media_duration_90k`. A live segment
     (`build_live_segment`) also sets `recording_start_90k`, `recording_id_text`
     ("<open id>.<recording id>"), `media_range_90k` and `video_sample_entry_id`; they
     are None otherwise.

@@ -264,6 +264,7 @@ class SegmentSpec:
     open_id: int | None = None
     rel_start_90k: int = 0
     rel_end_90k: int | None = None
+    text: str = dataclasses.field(default="", compare=False)  # as given, for messages
 
 
 def parse_segment(value: str) -> SegmentSpec:
@@ -287,7 +288,7 @@ def parse_segment(value: str) -> SegmentSpec:
     if re_ is not None and re_ < rs:
         raise Mp4Error(f"invalid s parameter {value!r}: relative end {re_} is before "
                        f"relative start {rs}")
-    return SegmentSpec(start, end, None if open_id is None else int(open_id), rs, re_)
+    return SegmentSpec(start, end, None if open_id is None else int(open_id), rs, re_, value)
 
 
 def parse_segments(s_values: list[str]) -> list[SegmentSpec]:
@@ -1272,6 +1273,8 @@ def _resolve(db: dbmod.Database, stream_id: int, spec: SegmentSpec):
 
 
 def _spec_text(spec: SegmentSpec) -> str:
+    if spec.text:
+        return spec.text
     s = str(spec.start_id)
     if spec.end_id != spec.start_id:
         s += f"-{spec.end_id}"

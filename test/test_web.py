@@ -334,6 +334,7 @@ def test_errors(recorded, port):
         (v("0-2", query="&ts=yes"), 400, "ts must be true or false, not 'yes'"),
         (f"/api/cameras/{u}/main/view.mp4", 400, "no s parameter"),
         (v("0.-999999999"), 400, "is beyond the recordings"),
+        (v("0.0-999999999"), 400, "s=0.0-999999999: end time"),  # echoed as given
         (v("99"), 404, "no recording"),
         (f"/api/cameras/{u}/sub/view.mp4?s=0", 404, f"camera {u} has no sub stream"),
         ("/api/cameras/00000000-0000-0000-0000-000000000000/main/view.mp4?s=0", 404,

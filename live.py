@@ -38,7 +38,10 @@ The protocol (RFC 6455, written here; no extensions, no subprotocols):
    The bound is on our queue: frames already in the kernel's socket buffer are gone
    from it (`send_buffer_bytes` can shrink that buffer; by default the kernel sizes it).
 5. A ping after `ping_interval_sec` (30 s) without a message (Chrome drops sockets idle
-   for 60 s); pongs are accepted and ignored. A client ping is answered with a pong.
+   for 60 s). If nothing (a pong, or anything else) comes back before the next ping is
+   due, the peer is taken for dead (a half-open TCP connection would otherwise hold the
+   thread until the kernel gives up, ~15 minutes): close 1001, no wait. Browsers answer
+   pings by themselves. A client ping is answered with a pong.
    Client frames must be masked (else close 1002), at most `max_client_frame_bytes`
    each and per message (else close 1009); data messages are parsed, reassembled from
    fragments (text must be UTF-8, else 1007) and ignored. A close from the client is
@@ -539,6 +542,7 @@ class _Connection:
         self.frames_sent = 0
         self.close_sent = False
         self.pending_input = b""
+        self.ping_unanswered = False   # a ping went out and nothing came back since
 
     # -- sending -------------------------------------------------------------------------
 
@@ -599,6 +603,7 @@ class _Connection:
             raise _Gone(f"reading failed: {e!r}") from e
         if not data:
             raise _Gone("the client closed the connection without a close frame")
+        self.ping_unanswered = False   # whatever it is, the client is there
         return data
 
     def _read_frames(self, *, closing: bool = False) -> bool:
@@ -669,7 +674,14 @@ class _Connection:
             else:
                 due = last_sent + ping_ns - self.clocks.monotonic()
                 if due <= 0:
+                    if self.ping_unanswered:  # for a whole interval: a dead peer
+                        why = (f"no reply to a ping in {self.opts.ping_interval_sec:g} s")
+                        logger.info("live %s: %s: %s; closing", self.request.request_id,
+                                    self.name, why)
+                        self.close(GOING_AWAY, why, wait=False)
+                        return why
                     self.send(PING)
+                    self.ping_unanswered = True
                     last_sent = self.clocks.monotonic()
                     continue
                 timeout_ms = min(1000, -(-due // 1_000_000))

@@ -743,6 +743,19 @@ def test_ping_pong_and_close_handshake(recorded, serve):
     c.close()
 
 
+def test_a_client_that_never_answers_pings_is_dropped(recorded, serve):
+    srv = serve(options=live.Options(ping_interval_sec=0.2))
+    c = WsClient(port_of(srv), recorded.path("main"))   # records, but no frames come
+    began = time.monotonic()
+    assert c.recv_frame() == (live.PING, b"")
+    c.send(live.PONG, b"")                 # answered: the next ping comes, no close
+    assert c.recv_frame() == (live.PING, b"")
+    # Not answered: a whole interval later the server gives up (close 1001, no wait).
+    assert c.expect_close(echo=False) == (live.GOING_AWAY, "no reply to a ping in 0.2 s")
+    assert 0.55 < time.monotonic() - began < 3
+    c.close()
+
+
 @pytest.mark.parametrize("frame,code", [
     (client_frame(live.BINARY, b"x", mask=None), live.PROTOCOL_ERROR),
     (client_frame(live.BINARY, bytes(20_000)), live.MESSAGE_TOO_BIG),

@@ -1190,7 +1190,9 @@ class VirtualFile:
                 what = f"buf [{p}, {p + end - prev})"
             elif kind == VIDEO_DATA:
                 s = self.segments[p]
-                what = f"video_data {p}: {s.path} [{s.pos}, {s.pos + s.bytes})"
+                # The file's name, not its path: callers needn't learn the server's layout.
+                what = (f"video_data {p}: {os.path.basename(s.path)} "
+                        f"[{s.pos}, {s.pos + s.bytes})")
             lines.append(f"{prev:>14} {end:>14}  {what}")
             prev = end
         lines.append("")

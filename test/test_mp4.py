@@ -828,7 +828,8 @@ def test_slice_table_text(testdb):
     assert text.startswith(f"mp4 file, {f.length} bytes\nContent-Type: video/mp4")
     assert f"ETag: {f.etag}" in text
     assert "             0             32  static normal_ftyp\n" in text
-    assert f"video_data 1: {testdb.sample_dir}/0000000100000001 [0, 22)" in text
+    assert "video_data 1: 0000000100000001 [0, 22)" in text
+    assert str(testdb.sample_dir) not in text   # names, not the server's paths
     assert "subtitle_data 1" in text
     assert ("    0 recording 1/0 open 1 start 2026-11-29T04:00:00:22500-08:00 media "
             "[67500, 225000) of 225000, actual start 0, frames 1..5 (3 key), partial") in text

@@ -716,8 +716,6 @@ def cmd_run(args) -> int:
             if rec is not None:
                 rec.stop()
             raise UsageError(str(e)) from None
-        for (kind, value), addr in zip((b.address for b in config.binds), srv.addresses):
-            logger.info("listening on %s %s", kind, addr if kind != "unix" else value)
         sd_notify("READY=1")
         while not stop.wait(1):
             pass

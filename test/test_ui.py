@@ -558,6 +558,13 @@ def test_storage_page_shows_the_api_figures(tab, server):
     total = pg.locator(".storage-table tfoot td[data-field='fsBytes']").get_attribute("data-value")
     assert int(total) == sum(s["fsBytes"] for s in streams)
     tab.screenshot("storage")
+    # A hash typed without its slash finds the page too; an unknown one says so.
+    tab.goto("#/")
+    tab.goto("#storage")
+    pg.wait_for_selector("#main[data-page='storage'] table[aria-label='Storage per stream']")
+    tab.goto("#/nowhere")
+    pg.wait_for_selector("#main[data-page='not-found']")
+    assert pg.locator("#main").inner_text().startswith("There is no page /nowhere.")
 
 
 def test_admin_adds_edits_and_deletes_a_user_who_can_log_in(tab, server):

@@ -227,7 +227,9 @@ function initMenuButton() {
 function parseHash() {
   const raw = location.hash.replace(/^#/, '') || '/';
   const [path, q] = raw.split('?', 2);
-  return {path: path || '/', params: new URLSearchParams(q || '')};
+  // "#live" (typed by hand) means "#/live".
+  return {path: path ? (path.startsWith('/') ? path : '/' + path) : '/',
+          params: new URLSearchParams(q || '')};
 }
 
 /** Replaces the hash's query with `params` (an object; empty values dropped), without

@@ -33,7 +33,12 @@ checked (HTTP 429 with `Retry-After`). A success clears the counts of its userna
 and address; a key with no failure for FORGET_AFTER_SEC (1 hour) is forgotten, so
 an attacker can delay the real user by at most 15 minutes at a time, never lock
 them out for good. At most two password hashes are checked at once (argon2id takes
-64 MiB each).
+64 MiB each); the throttle is checked again, and a failure recorded, while holding one
+of those two slots, so attempts sent all at once are throttled like sequential ones. An
+unknown username is checked against a dummy hash, so a failure takes as long whether or
+not the name exists. Long usernames are keyed by a hash, and when the table is full
+keys that aren't delayed go before delayed ones, so a flood of made-up names can't use
+memory without bound or wipe the count of the account under attack.
 
 Neighbours: db.py owns the `user` rows (add/update/delete, in-memory `db.users`)
 and the flush transaction; web.py turns requests into calls here (cookies, caller
@@ -341,6 +346,17 @@ class Throttle:
     MAX_DELAY_SEC = 15 * 60
     FORGET_AFTER_SEC = 60 * 60
     MAX_KEYS = 10_000
+    MAX_NAME_IN_KEY = 64   # longer usernames are keyed by a hash: bounded memory
+
+    @classmethod
+    def keys(cls, username: str, addr: str | None) -> list[str]:
+        """The keys an attempt by `username` from `addr` counts against."""
+        if len(username) > cls.MAX_NAME_IN_KEY:
+            name_key = "user#" + hashlib.blake2b(username.encode(errors="surrogatepass"),
+                                                 digest_size=16).hexdigest()
+        else:
+            name_key = f"user:{username}"
+        return [name_key] + ([f"addr:{addr}"] if addr else [])
 
     def __init__(self):
         # key -> (failures, time of the latest failure in seconds)
@@ -376,8 +392,23 @@ class Throttle:
                 if now_sec - last >= self.FORGET_AFTER_SEC:
                     n = 0
                 self._fails[k] = (n + 1, now_sec)
-            while len(self._fails) > self.MAX_KEYS:
-                self._fails.popitem(last=False)
+            if len(self._fails) > self.MAX_KEYS:
+                self._evict(now_sec)
+
+    def _evict(self, now_sec: float) -> None:
+        """Makes room, oldest first: forgotten keys, then keys not (yet) delayed, and
+        only then delayed ones. So a flood of one-off names can't push out the count of
+        an account being guessed at."""
+        f = self._fails
+        for k in [k for k, (_, last) in f.items() if now_sec - last >= self.FORGET_AFTER_SEC]:
+            del f[k]
+        if len(f) > self.MAX_KEYS:
+            for k in [k for k, (n, _) in f.items() if n < self.FREE_FAILURES]:
+                del f[k]
+                if len(f) <= self.MAX_KEYS:
+                    break
+        while len(f) > self.MAX_KEYS:
+            f.popitem(last=False)
 
     def succeeded(self, keys) -> None:
         with self._lock:
@@ -401,6 +432,7 @@ class Auth:
         self._failures_dirty: set[int] = set()      # user ids whose failure count changed
         self.throttle = Throttle()
         self._hashing = threading.BoundedSemaphore(2)
+        self._dummy: str | None = None
         self._written: list[tuple[Session, int]] = []
         self._written_failures: set[int] = set()
         if not db.read_only:
@@ -419,20 +451,22 @@ class Auth:
         Raises `Throttled`, or `AuthError` for an unknown user, a wrong password, a
         user without a password or a disabled user (one message for all, so as not to
         say which usernames exist)."""
-        keys = [f"user:{username}"] + ([f"addr:{client.addr}"] if client.addr else [])
-        now = self.db.clocks.realtime() / 1e9
-        wait = self.throttle.retry_after(keys, now)
-        if wait:
-            raise Throttled(f"too many failed logins; try again in {wait} s", wait)
+        keys = Throttle.keys(username, client.addr)
+        self._check_throttle(keys, "logins")   # cheap, before waiting for a hashing slot
         with self.db.locked("login: find user"):
             user = next((u for u in self.db.users.values() if u.username == username), None)
             password_hash = user.password_hash if user else None
             password_id = user.password_id if user else None
         with self._hashing:   # never under the database lock: argon2 takes ~0.1 s
-            ok = password_hash is not None and verify_password(password_hash, password)
+            # Again: attempts queued for a slot at once must not all pass the first check.
+            now = self._check_throttle(keys, "logins")
+            # An unknown user costs a check too, so timing doesn't tell which names exist.
+            ok = verify_password(password_hash or self._dummy_hash(), password) \
+                and password_hash is not None
             new_hash = hash_password(password) if ok and needs_rehash(password_hash) else None
+            if not ok or user.disabled:
+                self.throttle.failed(keys, now)   # before the next queued attempt looks
         if not ok or user.disabled:
-            self.throttle.failed(keys, now)
             if user is not None and password_hash is not None and not ok:
                 with self.db.locked("login: count failure"):
                     u = self.db.users.get(user.id)
@@ -462,17 +496,17 @@ class Auth:
         with self.db.locked("check password: find user"):
             user = self.db.get_user(user_id)
             password_hash = user.password_hash
-        keys = [f"user:{user.username}"] + ([f"addr:{client.addr}"] if client.addr else [])
-        now = self.db.clocks.realtime() / 1e9
-        wait = self.throttle.retry_after(keys, now)
-        if wait:
-            raise Throttled(f"too many failed password checks; try again in {wait} s", wait)
+        keys = Throttle.keys(user.username, client.addr)
+        self._check_throttle(keys, "password checks")
         with self._hashing:
-            ok = password_hash is not None and verify_password(password_hash, password)
+            now = self._check_throttle(keys, "password checks")   # as in login_by_password
+            ok = verify_password(password_hash or self._dummy_hash(), password) \
+                and password_hash is not None
+            if not ok:
+                self.throttle.failed(keys, now)
         if ok:
             self.throttle.succeeded(keys)
             return True
-        self.throttle.failed(keys, now)
         if password_hash is not None:
             with self.db.locked("check password: count failure"):
                 u = self.db.users.get(user_id)
@@ -480,6 +514,22 @@ class Auth:
                     u.password_failure_count += 1
                     self._failures_dirty.add(u.id)
         return False
+
+    def _check_throttle(self, keys: list[str], what: str) -> float:
+        """Raises `Throttled` if `keys` must wait; else returns now, in seconds."""
+        now = self.db.clocks.realtime() / 1e9
+        wait = self.throttle.retry_after(keys, now)
+        if wait:
+            raise Throttled(f"too many failed {what}; try again in {wait} s", wait)
+        return now
+
+    def _dummy_hash(self) -> str:
+        """A hash of a random password with the current parameters, checked against for
+        users that don't exist or have no password. Made once, on first need (under
+        `_hashing`)."""
+        if self._dummy is None:
+            self._dummy = hash_password(secrets.token_urlsafe(16))
+        return self._dummy
 
     def hash_password(self, password: str) -> str:
         """argon2id, at most two at once (64 MiB each)."""

@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -386,6 +387,81 @@ def test_throttling_slows_then_refuses_then_forgives(tmp_path, clocks):
         assert n.fetchone()[0] == 7   # throttled attempts aren't checked, so not counted
     finally:
         t.db.close()
+
+
+def test_throttling_holds_for_attempts_sent_at_once(tmp_path, clocks, monkeypatch):
+    """Attempts queued for the two hashing slots at once are throttled as if sent one
+    after the other: the throttle is checked, and a failure recorded, inside a slot."""
+    t = make_testdb(tmp_path, clocks)
+    try:
+        t.db.add_user("u", password_hash=auth.hash_password("right-password"))
+        a = auth.Auth(t.db)
+        checked = []
+        real = auth.verify_password
+
+        def slow_verify(h, p):   # argon2's ~0.1 s, shortened: attempts pile up behind it
+            checked.append(h)
+            threading.Event().wait(0.02)
+            return real(h, p)
+        monkeypatch.setattr(auth, "verify_password", slow_verify)
+        go = threading.Barrier(20)
+        results = []
+
+        def attempt():
+            go.wait()
+            try:
+                a.login_by_password("u", "wrong", auth.Client(addr="192.0.2.1"))
+            except auth.Throttled:
+                results.append("throttled")
+            except auth.AuthError:
+                results.append("bad")
+        threads = [threading.Thread(target=attempt) for _ in range(20)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        # 5 free failures, plus at most one more already in the other slot.
+        assert results.count("bad") in (5, 6) and results.count("throttled") >= 14
+        assert len(checked) == results.count("bad")
+    finally:
+        t.db.close()
+
+
+def test_unknown_users_cost_a_hash_check_and_long_names_a_bounded_key(tmp_path, clocks,
+                                                                      monkeypatch):
+    t = make_testdb(tmp_path, clocks)
+    try:
+        t.db.add_user("nopass")   # a user without a password can't log in
+        a = auth.Auth(t.db)
+        checked = []
+        real = auth.verify_password
+        monkeypatch.setattr(auth, "verify_password",
+                            lambda h, p: checked.append(h) or real(h, p))
+        for name in ("nobody", "nopass"):
+            with pytest.raises(auth.AuthError, match="incorrect username or password"):
+                a.login_by_password(name, "x", auth.Client(addr="192.0.2.1"))
+        # Each checked the password against a real argon2id hash (the same dummy one).
+        assert len(checked) == 2 and checked[0] == checked[1]
+        assert checked[0].startswith("$argon2id$")
+        # A long username is keyed by a hash of it, not the name.
+        keys = auth.Throttle.keys("x" * 60_000, "192.0.2.1")
+        assert keys[0].startswith("user#") and len(keys[0]) == 37 and keys[1] == "addr:192.0.2.1"
+        assert auth.Throttle.keys("admin", None) == ["user:admin"]
+    finally:
+        t.db.close()
+
+
+def test_a_flood_of_names_does_not_evict_a_delayed_account(monkeypatch):
+    monkeypatch.setattr(auth.Throttle, "MAX_KEYS", 10)
+    th = auth.Throttle()
+    for i in range(7):
+        th.failed(["user:victim"], 1000.0 + i)
+    for i in range(50):   # one-off names, each failing once
+        th.failed([f"user:made-up-{i}"], 1006.0 + i / 100)
+    assert th.failures("user:victim") == 7 and th.retry_after(["user:victim"], 1007.0) == 3
+    assert len(th._fails) == 10
+    th.failed(["user:late"], 1000.0 + 3600 + 10)   # forgotten keys go first, victim too
+    assert th.failures("user:victim") == 0
 
 
 def test_throttled_login_over_http_is_429_with_retry_after(site):

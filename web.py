@@ -217,9 +217,11 @@ def forwarded_client(headers) -> tuple[str | None, str | None]:
 
     RFC 7239 `Forwarded` first: its last element is the one our proxy added, so its
     `for=` and `proto=` are used. Else the last entries of `X-Forwarded-For` and
-    `X-Forwarded-Proto`, else `X-Real-IP` for the address."""
+    `X-Forwarded-Proto`, else `X-Real-IP` for the address. A header sent on several
+    lines is one list (RFC 9110 §5.3): a proxy that adds a line of its own after the
+    client's must win, so every line is read, never just the first."""
     addr = proto = None
-    fwd = headers.get_all("Forwarded") if hasattr(headers, "get_all") else None
+    fwd = _header_lines(headers, "Forwarded")
     if fwd:
         last = _split_quoted(",".join(fwd), ",")[-1]
         for pair in _split_quoted(last, ";"):
@@ -232,15 +234,24 @@ def forwarded_client(headers) -> tuple[str | None, str | None]:
             elif k == "proto":
                 proto = v.lower()
         return addr, proto
-    xff = headers.get("X-Forwarded-For")
+    xff = _header_lines(headers, "X-Forwarded-For")
     if xff:
-        addr = _forwarded_node(xff.split(",")[-1])
-    xfp = headers.get("X-Forwarded-Proto")
+        addr = _forwarded_node(xff[-1].split(",")[-1])
+    xfp = _header_lines(headers, "X-Forwarded-Proto")
     if xfp:
-        proto = xfp.split(",")[-1].strip().lower()
-    if addr is None and headers.get("X-Real-IP"):
-        addr = _forwarded_node(headers.get("X-Real-IP"))
+        proto = xfp[-1].split(",")[-1].strip().lower()
+    real = _header_lines(headers, "X-Real-IP")
+    if addr is None and real:
+        addr = _forwarded_node(real[-1])
     return addr, proto
+
+
+def _header_lines(headers, name: str) -> list[str]:
+    """Every line of header `name`, in order (a plain dict in tests has one)."""
+    if hasattr(headers, "get_all"):
+        return headers.get_all(name) or []
+    v = headers.get(name)
+    return [] if v is None else [v]
 
 
 def apply_forward_headers(req: api.Request) -> None:

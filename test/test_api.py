@@ -6,6 +6,7 @@ files, and fuzzing that must never produce a 500 or stop the server."""
 import base64
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -312,6 +313,22 @@ class _Headers(dict):
 ])
 def test_forwarded_headers_table(headers, expected):
     assert web.forwarded_client(_Headers(headers)) == expected
+
+
+@pytest.mark.parametrize("lines,expected", [
+    # A proxy that adds its own line after the client's: its line (the last) counts.
+    (["X-Forwarded-For: 6.6.6.6", "X-Forwarded-For: 192.0.2.7"], ("192.0.2.7", None)),
+    (["X-Forwarded-For: 6.6.6.6, 10.0.0.1", "X-Forwarded-For: 192.0.2.8"], ("192.0.2.8", None)),
+    (["X-Forwarded-Proto: https", "X-Forwarded-Proto: http"], (None, "http")),
+    (["X-Real-IP: 6.6.6.6", "X-Real-IP: 192.0.2.9"], ("192.0.2.9", None)),
+    (["Forwarded: for=6.6.6.6;proto=https", "Forwarded: for=192.0.2.10;proto=http"],
+     ("192.0.2.10", "http")),
+])
+def test_forwarded_headers_on_several_lines(lines, expected):
+    # Parsed as http.server parses a request's headers.
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    headers = http.client.parse_headers(io.BytesIO(raw))
+    assert web.forwarded_client(headers) == expected
 
 
 def test_proxy_address_is_the_audited_client_only_when_trusted(site):

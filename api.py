@@ -567,7 +567,7 @@ def handle_users(request: Request, m: re.Match):
     """`GET /api/users/` (list) and `POST /api/users/` (create), adminUsers."""
     request.params(())
     db = request.server.db
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         with db.locked("api: users"):
             users = [{"id": u.id, "user": _user_json(u)}
                      for u in sorted(db.users.values(), key=lambda u: u.id)]
@@ -598,7 +598,7 @@ def handle_user(request: Request, m: re.Match):
     request.params(())
     uid = _user_id(m)
     db = request.server.db
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         _self_or_admin(request, uid)
         return Response.json(_user_json(_get_user(request, uid)))
     if request.method == "DELETE":

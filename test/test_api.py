@@ -176,8 +176,23 @@ def test_permission_matrix_walks_every_route(site, cookies):
             if want == OK:
                 assert status not in (401, 403), (who, method, path, status, text)
                 assert status != 500, (who, method, path, text)
+                if method == "HEAD":   # what GET answers, without the body
+                    get = site.req(path, cookie=cookies.get(who))
+                    assert (status, text) == (get[0], b""), (who, path, status, get[0])
             else:
                 assert status == want, (who, method, path, status, text)
+
+
+def test_head_never_runs_a_mutation(site, cookies):
+    """HEAD is GET without the body, even when it carries a POST's or PATCH's body."""
+    admin = cookies["admin"]
+    before = site.req("/api/users/", cookie=admin)[2]
+    body = {"csrf": site.csrf(admin), "user": {"username": "made-by-head", "password": "x"}}
+    assert site.req("/api/users/", method="HEAD", cookie=admin, body=body)[:3:2] == (200, b"")
+    vid = site.user_ids["viewer"]
+    body = {"csrf": site.csrf(admin), "update": {"preferences": {"via": "HEAD"}}}
+    assert site.req(f"/api/users/{vid}", method="HEAD", cookie=admin, body=body)[0] == 200
+    assert site.req("/api/users/", cookie=admin)[2] == before
 
 
 def test_unauthenticated_permissions_and_privileged_unix_socket(site):

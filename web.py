@@ -477,8 +477,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_request(self, code="-", size="-") -> None:
         pass  # one line per request comes from _dispatch
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":   # a bare "GET /": no headers, no status
+            self.send_error(400, "HTTP/0.9 requests are not supported; use HTTP/1.0 or 1.1")
+            return False
+        return True
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None):
         """http.server's own errors (malformed request line or headers) as text/plain."""
+        # A line that didn't parse leaves http.server's default version, HTTP/0.9, for
+        # which it writes no status line or headers: answer as HTTP/1.x anyway.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
         self.close_connection = True
         self._send_response(Response.text(message or http.HTTPStatus(code).phrase, code),
                             head=False)

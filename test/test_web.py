@@ -412,6 +412,26 @@ def test_client_disconnecting_mid_body_is_not_an_error(recorded, port, caplog):
     assert request(port, path, method="HEAD")[0] == 200  # still serving
 
 
+@pytest.mark.parametrize("line", [
+    b"GET / HTTP/2.0", b"GET / FOO", b"GET / HTTP/1.1x", b"POST /api/login", b"GET",
+    b"A B C D", b"GET /"])
+def test_malformed_request_lines_get_a_status_line(port, line, caplog):
+    """http.server's own errors (and a bare HTTP/0.9 GET) are answered as HTTP/1.x with a
+    status line, alone or after a good request on the same connection; nothing logged
+    above INFO."""
+    for first in (b"", b"GET /api/nothing HTTP/1.1\r\nHost: x\r\n\r\n"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(first + line + b"\r\n\r\n")
+        data = b"".join(iter(lambda: s.recv(65536), b""))
+        s.close()
+        if first:
+            assert data.startswith(b"HTTP/1.1 404 ")
+            data = data[data.index(b"HTTP/1.1 404 ") + 1:]
+            data = data[data.index(b"HTTP/1."):]
+        assert re.match(rb"HTTP/1\.[01] (400|404|505) ", data), data[:200]
+    assert not [r for r in caplog.records if r.levelno > logging.INFO]
+
+
 # --- connections and binds ---------------------------------------------------------------
 
 def test_keep_alive(recorded, port):

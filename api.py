@@ -84,6 +84,20 @@ class Caller:
         return "unauthenticated, with the listener's allowUnauthenticatedPermissions"
 
 
+MAX_JSON_DEPTH = 32   # nesting of a request body; what is stored must also go back out
+
+
+def _json_depth(v) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (a scalar: 0)."""
+    depth, level = 0, [v]
+    while True:
+        containers = [x for x in level if isinstance(x, (dict, list))]
+        if not containers:
+            return depth
+        depth += 1
+        level = [c for x in containers for c in (x.values() if isinstance(x, dict) else x)]
+
+
 @dataclasses.dataclass
 class Request:
     """What a route handler gets: the parsed request and where it came from."""
@@ -116,10 +130,16 @@ class Request:
         if ctype not in ("application/json", "application/json;charset=utf-8"):
             raise HttpError(400, "the request body must be JSON with Content-Type: "
                                  "application/json")
+        too_deep = HttpError(400, f"the request body nests arrays and objects more than "
+                                  f"{MAX_JSON_DEPTH} deep")
         try:
             body = json.loads(self.body)
+        except RecursionError:
+            raise too_deep from None
         except (ValueError, UnicodeDecodeError) as e:
             raise HttpError(400, f"the request body is not valid JSON: {e}") from None
+        if _json_depth(body) > MAX_JSON_DEPTH:   # e.g. preferences, stored and sent back
+            raise too_deep
         if not isinstance(body, dict):
             raise HttpError(400, "the request body must be a JSON object")
         unknown = sorted(set(body) - set(allowed))
@@ -219,18 +239,27 @@ def _bool_param(name: str, values: list[str]) -> bool:
     raise HttpError(400, f"{name} must be true or false, not {values[-1]!r}")
 
 
+_PARAM_LIMIT = 2 ** 62   # 90 kHz ticks: 1.6 million years either side of 1970
+
+
 def _time_param(name: str, values: list[str]) -> int:
     try:
-        return recording.parse_time(values[-1])
+        v = recording.parse_time(values[-1])
     except ValueError as e:
         raise HttpError(400, f"{name}: {e}") from None
+    if not -_PARAM_LIMIT <= v <= _PARAM_LIMIT:
+        raise HttpError(400, f"{name} is out of range (at most 2^62 in magnitude)")
+    return v
 
 
 def _int_param(name: str, values: list[str]) -> int:
     try:
-        return int(values[-1])
+        v = int(values[-1])
     except ValueError:
-        raise HttpError(400, f"{name} must be an integer, not {values[-1]!r}") from None
+        raise HttpError(400, f"{name} must be an integer, not {values[-1][:40]!r}") from None
+    if not -_PARAM_LIMIT <= v <= _PARAM_LIMIT:
+        raise HttpError(400, f"{name} is out of range (at most 2^62 in magnitude)")
+    return v
 
 
 def _camera_by_uuid(request: Request, camera_uuid: str) -> dbmod.Camera:

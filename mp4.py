@@ -269,24 +269,27 @@ class SegmentSpec:
 
 def parse_segment(value: str) -> SegmentSpec:
     """Parses one `s=` value; `Mp4Error` says what is wrong with it."""
+    shown = value if len(value) <= 80 else value[:77] + "..."   # in messages
     m = _S_RE.fullmatch(value)
     if m is None:
-        raise Mp4Error(f"invalid s parameter {value!r}: expected {S_SYNTAX}, e.g. 1-5.26-42")
+        raise Mp4Error(f"invalid s parameter {shown!r}: expected {S_SYNTAX}, e.g. 1-5.26-42")
+    if any(g is not None and len(g.lstrip("0")) > 19 for g in m.groups()):
+        raise Mp4Error(f"invalid s parameter {shown!r}: a number is too large")
     start_id, end_id, open_id, rel_start, rel_end = m.groups()
     start = int(start_id)
     end = start if end_id is None else int(end_id)
     if max(start, end) > _MAX_ID:
-        raise Mp4Error(f"invalid s parameter {value!r}: recording ids go up to {_MAX_ID}")
+        raise Mp4Error(f"invalid s parameter {shown!r}: recording ids go up to {_MAX_ID}")
     if end < start:
-        raise Mp4Error(f"invalid s parameter {value!r}: end id {end} is before start id {start}")
+        raise Mp4Error(f"invalid s parameter {shown!r}: end id {end} is before start id {start}")
     if open_id is not None and int(open_id) > _MAX_OPEN_ID:
-        raise Mp4Error(f"invalid s parameter {value!r}: open ids go up to {_MAX_OPEN_ID}")
+        raise Mp4Error(f"invalid s parameter {shown!r}: open ids go up to {_MAX_OPEN_ID}")
     rs = int(rel_start) if rel_start else 0
     re_ = int(rel_end) if rel_end else None
     if max(rs, re_ or 0) > _MAX_REL_90K:
-        raise Mp4Error(f"invalid s parameter {value!r}: relative time too large")
+        raise Mp4Error(f"invalid s parameter {shown!r}: relative time too large")
     if re_ is not None and re_ < rs:
-        raise Mp4Error(f"invalid s parameter {value!r}: relative end {re_} is before "
+        raise Mp4Error(f"invalid s parameter {shown!r}: relative end {re_} is before "
                        f"relative start {rs}")
     return SegmentSpec(start, end, None if open_id is None else int(open_id), rs, re_, value)
 

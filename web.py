@@ -138,6 +138,15 @@ class BindError(Exception):
 
 UNSATISFIABLE = "unsatisfiable"
 _RANGE_SPEC = re.compile(r"\s*(?:([0-9]+)-([0-9]*)|-([0-9]+))\s*")
+_BEYOND_ANY_FILE = 10 ** 30
+
+
+def _byte_pos(digits: str) -> int:
+    """A byte position; any beyond 10^30 (int() refuses over 4300 digits) is 10^30."""
+    d = digits.lstrip("0")
+    if len(d) > 30:
+        return _BEYOND_ANY_FILE
+    return int(d) if d else 0
 
 
 def parse_range(header: str | None, length: int) -> list[tuple[int, int]] | None | str:
@@ -166,14 +175,14 @@ def parse_range(header: str | None, length: int) -> list[tuple[int, int]] | None
             return None
         first, last, suffix = m.groups()
         if suffix is not None:            # "-n": the last n bytes
-            n = int(suffix)
+            n = _byte_pos(suffix)
             if n > 0 and length > 0:
                 out.append((max(0, length - n), length))
         else:
-            start = int(first)
-            if last and int(last) < start:
+            start = _byte_pos(first)
+            if last and _byte_pos(last) < start:
                 return None               # "5-3" is invalid syntax: ignore the header
-            end = length if not last else min(int(last) + 1, length)
+            end = length if not last else min(_byte_pos(last) + 1, length)
             if start < length:
                 out.append((start, end))
     if not out:

@@ -254,6 +254,19 @@ def test_mutations_need_the_json_content_type(site, cookies):
         status, _, body = site.req("/api/users/", method="POST", cookie=cookies["admin"],
                                    body=raw)
         assert status == 400 and why in body, body
+    # Nesting: refused before it reaches a handler, even without a login.
+    for raw in (b"[" * 5000, b'{"a":' * 40 + b"1" + b"}" * 40):
+        status, _, body = site.req("/api/login", method="POST", body=raw)
+        assert status == 400 and b"nests arrays and objects more than 32 deep" in body, body
+    # Preferences nested as deep as allowed still come back in the users list.
+    vid, viewer = site.user_ids["viewer"], cookies["viewer"]
+    prefs = {}
+    for _ in range(29):   # 30 levels; with the body's own two, 32
+        prefs = {"a": prefs}
+    status, _, body = site.req(f"/api/users/{vid}", method="PATCH", cookie=viewer,
+                               body={"csrf": site.csrf(viewer), "update": {"preferences": prefs}})
+    assert status == 204, body
+    assert site.req("/api/users/", cookie=cookies["admin"])[0] == 200
 
 
 # --- cookies, TLS and proxies -------------------------------------------------------------
@@ -749,6 +762,9 @@ def test_recordings(site, cookies):
                     ("?split90k=0", b"split90k must be positive"),
                     ("?split90k=x", b"split90k must be an integer"),
                     (f"?startTime90k={t1}&endTime90k=0", b"is after endTime90k"),
+                    ("?endTime90k=9223372036854775808", b"endTime90k is out of range"),
+                    ("?startTime90k=-9223372036854775809", b"startTime90k is out of range"),
+                    ("?split90k=" + "9" * 5000, b"split90k must be an integer"),
                     ("?foo=1", b"unknown parameter 'foo'")):
         status, _, body = site.req(path + q, cookie=cookies["viewer"])
         assert status == 400 and text in body, (q, body)

@@ -69,9 +69,20 @@ T0_90K = recording.to_90k_from_ns(START_NS)
     ("bytes 0-1", 10, None),
     ("bytes=" + ",".join(["0-0"] * (web.MAX_RANGES + 1)), 10, None),  # too many
     ("BYTES=0-0", 10, [(0, 1)]),           # the unit is case-insensitive
+    ("bytes=0-0", 10, [(0, 1)]),
 ])
 def test_parse_range(header, length, expected):
     assert web.parse_range(header, length) == expected
+
+
+def test_parse_range_with_numbers_int_refuses():
+    """Positions of more than 4300 digits (int()'s limit) are just very large."""
+    nines, zeros = "9" * 5000, "0" * 5000
+    assert web.parse_range(f"bytes=0-{nines}", 10) == [(0, 10)]
+    assert web.parse_range(f"bytes={nines}-", 10) == web.UNSATISFIABLE
+    assert web.parse_range(f"bytes=-{nines}", 10) == [(0, 10)]
+    assert web.parse_range(f"bytes={zeros}3-{zeros}4", 10) == [(3, 5)]   # zeros are zeros
+    assert web.parse_range(f"bytes={zeros}-{zeros}", 10) == [(0, 1)]
 
 
 # --- fixtures ----------------------------------------------------------------------------
@@ -335,6 +346,8 @@ def test_errors(recorded, port):
         (f"/api/cameras/{u}/main/view.mp4", 400, "no s parameter"),
         (v("0.-999999999"), 400, "is beyond the recordings"),
         (v("0.0-999999999"), 400, "s=0.0-999999999: end time"),  # echoed as given
+        (v("9" * 5000), 400, "a number is too large"),
+        (v("0." + "9" * 5000 + "-"), 400, "a number is too large"),
         (v("99"), 404, "no recording"),
         (f"/api/cameras/{u}/sub/view.mp4?s=0", 404, f"camera {u} has no sub stream"),
         ("/api/cameras/00000000-0000-0000-0000-000000000000/main/view.mp4?s=0", 404,

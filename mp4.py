@@ -273,7 +273,7 @@ def parse_segment(value: str) -> SegmentSpec:
     m = _S_RE.fullmatch(value)
     if m is None:
         raise Mp4Error(f"invalid s parameter {shown!r}: expected {S_SYNTAX}, e.g. 1-5.26-42")
-    if any(g is not None and len(g.lstrip("0")) > 19 for g in m.groups()):
+    if any(g is not None and len(g.lstrip("0")) > 30 for g in m.groups()):
         raise Mp4Error(f"invalid s parameter {shown!r}: a number is too large")
     start_id, end_id, open_id, rel_start, rel_end = m.groups()
     start = int(start_id)
@@ -1269,6 +1269,8 @@ def _resolve(db: dbmod.Database, stream_id: int, spec: SegmentSpec):
         if start <= cur + wd and (end is None or cur < end):
             pieces.append((r, max(0, start - cur), wd if end is None else min(wd, end - cur)))
         cur += wd
+    if not pieces and rows and start == end == 0:
+        pieces.append((rows[0], 0, 0))  # [0, 0): the first frame, as [t, t) is elsewhere
     if end is not None and end > cur:
         raise Mp4Error(f"s={_spec_text(spec)}: end time {end} is beyond the recordings' "
                        f"{cur} ticks")

@@ -627,8 +627,8 @@ def test_view_errors(testdb):
         mp4.build_view(v, sid, ["1"], ts=True, kind="m4s")
     with pytest.raises(Mp4Error, match="no s parameter"):
         mp4.build_view(v, sid, [])
-    with pytest.raises(Mp4Error, match="no recordings in the requested range"):
-        mp4.build_view(v, sid, ["1.0-0"])  # empty, at a recording's very start
+    # Empty, at a recording's very start: its first frame, as [t, t) elsewhere.
+    assert mp4.build_view(v, sid, ["1.0-0"]).segments[0].frames == 1
     with pytest.raises(Mp4Error, match=r"media range \[0, 7000\) is outside \[0, 6000\)"):
         mp4.FileBuilder().append(rows_of(t)[1], (0, 7000))
 
@@ -1133,6 +1133,9 @@ def test_zero_length_edge_cases(recorded, tmp_path):
     rid = rows[1].recording_id
     f = mp4.build_view(t.db, t.stream_id, [f"{rid}.46500-46500"])
     check(save(f, tmp_path, "zero.mp4"), frames=0, samples=16, duration_90k=0)
+    # ... and at its very start: the key frame there, as anywhere else.
+    f = mp4.build_view(t.db, t.stream_id, [f"{rid}.0-0"])
+    check(save(f, tmp_path, "zero0.mp4"), frames=1, samples=1, duration_90k=0)
     # A start exactly at the end of the run's last recording: its trailing zero frame.
     last = rows[-1]
     f = mp4.build_view(t.db, t.stream_id, [f"{last.recording_id}.{last.wall_duration_90k}-"])

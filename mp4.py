@@ -817,9 +817,11 @@ def _build(b: FileBuilder, db: dbmod.Database, segments: list[_Segment],
     if b.kind == "m4s":
         _append_moof(lo, segments)
         _append_mdat(lo, f, segments, large=False)
-        if len(lo) > 0xFFFFFFFF:
-            raise Mp4Error(f"a media segment of {len(lo)} bytes is over the 4 GiB limit of "
-                           f"its 32-bit offsets; request fewer recordings")
+        # A trun's data_offset is signed 32-bit (ISO/IEC 14496-12 §8.8.8): every GOP must
+        # start within 2 GiB of the moof. (The mdat size is 32-bit too.)
+        if len(lo) > 0x7FFFFFFF:
+            raise Mp4Error(f"a media segment of {len(lo)} bytes is over the 2 GiB limit of "
+                           f"its signed 32-bit offsets; request fewer recordings")
         first = segments[0]
         prev_media, prev_runs = _prev_media_duration_and_runs(db, first.row)
         f.extra_headers = {"X-Prev-Media-Duration": str(prev_media),

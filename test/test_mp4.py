@@ -603,6 +603,28 @@ def test_wall_time_is_rescaled_per_recording(testdb):
 
 # --- errors --------------------------------------------------------------------------------
 
+def test_media_segments_stop_at_2_gib(testdb):
+    """A trun's data_offset is signed 32-bit: a segment over 2 GiB is refused (the index
+    alone lays a file out, so no sample file is needed here)."""
+    t = testdb
+    frames = [(3000, 1 << 30, True), (3000, 1000, False)] * 2   # two GOPs of 1 GiB
+    s = t.db.streams[t.stream_id]
+    r = db.RecordingToInsert(
+        run_offset=0, start_time_90k=T0_90K, prev_media_duration_90k=s.cum_media_duration_90k,
+        prev_runs=s.cum_runs, video_sample_entry_id=t.vse_id,
+        video_index=recording.encode_index(frames), video_samples=4, video_sync_samples=2,
+        sample_file_bytes=2 * ((1 << 30) + 1000), wall_duration_90k=12000,
+        media_duration_90k=12000)
+    cid = t.db.add_recording(t.stream_id, r)
+    t.db.mark_synced(cid)
+    t.db.flush("test")
+    rid = cid & 0xFFFFFFFF
+    with pytest.raises(Mp4Error, match="over the 2 GiB limit of its signed 32-bit"):
+        mp4.build_view(t.db, t.stream_id, [str(rid)], kind="m4s")
+    f = mp4.build_view(t.db, t.stream_id, [f"{rid}.0-6000"], kind="m4s")   # one GOP
+    assert 1 << 30 < f.length < 0x7FFFFFFF
+
+
 def test_view_errors(testdb):
     t = testdb
     add_frames(t, [(3000, 10, True), (0, 10, False)])             # run 1 ends: trailing zero

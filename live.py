@@ -46,12 +46,14 @@ The protocol (RFC 6455, written here; no extensions, no subprotocols):
    each and per message (else close 1009); data messages are parsed, reassembled from
    fragments (text must be UTF-8, else 1007) and ignored. A close from the client is
    echoed with its code, and we return.
-6. We close with 1001 when the server stops, 1008 after a permission error, 1011 after
-   other errors; we then wait up to `close_timeout_sec` for the client's close.
+6. We close with 1001 when the server stops (web.Server.stop wakes every live connection
+   through its eventfd and gives them a second to send it before shutting the sockets
+   down), 1008 after a permission error, 1011 after other errors; except on stop, we
+   then wait up to `close_timeout_sec` for the client's close.
 
 Threads: no new ones. The HTTP handler thread ("http-conn-<n>") runs the connection: it
-waits in `poll` on the socket (client frames) and an eventfd (new frames queued), at most
-a second at a time so it notices `server.stopping`, and does all socket I/O, so a TLS
+waits in `poll` on the socket (client frames) and an eventfd (new frames queued, or the
+server stopping), and does all socket I/O, so a TLS
 socket is never used by two threads. The writer's thread calls `_FrameQueue.on_frame`
 with the database lock held (db.py `frame_indexed`); it only appends to the queue under
 the queue's own lock (ranked below the database lock: the handler never takes the
@@ -77,6 +79,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -763,7 +766,7 @@ def serve(request: api.Request, stream_id: int) -> None:
     conn = _Connection(request, stream_id, name, opts)
     conn.pending_input = _drain_rfile(handler)
     why = "?"
-    wake_fd = queue = None
+    wake_fd = queue = wake = None
     try:
         message = _permission_error(request.caller)
         if message is not None:
@@ -776,6 +779,8 @@ def serve(request: api.Request, stream_id: int) -> None:
             why = "stream not live"
             return None
         wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        wake = functools.partial(os.eventfd_write, wake_fd, 1)   # never blocks
+        request.server.add_live(wake)   # server stop wakes us to close with 1001
         queue = _FrameQueue(wake_fd, opts)
         with db.locked("live: subscribe"):   # the GOP so far and what follows, no gap
             queue.prime(_recent_gop(db, stream_id))
@@ -799,6 +804,7 @@ def serve(request: api.Request, stream_id: int) -> None:
         if queue is not None:
             db.unsubscribe_live(stream_id, queue.on_frame)  # no callback after this...
         if wake_fd is not None:
+            request.server.remove_live(wake)                # nor a wake-up from stop()...
             os.close(wake_fd)                               # ...so the fd can go
         handler.body_bytes = conn.bytes_sent
         if queue is not None:

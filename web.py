@@ -88,7 +88,6 @@ import struct
 import threading
 import urllib.parse
 import uuid as uuidlib
-from collections.abc import Callable
 
 import api
 import auth
@@ -123,6 +122,7 @@ DEFAULT_UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
 
 # A keep-alive connection idle (or a client not reading) this long is closed.
 DEFAULT_CONNECTION_TIMEOUT_SEC = 120.0
+LIVE_STOP_WAIT_SEC = 1.0   # how long stop() lets live connections send their close
 
 
 HttpError = api.HttpError
@@ -636,7 +636,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except _CLIENT_GONE_ERRORS as e:
             raise _ClientGone() from e
 
-    def _serve_entity(self, req: Request, f: mp4.VirtualFile) -> None:
+    def _serve_entity(self, req: api.Request, f: mp4.VirtualFile) -> None:
         """A VirtualFile with caching headers, conditional requests and Range."""
         base = f.headers()
         base["Cache-Control"] = getattr(f, "cache_control", ENTITY_CACHE_CONTROL)
@@ -916,6 +916,10 @@ class Server:
         self.signals = signals
         self.live_options = live_options    # live.Options; None: live.py's defaults
         self.stopping = threading.Event()   # set when stop() begins (live.py watches it)
+        # Live connections' wake-ups (live.py): stop() wakes them so each sends its close
+        # 1001 before the sockets are shut down, and waits a moment for them to go.
+        self._live = threading.Condition()
+        self._live_wakers: set = set()
         self.connection_timeout_sec = connection_timeout_sec
         self._servers: list[_HttpServer] = []
         self._threads: list[threading.Thread] = []
@@ -956,8 +960,24 @@ class Server:
                             {"Allow": "GET, HEAD"})
         return find_static(self.ui_dir, req.path)  # a query (cache buster) is ignored
 
+    def add_live(self, wake) -> None:
+        """Registers a live connection's `wake()` (callable from any thread)."""
+        with self._live:
+            self._live_wakers.add(wake)
+
+    def remove_live(self, wake) -> None:
+        with self._live:
+            self._live_wakers.discard(wake)
+            self._live.notify_all()
+
     def stop(self) -> None:
         self.stopping.set()
+        with self._live:
+            for wake in self._live_wakers:
+                wake()
+            # Most are idle in poll and close at once; one stuck sending to a client that
+            # doesn't read is unblocked below, when its socket is shut down.
+            self._live.wait_for(lambda: not self._live_wakers, timeout=LIVE_STOP_WAIT_SEC)
         for s, t in zip(self._servers, self._threads):
             s.wake()   # the accept loop returns
             t.join()

@@ -5,7 +5,8 @@ Owns
   1970-01-01T00:00:00Z, without leap seconds. Humans read and write
   `YYYY-mm-ddTHH:MM:SS:FFFFF±hh:mm`, where FFFFF is the remainder in *ticks*
   (0..89999, so `:45000` is half a second), not a decimal fraction. Zone-less input
-  is read in the server's zone (`server_zone`: TZ, /etc/timezone, /etc/localtime, UTC).
+  is read in the server's zone (`server_zone`: TZ, /etc/timezone, /etc/localtime, UTC;
+  see `resolve_zone_name`).
 - **The `video_index` format** (Moonfire NVR's, reference §3.2), stored per recording
   in `recording_playback.video_index`. Per frame, in decode order, two unsigned
   protobuf-style LEB128 varints (7 bits per byte, least significant group first,
@@ -106,12 +107,94 @@ def _is_zone(name: str | None) -> bool:
         return False
 
 
+# Where a copied /etc/localtime is looked for: zoneinfo's own search path, which
+# includes /usr/share/zoneinfo unless PYTHONTZPATH says otherwise.
+_ZONEINFO_DIRS = (*zoneinfo.TZPATH, "/usr/share/zoneinfo")
+
+# Names in a zoneinfo tree that are not zones of their own (`localtime` links back to
+# /etc/localtime on Debian; `posixrules` is a copy of America/New_York for POSIX TZ
+# strings without rules).
+_NOT_ZONE_NAMES = frozenset({"localtime", "posixrules"})
+
+# First components of tzdata's Area/Location names (the backward-compatible names are
+# US/*, Canada/*, GB, Navajo, ...).
+_AREAS = frozenset({"Africa", "America", "Antarctica", "Arctic", "Asia", "Atlantic",
+                    "Australia", "Europe", "Indian", "Pacific", "Etc"})
+
+
+def _canonical_zone_names(zone_dir: str) -> set[str]:
+    """The zones (not links) a zoneinfo tree declares: `Z` lines of tzdata.zi, else the
+    third column of zone1970.tab; empty if it ships neither."""
+    try:
+        with open(os.path.join(zone_dir, "tzdata.zi"), encoding="utf-8") as f:
+            return {line.split()[1] for line in f if line.startswith("Z ")}
+    except (OSError, UnicodeDecodeError, IndexError):
+        pass
+    try:
+        with open(os.path.join(zone_dir, "zone1970.tab"), encoding="utf-8") as f:
+            return {cols[2] for cols in (line.split("\t") for line in f)
+                    if len(cols) >= 3 and not cols[0].startswith("#")}
+    except (OSError, UnicodeDecodeError):
+        return set()
+
+
+def _zone_of_copy(data: bytes, zone_dirs: Iterable[str]) -> tuple[str, str] | None:
+    """The zone whose TZif file has exactly `data`'s bytes: (name, path) or None.
+
+    A copied /etc/localtime carries no name, so every file of the same size under
+    `zone_dirs` is compared (sizes first: only a handful are read). Several names may
+    match (links, posix/ and right/ copies); the pick is deterministic: a zone tzdata
+    declares, then a regular file over a symlink, then an Area/Location name, then
+    the alphabetically first.
+    """
+    if not data.startswith(b"TZif"):  # RFC 8536 §3.1 magic
+        return None
+    best: tuple[tuple, str, str] | None = None
+    seen: set[str] = set()
+    for zone_dir in zone_dirs:
+        real_dir = os.path.realpath(zone_dir)
+        if real_dir in seen or not os.path.isdir(real_dir):
+            continue
+        seen.add(real_dir)
+        canonical = _canonical_zone_names(real_dir)
+        # followlinks=False: Debian's posix/ is a symlink to `.`; its files are the same.
+        for dirpath, dirnames, filenames in os.walk(real_dir):
+            dirnames.sort()
+            for fn in filenames:
+                path = os.path.join(dirpath, fn)
+                rel = os.path.relpath(path, real_dir)
+                name = rel.split("/", 1)[1] if rel.startswith(("posix/", "right/")) else rel
+                if name in _NOT_ZONE_NAMES:
+                    continue
+                try:
+                    if os.stat(path).st_size != len(data):
+                        continue
+                    with open(path, "rb") as f:
+                        if f.read() != data:
+                            continue
+                except OSError:
+                    continue
+                if not _is_zone(name):
+                    continue
+                area = name.split("/", 1)[0] if "/" in name else None
+                key = (name not in canonical, os.path.islink(path), area not in _AREAS, name)
+                if best is None or key < best[0]:
+                    best = (key, name, path)
+    return None if best is None else (best[1], best[2])
+
+
 def resolve_zone_name(environ: Mapping[str, str], root: str = "/") -> str:
     """The server's IANA zone name, uncached: TZ, /etc/timezone, /etc/localtime, UTC.
 
-    `root` lets tests point at a fake /etc. A set TZ must name a zone (a leading `:`
-    is allowed, as is a path into a zoneinfo tree); anything else is an error rather
-    than a silent fall-back, because day boundaries and displayed times depend on it.
+    `root` lets tests point at a fake /etc and zoneinfo tree. A set TZ must name a zone
+    (a leading `:` is allowed, as is a path into a zoneinfo tree); anything else is an
+    error rather than a silent fall-back, because day boundaries and displayed times
+    depend on it. /etc/localtime is a symlink into a zoneinfo tree (named by its target)
+    or a copy of a zone file (Docker's `-v /etc/localtime:/etc/localtime:ro`, images
+    that copy it), named by the file with the same bytes under the zoneinfo
+    directories; a copy that matches none is an error too. Without TZ, /etc/timezone
+    and /etc/localtime (or with a dangling link, which is logged) the zone is UTC, as
+    for the C library.
     """
     tz = environ.get("TZ", "").removeprefix(":")
     if tz:
@@ -119,12 +202,14 @@ def resolve_zone_name(environ: Mapping[str, str], root: str = "/") -> str:
         if not _is_zone(name):
             raise ValueError(f"TZ={environ['TZ']!r} is not an IANA time zone; set TZ to an "
                              f"IANA name such as America/New_York, or unset it")
+        logger.info("time zone %s, from TZ", name)
         return name
     path = os.path.join(root, "etc/timezone")
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             name = f.read().strip()
         if _is_zone(name):
+            logger.info("time zone %s, from %s", name, path)
             return name
         logger.warning("ignoring %s: %r is not an IANA zone name", path, name)
     except FileNotFoundError:
@@ -133,8 +218,29 @@ def resolve_zone_name(environ: Mapping[str, str], root: str = "/") -> str:
     if os.path.islink(path):
         name = _name_from_path(path)
         if _is_zone(name):
+            logger.info("time zone %s, from %s (a link to %s)", name, path,
+                        os.path.realpath(path))
             return name
-        logger.warning("ignoring %s: it does not link to a zoneinfo file", path)
+        if not os.path.isfile(path):
+            logger.warning("ignoring %s: it does not link to a zoneinfo file", path)
+    if os.path.isfile(path):  # a copy, or a link to a zone file outside a zoneinfo tree
+        zone_dirs = [os.path.join(root, d.lstrip("/")) for d in _ZONEINFO_DIRS]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ValueError(f"cannot read {path} ({e.strerror}); set TZ to the server's "
+                             f"IANA time zone, such as TZ=America/New_York") from None
+        found = _zone_of_copy(data, zone_dirs)
+        if found is None:
+            raise ValueError(f"{path} is not a link into a zoneinfo directory and is a "
+                             f"copy of no zone file under "
+                             f"{', '.join(dict.fromkeys(zone_dirs))}; set TZ to the server's "
+                             f"IANA time zone, such as TZ=America/New_York")
+        logger.info("time zone %s, from %s (the same bytes as %s; set TZ to name it "
+                    "otherwise)", found[0], path, found[1])
+        return found[0]
+    logger.info("time zone UTC: no TZ, %s or %s", os.path.join(root, "etc/timezone"), path)
     return "UTC"
 
 

@@ -1,5 +1,7 @@
 """Tests of recording.py: 90 kHz time, the video_index codec, frames of a range."""
 
+import logging
+import os
 import random
 import re
 import zoneinfo
@@ -255,6 +257,99 @@ def test_resolve_zone_name_files(tmp_path):
     assert recording.resolve_zone_name({}, str(tmp_path)) == "Asia/Tokyo"
     assert recording.resolve_zone_name({"TZ": ""}, str(tmp_path)) == "Asia/Tokyo"
     assert recording.resolve_zone_name({"TZ": "UTC"}, str(tmp_path)) == "UTC"
+
+
+def _system_zone_file(name):
+    for d in zoneinfo.TZPATH:
+        path = os.path.join(d, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                return f.read()
+    pytest.skip(f"no zoneinfo file for {name} on this box")
+
+
+def _fake_root(tmp_path, files, tzdata_zi=None):
+    """A fake / with an empty etc/ and usr/share/zoneinfo holding `files` (name ->
+    bytes, or "-> target" for a symlink), and Debian's localtime link back to /etc."""
+    (tmp_path / "etc").mkdir()
+    zi = tmp_path / "usr/share/zoneinfo"
+    for name, content in files.items():
+        (zi / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            (zi / name).symlink_to(content.removeprefix("-> "))
+        else:
+            (zi / name).write_bytes(content)
+    (zi / "localtime").symlink_to(tmp_path / "etc/localtime")
+    if tzdata_zi is not None:
+        (zi / "tzdata.zi").write_text(tzdata_zi)
+    return str(tmp_path)
+
+
+def test_resolve_zone_name_copied_localtime(tmp_path, caplog):
+    # Docker's `-v /etc/localtime:/etc/localtime:ro`: a regular file, named by the zone
+    # file with the same bytes; declared zones beat links, posix/ and posixrules.
+    berlin, ny = _system_zone_file("Europe/Berlin"), _system_zone_file("America/New_York")
+    not_berlin = berlin[:-2] + bytes([berlin[-2] ^ 1]) + berlin[-1:]  # same size
+    root = _fake_root(tmp_path, {
+        "Arctic/Longyearbyen": berlin, "posix/Europe/Berlin": berlin, "Europe/Berlin": berlin,
+        "Europe/Paris": not_berlin, "posixrules": ny, "America/New_York": ny,
+    }, tzdata_zi="# version test\nZ Europe/Berlin 0:53:28 - LMT 1893 Ap\n"
+                 "L Europe/Berlin Arctic/Longyearbyen\n")
+    (tmp_path / "etc/localtime").write_bytes(berlin)
+    with caplog.at_level(logging.INFO, logger="recording"):
+        assert recording.resolve_zone_name({}, root) == "Europe/Berlin"
+    assert "time zone Europe/Berlin, from " + root + "/etc/localtime (the same bytes as " \
+        + root + "/usr/share/zoneinfo/Europe/Berlin" in caplog.text
+    (tmp_path / "etc/localtime").write_bytes(ny)  # not `posixrules` nor `localtime`
+    assert recording.resolve_zone_name({}, root) == "America/New_York"
+    (tmp_path / "usr/share/zoneinfo/tzdata.zi").unlink()  # then by name: Arctic < Europe
+    (tmp_path / "etc/localtime").write_bytes(berlin)
+    assert recording.resolve_zone_name({}, root) == "Arctic/Longyearbyen"
+
+
+def test_resolve_zone_name_copied_localtime_prefers_files_over_links(tmp_path):
+    # A tree without tzdata.zi or zone1970.tab: backward names that are symlinks lose.
+    utc = _system_zone_file("Etc/UTC")
+    root = _fake_root(tmp_path, {"Etc/UTC": utc, "Etc/UCT": "-> UTC", "UCT": "-> Etc/UTC",
+                                 "Universal": "-> Etc/UTC"})
+    (tmp_path / "etc/localtime").write_bytes(utc)
+    assert recording.resolve_zone_name({}, root) == "Etc/UTC"
+
+
+def test_resolve_zone_name_copy_matching_nothing_is_an_error(tmp_path):
+    berlin = _system_zone_file("Europe/Berlin")
+    root = _fake_root(tmp_path, {"Europe/Berlin": berlin, "Europe/Paris": berlin[:-1] + b"!"})
+    for content in (berlin[:-1] + b"?", b"not a zone file\n"):
+        (tmp_path / "etc/localtime").write_bytes(content)
+        with pytest.raises(ValueError) as e:
+            recording.resolve_zone_name({}, root)
+        assert str(e.value).startswith(f"{root}/etc/localtime is not a link into a zoneinfo "
+                                       f"directory and is a copy of no zone file under "
+                                       f"{root}/usr/share/zoneinfo, ")
+        assert str(e.value).endswith("; set TZ to the server's IANA time zone, such as "
+                                     "TZ=America/New_York")
+    # Whatever comes first still wins: TZ, then /etc/timezone.
+    assert recording.resolve_zone_name({"TZ": "Asia/Tokyo"}, root) == "Asia/Tokyo"
+    assert recording.resolve_zone_name({"TZ": ":Europe/Berlin"}, root) == "Europe/Berlin"
+    (tmp_path / "etc/timezone").write_text("Australia/Lord_Howe\n")
+    assert recording.resolve_zone_name({}, root) == "Australia/Lord_Howe"
+    assert recording.resolve_zone_name({"TZ": "UTC"}, root) == "UTC"
+
+
+def test_resolve_zone_name_symlink_is_named_by_its_target(tmp_path, caplog):
+    # The link's path names the zone even though a copy of other bytes would match
+    # another name; a link to a file outside any zoneinfo tree is matched by content.
+    berlin = _system_zone_file("Europe/Berlin")
+    root = _fake_root(tmp_path, {"Europe/Berlin": berlin, "Europe/Busingen": berlin},
+                      tzdata_zi="Z Europe/Berlin 1 - CET\n")
+    (tmp_path / "etc/localtime").symlink_to(tmp_path / "usr/share/zoneinfo/Europe/Busingen")
+    with caplog.at_level(logging.INFO, logger="recording"):
+        assert recording.resolve_zone_name({}, root) == "Europe/Busingen"
+    assert "time zone Europe/Busingen, from " + root + "/etc/localtime (a link to " in caplog.text
+    (tmp_path / "etc/localtime").unlink()
+    (tmp_path / "etc/mytz").write_bytes(berlin)
+    (tmp_path / "etc/localtime").symlink_to("mytz")
+    assert recording.resolve_zone_name({}, root) == "Europe/Berlin"
 
 
 # --- frames_in_range --------------------------------------------------------------------

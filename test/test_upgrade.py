@@ -643,6 +643,107 @@ def test_refuses_unusable_stream_url_at_6_to_7_then_rerun_after_fix(tmp_path):
     assert conn.execute("select config from camera where id = 2").fetchone()[0] == "{}"
 
 
+# Moonfire's own 6 -> 7 step (server/db/upgrade/v6_to_v7.rs) recreated `recording`
+# with `open_id integer not null`, without the `references open (id)` that its fresh
+# v7 schema and ours have. This turns our version 7 into that shape, rows and all.
+MOONFIRE_V7_RECORDING = """
+    drop index recording_cover;
+    alter table recording rename to old_recording;
+    create table recording (
+      composite_id integer primary key,
+      open_id integer not null,
+      stream_id integer not null references stream (id),
+      run_offset integer not null,
+      flags integer not null,
+      sample_file_bytes integer not null check (sample_file_bytes > 0),
+      start_time_90k integer not null check (start_time_90k > 0),
+      prev_media_duration_90k integer not null check (prev_media_duration_90k >= 0),
+      prev_runs integer not null check (prev_runs >= 0),
+      wall_duration_90k integer not null
+          check (wall_duration_90k >= 0 and wall_duration_90k < 5*60*90000),
+      media_duration_delta_90k integer not null,
+      video_samples integer not null check (video_samples > 0),
+      video_sync_samples integer not null check (video_sync_samples > 0),
+      video_sample_entry_id integer references video_sample_entry (id),
+      end_reason text
+      check (composite_id >> 32 = stream_id)
+    );
+    create index recording_cover on recording (stream_id, start_time_90k, open_id,
+      wall_duration_90k, media_duration_delta_90k, video_samples, video_sync_samples,
+      video_sample_entry_id, sample_file_bytes, run_offset, flags);
+    insert into recording select * from old_recording;
+    drop table old_recording;
+"""
+
+
+def moonfire_shaped_v7(tmp_path) -> tuple[Seeded, sqlite3.Connection]:
+    s = seed_v0(tmp_path)
+    conn = open_db(s)
+    upgrade.run_steps(conn, step_args(s), 7, quiet=True)
+    conn.execute("pragma foreign_keys = off")
+    conn.execute("pragma legacy_alter_table = on")  # as Moonfire's SQLite renamed then
+    conn.executescript("begin;" + MOONFIRE_V7_RECORDING + "commit;")
+    conn.execute("pragma legacy_alter_table = off")
+    conn.execute("pragma foreign_keys = on")
+    assert [r[3] for r in conn.execute("pragma foreign_key_list(recording)")] == \
+        ["video_sample_entry_id", "stream_id"]  # no open_id
+    return s, conn
+
+
+def test_moonfire_v7_recording_gets_open_id_foreign_key_at_7_to_8(tmp_path):
+    s, conn = moonfire_shaped_v7(tmp_path)
+    # A view over recording would stop a plain (non-legacy) rename of new_recording.
+    conn.execute("create view recent as select composite_id, open_id from recording "
+                 "where start_time_90k > 0")
+    tables = ("recording", "recording_integrity", "recording_playback")
+    before = {t: conn.execute(f"select * from {t} order by composite_id").fetchall()
+              for t in tables}
+    assert len(before["recording"]) == 6
+
+    notes = upgrade.run_step(conn, step_args(s), 7)
+    assert notes[0] == ("recording rebuilt with open_id's foreign key to open "
+                        "(Moonfire's 6 -> 7 left it out); 6 rows kept")
+    assert version(conn) == 8
+    assert_schema(conn, 8)  # the open_id -> open(id) line included
+    assert conn.execute("pragma foreign_keys").fetchone()[0] == 1  # back on
+    after = {t: conn.execute(f"select * from {t} order by composite_id").fetchall()
+             for t in tables}
+    assert after["recording"] == before["recording"]
+    assert after["recording_playback"] == before["recording_playback"]
+    assert [r[:-1] for r in after["recording_integrity"]] == before["recording_integrity"]
+    front = 1 << 32
+    assert conn.execute("select composite_id, open_id, run_offset, flags, wall_duration_90k "
+                        "from recording where stream_id = 1 order by composite_id"
+                        ).fetchall() == [(front | 1, 1, 0, 0, 180000), (front | 2, 1, 1, 1, 90000),
+                                         (front | 3, 1, 0, 0, 180000)]
+    assert conn.execute("select count(*) from recent").fetchone()[0] == 6
+    assert conn.execute("pragma foreign_key_check").fetchall() == []
+    assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        conn.execute("update recording set open_id = 99 where composite_id = ?", (front | 1,))
+
+
+def test_moonfire_v7_recording_with_unknown_open_id_stops_7_to_8(tmp_path):
+    s, conn = moonfire_shaped_v7(tmp_path)
+    conn.execute("update recording set open_id = 42 where composite_id = ?", ((2 << 32) | 1,))
+    before = "\n".join(conn.iterdump())
+    with pytest.raises(upgrade.UpgradeError) as e:
+        upgrade.run_steps(conn, step_args(s), 8, quiet=True)
+    assert str(e.value).startswith(
+        f"1 recording(s) name an open_id that is not in the open table (e.g. composite_id "
+        f"{(2 << 32) | 1}), so recording.open_id can't reference open (id); the database is "
+        f"still at version 7. Add placeholder opens with `insert into open (id, uuid) select "
+        f"distinct open_id, randomblob(16) from recording where open_id not in (select id "
+        f"from open);` in `nvr.py sql`")
+    assert version(conn) == 7 and "\n".join(conn.iterdump()) == before
+    assert conn.execute("pragma foreign_keys").fetchone()[0] == 1
+    conn.execute("insert into open (id, uuid) select distinct open_id, randomblob(16) "
+                 "from recording where open_id not in (select id from open)")
+    upgrade.run_steps(conn, step_args(s), 8, quiet=True)
+    assert_schema(conn, 8)
+    assert conn.execute("pragma foreign_key_check").fetchall() == []
+
+
 def test_refuses_newer_and_unversioned_databases(tmp_path):
     for name, sql, pattern in [
             ("newer", "create table version (id integer primary key, unix_time, notes); "

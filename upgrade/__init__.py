@@ -29,7 +29,11 @@ The procedure (`run`):
 6. For each version N below ours: BEGIN IMMEDIATE, the step's run, insert
    the `version` row N+1, COMMIT. A failure or interruption rolls the step
    back, so the database is always at some whole version; steps that touch
-   files do so in an order that a rerun completes (see each step).
+   files do so in an order that a rerun completes (see each step). A step
+   with `FOREIGN_KEYS_OFF = True` may drop and recreate a table that others
+   reference (SQLite's 12-step ALTER TABLE procedure): foreign keys are off
+   for its transaction (the pragma is a no-op inside one), and the step runs
+   `pragma foreign_key_check` itself before the commit.
 7. Unless --no-vacuum: leave WAL mode if in it, `page_size = 16384`,
    `VACUUM`. Then `journal_mode = wal`. Interrupting this is harmless; a
    rerun at the current version just redoes it.
@@ -132,19 +136,31 @@ def run_step(conn: sqlite3.Connection, args, version: int) -> list[str]:
     step's `run` may return them; None means none).
     """
     step = STEPS[version]
-    conn.execute("begin immediate")
+    fk_was_on = False
+    if getattr(step, "FOREIGN_KEYS_OFF", False):
+        # Only outside a transaction does this pragma take effect.
+        fk_was_on = bool(conn.execute("pragma foreign_keys").fetchone()[0])
+        conn.execute("pragma foreign_keys = off")
+        if conn.execute("pragma foreign_keys").fetchone()[0]:
+            raise RuntimeError(f"step {_step_name(version)} needs foreign keys off, but a "
+                               f"transaction is open")
     try:
-        notes = step.run(conn, args) or []
-        conn.execute("insert into version (id, unix_time, notes) "
-                     "values (?, cast(strftime('%s', 'now') as int), ?)",
-                     (version + 1, UPGRADE_NOTES))
-        crash_point(f"upgrade-v{version}-to-v{version + 1}-before-commit")
-        conn.execute("commit")
-    except BaseException:
-        # Whatever happened (an error, Ctrl-C), the step is all or nothing.
-        if conn.in_transaction:
-            conn.execute("rollback")
-        raise
+        conn.execute("begin immediate")
+        try:
+            notes = step.run(conn, args) or []
+            conn.execute("insert into version (id, unix_time, notes) "
+                         "values (?, cast(strftime('%s', 'now') as int), ?)",
+                         (version + 1, UPGRADE_NOTES))
+            crash_point(f"upgrade-v{version}-to-v{version + 1}-before-commit")
+            conn.execute("commit")
+        except BaseException:
+            # Whatever happened (an error, Ctrl-C), the step is all or nothing.
+            if conn.in_transaction:
+                conn.execute("rollback")
+            raise
+    finally:
+        if fk_was_on:
+            conn.execute("pragma foreign_keys = on")
     return notes
 
 

@@ -301,8 +301,37 @@ def resolve_caller(req: api.Request, peer_uid: int | None) -> api.Caller | None:
         return api.Caller(permissions=auth.Permissions.all(), privileged_unix=True)
     perms = getattr(req.bind, "allow_unauthenticated_permissions", None)
     if perms is not None:
+        if req.bind.address[0] != "unix" and not host_is_address(req.headers.get("Host")):
+            # DNS rebinding: a page of attacker.example, re-pointed at this address, would
+            # read what the bind grants anyone. Its requests carry its own name as Host.
+            logger.debug("request %s: no unauthenticated permissions for Host %r (only an "
+                         "IP address or localhost gets them)", req.request_id,
+                         req.headers.get("Host"))
+            return None
         return api.Caller(permissions=perms)
     return None
+
+
+def host_is_address(host: str | None) -> bool:
+    """True for a Host header naming an IP address or localhost (any port), or none at
+    all (HTTP/1.0): what a browser sends when the user typed such an address, and what a
+    DNS-rebinding page can't send."""
+    if host is None:
+        return True
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name, colon, port = host.rpartition(":")
+        if not colon or not port.isdigit():
+            name = host
+    if name == "localhost" or name.endswith(".localhost"):  # loopback by RFC 6761
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------

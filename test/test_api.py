@@ -199,6 +199,16 @@ def test_unauthenticated_permissions_and_privileged_unix_socket(site):
     u = site.camera_uuid
     # The open bind grants viewVideo without a login, and nothing else.
     assert site.req(f"/api/cameras/{u}/main/recordings", port=site.open)[0] == 200
+    # ... to requests addressed to an IP address or localhost; not to a DNS-rebinding
+    # page's, which name another host.
+    path = f"/api/cameras/{u}/main/recordings"
+    for host, status in ((f"127.0.0.1:{site.open}", 200), (f"localhost:{site.open}", 200),
+                         ("LOCALHOST", 200), ("app.localhost:1", 200), ("[::1]:8080", 200),
+                         ("192.168.1.10", 200), ("attacker.example", 401),
+                         (f"attacker.example:{site.open}", 401), ("127.0.0.1.nip.io", 401),
+                         ("[::1", 401)):
+        assert site.req(path, port=site.open, headers={"Host": host})[0] == status, host
+    assert web.host_is_address(None)   # HTTP/1.0 without Host
     status, _, body = site.req("/api/users/", port=site.open)
     assert status == 401 and b"adminUsers" in body
     # The Unix socket with ownUidIsPrivileged: our own uid gets every permission.

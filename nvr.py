@@ -546,7 +546,17 @@ class Recorder:
         for sy in self.syncers.values():
             sy.stop()
         self.db.flush("NVR shutdown")
-        if sum(sy.collect_garbage() for sy in self.syncers.values()):
+        collected = 0
+        for sy in self.syncers.values():
+            # Shutdown is set, so an I/O error (EIO on unlink or fsync) gives up at once
+            # rather than retrying. The garbage rows stay; the next start's recovery
+            # (dir.py R2) unlinks their files. The other dirs and the flush go on.
+            try:
+                collected += sy.collect_garbage()
+            except clock.ShutdownError as e:
+                logger.warning("%s: garbage not collected at shutdown (%s); start-up "
+                               "recovery will collect it at the next start", sy.path, e)
+        if collected:
             self.db.flush("NVR shutdown: garbage collected")
 
 

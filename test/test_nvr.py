@@ -224,3 +224,53 @@ def test_run_with_a_bad_config_says_which_key(tmp_path):
     (tmp_path / "nvr.toml").write_text('dbdir = "x"\n')
     r = nvr("run", "--config", "nvr.toml", cwd=str(tmp_path), ok=False)
     assert r.returncode == 1 and "unknown key 'dbdir'; known keys: dbDir, uiDir, binds" in r.stderr
+
+
+def test_stop_goes_on_when_a_dirs_garbage_collection_fails(tmp_path, clocks, caplog):
+    """Recorder.stop collects each dir's garbage with shutdown set, so an I/O error
+    gives up at once (ShutdownError). It used to escape stop: no GC of the other dirs,
+    no final flush, exit status 1 with a traceback. Now that dir's garbage waits for
+    the next start's recovery, and the rest goes on."""
+    import errno
+    import logging
+    import threading
+    sys.path.insert(0, ROOT)
+    import db as dbmod
+    import nvr as nvrmod
+    from conftest import make_testdb
+    from fakes import FakeFs
+    t = make_testdb(tmp_path, clocks)
+    d = t.db
+    dir2 = d.add_sample_file_dir(str(tmp_path / "sample2"))
+    sub = d.add_stream(t.camera_id, "sub", dict(d.streams[t.stream_id].config), dir2)
+    a = t.add_recording(start_90k=10**12)
+    t.add_recording(start_90k=10**12, stream_id=sub)
+    d.flush("test")
+    rec = nvrmod.Recorder(d, lambda s: None, shutdown=threading.Event())
+    assert list(rec.syncers) == [t.dir_id, dir2]  # the failing dir comes first
+    for stream_id in (t.stream_id, sub):
+        d.delete_oldest_recordings(stream_id, retain_bytes=0)  # garbage at stop's flush
+    sfd = d.dirs[t.dir_id].dir
+    real = sfd.fs
+    sfd.fs = fs = FakeFs(t.sample_dir)
+    fs.expect("unlink", f"{a:016x}", error=OSError(errno.EIO, "I/O error"))
+    with caplog.at_level(logging.WARNING):
+        rec.stop()
+    fs.assert_done()
+    sfd.fs = real
+    assert [r.getMessage() for r in caplog.records if r.name == "nvr"] == [
+        f"{t.sample_dir}: garbage not collected at shutdown (unlink {t.sample_dir}/{a:016x}: "
+        f"gave up on shutdown after: [Errno 5] I/O error); start-up recovery will collect it "
+        f"at the next start"]
+    # The other dir was collected and the final flush deleted its garbage row.
+    assert os.listdir(str(tmp_path / "sample2")) == ["meta"]
+    garbage = "select composite_id from garbage order by composite_id"
+    assert d.conn.execute(garbage).fetchall() == [(a,)]
+    d.close()
+    # The next start's recovery collects the rest.
+    d = dbmod.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()
+    assert os.listdir(t.sample_dir) == ["meta"]
+    d.flush("test")
+    assert d.conn.execute(garbage).fetchall() == []
+    d.close()

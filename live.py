@@ -47,7 +47,7 @@ The protocol (RFC 6455, written here; no extensions, no subprotocols):
    fragments (text must be UTF-8, else 1007) and ignored. A close from the client is
    echoed with its code, and we return.
 6. We close with 1001 when the server stops (web.Server.stop wakes every live connection
-   through its eventfd and gives them a second to send it before shutting the sockets
+   through its eventfd and gives them up to 2 s to send it before shutting the sockets
    down), 1008 after a permission error, 1011 after other errors; except on stop, we
    then wait up to `close_timeout_sec` for the client's close.
 

@@ -122,7 +122,7 @@ DEFAULT_UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
 
 # A keep-alive connection idle (or a client not reading) this long is closed.
 DEFAULT_CONNECTION_TIMEOUT_SEC = 120.0
-LIVE_STOP_WAIT_SEC = 1.0   # how long stop() lets live connections send their close
+LIVE_STOP_WAIT_SEC = 2.0   # how long stop() lets live connections send their close
 
 
 HttpError = api.HttpError

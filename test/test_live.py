@@ -820,7 +820,7 @@ def test_server_stop_ends_the_socket_promptly(recorded, serve):
         ws.close()
     t.join(5)
     assert not t.is_alive()
-    assert time.monotonic() - began < 2.5
+    assert time.monotonic() - began < 4   # at once, unless the machine is very busy
 
 
 def test_live_over_tls(recorded, serve, tmp_path):

@@ -650,6 +650,7 @@ def _unlink(d: SampleFileDir, name: str, retry: Retry) -> None:
 # The syncer: one thread per dir (`sync-<path>`) while nvr records.
 
 FLUSH_RETRY_SEC = 60  # after a failed flush (reference §3.7)
+COMMAND_RETRY_SEC = 1  # after a command failed other than in an I/O step (`Syncer._handle`)
 
 
 @dataclasses.dataclass(order=True)
@@ -657,6 +658,20 @@ class _PlannedFlush:
     when_ns: int                                   # monotonic
     composite_id: int = dataclasses.field(compare=False)
     reason: str = dataclasses.field(compare=False)
+
+
+@dataclasses.dataclass
+class _Save:
+    """A save command and how far it got. A retry after an error resumes at
+    `step`, because the steps before it can't simply run again: S2 closes the
+    file, and S4 (`mark_synced`) adds the file's size to the stream's usage,
+    and raises once a flush has committed the recording. What follows S4
+    (retention, the flush plan) may run again: retention counts what it
+    already queued."""
+    composite_id: int
+    wall_duration_90k: int
+    f: File
+    step: int = 2  # the next step to run: 2 (S2), 3 (S3), 4 (S4), 5 (retention, plan)
 
 
 class Syncer:
@@ -673,8 +688,11 @@ class Syncer:
       database the files are gone (G4 happens in the next flush).
     Every I/O step is retried at 1 s forever (a full disk stalls, then
     resumes), except once shutdown is set: then it gives up on that item,
-    which start-up recovery handles. `db` is a db.Database (not imported:
-    db.py imports this module).
+    which start-up recovery handles. Any other error in a command (a SQLite
+    error on the database's disk in retention's query, or a bug) is logged and
+    the command retried at 1 s from the step that failed, the same way: the
+    thread never ends but on `stop` (`_handle`). `db` is a db.Database (not
+    imported: db.py imports this module).
     """
 
     def __init__(self, db, dir_id: int, *, shutdown: threading.Event | None = None):
@@ -691,7 +709,7 @@ class Syncer:
     # -- called from other threads ---------------------------------------------
 
     def save(self, composite_id: int, wall_duration_90k: int, f: File) -> None:
-        self.queue.put(("save", composite_id, wall_duration_90k, f))
+        self.queue.put(("save", _Save(composite_id, wall_duration_90k, f)))
 
     def flushed(self) -> None:
         self.queue.put(("flushed",))
@@ -728,28 +746,72 @@ class Syncer:
         except queue.Empty:
             self._flush_if_due()
             return True
-        try:
-            if cmd[0] == "save":
-                self._save(*cmd[1:])
-            elif cmd[0] == "flushed":
-                self.collect_garbage()
-            elif cmd[0] == "stop":
-                return False
-        except clock.ShutdownError as e:
-            logger.warning("%s: %s (start-up recovery will finish it)", self.path, e)
+        if cmd[0] == "stop":
+            return False
+        self._handle(cmd)
         return True
+
+    def _handle(self, cmd: tuple) -> None:
+        """Runs a save or flushed command until it succeeds or shutdown gives up on it.
+
+        I/O steps retry themselves (`_retry`). Anything else that fails, say
+        `sqlite3.OperationalError` from retention's query when the database's
+        disk has an I/O error, is logged with its traceback and the command is
+        retried after 1 s: a transient error recovers by itself, a persistent
+        one keeps warning. Letting it end the thread instead would leave every
+        later recording of this dir unsynced and uncommitted (and retention
+        stopped) until start-up recovery deleted them as abandoned. A save
+        resumes at the step that failed (`_Save`); collecting garbage may run
+        again whole (unlinks tolerate ENOENT, G4 reads what is still
+        needed). Once shutdown is set, the command is given up, as `_retry`
+        gives up on I/O: start-up recovery finishes it.
+        """
+        save = cmd[1] if cmd[0] == "save" else None
+        what = f"save of {name_for(save.composite_id)}" if save else "garbage collection"
+        last_error = None
+        while True:
+            try:
+                if save:
+                    self._save(save)
+                else:
+                    self.collect_garbage()
+                return
+            except clock.ShutdownError as e:
+                logger.warning("%s: %s (start-up recovery will finish it)", self.path, e)
+                break
+            except Exception as e:  # logged with its traceback, then retried
+                # The traceback once per distinct error; a persistent one repeats as one line.
+                if repr(e) != last_error:
+                    logger.exception("%s: %s failed; retrying in %d s", self.path, what,
+                                     COMMAND_RETRY_SEC)
+                else:
+                    logger.warning("%s: %s failed again; retrying in %d s: %s", self.path, what,
+                                   COMMAND_RETRY_SEC, e)
+                last_error = repr(e)
+            if self.db.clocks.wait(self.shutdown, COMMAND_RETRY_SEC):
+                logger.warning("%s: gave up on %s on shutdown (start-up recovery will finish "
+                               "it)", self.path, what)
+                break
+        if save:
+            save.f.close()  # given up (a no-op if S2 closed it)
 
     def _retry(self, what: str, fn):
         return clock.retry(self.db.clocks, self.shutdown, what, fn)
 
-    def _save(self, composite_id: int, wall_duration_90k: int, f: File) -> None:
-        name = f"{self.path}/{name_for(composite_id)}"
-        try:
-            self._retry(f"fsync {name}", f.sync)  # S2: the frames are durable
-        finally:
-            f.close()
-        self._retry(f"fsync dir {self.path}", self.dir.fs.sync)  # S3: its name is durable
-        self.db.mark_synced(composite_id)  # S4
+    def _save(self, save: _Save) -> None:
+        """S2-S4, then retention and the flush plan, from `save.step` on."""
+        composite_id = save.composite_id
+        if save.step == 2:
+            name = f"{self.path}/{name_for(composite_id)}"
+            self._retry(f"fsync {name}", save.f.sync)  # S2: the frames are durable
+            save.f.close()
+            save.step = 3
+        if save.step == 3:
+            self._retry(f"fsync dir {self.path}", self.dir.fs.sync)  # S3: its name is durable
+            save.step = 4
+        if save.step == 4:
+            self.db.mark_synced(composite_id)  # S4
+            save.step = 5
         stream_id = composite_id >> 32
         deleted = self.db.delete_oldest_recordings(stream_id)
         if deleted:
@@ -757,7 +819,7 @@ class Syncer:
                         self.path, len(deleted), stream_id)
         s = self.db.streams[stream_id]
         how_soon_ns = max(0, s.flush_if_sec * clock.NANOS_PER_SEC
-                          - wall_duration_90k * clock.NANOS_PER_SEC // 90_000)
+                          - save.wall_duration_90k * clock.NANOS_PER_SEC // 90_000)
         cam = self.db.cameras[s.camera_id].short_name
         heapq.heappush(self.planned, _PlannedFlush(
             self.db.clocks.monotonic() + how_soon_ns, composite_id,

@@ -10,7 +10,9 @@ follow from reference §3.3-§3.4; the comments derive them.
 import errno
 import logging
 import os
+import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -364,4 +366,136 @@ def test_five_minutes_without_a_key_frame_ends_the_run(tmp_path, clocks):
     # Closing indexes frame 299 as the trailing zero: 299 s, 300 frames.
     assert r.wall_duration_90k == 299 * SEC and r.video_samples == 300
     assert r.end_reason == "too long" and r.flags == db.FLAG_TRAILING_ZERO
+    t.db.close()
+
+
+# -- the syncer survives errors that aren't an I/O step's ------------------------
+
+def flaky(fn, fails, error=None):
+    """`fn`, except that the calls numbered in `fails` (from 1) raise `error`."""
+    calls = []
+
+    def call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) in fails:
+            raise error or sqlite3.OperationalError("disk I/O error")
+        return fn(*args, **kwargs)
+    call.calls = calls
+    return call
+
+
+def write_run(t, syncer, i):
+    """One run of two frames, at `i` minutes."""
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"k" * 100, T0_90K + i * 60 * SEC, 0, True, t.vse_id)
+    w.write(b"n" * 100, T0_90K + i * 60 * SEC + 3000, 3000, False, t.vse_id)
+    w.close("test")
+
+
+def test_a_database_error_in_a_save_is_retried_from_the_step_that_failed(
+        tmp_path, clocks, caplog):
+    """Retention's query failing (a disk I/O error on the database's disk) used to end
+    the syncer thread: later recordings were never synced or committed, and the next
+    start deleted them as abandoned. Now the save is retried 1 s later, from retention:
+    S2 (which closes the file) and S4 (which counts the file's bytes) don't run again."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    t.db.delete_oldest_recordings = flaky(t.db.delete_oldest_recordings, {1})
+    t.db.mark_synced = flaky(t.db.mark_synced, set())
+    for i in range(3):
+        write_run(t, syncer, i)
+    with caplog.at_level(logging.WARNING):
+        drain(syncer)
+    assert clocks.monotonic() == 1 * clock.NANOS_PER_SEC  # one 1 s wait before the retry
+    assert len(t.db.mark_synced.calls) == 3 and len(t.db.delete_oldest_recordings.calls) == 4
+    (rec,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert rec.getMessage() == (f"{t.sample_dir}: save of 0000000100000000 failed; "
+                                f"retrying in 1 s")
+    assert rec.exc_info[0] is sqlite3.OperationalError
+    s = t.db.streams[t.stream_id]
+    assert [r.synced for r in s.uncommitted] == [True] * 3
+    t.db.flush("test")
+    assert s.cum_recordings == 3 and not s.uncommitted
+    assert s.fs_bytes_to_add == 0  # each file counted once
+    assert len(t.db.list_recordings_by_id(t.stream_id, 0, 10)) == 3
+    t.db.close()
+
+
+def test_a_persistent_error_keeps_warning_and_shutdown_gives_up(tmp_path, clocks, caplog):
+    t = make_testdb(tmp_path, clocks)
+    shutdown = threading.Event()
+    syncer = dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown)
+
+    def failing(stream_id, *args, **kwargs):
+        if len(failing.calls) == 2:
+            shutdown.set()  # as Recorder.stop does, while the syncer still retries
+        failing.calls.append(stream_id)
+        raise sqlite3.OperationalError("disk I/O error")
+    failing.calls = []
+    t.db.delete_oldest_recordings = failing
+    write_run(t, syncer, 0)
+    write_run(t, syncer, 1)
+    with caplog.at_level(logging.WARNING):
+        drain(syncer)
+    assert len(failing.calls) == 3 + 1  # three tries of the first save, one of the second
+    assert clocks.monotonic() == 2 * clock.NANOS_PER_SEC
+    msgs = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    p = t.sample_dir
+    assert msgs == [
+        (f"{p}: save of 0000000100000000 failed; retrying in 1 s", True),
+        (f"{p}: save of 0000000100000000 failed again; retrying in 1 s: disk I/O error", False),
+        (f"{p}: save of 0000000100000000 failed again; retrying in 1 s: disk I/O error", False),
+        (f"{p}: gave up on save of 0000000100000000 on shutdown (start-up recovery will "
+         f"finish it)", False),
+        (f"{p}: save of 0000000100000001 failed; retrying in 1 s", True),
+        (f"{p}: gave up on save of 0000000100000001 on shutdown (start-up recovery will "
+         f"finish it)", False)]
+    # Both were made durable and marked synced before retention failed: the final flush
+    # commits them.
+    t.db.flush("NVR shutdown")
+    assert t.db.streams[t.stream_id].cum_recordings == 2
+    t.db.close()
+
+
+def test_shutdown_gives_up_a_save_whose_fsync_fails_and_closes_its_file(faked, clocks):
+    t, fs = faked, faked.fs
+    shutdown = threading.Event()
+    f = FakeFile(fs)
+    fs.expect("create_file", result=f)
+    f.expect_write()
+    f.expect_write()
+    syncer = dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=shutdown)
+    w.write(b"k", T0_90K, 0, True, t.vse_id)
+    w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
+    w.close("NVR shutdown")
+    shutdown.set()
+    f.expect("sync", error=eio())  # S2 fails: given up at once, not retried
+    drain(syncer)
+    fs.assert_done()
+    assert f.closed
+    (r,) = t.db.streams[t.stream_id].uncommitted
+    assert not r.synced  # its file is left for start-up recovery (abandoned)
+
+
+def test_the_syncer_thread_survives_a_database_error(tmp_path):
+    """The same as a thread, in real time: after the failed save (retried 1 s later),
+    later recordings are still synced and committed, and the thread lives on."""
+    t = make_testdb(tmp_path, clock.RealClocks())
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    t.db.delete_oldest_recordings = flaky(t.db.delete_oldest_recordings, {1})
+    syncer.start()
+    try:
+        for i in range(3):
+            write_run(t, syncer, i)
+        s = t.db.streams[t.stream_id]
+        deadline = time.monotonic() + 10
+        while s.cum_recordings < 3:  # flushIfSec 0: the syncer flushes each at once
+            assert time.monotonic() < deadline, [r.synced for r in s.uncommitted]
+            time.sleep(0.05)
+        assert syncer.thread.is_alive()
+    finally:
+        syncer.stop()
+    t.db.flush("test")
+    assert len(t.db.list_recordings_by_id(t.stream_id, 0, 10)) == 3
     t.db.close()

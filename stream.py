@@ -102,6 +102,11 @@ class PyAvSource(Source):
     are converted in one copy (`codec.annexb_to_length_prefixed`); others are
     told apart per packet (`codec.to_length_prefixed`). A key frame's parameter
     sets are parsed only when they differ from the previous key frame's.
+
+    Some cameras send a key frame's parameter sets as a packet of their own,
+    flagged key. That packet is no frame (stripped of its sets it would be
+    empty, which writer.py refuses); its sets are carried to the next key
+    frame that has none of its own, as if they had come with it.
     """
 
     def __init__(self, container, what: str):
@@ -138,7 +143,11 @@ class PyAvSource(Source):
                     if params is None:
                         raise StreamError(f"{what}: no parameter sets in the SDP or the "
                                           f"first key frame")
-                    self._pending.append(f)
+                    sets, rest = codec.split_parameter_sets(self.codec, f.data)
+                    self._last_sets, self._last_parameters = sets, params
+                    if rest:  # else a packet of parameter sets alone: no frame
+                        f.data = rest
+                        self._pending.append(f)
                     break
             else:
                 raise StreamError(f"{what}: ended before the first key frame")
@@ -190,6 +199,7 @@ class PyAvSource(Source):
         rescale = self.time_base != fractions.Fraction(1, 90_000)  # RTSP's is 1/90000
         convert = codec.annexb_to_length_prefixed if self._annexb else self._convert
         split_parameter_sets, name = codec.split_parameter_sets, self.codec
+        carried = b""  # the sets of a key packet that held nothing else, for the next key frame
         try:
             for pkt in self._packets:
                 pts = pkt.pts
@@ -205,6 +215,16 @@ class PyAvSource(Source):
                 f = Frame(pts, pkt.is_keyframe, data)
                 if f.is_key:
                     sets, rest = split_parameter_sets(name, data)
+                    if not rest:  # parameter sets alone (data isn't empty, so sets aren't)
+                        # Newest first: parsing takes the first set of each kind, so
+                        # an SPS sent again replaces the carried one, and separate SPS
+                        # and PPS packets add up. Bounded, should they never stop.
+                        carried = sets + carried if len(carried) < 65536 else sets
+                        continue
+                    if carried:
+                        if not sets:
+                            sets = carried
+                        carried = b""
                     p = self._parameters_of(sets)
                     if p is not None:
                         if p.sample_entry != current:

@@ -41,8 +41,8 @@ Time (reference §3.4; all in 90 kHz units):
 
 Errors that end a run (`WriterError`): pts not increasing, a pts jump beyond
 `MAX_PTS_JUMP_90K`, a parameter change on a non-key frame, 5 minutes without a
-key frame. The streamer then closes the run (trailing zero, end reason) and
-reconnects.
+key frame, a frame of 0 bytes. The streamer then closes the run (trailing
+zero, end reason) and reconnects. `close` ends the recording whatever fails.
 
 Threads: the writer runs on its stream's thread. Fields of the growing
 `RecordingToInsert` change under the database lock (held briefly, no I/O), so
@@ -134,6 +134,10 @@ class Writer:
     def write(self, data, local_time_90k: int, pts_90k: int, is_key: bool,
               video_sample_entry_id: int) -> None:
         """Appends one frame (length-prefixed NAL units, any bytes-like object) to the run."""
+        if not data:
+            # The index can't hold a 0-byte sample (recording.py), and taking one would
+            # fail only at the next frame, with the recording half-indexed.
+            raise WriterError(f"a frame of 0 bytes at pts {pts_90k}; a sample can't be empty")
         cur = self.cur
         if cur is not None and (
                 cur.video_sample_entry_id != video_sample_entry_id
@@ -310,7 +314,6 @@ class Writer:
             self._index_unindexed(0, run_ends=True)
         else:
             self._index_unindexed(next_pts_90k - cur.unindexed_pts_90k)
-        self.cur = None
         r = cur.r
         with self.db.locked():
             if next_pts_90k is None:
@@ -322,11 +325,15 @@ class Writer:
             r.growing = False
         self.prev_end_90k = r.start_time_90k + r.wall_duration_90k
         self.run_offset += 1
+        self.cur = None  # from here on the syncer owns the file (`close` relies on this)
         self.syncer.save(cur.id, r.wall_duration_90k, cur.f)
 
     def close(self, reason: str) -> None:
         """Ends the run: the last frame gets duration 0, the recording its end
-        reason. Safe to call more than once and after errors."""
+        reason. Safe to call more than once and after errors. Whatever goes
+        wrong, the recording ends here, handed to the syncer or abandoned:
+        one left growing would refuse every later run of the stream ("already
+        growing a recording", db.py) until nvr restarted."""
         if self.closed:
             return
         self.closed = True
@@ -341,3 +348,10 @@ class Writer:
                 logger.warning("%s: abandoned: %s", self._name(cur), e)
                 self.cur = None
                 self._abandon(cur.id, cur.r, cur.f)
+            except BaseException:  # a bug (say a ValueError from the index): re-raised
+                if self.cur is cur:  # not yet the syncer's
+                    logger.warning("%s: abandoning it after an unexpected error",
+                                   self._name(cur))
+                    self.cur = None
+                    self._abandon(cur.id, cur.r, cur.f)
+                raise

@@ -1,7 +1,9 @@
 """stream.py: PyAV sources, parameter changes, credentials, and the streamer loop."""
 
+import fractions
 import subprocess
 import threading
+import types
 
 import pytest
 
@@ -47,6 +49,97 @@ def test_file_source_strips_parameter_sets_and_notices_a_change(two_sizes):
     for f in frames:
         nals = codec.nal_units(f.data)  # length-prefixed, whole
         assert nals and not any(codec.is_parameter_set("h264", n) for n in nals)
+
+
+class Packet(bytes):
+    """What PyAvSource reads of an av.Packet: its bytes, pts, size and key flag."""
+
+    def __new__(cls, data, pts, is_keyframe):
+        p = super().__new__(cls, data)
+        p.pts, p.is_keyframe, p.size = pts, is_keyframe, len(data)
+        return p
+
+
+class PacketContainer:
+    """Stands in for an opened av container: one H.264 stream (1/90000 time base,
+    `extradata`) whose demuxer yields `packets`."""
+
+    def __init__(self, packets, extradata):
+        cc = types.SimpleNamespace(name="h264", extradata=extradata)
+        st = types.SimpleNamespace(codec_context=cc, time_base=fractions.Fraction(1, 90_000))
+        self.streams = types.SimpleNamespace(video=[st])
+        self.packets = packets
+
+    def demux(self, stream):
+        return iter(self.packets)
+
+    def close(self):
+        pass
+
+
+def annexb(nals):
+    return b"".join(b"\0\0\0\1" + n for n in nals)
+
+
+def packets_and_extradata(path):
+    """The Annex B packets of a clip (as RTSP gives them) and its stream's extradata."""
+    import av
+    c = av.open(path)
+    try:
+        s = c.streams.video[0]
+        return ([Packet(bytes(p), p.pts, p.is_keyframe) for p in c.demux(s) if p.pts is not None],
+                s.codec_context.extradata)
+    finally:
+        c.close()
+
+
+def split_sets(p):
+    """A key packet -> (its parameter sets alone, flagged key; the rest, flagged key):
+    what a camera sending the sets as a packet of their own gives."""
+    nals = codec.split_annexb(bytes(p))
+    sets = [n for n in nals if codec.is_parameter_set("h264", n)]
+    assert sets and len(sets) < len(nals)
+    rest = [n for n in nals if not codec.is_parameter_set("h264", n)]
+    return Packet(annexb(sets), p.pts, True), Packet(annexb(rest), p.pts, True)
+
+
+def frames_of_source(src):
+    frames = []
+    with pytest.raises(stream.StreamError, match="the camera ended the stream"):
+        for f in src.frames():
+            frames.append(f)
+    return [(f.pts_90k, f.is_key, bytes(f.data),
+             f.parameters and (f.parameters.width, f.parameters.height)) for f in frames]
+
+
+@pytest.mark.parametrize("extradata", [True, False], ids=["sdp-sets", "no-sdp-sets"])
+@pytest.mark.parametrize("where", ["before-each-key-frame", "one-frame-early"])
+def test_a_packet_of_parameter_sets_alone_is_no_frame(two_sizes, extradata, where):
+    """Some cameras send SPS and PPS as a key-flagged packet of their own. Stripped of
+    its sets that packet was an empty frame, which wedged the stream (writer.py). Now
+    it yields nothing and its sets apply to the next key frame: the frames are those
+    of the same stream with the sets inside each key frame, the size change included.
+    "one-frame-early": the sets of the change come before the last frame of the old
+    size (not a key frame), and wait for the key frame. Without extradata (no
+    sprop-parameter-sets) the first packet's sets are the stream's parameters."""
+    packets, sdp = packets_and_extradata(two_sizes)
+    expected = frames_of_source(stream.PyAvSource(PacketContainer(packets, sdp), "whole"))
+    changed = [i for i, f in enumerate(expected) if f[3] is not None]
+    assert changed == [60] and len(expected) == 120
+    split = []
+    for i, p in enumerate(packets):
+        if not p.is_keyframe:
+            split.append(p)
+            continue
+        sets, rest = split_sets(p)
+        if where == "one-frame-early" and i == 60:
+            split.insert(len(split) - 1, sets)
+        else:
+            split.append(sets)
+        split.append(rest)
+    src = stream.PyAvSource(PacketContainer(split, sdp if extradata else None), "split")
+    assert (src.parameters.width, src.parameters.height) == (320, 180)
+    assert frames_of_source(src) == expected
 
 
 def test_url_with_credentials_is_encoded():

@@ -369,6 +369,63 @@ def test_five_minutes_without_a_key_frame_ends_the_run(tmp_path, clocks):
     t.db.close()
 
 
+# -- a recording always ends ----------------------------------------------------
+
+def test_a_frame_of_0_bytes_ends_the_run_before_anything_is_written(tmp_path, clocks):
+    """An empty frame (a key packet of parameter sets alone, stripped by stream.py
+    before it learned to drop those) used to be written, then break the index at the
+    next frame and leave the recording growing: every later run of the stream failed
+    with "already growing a recording" until restart."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"K" * 10, T0_90K, 0, True, t.vse_id)
+    with pytest.raises(writer.WriterError, match="a frame of 0 bytes at pts 3000"):
+        w.write(b"", T0_90K + 3000, 3000, True, t.vse_id)
+    w.close("a frame of 0 bytes")
+    drain(syncer)
+    t.db.flush("test")
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert (r.video_samples, r.sample_file_bytes, r.flags) == (1, 10, db.FLAG_TRAILING_ZERO)
+    assert os.path.getsize(os.path.join(t.sample_dir, dirmod.name_for(r.composite_id))) == 10
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"K" * 10, T0_90K + 9 * SEC, 0, True, t.vse_id)  # the next run records
+    w.close("test")
+    t.db.close()
+
+
+def test_close_abandons_the_recording_on_an_unexpected_error(tmp_path, clocks, monkeypatch):
+    """A bug in ending a recording (here the index refusing the last frame) must not
+    leave it growing: close gives it up, then re-raises."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"K" * 10, T0_90K, 0, True, t.vse_id)
+    w.write(b"n" * 10, T0_90K + 3000, 3000, False, t.vse_id)
+    name = dirmod.name_for(w.cur.id)
+
+    def broken(self, duration_90k, bytes_, is_key):
+        raise ValueError("frame size 0 outside 1..2147483647")
+    monkeypatch.setattr(recording.SampleIndexEncoder, "add_sample", broken)
+    with pytest.raises(ValueError, match="frame size 0"):
+        w.close("test")
+    monkeypatch.undo()
+    s = t.db.streams[t.stream_id]
+    assert [(r.growing, r.abandoned, r.file_gone) for r in s.uncommitted] == [
+        (False, True, True)]
+    assert name not in os.listdir(t.sample_dir)
+    assert syncer.queue.empty()
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"K" * 10, T0_90K + 9 * SEC, 9 * SEC, True, t.vse_id)  # the next run records
+    w.write(b"n" * 10, T0_90K + 9 * SEC + 3000, 9 * SEC + 3000, False, t.vse_id)
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert r.recording_id == 1 and r.video_samples == 2  # id 0 was used up by the abandoned one
+    t.db.close()
+
+
 # -- the syncer survives errors that aren't an I/O step's ------------------------
 
 def flaky(fn, fails, error=None):

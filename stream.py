@@ -80,14 +80,23 @@ class Opener:
 
 
 def url_with_credentials(url: str, username: str, password: str) -> str:
+    """`url` with the userinfo `username:password` (RFC 3986 §3.2.1), each
+    percent-encoded; any userinfo already in `url` is replaced.
+
+    The host and port are kept exactly as written, not rebuilt from the parsed
+    hostname (which drops an IPv6 literal's brackets, so `[fe80::1]:554`
+    became `fe80::1:554`, which FFmpeg can't parse). So is an IPv6 zone id:
+    FFmpeg (libavformat 62) takes it raw (`[fe80::1%eth0]`) and refuses RFC
+    6874's `%25eth0` ("Port missing in uri"), so it is not re-encoded either.
+    """
     if not username and not password:
         return url
     p = urllib.parse.urlsplit(url)
     cred = urllib.parse.quote(username, safe="")
     if password:
         cred += ":" + urllib.parse.quote(password, safe="")
-    return urllib.parse.urlunsplit(p._replace(netloc=f"{cred}@{p.hostname}"
-                                              + (f":{p.port}" if p.port else "")))
+    host_port = p.netloc.rpartition("@")[2]  # a host can't hold "@"; userinfo can
+    return urllib.parse.urlunsplit(p._replace(netloc=f"{cred}@{host_port}"))
 
 
 _CODECS = {"h264": "h264", "hevc": "h265", "h265": "h265"}

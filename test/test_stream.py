@@ -142,10 +142,29 @@ def test_a_packet_of_parameter_sets_alone_is_no_frame(two_sizes, extradata, wher
     assert frames_of_source(src) == expected
 
 
-def test_url_with_credentials_is_encoded():
-    u = stream.url_with_credentials("rtsp://cam.local:554/s1", "ad min", "p@ss:w/rd")
-    assert u == "rtsp://ad%20min:p%40ss%3Aw%2Frd@cam.local:554/s1"
-    assert stream.url_with_credentials("rtsp://h/s", "", "") == "rtsp://h/s"
+@pytest.mark.parametrize("url,username,password,expected", [
+    ("rtsp://192.168.1.5:554/s1", "admin", "pw", "rtsp://admin:pw@192.168.1.5:554/s1"),
+    ("rtsp://192.168.1.5/s1", "admin", "pw", "rtsp://admin:pw@192.168.1.5/s1"),
+    ("rtsp://Cam.local:554/s1?channel=1&subtype=0", "admin", "pw",
+     "rtsp://admin:pw@Cam.local:554/s1?channel=1&subtype=0"),
+    # IPv6 literals keep their brackets (they were dropped: "admin:pw@fe80::1:554").
+    ("rtsp://[fe80::1]:554/s", "admin", "pw", "rtsp://admin:pw@[fe80::1]:554/s"),
+    ("rtsp://[2001:db8::5]/s", "admin", "pw", "rtsp://admin:pw@[2001:db8::5]/s"),
+    # A zone id as written: FFmpeg reads it raw, and refuses RFC 6874's %25 form.
+    ("rtsp://[fe80::1%eth0]:554/s", "admin", "pw", "rtsp://admin:pw@[fe80::1%eth0]:554/s"),
+    ("rtsp://[fe80::1%25eth0]:554/s", "admin", "pw",
+     "rtsp://admin:pw@[fe80::1%25eth0]:554/s"),
+    # Userinfo is percent-encoded whole: ":" "@" "/" "%" and spaces can't end it early.
+    ("rtsp://cam.local:554/s1", "ad min", "p@ss:w/rd",
+     "rtsp://ad%20min:p%40ss%3Aw%2Frd@cam.local:554/s1"),
+    ("rtsp://[::1]:8554/s", "user@site", "100%:#?",
+     "rtsp://user%40site:100%25%3A%23%3F@[::1]:8554/s"),
+    ("rtsp://h/s", "admin", "", "rtsp://admin@h/s"),  # empty password: no ":"
+    ("rtsp://old:secret@h:554/s", "admin", "pw", "rtsp://admin:pw@h:554/s"),  # replaced
+    ("rtsp://h/s", "", "", "rtsp://h/s"),
+])
+def test_url_with_credentials(url, username, password, expected):
+    assert stream.url_with_credentials(url, username, password) == expected
 
 
 class ListSource(stream.Source):

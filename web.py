@@ -139,6 +139,7 @@ class BindError(Exception):
 UNSATISFIABLE = "unsatisfiable"
 _RANGE_SPEC = re.compile(r"\s*(?:([0-9]+)-([0-9]*)|-([0-9]+))\s*")
 _BEYOND_ANY_FILE = 10 ** 30
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _byte_pos(digits: str) -> int:
@@ -603,13 +604,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True  # we can't find where the next request starts
             raise HttpError(411, "chunked request bodies aren't supported; send Content-Length")
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            n = -1
-        if n < 0:
+        # RFC 9110 §8.6: 1*DIGIT; repeated only with one value. Strict, so that we never
+        # read a body of another length than a proxy in front of us did (int() would take
+        # "1_0" or " +10"; a second, different header must not be ignored).
+        values = {v.strip() for line in self.headers.get_all("Content-Length") or ()
+                  for v in line.split(",")}
+        if not values:
+            n = 0
+        elif len(values) == 1 and _DIGITS.fullmatch(v := values.pop()):
+            n = int(v) if len(v) <= 18 else MAX_BODY_BYTES + 1
+        else:
             self.close_connection = True
-            raise HttpError(400, "Content-Length must be a non-negative integer")
+            raise HttpError(400, "Content-Length must be one non-negative integer")
         if n > MAX_BODY_BYTES:
             self.close_connection = True
             raise HttpError(413, f"request body of {n} bytes is over the limit of "

@@ -445,6 +445,26 @@ def test_malformed_request_lines_get_a_status_line(port, line, caplog):
     assert not [r for r in caplog.records if r.levelno > logging.INFO]
 
 
+@pytest.mark.parametrize("headers,status,says", [
+    ("Content-Length: 2", 400, b"two strings"),      # read as the 2 bytes {}: no keys
+    ("Content-Length: 2\r\nContent-Length: 2", 400, b"two strings"),   # one value: fine
+    ("Content-Length: 2, 2", 400, b"two strings"),
+    ("Content-Length: 1_0", 400, b"Content-Length must be"),   # int() would read 10
+    ("Content-Length: +2", 400, b"Content-Length must be"),
+    ("Content-Length: 2\r\nContent-Length: 3", 400, b"Content-Length must be"),
+    ("Content-Length: -1", 400, b"Content-Length must be"),
+    ("Content-Length: 99999999999999999999999", 413, b"over the limit"),
+    ("Transfer-Encoding: chunked", 411, b"chunked request bodies"),
+])
+def test_request_body_framing_is_strict(port, headers, status, says):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"POST /api/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+              f"Content-Type: application/json\r\n{headers}\r\n\r\n{{}}".encode())
+    data = b"".join(iter(lambda: s.recv(65536), b""))
+    s.close()
+    assert data.startswith(f"HTTP/1.1 {status} ".encode()) and says in data, data[:300]
+
+
 # --- connections and binds ---------------------------------------------------------------
 
 def test_keep_alive(recorded, port):

@@ -804,6 +804,9 @@ def test_static_files(site, tmp_path):
     assert status == 200 and h["Content-Type"] == "text/html; charset=utf-8"
     assert body == open(os.path.join(ROOT, "ui", "index.html"), "rb").read()
     assert h["Cache-Control"] == "public, no-cache"
+    assert "script-src 'self'" in h["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in h["Content-Security-Policy"]
+    assert h["X-Frame-Options"] == "DENY"   # test_ui.py fails on any CSP violation
     assert site.req("/", headers={"If-None-Match": h["ETag"]})[0] == 304
     for path in ("/index.html", "/../nvr.py", "/%2e%2e/nvr.py", "/ui/../../etc/passwd",
                  "/.git/config", "/js/../../db.py", "/nvr.py", "//etc/passwd", "/x\\..\\y.js",

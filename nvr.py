@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import tomllib
+import urllib.parse
 import uuid as uuidlib
 
 import auth
@@ -106,6 +107,12 @@ def check_rtsp_url(url: str) -> str:
     if m.group(1):
         raise UsageError("don't put credentials in the URL; give them to the camera with "
                          "`config camera edit NAME --username U --password P`")
+    try:
+        urllib.parse.urlsplit(url).port   # brackets of an IPv6 literal, a numeric port
+    except ValueError as e:
+        raise UsageError(f"bad URL {url!r}: {e}; expected rtsp://host[:port]/path "
+                         f"(an IPv6 address in brackets: rtsp://[2001:db8::1]:554/path)") \
+            from None
     return url
 
 

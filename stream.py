@@ -91,7 +91,7 @@ def url_with_credentials(url: str, username: str, password: str) -> str:
     """
     if not username and not password:
         return url
-    p = urllib.parse.urlsplit(url)
+    p = urllib.parse.urlsplit(url)   # ValueError for bad IPv6 brackets: PyAvOpener says so
     cred = urllib.parse.quote(username, safe="")
     if password:
         cred += ":" + urllib.parse.quote(password, safe="")
@@ -267,7 +267,12 @@ class PyAvOpener(Opener):
                 options["rtsp_transport"] = transport
             options["user_agent"] = "nvr"
         try:
-            container = av.open(url_with_credentials(url, username, password), options=options,
+            full_url = url_with_credentials(url, username, password)
+        except ValueError as e:   # e.g. "Invalid IPv6 URL" (config checks this; an old db)
+            raise StreamError(f"{url}: bad URL ({e}); fix it with `nvr.py config stream "
+                              f"edit`") from None
+        try:
+            container = av.open(full_url, options=options,
                                 timeout=(OPEN_TIMEOUT_SEC, FRAME_TIMEOUT_SEC))
         except av.error.HTTPUnauthorizedError:
             raise StreamError(f"{url}: the camera refused the credentials; set them with "

@@ -83,6 +83,10 @@ def test_config_edits_and_deletes(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["config", "stream", "add", "cam", "main", "--url", "rtsp://u:p@h/1"],
      "don't put credentials in the URL"),
+    (["config", "stream", "add", "cam", "main", "--url", "rtsp://[::1/x"],
+     "bad URL 'rtsp://[::1/x': Invalid IPv6 URL"),
+    (["config", "stream", "add", "cam", "main", "--url", "rtsp://h:port/x"],
+     "bad URL 'rtsp://h:port/x'"),
     (["config", "stream", "add", "cam", "main", "--url", "rtsp://h/1", "--record", "--dir", "1"],
      "needs a retention limit: add --retain-bytes"),
     (["config", "stream", "add", "cam", "main", "--url", "rtsp://h/1", "--record",

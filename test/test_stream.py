@@ -167,6 +167,12 @@ def test_url_with_credentials(url, username, password, expected):
     assert stream.url_with_credentials(url, username, password) == expected
 
 
+def test_a_bad_url_is_a_stream_error_naming_it():
+    # `config` refuses such a URL; one already in a database ends the run with a reason.
+    with pytest.raises(stream.StreamError, match=r"rtsp://\[::1/x: bad URL \(Invalid IPv6 URL\)"):
+        stream.PyAvOpener().open("rtsp://[::1/x", username="u", password="p")
+
+
 class ListSource(stream.Source):
     def __init__(self, frames, parameters, end="gone"):
         self.parameters, self._frames, self.end = parameters, frames, end

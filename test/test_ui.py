@@ -558,6 +558,14 @@ def test_storage_page_shows_the_api_figures(tab, server):
     total = pg.locator(".storage-table tfoot td[data-field='fsBytes']").get_attribute("data-value")
     assert int(total) == sum(s["fsBytes"] for s in streams)
     tab.screenshot("storage")
+    # The skip link moves focus to the page, not to a route named "main".
+    tab.goto("#/")
+    pg.wait_for_selector("#main[data-page='list']")
+    pg.keyboard.press("Tab")
+    assert pg.evaluate("document.activeElement.className") == "skip-link"
+    pg.keyboard.press("Enter")
+    assert pg.evaluate("document.activeElement.id") == "main"
+    assert pg.url.endswith("#/") and pg.locator("#main").get_attribute("data-page") == "list"
     # A hash typed without its slash finds the page too; an unknown one says so.
     tab.goto("#/")
     tab.goto("#storage")
@@ -728,3 +736,16 @@ def test_live_view_plays_and_reconnects_after_a_restart(tab, server):
     wait_playing(pg, ".cell:nth-child(2) video", seconds=1)
     assert "layout=2x2" in pg.url
     tab.screenshot("live-2x2")
+    # Changing page while the server is down: the new page says it couldn't load and
+    # offers Retry (the stopped live grid isn't left up); Retry works once it is back.
+    tab.allow(r"Failed to fetch dynamically imported module")
+    server.stop()
+    pg.get_by_role("link", name="Timeline").click()
+    retry = pg.locator("#main[data-page='timeline'] .page-message button", has_text="Retry")
+    retry.wait_for(timeout=30_000)
+    assert pg.locator(".cell").count() == 0
+    server.start()
+    retry.click()
+    pg.wait_for_function("() => !document.querySelector('#main .page-message')",
+                         timeout=30_000)
+    assert pg.locator("#main").get_attribute("data-page") == "timeline"

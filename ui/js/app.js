@@ -274,7 +274,13 @@ export async function route() {
   try {
     mod = await page.load();
   } catch (e) {
+    if (seq !== state.renderSeq) return;
+    // The old page is already stopped (cleanup above): don't leave it up, dead, under
+    // this page's name. Say what failed and offer to try again.
     showError(e, `Loading the ${page.title} page`);
+    replace(main, h('div', {class: 'page-message'},
+      h('p', null, `The ${page.title} page could not be loaded; is nvr running? `),
+      h('button', {type: 'button', class: 'button', onclick: () => route()}, 'Retry')));
     return;
   }
   if (!state.fresh || !state.top) {
@@ -313,6 +319,11 @@ async function start() {
   initAccountMenu();
   api.setUnauthenticatedHandler(requireLogin);
   window.addEventListener('hashchange', route);
+  // The skip link moves focus without touching the hash, which is the router's.
+  document.querySelector('.skip-link').addEventListener('click', e => {
+    e.preventDefault();
+    document.getElementById('main').focus();
+  });
   try {
     await loadTop();
   } catch (e) {

@@ -650,6 +650,11 @@ def _unlink(d: SampleFileDir, name: str, retry: Retry) -> None:
 # The syncer: one thread per dir (`sync-<path>`) while nvr records.
 
 FLUSH_RETRY_SEC = 60  # after a failed flush (reference §3.7)
+# The longest single wait for a command (`Syncer.iter`); a later plan is waited for
+# in several. A stream's flushIfSec edited by hand (or carried over from Moonfire)
+# can be any size, and a timeout over threading.TIMEOUT_MAX (~292 years) makes the
+# wait raise OverflowError, which would end the thread.
+MAX_WAIT_SEC = 86400
 COMMAND_RETRY_SEC = 1  # after a command failed other than in an I/O step (`Syncer._handle`)
 
 
@@ -740,7 +745,8 @@ class Syncer:
         timeout = None
         if self.planned:
             now = self.db.clocks.monotonic()
-            timeout = max(0, self.planned[0].when_ns - now) / clock.NANOS_PER_SEC
+            timeout = min(max(0, self.planned[0].when_ns - now) / clock.NANOS_PER_SEC,
+                          MAX_WAIT_SEC)
         try:
             cmd = self.db.clocks.recv_timeout(self.queue, timeout)
         except queue.Empty:

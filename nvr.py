@@ -281,6 +281,10 @@ def _collect_all_garbage(d: db.Database) -> None:
         d.flush("garbage collected")
 
 
+# A longer wait to commit only risks more on a power failure; one day is plenty.
+MAX_FLUSH_IF_SEC = 86400
+
+
 def _stream_config(args, base: dict) -> dict:
     config = dict(base)
     if args.url is not None:
@@ -292,8 +296,9 @@ def _stream_config(args, base: dict) -> dict:
     if args.retain_bytes is not None:
         config["retainBytes"] = parse_size(args.retain_bytes)
     if args.flush_if_sec is not None:
-        if args.flush_if_sec < 0:
-            raise UsageError("--flush-if-sec must be >= 0")
+        if not 0 <= args.flush_if_sec <= MAX_FLUSH_IF_SEC:
+            raise UsageError(f"--flush-if-sec must be from 0 to {MAX_FLUSH_IF_SEC} (one day), "
+                             f"not {args.flush_if_sec}")
         config["flushIfSec"] = args.flush_if_sec
     return config
 
@@ -887,7 +892,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep at most this much video, e.g. 100G; oldest deleted first")
         r.add_argument("--flush-if-sec", type=int, metavar="SEC",
                        help="commit a finished recording to the database within this many "
-                            "seconds (default when added: 120 main, 90 others)")
+                            f"seconds, 0 to {MAX_FLUSH_IF_SEC} (default when added: 120 "
+                            f"main, 90 others)")
         if action == "edit":
             r.add_argument("--yes", action="store_true",
                            help="confirm deleting recordings when lowering --retain-bytes")

@@ -94,6 +94,11 @@ def test_config_edits_and_deletes(tmp_path):
     (["config", "stream", "add", "cam", "main", "--url", "rtsp://h/1", "--retain-bytes", "lots"],
      "bad size 'lots'"),
     (["config", "stream", "add", "nocam", "main", "--url", "rtsp://h/1"], "no camera named 'nocam'"),
+    # Over threading.TIMEOUT_MAX the syncer's wait raised OverflowError (test_writer.py).
+    (["config", "stream", "edit", "cam", "sub", "--flush-if-sec", "10000000000"],
+     "--flush-if-sec must be from 0 to 86400 (one day), not 10000000000"),
+    (["config", "stream", "edit", "cam", "sub", "--flush-if-sec", "-1"],
+     "--flush-if-sec must be from 0 to 86400"),
     (["config", "user", "add", "x", "--permissions", "viewVideo,fly"], "unknown permission(s) ['fly']"),
     (["config", "camera", "add", "cam"], "a camera named 'cam' already exists"),
     (["config", "dir", "delete", "1"], "used by stream(s) cam/sub"),

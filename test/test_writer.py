@@ -556,3 +556,29 @@ def test_the_syncer_thread_survives_a_database_error(tmp_path):
     t.db.flush("test")
     assert len(t.db.list_recordings_by_id(t.stream_id, 0, 10)) == 3
     t.db.close()
+
+
+def test_a_huge_flush_if_sec_does_not_end_the_syncer_thread(tmp_path):
+    """A flushIfSec beyond threading.TIMEOUT_MAX (a hand-edited or Moonfire database;
+    the CLI refuses over a day) made the thread's wait raise OverflowError, ending it:
+    later recordings were never synced or committed. The wait is now at most a day."""
+    t = make_testdb(tmp_path, clock.RealClocks())
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, flushIfSec=10**10))
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    syncer.start()
+    try:
+        write_run(t, syncer, 0)   # plans a flush 10**10 s from now; the thread waits
+        write_run(t, syncer, 1)
+        deadline = time.monotonic() + 10
+        while not all(r.synced for r in s.uncommitted):
+            assert time.monotonic() < deadline, [r.synced for r in s.uncommitted]
+            time.sleep(0.05)
+        time.sleep(0.2)           # the thread is back in its (long) wait
+        assert syncer.thread.is_alive()
+        assert syncer.planned and s.cum_recordings == 0   # the flush is still a plan
+    finally:
+        syncer.stop()
+    t.db.flush("test")
+    assert s.cum_recordings == 2
+    t.db.close()

@@ -9,7 +9,8 @@ What it checks (reference §7.1), in order:
 4. Rows against files, per stream: every recording has its recording,
    recording_playback and recording_integrity rows and a file of
    `sample_file_bytes`; every file has a recording row, a garbage row, or an
-   id >= the stream's `cum_recordings` (abandoned; start-up removes it).
+   id >= the stream's `cum_recordings` (abandoned; start-up removes it); no
+   recording row has an id >= `cum_recordings`.
 5. Every `video_index` decodes and agrees with its row (frames, key frames,
    bytes, media duration, trailing zero); with `--verify-hashes`, every file's
    blake2b matches `recording_integrity`.
@@ -19,6 +20,10 @@ Repairs, each only with its flag (the database is then opened read-write):
 - `--trash-orphan-sample-files`: files without rows become garbage.
 - `--trash-corrupt-rows`: recordings whose index is corrupt or disagrees with
   the row or file size lose their rows and their files become garbage.
+- `--raise-cum-recordings`: a stream with recording rows at or beyond its
+  `cum_recordings` gets it raised past the last row (and `cum_media_duration_90k`,
+  `cum_runs` to what that row implies); abandoned files below the new value,
+  which start-up would have removed, become garbage.
 After any repair, garbage is collected as start-up recovery does: unlink,
 fsync the dir, delete the garbage rows.
 
@@ -44,11 +49,13 @@ class Options:
     delete_orphan_rows: bool = False
     trash_orphan_sample_files: bool = False
     trash_corrupt_rows: bool = False
+    raise_cum_recordings: bool = False
     verify_hashes: bool = False
 
     @property
     def repairing(self) -> bool:
-        return self.delete_orphan_rows or self.trash_orphan_sample_files or self.trash_corrupt_rows
+        return (self.delete_orphan_rows or self.trash_orphan_sample_files
+                or self.trash_corrupt_rows or self.raise_cum_recordings)
 
 
 def schema_description(conn: sqlite3.Connection) -> dict:
@@ -107,6 +114,7 @@ class Checker:
         # Repairs planned for the dir being checked (composite ids).
         self.rows_to_delete: set[int] = set()
         self.files_to_trash: set[int] = set()
+        self.cum_to_raise: dict[int, tuple] = {}  # stream id: (cum_recordings, media, runs)
 
     def error(self, msg: str) -> None:
         self.problems += 1
@@ -166,7 +174,7 @@ class Checker:
 
     def _check_dir(self, conn, dir_id: int, sfd: dirmod.SampleFileDir, cum: dict) -> None:
         recs: dict[int, _Rec] = {}
-        self.rows_to_delete, self.files_to_trash = set(), set()
+        self.rows_to_delete, self.files_to_trash, self.cum_to_raise = set(), set(), {}
         for name in sfd.fs.list_names():
             if name == "meta":
                 continue
@@ -182,6 +190,7 @@ class Checker:
         streams = [sid for sid, (d, _) in cum.items() if d == dir_id]
         for sid in streams:
             lo, hi = sid << 32, (sid + 1) << 32
+            self._check_cum_recordings(conn, sid, cum[sid][1])
             for cid, flags, nbytes, media, samples, sync in conn.execute(
                     "select composite_id, flags, sample_file_bytes, "
                     "wall_duration_90k + media_duration_delta_90k, video_samples, video_sync_samples "
@@ -228,6 +237,8 @@ class Checker:
                 if r.file_bytes is not None and rid >= cum[sid][1]:
                     self.info(f"note: {what} was never committed (abandoned); "
                               f"start-up recovery removes it")
+                    if sid in self.cum_to_raise and rid < self.cum_to_raise[sid][0]:
+                        self.files_to_trash.add(cid)  # no longer abandoned once raised
                     continue
                 if r.file_bytes is not None:
                     self.error(f"{what}: file has no recording row; "
@@ -271,15 +282,45 @@ class Checker:
         if self.opts.repairing:
             self._repair(conn, dir_id, sfd)
 
+    def _check_cum_recordings(self, conn, sid: int, cum_recordings: int) -> None:
+        """Rows at or beyond cum_recordings: start-up recovery would once have taken
+        their files for abandoned ones and unlinked them (it now keeps them, warning),
+        and the stream's next recording would reuse their ids."""
+        rids = [cid & 0xFFFFFFFF for (cid,) in conn.execute(
+            "select composite_id from recording where composite_id >= ? and composite_id < ? "
+            "order by composite_id", ((sid << 32) | cum_recordings, (sid + 1) << 32))]
+        if not rids:
+            return
+        name = conn.execute("select c.short_name || '/' || s.type from stream s join camera c "
+                            "on s.camera_id = c.id where s.id = ?", (sid,)).fetchone()
+        shown = ", ".join(map(str, rids[:10])) + (f" and {len(rids) - 10} more"
+                                                   if len(rids) > 10 else "")
+        self.error(f"stream {sid} ({name[0] if name else '?'}): recording row(s) {shown} "
+                   f"have ids >= the stream's cum_recordings {cum_recordings}, so their files "
+                   f"look uncommitted; --raise-cum-recordings raises it to {rids[-1] + 1}")
+        if self.opts.raise_cum_recordings:
+            # What the flush that committed the last row would have left (db.py flush).
+            media, runs = conn.execute(
+                "select prev_media_duration_90k + wall_duration_90k + media_duration_delta_90k, "
+                "prev_runs + (run_offset = 0) from recording where composite_id = ?",
+                ((sid << 32) | rids[-1],)).fetchone()
+            self.cum_to_raise[sid] = (rids[-1] + 1, media, runs)
+
     def _repair(self, conn, dir_id: int, sfd: dirmod.SampleFileDir) -> None:
         rows, trash = sorted(self.rows_to_delete), sorted(self.files_to_trash)
         with db.transaction(conn):
+            for sid, (n, media, runs) in sorted(self.cum_to_raise.items()):
+                conn.execute("update stream set cum_recordings = ?, cum_media_duration_90k = "
+                             "max(cum_media_duration_90k, ?), cum_runs = max(cum_runs, ?) "
+                             "where id = ?", (n, media, runs, sid))
             for cid in rows:
                 for table in ("recording_playback", "recording_integrity", "recording"):
                     conn.execute(f"delete from {table} where composite_id = ?", (cid,))
             for cid in trash:
                 conn.execute("insert or ignore into garbage (sample_file_dir_id, composite_id) "
                              "values (?, ?)", (dir_id, cid))
+        for sid, (n, _, _) in sorted(self.cum_to_raise.items()):
+            self.info(f"repaired: raised stream {sid}'s cum_recordings to {n}")
         if rows:
             self.info(f"repaired: deleted the rows of {len(rows)} recording(s)")
         if trash:

@@ -609,7 +609,14 @@ class Database:
             # Step 6: start-up recovery.
             cum = {s.id: s.cum_recordings for s in self.streams.values()
                    if s.sample_file_dir_id == d.id}
-            result = dirmod.recover(sfd, sorted(d.garbage_needs_unlink), cum, retry=self._dir_retry)
+            # Rows at or beyond cum_recordings break invariant 2 (a bad write, a hand
+            # edit); their files must not be taken for abandoned ones.
+            with self.locked():
+                rows = [cid for sid, n in cum.items() for (cid,) in self.conn.execute(
+                    "select composite_id from recording where composite_id >= ? and "
+                    "composite_id < ?", ((sid << 32) | n, (sid + 1) << 32))]
+            result = dirmod.recover(sfd, sorted(d.garbage_needs_unlink), cum,
+                                    retry=self._dir_retry, rows=rows)
             with self.locked():
                 gone = set(result.garbage_gone)
                 d.garbage_needs_unlink -= gone
@@ -617,6 +624,11 @@ class Database:
             if result.abandoned:
                 logger.info("dir %s: removed %d abandoned sample file(s) of uncommitted "
                             "recordings", d.path, len(result.abandoned))
+            if result.kept:
+                logger.warning("dir %s: kept %d sample file(s) whose recording rows have ids "
+                               ">= their stream's cum_recordings, which should never be (%s); "
+                               "stop nvr and run `nvr.py check`", d.path, len(result.kept),
+                               ", ".join(dirmod.name_for(c) for c in result.kept[:10]))
             if result.unexpected:
                 logger.warning("dir %s: unexpected files (see `nvr.py check`): %s",
                                d.path, ", ".join(result.unexpected[:10]))

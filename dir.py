@@ -109,7 +109,9 @@ Start-up recovery (`recover`; O6):
   R2. unlink every garbage row's file; ENOENT is fine ("may or may not exist").
   R3. unlink each sample file whose recording id is >= its stream's
       cum_recordings: S1 ran, S4 never committed ("abandoned"). Files of
-      streams the database doesn't know are reported, never touched.
+      streams the database doesn't know are reported, never touched; so are
+      files that have a `recording` row all the same (a row beyond
+      cum_recordings: a bad write or a hand edit; `nvr.py check` reports it).
   R4. fsync the dir once, even if every file was already gone: a process that
       crashed after G2 may have left its unlinks not yet durable.
   R5. (db.py) its next transaction deletes the garbage rows R2 reported gone.
@@ -602,15 +604,18 @@ class RecoveryResult:
     garbage_gone: list[int]  # garbage ids whose files are now durably gone (R5 deletes the rows)
     abandoned: list[int]     # composite ids of abandoned files unlinked (R3)
     unexpected: list[str]    # names neither meta nor a sample file of a known stream
+    # Ids >= cum_recordings whose files were kept because they have a recording row.
+    kept: list[int] = dataclasses.field(default_factory=list)
 
 
 def recover(d: SampleFileDir, garbage: Iterable[int], cum_recordings: dict[int, int], *,
-            retry: Retry) -> RecoveryResult:
+            retry: Retry, rows: Iterable[int] = ()) -> RecoveryResult:
     """R1-R4 (module docstring): `garbage` is the dir's garbage ids; `cum_recordings`
-    maps each stream in this dir to its cum_recordings."""
+    maps each stream in this dir to its cum_recordings; `rows` holds the composite
+    ids >= cum_recordings that have a recording row anyway, whose files R3 keeps."""
     garbage = sorted(set(garbage))
-    garbage_set = set(garbage)
-    abandoned, unexpected = [], []
+    garbage_set, rows = set(garbage), set(rows)
+    abandoned, unexpected, kept = [], [], []
     for name in d.fs.list_names():  # R1
         cid = parse_name(name)
         if name == META_NAME or cid in garbage_set:
@@ -618,7 +623,8 @@ def recover(d: SampleFileDir, garbage: Iterable[int], cum_recordings: dict[int, 
         if cid is None or cid >> 32 not in cum_recordings:
             unexpected.append(name)
         elif cid & 0xFFFFFFFF >= cum_recordings[cid >> 32]:
-            abandoned.append(cid)
+            # A file with a row was committed, whatever cum_recordings says: keep it.
+            (kept if cid in rows else abandoned).append(cid)
     for cid in garbage:
         _unlink(d, name_for(cid), retry)  # R2
     for cid in abandoned:
@@ -626,7 +632,7 @@ def recover(d: SampleFileDir, garbage: Iterable[int], cum_recordings: dict[int, 
     # R4: the unlinks must be durable before db.py deletes the garbage rows (R5).
     retry(f"fsync dir {d.path}", d.fs.sync)
     logger.debug("%s: recovery unlinked garbage %s, abandoned %s", d.path, garbage, abandoned)
-    return RecoveryResult(garbage, abandoned, unexpected)
+    return RecoveryResult(garbage, abandoned, unexpected, sorted(kept))
 
 
 def collect(d: SampleFileDir, composite_ids: Iterable[int], retry: Callable) -> None:

@@ -172,6 +172,7 @@ def cmd_check(args) -> int:
     opts = check.Options(delete_orphan_rows=args.delete_orphan_rows,
                          trash_orphan_sample_files=args.trash_orphan_sample_files,
                          trash_corrupt_rows=args.trash_corrupt_rows,
+                         raise_cum_recordings=args.raise_cum_recordings,
                          verify_hashes=args.verify_hashes)
     return check.run(args.db_dir, opts, sys.stdout)
 
@@ -824,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete sample files that have no recording row (and leftover garbage)")
     p.add_argument("--trash-corrupt-rows", action="store_true",
                    help="delete recordings whose index is corrupt or disagrees with the file")
+    p.add_argument("--raise-cum-recordings", action="store_true",
+                   help="raise a stream's cum_recordings (its next recording id) past "
+                        "recording rows at or beyond it")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("upgrade", help="upgrade a Moonfire NVR or older nvr database",

@@ -137,6 +137,49 @@ def test_abandoned_file_is_a_note(stopped):
     assert status == 0 and "never committed (abandoned)" in out
 
 
+def test_rows_beyond_cum_recordings(stopped):
+    """Rows with ids >= cum_recordings (a bad write, a hand edit) were reported clean;
+    start-up recovery then took their files for abandoned ones and unlinked them."""
+    want = stopped.sql("select cum_recordings, cum_media_duration_90k, cum_runs from stream")
+    stopped.sql("update stream set cum_recordings = 1")
+    status, out = run_check(stopped)
+    assert status == 1
+    assert ("error: stream 1 (test-camera/main): recording row(s) 1, 2 have ids >= the "
+            "stream's cum_recordings 1, so their files look uncommitted; "
+            "--raise-cum-recordings raises it to 3\n") in out
+    assert run_check(stopped, trash_corrupt_rows=True)[0] == 1  # not another flag's job
+    status, out = run_check(stopped, raise_cum_recordings=True)
+    assert "repaired: raised stream 1's cum_recordings to 3" in out
+    assert run_check(stopped) == (0, "check: clean\n")
+    assert stopped.sql("select cum_recordings, cum_media_duration_90k, cum_runs "
+                       "from stream") == want
+    assert all(os.path.exists(stopped.path(c)) for c in stopped.ids)
+
+
+def test_raising_cum_recordings_trashes_abandoned_files_below_it(stopped):
+    # Recording 1 lost its rows: its file is abandoned while cum_recordings is 0, and
+    # would be a file without a row once raised to 3; it goes to garbage instead.
+    gone = stopped.ids[1]
+    for table in ("recording_playback", "recording_integrity", "recording"):
+        stopped.sql(f"delete from {table} where composite_id = ?", gone)
+    stopped.sql("update stream set cum_recordings = 0, cum_media_duration_90k = 0, "
+                "cum_runs = 0")
+    # The fixture leaves prev_* at 0; a real run's last row: two recordings of 3 s
+    # (90000) before it, in the one run that began at recording 0.
+    stopped.sql("update recording set prev_media_duration_90k = 180000, prev_runs = 1 "
+                "where composite_id = ?", stopped.ids[2])
+    status, out = run_check(stopped)
+    assert status == 1 and "recording row(s) 0, 2 have ids >= the stream's cum_recordings 0" in out
+    assert "recording 1/1 (0000000100000001 in" in out and "(abandoned)" in out
+    status, out = run_check(stopped, raise_cum_recordings=True)
+    assert "moved 1 sample file(s) to garbage" in out and "collected 1 garbage file(s)" in out
+    assert not os.path.exists(stopped.path(gone))
+    assert run_check(stopped) == (0, "check: clean\n")
+    # What the last row implies: 3 recordings of 3 s, one run.
+    assert stopped.sql("select cum_recordings, cum_media_duration_90k, cum_runs "
+                       "from stream") == [(3, 270000, 1)]
+
+
 def test_unexpected_file(stopped):
     with open(os.path.join(stopped.sample_dir, "notes.txt"), "w") as f:
         f.write("hi")

@@ -282,6 +282,30 @@ def test_start_up_recovery_removes_abandoned_and_garbage(tmp_path, clocks):
     d.close()
 
 
+def test_start_up_recovery_keeps_files_of_rows_beyond_cum_recordings(tmp_path, clocks, caplog):
+    """A row with an id >= its stream's cum_recordings (a bad write, a hand edit) broke
+    invariant 2; recovery took its file for an abandoned one and unlinked it. Now it
+    keeps the file and warns; a file without a row beyond cum_recordings still goes."""
+    t = make_testdb(tmp_path, clocks)
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(2)]
+    t.db.flush("test")
+    abandoned = t.add_recording(start_90k=start + 2 * 90_000, run_offset=2)  # never flushed
+    t.db.conn.execute("update stream set cum_recordings = 1")  # row 1 is now beyond it
+    t.db.close()
+    name = lambda cid: os.path.join(t.sample_dir, dirmod.name_for(cid))  # noqa: E731
+    d = db.Database.open_dir(t.db_dir, clocks)
+    with caplog.at_level(logging.WARNING):
+        d.open_sample_file_dirs()
+    assert os.path.exists(name(ids[0])) and os.path.exists(name(ids[1]))
+    assert not os.path.exists(name(abandoned))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"dir {t.sample_dir}: kept 1 sample file(s) whose recording rows have ids >= their "
+        f"stream's cum_recordings, which should never be ({dirmod.name_for(ids[1])}); stop "
+        f"nvr and run `nvr.py check`"]
+    d.close()
+
+
 def test_dirs_are_verified_against_the_database(tmp_path, clocks):
     a = make_testdb(tmp_path / "a", clocks)
     b = make_testdb(tmp_path / "b", clocks)

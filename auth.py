@@ -448,9 +448,9 @@ class Auth:
                           flags: int = FLAG_HTTP_ONLY | FLAG_SAME_SITE_LAX) -> tuple[str, Session]:
         """Checks the password and creates a session: returns (cookie value, session).
 
-        Raises `Throttled`, or `AuthError` for an unknown user, a wrong password, a
-        user without a password or a disabled user (one message for all, so as not to
-        say which usernames exist)."""
+        Raises `Throttled`, or `AuthError` for an unknown user, a wrong or empty
+        password, a user without a password or a disabled user (one message for all,
+        so as not to say which usernames exist)."""
         keys = Throttle.keys(username, client.addr)
         self._check_throttle(keys, "logins")   # cheap, before waiting for a hashing slot
         with self.db.locked("login: find user"):
@@ -461,8 +461,10 @@ class Auth:
             # Again: attempts queued for a slot at once must not all pass the first check.
             now = self._check_throttle(keys, "logins")
             # An unknown user costs a check too, so timing doesn't tell which names exist.
+            # An empty password never logs in, even if a hash of one was stored (older
+            # `nvr.py config user` took it; the API refuses to set one).
             ok = verify_password(password_hash or self._dummy_hash(), password) \
-                and password_hash is not None
+                and password_hash is not None and password != ""
             new_hash = hash_password(password) if ok and needs_rehash(password_hash) else None
             if not ok or user.disabled:
                 self.throttle.failed(keys, now)   # before the next queued attempt looks
@@ -501,7 +503,7 @@ class Auth:
         with self._hashing:
             now = self._check_throttle(keys, "password checks")   # as in login_by_password
             ok = verify_password(password_hash or self._dummy_hash(), password) \
-                and password_hash is not None
+                and password_hash is not None and password != ""
             if not ok:
                 self.throttle.failed(keys, now)
         if ok:

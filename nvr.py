@@ -91,13 +91,19 @@ def parse_permissions(s: str) -> auth.Permissions:
         raise UsageError(str(e)) from None
 
 
-def read_password(args) -> str | None:
+def read_password(args, if_empty: str = "") -> str | None:
+    """--password or the first line of --password-stdin. A user's password
+    (`if_empty`, how to do without one, given) must not be empty: `POST /api/login`
+    would take an empty one; a camera's may be (no RTSP password)."""
     if getattr(args, "password_stdin", False):
         line = sys.stdin.readline().rstrip("\n")
         if not line:
-            raise UsageError("--password-stdin: no password on standard input")
+            raise UsageError(f"--password-stdin: no password on standard input{if_empty}")
         return line
-    return getattr(args, "password", None)
+    password = getattr(args, "password", None)
+    if password == "" and if_empty:
+        raise UsageError(f"--password must not be empty{if_empty}")
+    return password
 
 
 def check_rtsp_url(url: str) -> str:
@@ -384,7 +390,7 @@ def cmd_config_user(args) -> int:
     d = _open(args)
     try:
         if args.action == "add":
-            password = read_password(args)
+            password = read_password(args, "; leave it out to add a user without a password")
             perms = parse_permissions(args.permissions) if args.permissions else auth.Permissions(
                 view_video=True)
             id_ = d.add_user(args.name, permissions=perms,
@@ -399,7 +405,8 @@ def cmd_config_user(args) -> int:
         elif args.action == "edit":
             u = d.user_by_name(args.name)
             kwargs = {}
-            password = read_password(args)
+            password = read_password(args, f"; to remove the password, use `nvr.py config "
+                                            f"user edit {u.username} --clear-password`")
             if password is not None and args.clear_password:
                 raise UsageError("give either a new password or --clear-password, not both")
             if password is not None:

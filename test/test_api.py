@@ -397,6 +397,25 @@ def test_login_errors(site):
     site.server.auth.throttle.succeeded(["user:admin", "user:nobody", "addr:127.0.0.1"])
 
 
+def test_an_empty_password_never_logs_in(tmp_path, clocks):
+    """Even where a hash of "" is stored (older `nvr.py config user` took one); it
+    fails like any wrong password: counted and throttled."""
+    t = make_testdb(tmp_path, clocks)
+    try:
+        uid = t.db.add_user("u", password_hash=auth.hash_password(""))
+        a = auth.Auth(t.db)
+        for _ in range(5):
+            with pytest.raises(auth.AuthError, match="^incorrect username or password$"):
+                a.login_by_password("u", "", auth.Client(addr="192.0.2.1"))
+        assert t.db.users[uid].password_failure_count == 5
+        with pytest.raises(auth.Throttled):
+            a.login_by_password("u", "", auth.Client(addr="192.0.2.1"))
+        clocks.sleep(60)
+        assert not a.check_password(uid, "", auth.Client(addr="192.0.2.2"))
+    finally:
+        t.db.close()
+
+
 def test_throttling_slows_then_refuses_then_forgives(tmp_path, clocks):
     t = make_testdb(tmp_path, clocks)
     try:

@@ -115,6 +115,30 @@ def test_config_errors_are_one_line_and_change_nothing(tmp_path, args, message):
     assert nvr("config", "stream", "list", cwd=cwd).stdout == before
 
 
+def test_user_passwords_must_not_be_empty(tmp_path):
+    """`config user add/edit --password ''` set an empty password, with which
+    `POST /api/login` succeeded (the API refuses to set one)."""
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    nvr("config", "user", "add", "bob", "--password-stdin", cwd=cwd, input="pw\n")
+    clear = "to remove the password, use `nvr.py config user edit bob --clear-password`"
+    for args, input, message in [
+        (["add", "alice", "--password", ""], None,
+         "--password must not be empty; leave it out to add a user without a password"),
+        (["add", "alice", "--password-stdin"], "\n", "--password-stdin: no password on "
+         "standard input; leave it out to add a user without a password"),
+        (["edit", "bob", "--password", ""], None, f"--password must not be empty; {clear}"),
+        (["edit", "bob", "--password-stdin"], "\n",
+         f"--password-stdin: no password on standard input; {clear}"),
+    ]:
+        r = nvr("config", "user", *args, cwd=cwd, input=input, ok=False)
+        assert (r.returncode, r.stderr) == (1, f"error: {message}\n")
+    assert nvr("config", "user", "list", cwd=cwd).stdout == (
+        "1\tbob\tenabled\tpassword\tpermissions=viewVideo\n")
+    # A camera's RTSP password may be empty (none).
+    nvr("config", "camera", "add", "cam", "--username", "u", "--password", "", cwd=cwd)
+
+
 def test_config_refused_while_locked(tmp_path):
     cwd = str(tmp_path)
     nvr("init", cwd=cwd)

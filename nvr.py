@@ -516,16 +516,27 @@ def load_config(path: str | None) -> Config:
         raise UsageError(f"config file {path} does not exist") from None
 
 
+_sd_notify_warned = False
+
+
 def sd_notify(message: str) -> None:
-    """Tells systemd (Type=notify) our state, if it started us."""
+    """Tells systemd (Type=notify) our state, if it started us. A socket that
+    doesn't work (a stale NOTIFY_SOCKET inherited from elsewhere) is warned about
+    once; it mustn't stop nvr from running or shutting down cleanly."""
+    global _sd_notify_warned
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(addr)
-        s.sendall(message.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect("\0" + addr[1:] if addr.startswith("@") else addr)
+            s.sendall(message.encode())
+    except OSError as e:
+        if not _sd_notify_warned:
+            logger.warning("can't tell systemd %s through NOTIFY_SOCKET=%s (%s); going on "
+                           "without (unset NOTIFY_SOCKET if systemd didn't start nvr)",
+                           message, addr, e)
+            _sd_notify_warned = True
 
 
 class Recorder:

@@ -259,6 +259,39 @@ def test_run_with_a_bad_config_says_which_key(tmp_path):
     assert r.returncode == 1 and "unknown key 'dbdir'; known keys: dbDir, uiDir, binds" in r.stderr
 
 
+def test_run_goes_on_with_a_stale_notify_socket(tmp_path):
+    """A NOTIFY_SOCKET that doesn't work made `run` die with a traceback at READY=1,
+    after starting the recorder and web server and before the shutdown flush."""
+    import signal
+    import time
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    (tmp_path / "nvr.toml").write_text('dbDir = "nvr-data/db"\n[[binds]]\n'
+                                       'ipv4 = "127.0.0.1:0"\n')
+    log_path = tmp_path / "nvr.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, NVR, "run", "--config", "nvr.toml", "--read-only"], cwd=cwd,
+            stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, NVR_LOG="INFO", NOTIFY_SOCKET=str(tmp_path / "no" / "sock")))
+        try:
+            deadline = time.monotonic() + 30
+            while "READY=1" not in log_path.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log_path.read_text()
+    assert text.count("WARNING") == 1 and "Traceback" not in text
+    assert (f"can't tell systemd READY=1 through NOTIFY_SOCKET={tmp_path}/no/sock ([Errno 2] "
+            f"No such file or directory); going on without") in text
+    assert "shut down cleanly" in text
+
+
 def test_stop_goes_on_when_a_dirs_garbage_collection_fails(tmp_path, clocks, caplog):
     """Recorder.stop collects each dir's garbage with shutdown set, so an I/O error
     gives up at once (ShutdownError). It used to escape stop: no GC of the other dirs,

@@ -106,6 +106,22 @@ def read_password(args, if_empty: str = "") -> str | None:
     return password
 
 
+def check_name(what: str, name: str | None) -> str | None:
+    """A new camera short name or user name (None: not given). The API refuses
+    empty user names too. Names go into log lines, so no control characters; a
+    camera's also into `CAMERA/TYPE` in logs and check's output, so no '/'."""
+    if name is None:
+        return None
+    if not name:
+        raise UsageError(f"the {what} must not be empty")
+    if not name.isprintable():
+        raise UsageError(f"the {what} {name!r} must not contain control characters")
+    if what == "camera name" and "/" in name:
+        raise UsageError(f"the {what} {name!r} must not contain '/' (logs name streams "
+                         f"CAMERA/TYPE)")
+    return name
+
+
 def check_rtsp_url(url: str) -> str:
     m = re.fullmatch(r"rtsps?://([^/@]*@)?[^/]+(/.*)?", url)
     if not m:
@@ -249,7 +265,7 @@ def cmd_config_camera(args) -> int:
     d = _open(args)
     try:
         if args.action == "add":
-            id_ = d.add_camera(args.name, _camera_config(args, {}))
+            id_ = d.add_camera(check_name("camera name", args.name), _camera_config(args, {}))
             print(f"added camera {id_}: {args.name}")
         elif args.action == "list":
             for c in sorted(d.cameras.values(), key=lambda c: c.id):
@@ -259,7 +275,8 @@ def cmd_config_camera(args) -> int:
                       f"\t{c.config.get('description', '')}\tuuid={uuidlib.UUID(bytes=c.uuid)}")
         elif args.action == "edit":
             c = d.camera_by_name(args.name)
-            d.update_camera(c.id, short_name=args.rename, config=_camera_config(args, c.config))
+            d.update_camera(c.id, short_name=check_name("camera name", args.rename),
+                            config=_camera_config(args, c.config))
             print(f"updated camera {c.id}: {c.short_name}")
         elif args.action == "delete":
             c = d.camera_by_name(args.name)
@@ -393,7 +410,7 @@ def cmd_config_user(args) -> int:
             password = read_password(args, "; leave it out to add a user without a password")
             perms = parse_permissions(args.permissions) if args.permissions else auth.Permissions(
                 view_video=True)
-            id_ = d.add_user(args.name, permissions=perms,
+            id_ = d.add_user(check_name("user name", args.name), permissions=perms,
                              password_hash=auth.hash_password(password) if password else None)
             print(f"added user {id_}: {args.name}")
         elif args.action == "list":
@@ -419,7 +436,7 @@ def cmd_config_user(args) -> int:
                 config = dict(u.config)
                 config["disabled"] = args.disable
                 kwargs["config"] = config
-            d.update_user(u.id, username=args.rename, **kwargs)
+            d.update_user(u.id, username=check_name("user name", args.rename), **kwargs)
             print(f"updated user {u.id}: {args.rename or u.username}")
         elif args.action == "delete":
             u = d.user_by_name(args.name)

@@ -139,6 +139,32 @@ def test_user_passwords_must_not_be_empty(tmp_path):
     nvr("config", "camera", "add", "cam", "--username", "u", "--password", "", cwd=cwd)
 
 
+def test_bad_camera_and_user_names_are_refused(tmp_path):
+    """Empty names (which the API refuses for users) were taken, as were names with
+    control characters (they go into log lines) and cameras named with '/' (logs
+    name a stream CAMERA/TYPE)."""
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    nvr("config", "camera", "add", "cam", cwd=cwd)
+    nvr("config", "user", "add", "bob", cwd=cwd)
+    before = [nvr("config", w, "list", cwd=cwd).stdout for w in ("camera", "user")]
+    for args, message in [
+        (["camera", "add", ""], "the camera name must not be empty"),
+        (["camera", "edit", "cam", "--rename", ""], "the camera name must not be empty"),
+        (["camera", "add", "a/b"], "the camera name 'a/b' must not contain '/' (logs name "
+                                   "streams CAMERA/TYPE)"),
+        (["camera", "edit", "cam", "--rename", "x\ny"],
+         "the camera name 'x\\ny' must not contain control characters"),
+        (["user", "add", ""], "the user name must not be empty"),
+        (["user", "edit", "bob", "--rename", ""], "the user name must not be empty"),
+        (["user", "add", "a\tb"], "the user name 'a\\tb' must not contain control characters"),
+    ]:
+        r = nvr("config", *args, cwd=cwd, ok=False)
+        assert (r.returncode, r.stderr) == (1, f"error: {message}\n")
+    assert [nvr("config", w, "list", cwd=cwd).stdout for w in ("camera", "user")] == before
+    nvr("config", "user", "add", "carol/admin", cwd=cwd)  # '/' is fine in a user name
+
+
 def test_config_refused_while_locked(tmp_path):
     cwd = str(tmp_path)
     nvr("init", cwd=cwd)

@@ -100,6 +100,11 @@ def round_up(n: int) -> int:
     return (n + ASSUMED_BLOCK_SIZE_BYTES - 1) // ASSUMED_BLOCK_SIZE_BYTES * ASSUMED_BLOCK_SIZE_BYTES
 
 
+def _not_a_dir(db_dir: str) -> str:
+    return (f"database directory {db_dir} is not a directory (it or a parent is a file); "
+            f"--db-dir names the directory that holds the database file '{DB_FILENAME}'")
+
+
 def lock_db_dir(db_dir: str, read_only: bool) -> int:
     """Takes the database directory's flock; returns the fd that holds it."""
     try:
@@ -107,6 +112,11 @@ def lock_db_dir(db_dir: str, read_only: bool) -> int:
     except FileNotFoundError:
         raise DbError(f"database directory {db_dir} does not exist; "
                       f"create it with `nvr.py init --db-dir {db_dir}`") from None
+    except NotADirectoryError:
+        raise DbError(_not_a_dir(db_dir)) from None
+    except PermissionError as e:
+        raise DbError(f"can't open database directory {db_dir}: {e.strerror}; run nvr as "
+                      f"the user that owns it") from None
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -123,6 +133,9 @@ def connect(db_dir: str, read_only: bool, create: bool = False) -> sqlite3.Conne
     path = os.path.join(db_dir, DB_FILENAME)
     if not create and not os.path.exists(path):
         raise DbError(f"no database at {path}; create it with `nvr.py init --db-dir {db_dir}`")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise DbError(f"{path} is not a file; the database is the SQLite file '{DB_FILENAME}' "
+                      f"in --db-dir {db_dir}")
     mode = "ro" if read_only else ("rwc" if create else "rw")
     conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None,
                            check_same_thread=False)
@@ -154,7 +167,12 @@ def uuid7(clocks: clock.Clocks) -> bytes:
 
 def init(db_dir: str, clocks: clock.Clocks) -> bool:
     """Creates the database if absent; returns False if it already existed."""
-    os.makedirs(db_dir, exist_ok=True)
+    try:
+        os.makedirs(db_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DbError(_not_a_dir(db_dir)) from None
+    except PermissionError as e:
+        raise DbError(f"can't create database directory {db_dir}: {e.strerror}") from None
     lock_fd = lock_db_dir(db_dir, read_only=False)
     try:
         if os.path.exists(os.path.join(db_dir, DB_FILENAME)):

@@ -528,9 +528,18 @@ def load_config(path: str | None) -> Config:
         return parse_config(DEFAULT_CONFIG, "(embedded default)")
     try:
         with open(path, encoding="utf-8") as f:
-            return parse_config(f.read(), path)
+            text = f.read()
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a directory; --config names a TOML file "
+                         f"(README: Configuration)") from None
+    except OSError as e:
+        raise UsageError(f"can't read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                         f"TOML files are UTF-8") from None
+    return parse_config(text, path)
 
 
 _sd_notify_warned = False

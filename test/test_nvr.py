@@ -318,6 +318,33 @@ def test_run_goes_on_with_a_stale_notify_socket(tmp_path):
     assert "shut down cleanly" in text
 
 
+NOT_A_DIR = ("database directory {} is not a directory (it or a parent is a file); --db-dir "
+             "names the directory that holds the database file 'db'")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["init", "--db-dir", "afile"], NOT_A_DIR.format("afile")),
+    (["init", "--db-dir", "afile/db"], NOT_A_DIR.format("afile/db")),
+    (["config", "dir", "list", "--db-dir", "afile"], NOT_A_DIR.format("afile")),
+    (["check", "--db-dir", "afile"], NOT_A_DIR.format("afile")),
+    (["sql", "--db-dir", "afile"], NOT_A_DIR.format("afile")),
+    (["config", "dir", "list", "--db-dir", "adir"],
+     "adir/db is not a file; the database is the SQLite file 'db' in --db-dir adir"),
+    (["run", "--config", "adir"],
+     "config file adir is a directory; --config names a TOML file (README: Configuration)"),
+    (["run", "--config", "latin1.toml"], "config file latin1.toml is not UTF-8 text (byte 12: "
+                                         "invalid continuation byte); TOML files are UTF-8"),
+])
+def test_bad_paths_are_one_line_errors(tmp_path, args, message):
+    """These were tracebacks (FileExistsError, NotADirectoryError, IsADirectoryError,
+    sqlite3.OperationalError), or an error that didn't name the file."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir" / "db").mkdir(parents=True)
+    (tmp_path / "latin1.toml").write_bytes('dbDir = "café"\n'.encode("latin-1"))
+    r = nvr(*args, cwd=str(tmp_path), ok=False)
+    assert (r.returncode, r.stderr) == (1, f"error: {message}\n")
+
+
 def test_stop_goes_on_when_a_dirs_garbage_collection_fails(tmp_path, clocks, caplog):
     """Recorder.stop collects each dir's garbage with shutdown set, so an I/O error
     gives up at once (ShutdownError). It used to escape stop: no GC of the other dirs,

@@ -743,6 +743,9 @@ def cmd_run(args) -> int:
         logger.info("created the database and sample file dir under %s",
                     os.path.dirname(config.db_dir) or ".")
     d = db.Database.open_dir(config.db_dir, clocks, read_only=args.read_only)
+    # Days, subtitles and zone-less API times follow it (`recording.resolve_zone_name`
+    # logs where it came from at DEBUG: NVR_LOG=DEBUG).
+    logger.info("time zone %s", recording.server_zone_name())
     signals = []
 
     def on_signal(signum, frame):

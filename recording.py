@@ -202,14 +202,14 @@ def resolve_zone_name(environ: Mapping[str, str], root: str = "/") -> str:
         if not _is_zone(name):
             raise ValueError(f"TZ={environ['TZ']!r} is not an IANA time zone; set TZ to an "
                              f"IANA name such as America/New_York, or unset it")
-        logger.info("time zone %s, from TZ", name)
+        logger.debug("time zone %s, from TZ", name)
         return name
     path = os.path.join(root, "etc/timezone")
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             name = f.read().strip()
         if _is_zone(name):
-            logger.info("time zone %s, from %s", name, path)
+            logger.debug("time zone %s, from %s", name, path)
             return name
         logger.warning("ignoring %s: %r is not an IANA zone name", path, name)
     except FileNotFoundError:
@@ -218,7 +218,7 @@ def resolve_zone_name(environ: Mapping[str, str], root: str = "/") -> str:
     if os.path.islink(path):
         name = _name_from_path(path)
         if _is_zone(name):
-            logger.info("time zone %s, from %s (a link to %s)", name, path,
+            logger.debug("time zone %s, from %s (a link to %s)", name, path,
                         os.path.realpath(path))
             return name
         if not os.path.isfile(path):
@@ -237,10 +237,10 @@ def resolve_zone_name(environ: Mapping[str, str], root: str = "/") -> str:
                              f"copy of no zone file under "
                              f"{', '.join(dict.fromkeys(zone_dirs))}; set TZ to the server's "
                              f"IANA time zone, such as TZ=America/New_York")
-        logger.info("time zone %s, from %s (the same bytes as %s; set TZ to name it "
+        logger.debug("time zone %s, from %s (the same bytes as %s; set TZ to name it "
                     "otherwise)", found[0], path, found[1])
         return found[0]
-    logger.info("time zone UTC: no TZ, %s or %s", os.path.join(root, "etc/timezone"), path)
+    logger.debug("time zone UTC: no TZ, %s or %s", os.path.join(root, "etc/timezone"), path)
     return "UTC"
 
 

@@ -296,7 +296,7 @@ def test_resolve_zone_name_copied_localtime(tmp_path, caplog):
     }, tzdata_zi="# version test\nZ Europe/Berlin 0:53:28 - LMT 1893 Ap\n"
                  "L Europe/Berlin Arctic/Longyearbyen\n")
     (tmp_path / "etc/localtime").write_bytes(berlin)
-    with caplog.at_level(logging.INFO, logger="recording"):
+    with caplog.at_level(logging.DEBUG, logger="recording"):
         assert recording.resolve_zone_name({}, root) == "Europe/Berlin"
     assert "time zone Europe/Berlin, from " + root + "/etc/localtime (the same bytes as " \
         + root + "/usr/share/zoneinfo/Europe/Berlin" in caplog.text
@@ -343,7 +343,7 @@ def test_resolve_zone_name_symlink_is_named_by_its_target(tmp_path, caplog):
     root = _fake_root(tmp_path, {"Europe/Berlin": berlin, "Europe/Busingen": berlin},
                       tzdata_zi="Z Europe/Berlin 1 - CET\n")
     (tmp_path / "etc/localtime").symlink_to(tmp_path / "usr/share/zoneinfo/Europe/Busingen")
-    with caplog.at_level(logging.INFO, logger="recording"):
+    with caplog.at_level(logging.DEBUG, logger="recording"):
         assert recording.resolve_zone_name({}, root) == "Europe/Busingen"
     assert "time zone Europe/Busingen, from " + root + "/etc/localtime (a link to " in caplog.text
     (tmp_path / "etc/localtime").unlink()

@@ -15,9 +15,11 @@ Built on `http.server.ThreadingHTTPServer`, tamed (STYLE.md "http.server, tamed"
   its status, bytes sent and latency (reference §5.1);
 - HTTP/1.1 keep-alive: every response carries a `Content-Length` (a 304 carries the
   length a 200 would have, RFC 9110 §8.6), so a connection serves many requests;
-- handler threads are daemons, and `Server.stop()` shuts down idle keep-alive
-  connections (and live WebSockets) so that every thread and socket is gone when it
-  returns;
+- each bind's accept loop (`_HttpServer.accept_loop`) blocks until a connection or a
+  byte on its wake pipe, instead of socketserver's polling every 0.1 s;
+- handler threads are daemons, and `Server.stop()` wakes live WebSockets so they send
+  their close 1001, then shuts down idle keep-alive connections, so that every thread
+  and socket is gone when it returns;
 - `Range` is parsed by the pure `parse_range`, tested from a table.
 
 Who is calling (reference §5.4), decided before any handler runs:
@@ -26,7 +28,8 @@ Who is calling (reference §5.4), decided before any handler runs:
    apply, so a stale cookie on a bind with unauthenticated viewing still views);
 2. else a Unix-socket peer whose uid (SO_PEERCRED) is ours, on an `ownUidIsPrivileged`
    bind, gets every permission;
-3. else the bind's `allowUnauthenticatedPermissions`, if it has that key;
+3. else the bind's `allowUnauthenticatedPermissions`, if it has that key (on TCP binds
+   only when the Host header is an IP address or localhost: DNS rebinding);
 4. else nobody: only login, logout, /api/request and static files answer (api.py).
 With `trustForwardHeaders` the client address (used for the session audit and login
 throttling) and the scheme come from the proxy: RFC 7239 `Forwarded` (its last element,

@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import tomllib
@@ -602,7 +603,7 @@ class Recorder:
             st.join()
         for sy in self.syncers.values():
             sy.stop()
-        self.db.flush("NVR shutdown")
+        self._final_flush("NVR shutdown")
         collected = 0
         for sy in self.syncers.values():
             # Shutdown is set, so an I/O error (EIO on unlink or fsync) gives up at once
@@ -614,7 +615,27 @@ class Recorder:
                 logger.warning("%s: garbage not collected at shutdown (%s); start-up "
                                "recovery will collect it at the next start", sy.path, e)
         if collected:
-            self.db.flush("NVR shutdown: garbage collected")
+            self._final_flush("NVR shutdown: garbage collected")
+
+    FINAL_FLUSH_TRIES = 3
+
+    def _final_flush(self, reason: str) -> None:
+        """A flush at shutdown, tried a few times a second apart (a SQLite error on the
+        database's disk may pass); then a one-line DbError saying what it costs, rather
+        than a traceback or waiting forever."""
+        for attempt in range(1, self.FINAL_FLUSH_TRIES + 1):
+            try:
+                self.db.flush(reason)
+                return
+            except sqlite3.Error as e:
+                error = e
+                logger.warning("flush (%s) failed, try %d of %d: %s", reason, attempt,
+                               self.FINAL_FLUSH_TRIES, e)
+                if attempt < self.FINAL_FLUSH_TRIES:
+                    self.db.clocks.sleep(1)
+        raise db.DbError(f"the shutdown flush failed ({error}); the recordings made since "
+                         f"the last flush weren't committed, and the next start deletes "
+                         f"their files")
 
 
 def _demo_camera(d: db.Database) -> None:

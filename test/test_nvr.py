@@ -345,6 +345,37 @@ def test_bad_paths_are_one_line_errors(tmp_path, args, message):
     assert (r.returncode, r.stderr) == (1, f"error: {message}\n")
 
 
+def test_a_failing_shutdown_flush_is_retried_then_a_one_line_error(tmp_path, clocks,
+                                                                  monkeypatch):
+    import sqlite3
+    import threading
+    sys.path.insert(0, ROOT)
+    import db as dbmod
+    import nvr as nvrmod
+    from conftest import make_testdb
+    t = make_testdb(tmp_path, clocks)
+    d = t.db
+    rec = nvrmod.Recorder(d, lambda s: None, shutdown=threading.Event())
+    real, calls = d.flush, []
+
+    def flaky(reason, fails):
+        calls.append(reason)
+        if len(calls) <= fails:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(reason)
+    monkeypatch.setattr(d, "flush", lambda reason: flaky(reason, 2))
+    rec.stop()   # two failures, then it goes through
+    assert calls == ["NVR shutdown"] * 3
+    calls.clear()
+    monkeypatch.setattr(d, "flush", lambda reason: flaky(reason, 99))
+    with pytest.raises(dbmod.DbError, match=r"the shutdown flush failed \(disk I/O error\); "
+                                            r"the recordings made since the last flush"):
+        rec._final_flush("NVR shutdown")
+    assert len(calls) == nvrmod.Recorder.FINAL_FLUSH_TRIES
+    monkeypatch.setattr(d, "flush", real)
+    d.close()
+
+
 def test_stop_goes_on_when_a_dirs_garbage_collection_fails(tmp_path, clocks, caplog):
     """Recorder.stop collects each dir's garbage with shutdown set, so an I/O error
     gives up at once (ShutdownError). It used to escape stop: no GC of the other dirs,

@@ -142,10 +142,18 @@ class PyAvSource(Source):
         # packets; an avcC/hvcC record (mp4) means length-prefixed ones.
         self._annexb = bool(extradata) and extradata.startswith((b"\x00\x00\x01",
                                                                   b"\x00\x00\x00\x01"))
-        params = codec.parameters_from_extradata(self.codec, extradata) if extradata else None
+        params = None
+        if extradata:
+            try:
+                params = codec.parameters_from_extradata(self.codec, extradata)
+            except codec.CodecError as e:
+                # E.g. an H.265 SDP with sprop-sps/pps but no sprop-vps: the key frames
+                # carry all of them in-band, as for a camera whose SDP has none.
+                logger.info("%s: the SDP's parameter sets can't be used (%s); taking them "
+                            "from the first key frame", what, e)
         if params is None:
-            # No extradata (no sprop-parameter-sets in the SDP): take the parameters
-            # from the first key frame, which must carry them in-band.
+            # No usable extradata (no sprop-parameter-sets in the SDP): take the
+            # parameters from the first key frame, which must carry them in-band.
             for f in self._read():
                 if f.is_key:
                     params = codec.parameters_from_frame(self.codec, f.data)

@@ -1,6 +1,7 @@
 """stream.py: PyAV sources, parameter changes, credentials, and the streamer loop."""
 
 import fractions
+import logging
 import subprocess
 import threading
 import types
@@ -140,6 +141,24 @@ def test_a_packet_of_parameter_sets_alone_is_no_frame(two_sizes, extradata, wher
     src = stream.PyAvSource(PacketContainer(split, sdp if extradata else None), "split")
     assert (src.parameters.width, src.parameters.height) == (320, 180)
     assert frames_of_source(src) == expected
+
+
+def test_unusable_sdp_parameter_sets_fall_back_to_the_first_key_frame(two_sizes, caplog):
+    """An SDP whose sets can't be used (e.g. H.265 without sprop-vps; here an H.264 SPS
+    alone) is logged, and the parameters come from the first key frame, as without an
+    SDP: the same frames as with good sets."""
+    packets, sdp = packets_and_extradata(two_sizes)
+    expected = frames_of_source(stream.PyAvSource(PacketContainer(packets, sdp), "whole"))
+    sps_only = annexb([n for n in codec.split_annexb(bytes(packets[0]))
+                       if codec.is_parameter_set("h264", n)][:1])
+    with pytest.raises(codec.CodecError):
+        codec.parameters_from_extradata("h264", sps_only)
+    with caplog.at_level(logging.INFO, logger="stream"):
+        src = stream.PyAvSource(PacketContainer(packets, sps_only), "partial")
+    assert "the SDP's parameter sets can't be used" in caplog.text
+    assert (src.parameters.width, src.parameters.height) == (320, 180)
+    got = frames_of_source(src)
+    assert [f[:3] for f in got] == [f[:3] for f in expected]
 
 
 @pytest.mark.parametrize("url,username,password,expected", [

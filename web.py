@@ -17,9 +17,10 @@ Built on `http.server.ThreadingHTTPServer`, tamed (STYLE.md "http.server, tamed"
   length a 200 would have, RFC 9110 §8.6), so a connection serves many requests;
 - each bind's accept loop (`_HttpServer.accept_loop`) blocks until a connection or a
   byte on its wake pipe, instead of socketserver's polling every 0.1 s;
-- handler threads are daemons, and `Server.stop()` wakes live WebSockets so they send
-  their close 1001, then shuts down idle keep-alive connections, so that every thread
-  and socket is gone when it returns;
+- handler threads are daemons (tracked and joined by us: socketserver joins only
+  non-daemon ones), and `Server.stop()` wakes live WebSockets so they send their close
+  1001, then shuts down idle keep-alive connections and joins every handler, so that
+  every thread and socket is gone when it returns;
 - `Range` is parsed by the pure `parse_range`, tested from a table.
 
 Who is calling (reference §5.4), decided before any handler runs:
@@ -126,6 +127,7 @@ DEFAULT_UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
 # A keep-alive connection idle (or a client not reading) this long is closed.
 DEFAULT_CONNECTION_TIMEOUT_SEC = 120.0
 LIVE_STOP_WAIT_SEC = 2.0   # how long stop() lets live connections send their close
+HANDLER_JOIN_SEC = 5.0     # how long stop() waits for each handler thread to end
 
 
 HttpError = api.HttpError
@@ -815,8 +817,10 @@ class _BodyWriter:
 class _HttpServer(http.server.ThreadingHTTPServer):
     """One listening socket (one bind). Tracks its connections so stop() can end them."""
 
+    # Handler threads are daemons (a stuck client never holds up exit), so socketserver
+    # doesn't track them (its block_on_close joins only non-daemon threads): we do,
+    # in `_handlers`, and `server_close` joins them.
     daemon_threads = True
-    block_on_close = True       # server_close() joins the handler threads
     request_queue_size = 128
 
     def __init__(self, owner: "Server", bind, family: int, address, tls_context):
@@ -825,6 +829,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         self._conns: dict[socket.socket, socket.socket] = {}  # accepted -> current
         self.bound = False
         self._conns_lock = threading.Lock()
+        self._handlers: set[threading.Thread] = set()   # under _conns_lock
         # The accept loop blocks until a connection or `wake()`: socketserver's own
         # serve_forever polls (10 wake-ups a second for nothing on an idle recorder).
         self._wake_r, self._wake_w = os.pipe()
@@ -849,7 +854,16 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         os.write(self._wake_w, b"x")
 
     def server_close(self) -> None:
+        """Closes the listener and joins every handler thread: `Server.stop` has shut
+        their sockets down, so each ends at once (bounded, should one not)."""
         super().server_close()
+        with self._conns_lock:
+            handlers = list(self._handlers)
+        for t in handlers:
+            t.join(HANDLER_JOIN_SEC)
+            if t.is_alive():
+                logger.warning("%s still running %g s after its socket was shut down",
+                               t.name, HANDLER_JOIN_SEC)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -869,9 +883,19 @@ class _HttpServer(http.server.ThreadingHTTPServer):
             self.server_name, self.server_port = self.server_address[0], self.server_address[1]
 
     def process_request(self, request, client_address):
+        """One daemon thread per connection, tracked (see `daemon_threads`)."""
+        t = threading.Thread(target=self.process_request_thread,
+                             args=(request, client_address), daemon=True)
         with self._conns_lock:
             self._conns[request] = request
-        super().process_request(request, client_address)
+            self._handlers.add(t)
+        try:
+            t.start()
+        except BaseException:
+            with self._conns_lock:
+                self._conns.pop(request, None)
+                self._handlers.discard(t)
+            raise
 
     def track(self, raw: socket.socket, current: socket.socket) -> None:
         """`raw`'s fd now belongs to `current` (a TLS socket): shut that one down."""
@@ -886,6 +910,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         finally:
             with self._conns_lock:
                 self._conns.pop(request, None)
+                self._handlers.discard(threading.current_thread())
 
     def handle_error(self, request, client_address):
         logger.exception("unexpected error on a connection from %s", client_address)

@@ -272,6 +272,9 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the server's handler threads over one cold request per span")
     args = ap.parse_args()
+    if shutil.which("nginx") is None:
+        raise SystemExit("nginx is not installed; this benchmark compares against it: "
+                         "apt-get install nginx")
     hours = [int(x) for x in args.spans.split(",")]
     recording.set_server_zone("UTC")
     t0 = time.monotonic()

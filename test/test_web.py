@@ -566,3 +566,65 @@ def test_start_stop_leaves_no_threads_or_fds(recorded):
     # the count may settle below the baseline, never above it.
     wait_for(lambda: _fds() <= baseline, timeout=5.0)
     assert _fds() <= baseline, os.listdir("/proc/self/fd")
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_body_writer_corks_tcp_only_while_sample_data_goes(tmp_path, monkeypatch, family):
+    """Sample bytes go with TCP_CORK set (full segments, as nginx's tcp_nopush); the
+    headers before them go uncorked (time to first byte), and the end uncorks (the
+    last partial segment isn't held back). Unix sockets have no cork."""
+    if family == "tcp":
+        ls = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(ls.getsockname())
+        server, _ = ls.accept()
+        ls.close()
+    else:
+        server, client = socket.socketpair(socket.AF_UNIX)
+    server.settimeout(10)
+    data = os.urandom(300_000)
+    (tmp_path / "f").write_bytes(data)
+
+    def cork() -> int | None:
+        if family == "unix":
+            return None
+        return server.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+
+    seen = []
+
+    class FakeHandler:
+        connection = server
+
+        def _write(self, b):
+            seen.append(("write", cork()))
+            server.sendall(b)
+
+    real = web._BodyWriter._send_file_chunk
+
+    def send_file_chunk(self, c):
+        seen.append(("file", cork()))
+        real(self, c)
+
+    monkeypatch.setattr(web._BodyWriter, "_send_file_chunk", send_file_chunk)
+    got = bytearray()
+    reader = threading.Thread(target=lambda: [got.extend(b) for b in iter(
+        lambda: client.recv(1 << 16), b"")])
+    reader.start()
+    out = web._BodyWriter(FakeHandler())
+    out.add(b"HEADERS")
+    out.flush()
+    out.add(b"moov")
+    out.add(mp4.FileChunk(str(tmp_path / "f"), 0, 200_000))
+    out.add(b"between")
+    out.add(mp4.FileChunk(str(tmp_path / "f"), 200_000, 100_000))
+    out.end()
+    after = cork()
+    server.close()
+    reader.join(10)
+    client.close()
+    assert bytes(got) == b"HEADERSmoov" + data[:200_000] + b"between" + data[200_000:]
+    if family == "tcp":
+        assert seen == [("write", 0), ("write", 0), ("file", 1), ("write", 1), ("file", 1)]
+        assert after == 0
+    else:
+        assert seen == [("write", None), ("write", None), ("file", None),
+                        ("write", None), ("file", None)]

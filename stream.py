@@ -30,10 +30,13 @@ a run doesn't move frames; writer.py reconciles it with the camera's clock.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import fractions
 import logging
+import struct
 import threading
+import time
 import urllib.parse
 
 import clock
@@ -118,10 +121,22 @@ class PyAvSource(Source):
     frame that has none of its own, as if they had come with it.
     """
 
-    def __init__(self, container, what: str):
+    def __init__(self, container, what: str, timeout_slot: ctypes.c_double | None = None):
         import av  # noqa: F401  (imported where used: tests without PyAV skip it)
         self.container = container
         self.what = what
+        self.packets = 0  # packets read so far: what `StallWatch` looks at
+        self._watched = timeout_slot is not None
+        if self._watched:
+            stall_watch.add(self, timeout_slot)
+        try:
+            self._init()
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self) -> None:
+        container, what = self.container, self.what
         streams = container.streams.video
         if not streams:
             raise StreamError(f"{what} has no video stream")
@@ -180,6 +195,7 @@ class PyAvSource(Source):
 
     def _packets_with_pts(self):
         for pkt in self._packets:
+            self.packets += 1
             pts = pkt.pts
             if pts is None:
                 if pkt.size:  # else the demuxer's flush packet at end of stream
@@ -219,6 +235,7 @@ class PyAvSource(Source):
         carried = b""  # the sets of a key packet that held nothing else, for the next key frame
         try:
             for pkt in self._packets:
+                self.packets += 1
                 pts = pkt.pts
                 if pts is None:
                     if pkt.size:  # else the demuxer's flush packet at end of stream
@@ -255,6 +272,9 @@ class PyAvSource(Source):
         raise StreamError("the camera ended the stream")
 
     def close(self) -> None:
+        if self._watched:
+            stall_watch.remove(self)
+            self._watched = False
         self.container.close()
 
 
@@ -279,26 +299,180 @@ class PyAvOpener(Opener):
         except ValueError as e:   # e.g. "Invalid IPv6 URL" (config checks this; an old db)
             raise StreamError(f"{url}: bad URL ({e}); fix it with `nvr.py config stream "
                               f"edit`") from None
+        # The frame timeout is StallWatch's where it can be (see there), else PyAV's.
+        watched = stall_watch.usable()
+        container, slot = self._open(av, url, full_url, options, watched)
+        if watched and slot is None:
+            container.close()
+            logger.warning("%s: PyAV's timeout isn't where it was; opening again with "
+                           "PyAV's read timeout", url)
+            container, slot = self._open(av, url, full_url, options, False)
+        return PyAvSource(container, url, slot)  # closes the container if it fails
+
+    @staticmethod
+    def _open(av, url: str, full_url: str, options: dict, watched: bool):
+        """(container, its timeout slot for StallWatch or None) of one av.open."""
+        began = _pyav_clocks()
         try:
             container = av.open(full_url, options=options,
-                                timeout=(OPEN_TIMEOUT_SEC, FRAME_TIMEOUT_SEC))
+                                timeout=(OPEN_TIMEOUT_SEC,
+                                         None if watched else FRAME_TIMEOUT_SEC))
         except av.error.HTTPUnauthorizedError:
             raise StreamError(f"{url}: the camera refused the credentials; set them with "
                               f"`nvr.py config camera edit NAME --username U "
                               f"--password-stdin`") from None
         except (av.error.FFmpegError, OSError) as e:
             raise StreamError(f"{url}: can't open: {_describe(e)}") from None
-        try:
-            return PyAvSource(container, url)
-        except BaseException:
-            container.close()
-            raise
+        if not watched:
+            return container, None
+        return container, stall_watch.slot_of(container, began, _pyav_clocks())
 
 
 def _describe(e: BaseException) -> str:
     # PyAV's messages repeat the URL, credentials included: drop that part.
     msg = getattr(e, "strerror", None) or str(e)
     return msg.split(": '")[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Stall detection
+
+def _pyav_clocks() -> tuple[float, float]:
+    """The clocks PyAV's timeouts may use (18: monotonic; before: the wall clock)."""
+    return time.monotonic(), time.time()
+
+
+class StallWatch:
+    """Ends a read that has waited FRAME_TIMEOUT_SEC for a packet, through PyAV's own
+    interrupt callback, without paying for that callback on every poll.
+
+    Why: PyAV's read timeout (`av.open(timeout=(open, read))`) installs an FFmpeg
+    interrupt callback that takes the GIL and reads the clock each time FFmpeg polls,
+    about 40 times a frame over RTSP/TCP; with several streamer threads contending for
+    the GIL that was the largest single cost of recording beyond PyAV's own demuxing
+    (docs/performance.md). A socket timeout can't replace it: a camera whose video
+    stalls keeps its session up, and RTCP keeps its socket busy. With no read timeout
+    (`timeout=(open, None)`) PyAV's callback finds a negative timeout and returns at once,
+    without the GIL. So streams are opened that way, and this watch (thread
+    "stall-watch", once a second) switches the timeout on only for a container whose
+    reads have gone quiet: a source whose packet count hasn't moved since the last look
+    gets FRAME_TIMEOUT_SEC, one whose count moved gets "none" again. PyAV restarts its
+    timer at each read, so a read still ends FRAME_TIMEOUT_SEC after it began, exactly
+    as with PyAV's read timeout, and a slow consumer (a full disk stalls the writer) is
+    never taken for a stalled camera. `interrupt_all` (shutdown) sets a zero timeout
+    everywhere, so no stream thread waits on a silent camera.
+
+    PyAV 18 has no Python way to change a container's timeout after open (its
+    `set_timeout` is C-only), so the watch writes the `double timeout` of the
+    container's `timeout_info {double start_time; double timeout}` itself, with ctypes.
+    Its offset is found once per process on a container opened from an empty buffer
+    (the one 8-aligned place in the object holding a start time within the open,
+    then -1.0, PyAV's "none"), and checked again on each real container after its
+    open. If either fails (a PyAV laid out otherwise), streams are opened with PyAV's
+    read timeout instead, as before: slower, never wrong.
+    """
+
+    TICK_SEC = 1.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._offset: int | None = None
+        self._calibrated = False
+        self._entries: dict[int, list] = {}   # id(source) -> [source, slot, count, on]
+        self._thread: threading.Thread | None = None
+
+    def usable(self) -> bool:
+        """Whether streams may be opened without PyAV's read timeout (calibrates once)."""
+        with self._lock:
+            if not self._calibrated:
+                self._calibrated = True
+                self._offset = self._calibrate()
+                if self._offset is None:
+                    logger.warning("PyAV's interrupt timeout couldn't be located; streams "
+                                   "use PyAV's read timeout (more CPU: see "
+                                   "docs/performance.md)")
+            return self._offset is not None
+
+    @staticmethod
+    def _find(container, began, ended, offset: int | None = None) -> int | None:
+        """The offset of timeout_info's `timeout` in `container` (only `offset` if
+        given), if the struct is there as PyAV leaves it after an open without a read
+        timeout: start time within [began, ended] of one of PyAV's clocks, then -1.0."""
+        size = type(container).__basicsize__
+        raw = ctypes.string_at(id(container), size)
+        found = []
+        for off in (range(0, size - 15, 8) if offset is None else [offset - 8]):
+            if not 0 <= off <= size - 16:
+                continue
+            start, timeout = struct.unpack_from("=dd", raw, off)
+            if timeout == -1.0 and any(b <= start <= e for b, e in zip(began, ended)):
+                found.append(off + 8)
+        return found[0] if len(found) == 1 else None
+
+    def _calibrate(self) -> int | None:
+        import io
+
+        import av
+        began = _pyav_clocks()
+        try:
+            c = av.open(io.BytesIO(b""), format="h264", timeout=(OPEN_TIMEOUT_SEC, None))
+        except Exception as e:  # noqa: BLE001 (any failure means: don't use it)
+            logger.debug("stall watch: calibration container: %s", e)
+            return None
+        try:
+            return self._find(c, began, _pyav_clocks())
+        finally:
+            c.close()
+
+    def slot_of(self, container, began, ended) -> ctypes.c_double | None:
+        """The timeout field of a just-opened container, checked; None if not there."""
+        off = self._find(container, began, ended, self._offset)
+        if off is None:
+            return None
+        return ctypes.c_double.from_address(id(container) + off)
+
+    def add(self, source, slot: ctypes.c_double) -> None:
+        with self._lock:
+            self._entries[id(source)] = [source, slot, -1, False]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stall-watch",
+                                                 daemon=True)
+                self._thread.start()
+
+    def remove(self, source) -> None:
+        with self._lock:
+            self._entries.pop(id(source), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK_SEC)  # a period, not a wait for anything
+            self.tick()
+
+    def tick(self) -> None:
+        """One look at every source (the lock held: a removed source's container is
+        never written after `remove` returns)."""
+        with self._lock:
+            for e in self._entries.values():
+                source, slot, count, on = e
+                if source.packets == count:
+                    if not on:
+                        slot.value = float(FRAME_TIMEOUT_SEC)
+                        e[3] = True
+                else:
+                    e[2] = source.packets
+                    if on:
+                        slot.value = -1.0
+                        e[3] = False
+
+    def interrupt_all(self) -> None:
+        """Ends every watched read now (shutdown): PyAV raises ExitError."""
+        with self._lock:
+            for e in self._entries.values():
+                e[1].value = 0.0
+                e[3] = True
+
+
+stall_watch = StallWatch()
 
 
 class Streamer:
@@ -384,7 +558,8 @@ class Streamer:
                     vse_id = self._insert_entry(f.parameters)
                 write(f.data, to_90k(local_offset_ns + monotonic()), f.pts_90k, f.is_key, vse_id)
         except BaseException as e:
-            reason = str(e) or type(e).__name__
+            # At shutdown a read may end early (StallWatch.interrupt_all): that is why.
+            reason = "NVR shutdown" if stopping() else str(e) or type(e).__name__
             raise
         finally:
             try:

@@ -249,19 +249,38 @@ def test_streamer_drops_leading_non_key_frames_and_keeps_a_run_across_a_change(
     t.db.close()
 
 
-def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_camera, monkeypatch):
+class _Keeping(stream.PyAvOpener):
+    """PyAvOpener that keeps what it opened, to look at."""
+
+    def __init__(self):
+        self.sources = []
+
+    def open(self, *args, **kwargs):
+        src = super().open(*args, **kwargs)
+        self.sources.append(src)
+        return src
+
+
+@pytest.mark.parametrize("watch", ["stall watch", "PyAV read timeout"])
+def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_camera,
+                                                             monkeypatch, watch):
     """The between-frames timeout (30 s in production, 2 s here) against a real RTSP
-    server whose video stalls while its session stays up (test/camera.py's pause)."""
+    server whose video stalls while its session stays up (test/camera.py's pause):
+    through StallWatch (what runs here), and through PyAV's read timeout (where the
+    watch can't find PyAV's timeout field)."""
     import time
     import clock
     from replay import drain
     monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 2)
+    if watch != "stall watch":
+        monkeypatch.setattr(stream.stall_watch, "usable", lambda: False)
+    opener = _Keeping()
     t = make_testdb(tmp_path, clock.RealClocks())
     try:
         t.db.update_stream(t.stream_id, config={**t.db.streams[t.stream_id].config,
                                                 "url": rtsp_camera.url("main")})
         syncer = dirmod.Syncer(t.db, t.dir_id)
-        s = stream.Streamer(t.db, t.stream_id, syncer, stream.PyAvOpener(),
+        s = stream.Streamer(t.db, t.stream_id, syncer, opener,
                             shutdown=threading.Event(), rotate_interval_sec=60)
         errors = []
 
@@ -285,6 +304,8 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
         assert not th.is_alive()
         assert [str(e) for e in errors] == ["no frame for 2 s"]
         assert 2 <= stalled_for < 10
+        read_timeout = opener.sources[0].container.read_timeout
+        assert read_timeout == (None if watch == "stall watch" else 2)
         drain(syncer)
         t.db.flush("test")
         rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)
@@ -305,6 +326,104 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
         t.db.flush("test")
         rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)
         assert len(rows) == n + 1 and rows[-1].run_offset == 0
+        assert rows[-1].end_reason == "NVR shutdown"
+    finally:
+        t.db.close()
+
+
+def test_stall_watch_finds_pyavs_timeout_and_leaves_it_off_while_packets_flow(rtsp_camera):
+    """On the PyAV this runs with, the watch is used: streams open with no read timeout
+    (so PyAV's interrupt callback never takes the GIL), and the field it writes is
+    PyAV's "no timeout" (-1.0) while frames come."""
+    assert stream.stall_watch.usable()
+    src = stream.PyAvOpener().open(rtsp_camera.url("main"))
+    try:
+        assert src.container.read_timeout is None
+        entry = stream.stall_watch._entries[id(src)]
+        frames = src.frames()
+        for _ in range(45):  # > 1 s of 30 fps: the watch has looked at least once
+            next(frames)
+        assert entry[1].value == -1.0 and src.packets >= 45
+    finally:
+        src.close()
+    assert id(src) not in stream.stall_watch._entries
+
+
+def test_a_container_laid_out_otherwise_is_opened_again_with_pyavs_read_timeout(
+        rtsp_camera, monkeypatch, caplog):
+    monkeypatch.setattr(stream.StallWatch, "_find", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(stream.stall_watch, "usable", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="stream"):
+        src = stream.PyAvOpener().open(rtsp_camera.url("main"))
+    try:
+        assert src.container.read_timeout == stream.FRAME_TIMEOUT_SEC
+        assert id(src) not in stream.stall_watch._entries
+        assert "opening again with PyAV's read timeout" in caplog.text
+        next(src.frames())
+    finally:
+        src.close()
+
+
+def test_stall_watch_tick_switches_the_timeout_on_only_while_a_source_is_quiet(monkeypatch):
+    import ctypes
+    monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 7)
+    w = stream.StallWatch()
+    monkeypatch.setattr(w, "_thread", object())  # no thread: the test ticks
+    a, b = types.SimpleNamespace(packets=0), types.SimpleNamespace(packets=0)
+    sa, sb = ctypes.c_double(-1.0), ctypes.c_double(-1.0)
+    w.add(a, sa)
+    w.add(b, sb)
+    w.tick()                      # first look: counts noted
+    assert (sa.value, sb.value) == (-1.0, -1.0)
+    a.packets += 30
+    w.tick()                      # b quiet for a whole tick: its reads may now time out
+    assert (sa.value, sb.value) == (-1.0, 7.0)
+    b.packets += 1
+    w.tick()                      # b moved again: off; a quiet: on
+    assert (sa.value, sb.value) == (7.0, -1.0)
+    w.remove(a)
+    a.packets += 1
+    w.tick()                      # a removed: never written again
+    assert (sa.value, sb.value) == (7.0, 7.0)
+    w.interrupt_all()
+    assert (sa.value, sb.value) == (7.0, 0.0)
+
+
+def test_shutdown_ends_a_read_from_a_silent_camera_at_once(tmp_path, rtsp_camera):
+    """With the production 30 s frame timeout, a stream whose camera is silent stops
+    within a couple of seconds of shutdown (Recorder.stop calls interrupt_all), and its
+    run ends "NVR shutdown"."""
+    import time
+    import clock
+    from replay import drain
+    t = make_testdb(tmp_path, clock.RealClocks())
+    try:
+        t.db.update_stream(t.stream_id, config={**t.db.streams[t.stream_id].config,
+                                                "url": rtsp_camera.url("main")})
+        syncer = dirmod.Syncer(t.db, t.dir_id)
+        s = stream.Streamer(t.db, t.stream_id, syncer, stream.PyAvOpener(),
+                            shutdown=threading.Event(), rotate_interval_sec=60)
+        th = threading.Thread(target=s.run)
+        th.start()
+        deadline = time.monotonic() + 30
+        while not t.db.streams[t.stream_id].uncommitted or \
+                t.db.streams[t.stream_id].uncommitted[-1].video_samples < 10:
+            assert time.monotonic() < deadline, "not recording"
+            time.sleep(0.05)
+        rtsp_camera.pause("main")
+        try:
+            time.sleep(1.5)  # the camera silent (not a synchronisation: a stall's length)
+            began = time.monotonic()
+            s.shutdown.set()
+            stream.stall_watch.interrupt_all()
+            th.join(20)
+            took = time.monotonic() - began
+        finally:
+            rtsp_camera.resume("main")
+        assert not th.is_alive() and took < 3
+        drain(syncer)
+        t.db.flush("test")
+        rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)
         assert rows[-1].end_reason == "NVR shutdown"
     finally:
         t.db.close()

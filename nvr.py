@@ -566,6 +566,19 @@ def sd_notify(message: str) -> None:
             _sd_notify_warned = True
 
 
+def check_recorded_stream_config(d: db.Database, s) -> None:
+    """UsageError naming the fix if a recorded stream's numbers aren't whole numbers
+    (a database edited by hand with `nvr.py sql`): the syncer would otherwise fail on
+    them after every recording, forever."""
+    name = f"{d.cameras[s.camera_id].short_name} {s.type}"
+    for key, option in (("flushIfSec", "--flush-if-sec N"), ("retainBytes", "--retain-bytes SIZE")):
+        v = s.config.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UsageError(f"stream {name}: {key} is {json.dumps(v)}, not a whole number "
+                             f"from 0 up; set it with `nvr.py config stream edit {name} "
+                             f"{option}`")
+
+
 class Recorder:
     """What `run` starts and stops: syncers, then streamers (reference §1.5)."""
 
@@ -577,6 +590,8 @@ class Recorder:
         self.streamers: list = []
         recorded = [s for s in sorted(d.streams.values(), key=lambda s: s.id)
                     if s.record and s.sample_file_dir_id is not None and s.config.get("url")]
+        for s in recorded:
+            check_recorded_stream_config(d, s)
         for s in recorded:
             if s.sample_file_dir_id not in self.syncers:
                 sy = dirmod.Syncer(d, s.sample_file_dir_id, shutdown=self.shutdown)

@@ -437,7 +437,7 @@ class StallWatch:
 
     def add(self, source, slot: ctypes.c_double) -> None:
         with self._lock:
-            self._entries[id(source)] = [source, slot, -1, False]
+            self._entries[id(source)] = [source, slot, -1, False]  # ..., interrupted
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stall-watch",
                                                  daemon=True)
@@ -454,22 +454,23 @@ class StallWatch:
 
     def tick(self) -> None:
         """One look at every source (the lock held: a removed source's container is
-        never written after `remove` returns)."""
+        never written after `remove` returns). The value is written at every look,
+        not only on a change: PyAV sets "none" itself when a demux starts."""
         with self._lock:
             for e in self._entries.values():
-                source, slot, count, on = e
-                if source.packets == count:
-                    if not on:
-                        slot.value = float(FRAME_TIMEOUT_SEC)
-                        e[3] = True
+                source, slot, count, interrupted = e
+                n = source.packets
+                if interrupted:
+                    slot.value = 0.0
+                elif n == count:
+                    slot.value = float(FRAME_TIMEOUT_SEC)
                 else:
-                    e[2] = source.packets
-                    if on:
-                        slot.value = -1.0
-                        e[3] = False
+                    e[2] = n
+                    slot.value = -1.0
 
     def interrupt_all(self) -> None:
-        """Ends every watched read now (shutdown): PyAV raises ExitError."""
+        """Ends every watched read now, and keeps ending them (shutdown): PyAV raises
+        ExitError at its next poll."""
         with self._lock:
             for e in self._entries.values():
                 e[1].value = 0.0

@@ -378,8 +378,11 @@ def test_stall_watch_tick_switches_the_timeout_on_only_while_a_source_is_quiet(m
     a.packets += 30
     w.tick()                      # b quiet for a whole tick: its reads may now time out
     assert (sa.value, sb.value) == (-1.0, 7.0)
+    sb.value = -1.0               # what PyAV does when a demux starts...
+    w.tick()                      # ...is undone at the next look while b is quiet
+    assert (sa.value, sb.value) == (7.0, 7.0)
     b.packets += 1
-    w.tick()                      # b moved again: off; a quiet: on
+    w.tick()                      # b moved again: off; a still quiet: on
     assert (sa.value, sb.value) == (7.0, -1.0)
     w.remove(a)
     a.packets += 1
@@ -387,6 +390,9 @@ def test_stall_watch_tick_switches_the_timeout_on_only_while_a_source_is_quiet(m
     assert (sa.value, sb.value) == (7.0, 7.0)
     w.interrupt_all()
     assert (sa.value, sb.value) == (7.0, 0.0)
+    b.packets += 1
+    w.tick()                      # interrupted stays interrupted
+    assert sb.value == 0.0
 
 
 def test_shutdown_ends_a_read_from_a_silent_camera_at_once(tmp_path, rtsp_camera):

@@ -129,7 +129,8 @@ class PyAvSource(Source):
         import av  # noqa: F401  (imported where used: tests without PyAV skip it)
         self.container = container
         self.what = what
-        self.packets = 0  # packets read so far: what `StallWatch` looks at
+        self.packets = 0       # packets read so far, and whether the consumer holds
+        self.holding = False   # a frame (not waiting on the camera): what StallWatch reads
         self._watched = timeout_slot is not None
         if self._watched:
             stall_watch.add(self, timeout_slot)
@@ -138,6 +139,7 @@ class PyAvSource(Source):
         except BaseException:
             self.close()
             raise
+        self.holding = True  # until frames() is asked for a frame of the camera's
 
     def _init(self) -> None:
         container, what = self.container, self.what
@@ -192,10 +194,16 @@ class PyAvSource(Source):
     def _read(self):
         """Frames from the packets, without parameter checks (the first key frame,
         at open, when there is no extradata)."""
-        for pkt, pts in self._packets_with_pts():
-            data = self._convert(pkt)
-            if data:
-                yield Frame(pts, pkt.is_keyframe, data)
+        import av
+        try:
+            for pkt, pts in self._packets_with_pts():
+                data = self._convert(pkt)
+                if data:
+                    yield Frame(pts, pkt.is_keyframe, data)
+        except av.error.ExitError:
+            raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s") from None
+        except (av.error.FFmpegError, OSError) as e:
+            raise StreamError(f"reading the stream: {_describe(e)}") from None
 
     def _packets_with_pts(self):
         for pkt in self._packets:
@@ -228,8 +236,9 @@ class PyAvSource(Source):
 
     def frames(self):
         import av
-        yield from self._pending
+        yield from self._pending   # `holding` is True from the open until here
         self._pending = []
+        self.holding = False
         current = self.parameters.sample_entry
         # What `_read` does, inlined with names bound once: one generator, a few
         # operations per frame (this loop runs 30 times a second per camera).
@@ -268,7 +277,9 @@ class PyAvSource(Source):
                         if p.sample_entry != current:
                             f.parameters, current = p, p.sample_entry
                         f.data = rest
+                self.holding = True
                 yield f
+                self.holding = False
         except av.error.ExitError:
             raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s") from None
         except (av.error.FFmpegError, OSError) as e:
@@ -347,8 +358,8 @@ def _pyav_clocks() -> tuple[float, float]:
 
 
 class StallWatch:
-    """Ends a read that has waited FRAME_TIMEOUT_SEC for a packet, through PyAV's own
-    interrupt callback, without paying for that callback on every poll.
+    """Ends a stream's read once FRAME_TIMEOUT_SEC have passed without a packet, through
+    PyAV's own interrupt callback, without paying for that callback on every poll.
 
     Why: PyAV's read timeout (`av.open(timeout=(open, read))`) installs an FFmpeg
     interrupt callback that takes the GIL and reads the clock each time FFmpeg polls,
@@ -356,15 +367,19 @@ class StallWatch:
     the GIL that was the largest single cost of recording beyond PyAV's own demuxing
     (docs/performance.md). A socket timeout can't replace it: a camera whose video
     stalls keeps its session up, and RTCP keeps its socket busy. With no read timeout
-    (`timeout=(open, None)`) PyAV's callback finds a negative timeout and returns at once,
-    without the GIL. So streams are opened that way, and this watch (thread
-    "stall-watch", once a second) switches the timeout on only for a container whose
-    reads have gone quiet: a source whose packet count hasn't moved since the last look
-    gets FRAME_TIMEOUT_SEC, one whose count moved gets "none" again. PyAV restarts its
-    timer at each read, so a read still ends FRAME_TIMEOUT_SEC after it began, exactly
-    as with PyAV's read timeout, and a slow consumer (a full disk stalls the writer) is
-    never taken for a stalled camera. `interrupt_all` (shutdown) sets a zero timeout
-    everywhere, so no stream thread waits on a silent camera.
+    (`timeout=(open, None)`) PyAV's callback finds a negative timeout and returns at
+    once, without the GIL. So streams are opened that way, and this watch (thread
+    "stall-watch", a look a second) times the silence itself: a source whose packet
+    count hasn't moved for FRAME_TIMEOUT_SEC, while it was waiting for a packet (not
+    while its consumer held a frame: a full disk stalls the writer, and that is no
+    stalled camera), gets a zero timeout, so FFmpeg's next poll (every 100 ms while a
+    read waits) ends the read and PyAV raises ExitError. That stays (PyAV's demux
+    restarting would set "none" again: the watch writes it at every look): FFmpeg's
+    RTP depacketizer hands over the frame it was holding back when a read is
+    interrupted, and the read after it must end too. With PyAV's own read timeout that
+    held-back frame restarted the timer, so a stall ended the run after twice the
+    timeout; here it ends 30-31 s after the last packet. `interrupt_all` (shutdown)
+    does the same to every stream at once, so none waits on a silent camera.
 
     PyAV 18 has no Python way to change a container's timeout after open (its
     `set_timeout` is C-only), so the watch writes the `double timeout` of the
@@ -373,7 +388,7 @@ class StallWatch:
     (the one 8-aligned place in the object holding a start time within the open,
     then -1.0, PyAV's "none"), and checked again on each real container after its
     open. If either fails (a PyAV laid out otherwise), streams are opened with PyAV's
-    read timeout instead, as before: slower, never wrong.
+    read timeout instead, as before: more CPU, and a stall takes up to twice as long.
     """
 
     TICK_SEC = 1.0
@@ -382,7 +397,8 @@ class StallWatch:
         self._lock = threading.Lock()
         self._offset: int | None = None
         self._calibrated = False
-        self._entries: dict[int, list] = {}   # id(source) -> [source, slot, count, on]
+        # id(source) -> [source, slot, packets at the last look, quiet since, interrupted]
+        self._entries: dict[int, list] = {}
         self._thread: threading.Thread | None = None
 
     def usable(self) -> bool:
@@ -437,7 +453,7 @@ class StallWatch:
 
     def add(self, source, slot: ctypes.c_double) -> None:
         with self._lock:
-            self._entries[id(source)] = [source, slot, -1, False]  # ..., interrupted
+            self._entries[id(source)] = [source, slot, -1, time.monotonic(), False]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stall-watch",
                                                  daemon=True)
@@ -452,29 +468,29 @@ class StallWatch:
             time.sleep(self.TICK_SEC)  # a period, not a wait for anything
             self.tick()
 
-    def tick(self) -> None:
+    def tick(self, now: float | None = None) -> None:
         """One look at every source (the lock held: a removed source's container is
-        never written after `remove` returns). The value is written at every look,
-        not only on a change: PyAV sets "none" itself when a demux starts."""
+        never written after `remove` returns)."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             for e in self._entries.values():
-                source, slot, count, interrupted = e
+                source, slot, count, quiet_since, interrupted = e
                 n = source.packets
                 if interrupted:
                     slot.value = 0.0
-                elif n == count:
-                    slot.value = float(FRAME_TIMEOUT_SEC)
-                else:
-                    e[2] = n
-                    slot.value = -1.0
+                elif n != count or source.holding:
+                    e[2], e[3] = n, now
+                elif now - quiet_since >= FRAME_TIMEOUT_SEC:
+                    slot.value = 0.0
+                    e[4] = True
 
     def interrupt_all(self) -> None:
-        """Ends every watched read now, and keeps ending them (shutdown): PyAV raises
-        ExitError at its next poll."""
+        """Ends every watched read now, and the ones after (shutdown): PyAV raises
+        ExitError at FFmpeg's next poll."""
         with self._lock:
             for e in self._entries.values():
                 e[1].value = 0.0
-                e[3] = True
+                e[4] = True
 
 
 stall_watch = StallWatch()

@@ -272,6 +272,7 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
     import clock
     from replay import drain
     monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 2)
+    monkeypatch.setattr(stream.StallWatch, "TICK_SEC", 0.25)
     if watch != "stall watch":
         monkeypatch.setattr(stream.stall_watch, "usable", lambda: False)
     opener = _Keeping()
@@ -303,7 +304,12 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
         rtsp_camera.resume("main")
         assert not th.is_alive()
         assert [str(e) for e in errors] == ["no frame for 2 s"]
-        assert 2 <= stalled_for < 10
+        if watch == "stall watch":
+            # 2 s after the last packet, to the watch's next look; PyAV's read timeout
+            # took twice as long (the frame FFmpeg held back restarted its timer).
+            assert 2 <= stalled_for < 3.5
+        else:
+            assert 2 <= stalled_for < 10
         read_timeout = opener.sources[0].container.read_timeout
         assert read_timeout == (None if watch == "stall watch" else 2)
         drain(syncer)
@@ -364,35 +370,53 @@ def test_a_container_laid_out_otherwise_is_opened_again_with_pyavs_read_timeout(
         src.close()
 
 
-def test_stall_watch_tick_switches_the_timeout_on_only_while_a_source_is_quiet(monkeypatch):
+def test_stall_watch_ends_reads_after_the_timeout_without_a_packet(monkeypatch):
+    """The watch's own timing, in simulated time (`tick(now)`): a source gets a zero
+    timeout once FRAME_TIMEOUT_SEC pass with no packet while it waits on the camera;
+    time its consumer holds a frame doesn't count; an interrupted source stays so."""
     import ctypes
     monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 7)
     w = stream.StallWatch()
     monkeypatch.setattr(w, "_thread", object())  # no thread: the test ticks
-    a, b = types.SimpleNamespace(packets=0), types.SimpleNamespace(packets=0)
+    a = types.SimpleNamespace(packets=0, holding=False)
+    b = types.SimpleNamespace(packets=0, holding=False)
     sa, sb = ctypes.c_double(-1.0), ctypes.c_double(-1.0)
     w.add(a, sa)
     w.add(b, sb)
-    w.tick()                      # first look: counts noted
+    def tick(t):
+        a.packets += 30           # a streams all along
+        w.tick(t)
+    tick(100)                     # first look: counts noted, quiet from now
+    for t in range(101, 107):
+        tick(t)                   # b is silent for 6 s
     assert (sa.value, sb.value) == (-1.0, -1.0)
-    a.packets += 30
-    w.tick()                      # b quiet for a whole tick: its reads may now time out
-    assert (sa.value, sb.value) == (-1.0, 7.0)
-    sb.value = -1.0               # what PyAV does when a demux starts...
-    w.tick()                      # ...is undone at the next look while b is quiet
-    assert (sa.value, sb.value) == (7.0, 7.0)
-    b.packets += 1
-    w.tick()                      # b moved again: off; a still quiet: on
-    assert (sa.value, sb.value) == (7.0, -1.0)
-    w.remove(a)
-    a.packets += 1
-    w.tick()                      # a removed: never written again
-    assert (sa.value, sb.value) == (7.0, 7.0)
-    w.interrupt_all()
-    assert (sa.value, sb.value) == (7.0, 0.0)
-    b.packets += 1
-    w.tick()                      # interrupted stays interrupted
-    assert sb.value == 0.0
+    b.packets += 1                # a packet at 106.5: b's silence starts again
+    tick(107)
+    tick(113)                     # 6 s more: not yet
+    assert sb.value == -1.0
+    b.holding = True              # b's consumer holds a frame (a stalled disk)...
+    tick(120)                     # ...so its 13 s of no packets aren't a stall
+    assert sb.value == -1.0
+    b.holding = False
+    tick(126)
+    assert sb.value == -1.0
+    tick(127)                     # 7 s waiting on the camera: end the read
+    assert (sa.value, sb.value) == (-1.0, 0.0)
+    b.packets += 1                # FFmpeg hands over a held-back frame; then PyAV
+    sb.value = -1.0               # restarting a demux would set "none" again...
+    tick(128)
+    assert sb.value == 0.0        # ...but b stays interrupted
+    w.remove(b)
+    sb.value = -1.0
+    tick(200)                     # a removed source is never written again
+    assert (sa.value, sb.value) == (-1.0, -1.0)
+    w.tick(207)                   # a silent for 7 s
+    assert sa.value == 0.0
+    c = types.SimpleNamespace(packets=0, holding=False)
+    sc = ctypes.c_double(-1.0)
+    w.add(c, sc)
+    w.interrupt_all()             # shutdown: at once
+    assert sc.value == 0.0
 
 
 def test_shutdown_ends_a_read_from_a_silent_camera_at_once(tmp_path, rtsp_camera):

@@ -249,6 +249,17 @@ def test_streamer_drops_leading_non_key_frames_and_keeps_a_run_across_a_change(
     t.db.close()
 
 
+def _wait_until_recording(t, frames: int, what: str = "not recording") -> None:
+    """Polls (nothing to wait on) until the stream's newest uncommitted recording has
+    `frames` frames, for up to 30 s."""
+    import time
+    deadline = time.monotonic() + 30
+    while not t.db.streams[t.stream_id].uncommitted or \
+            t.db.streams[t.stream_id].uncommitted[-1].video_samples < frames:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 class _Keeping(stream.PyAvOpener):
     """PyAvOpener that keeps what it opened, to look at."""
 
@@ -292,11 +303,7 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
                 errors.append(e)
         th = threading.Thread(target=run)
         th.start()
-        deadline = time.monotonic() + 30
-        while not t.db.streams[t.stream_id].uncommitted or \
-                t.db.streams[t.stream_id].uncommitted[-1].video_samples < 10:
-            assert time.monotonic() < deadline, "not recording"
-            time.sleep(0.05)
+        _wait_until_recording(t, 10)
         paused_at = time.monotonic()
         rtsp_camera.pause("main")
         th.join(30)
@@ -321,11 +328,7 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
         th = threading.Thread(target=run)
         th.start()
         n = len(rows)
-        deadline = time.monotonic() + 30
-        while len(t.db.streams[t.stream_id].uncommitted) == 0 or \
-                t.db.streams[t.stream_id].uncommitted[-1].video_samples < 5:
-            assert time.monotonic() < deadline, "the next run didn't record"
-            time.sleep(0.05)
+        _wait_until_recording(t, 5, "the next run didn't record")
         s.shutdown.set()
         th.join(30)
         drain(syncer)
@@ -435,11 +438,7 @@ def test_shutdown_ends_a_read_from_a_silent_camera_at_once(tmp_path, rtsp_camera
                             shutdown=threading.Event(), rotate_interval_sec=60)
         th = threading.Thread(target=s.run)
         th.start()
-        deadline = time.monotonic() + 30
-        while not t.db.streams[t.stream_id].uncommitted or \
-                t.db.streams[t.stream_id].uncommitted[-1].video_samples < 10:
-            assert time.monotonic() < deadline, "not recording"
-            time.sleep(0.05)
+        _wait_until_recording(t, 10)
         rtsp_camera.pause("main")
         try:
             time.sleep(1.5)  # the camera silent (not a synchronisation: a stall's length)

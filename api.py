@@ -559,9 +559,10 @@ def _user_subset(obj, what: str) -> dict:
             raise HttpError(400, f"{what}.{k} has the wrong type ({type(v).__name__})")
     if obj.get("username") == "":
         raise HttpError(400, f"{what}.username must not be empty")
-    if "username" in obj and not obj["username"].isprintable():
+    if "username" in obj and dbmod.breaks_log_lines(obj["username"]):
         # As `nvr.py config user` refuses: names go into log lines.
-        raise HttpError(400, f"{what}.username must not contain control characters")
+        raise HttpError(400, f"{what}.username must not contain control characters or "
+                             f"line breaks")
     if obj.get("password") == "":
         raise HttpError(400, f"{what}.password must not be empty (null clears it)")
     if "permissions" in obj:

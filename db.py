@@ -52,6 +52,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import unicodedata
 import uuid as uuidlib
 
 import auth
@@ -60,6 +61,12 @@ import dir as dirmod
 import recording
 
 logger = logging.getLogger(__name__)
+
+
+def breaks_log_lines(name: str) -> bool:
+    """Whether a camera or user name holds a control character or a line or paragraph
+    separator: names go into log lines, which such characters could split or forge."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name)
 
 SCHEMA_VERSION = 8
 DB_FILENAME = "db"

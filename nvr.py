@@ -115,8 +115,9 @@ def check_name(what: str, name: str | None) -> str | None:
         return None
     if not name:
         raise UsageError(f"the {what} must not be empty")
-    if not name.isprintable():
-        raise UsageError(f"the {what} {name!r} must not contain control characters")
+    if db.breaks_log_lines(name):
+        raise UsageError(f"the {what} {name!r} must not contain control characters or "
+                         f"line breaks")
     if what == "camera name" and "/" in name:
         raise UsageError(f"the {what} {name!r} must not contain '/' (logs name streams "
                          f"CAMERA/TYPE)")
@@ -568,8 +569,9 @@ def sd_notify(message: str) -> None:
 
 def check_recorded_stream_config(d: db.Database, s) -> None:
     """UsageError naming the fix if a recorded stream's numbers aren't whole numbers
-    (a database edited by hand with `nvr.py sql`): the syncer would otherwise fail on
-    them after every recording, forever."""
+    from 0 up (a database edited by hand with `nvr.py sql`): the syncer would fail on
+    them after every recording, forever ("abc"), or misread them (a negative
+    retainBytes deletes every recording; `int()` would take "120", 1.5 or true)."""
     name = f"{d.cameras[s.camera_id].short_name} {s.type}"
     for key, option in (("flushIfSec", "--flush-if-sec N"), ("retainBytes", "--retain-bytes SIZE")):
         v = s.config.get(key, 0)

@@ -42,6 +42,7 @@ import struct
 import threading
 import time
 import urllib.parse
+import weakref
 
 import clock
 import codec
@@ -319,8 +320,9 @@ class PyAvOpener(Opener):
         container, slot = self._open(av, url, full_url, options, watched)
         if watched and slot is None:
             container.close()
-            logger.warning("%s: PyAV's timeout isn't where it was; opening again with "
-                           "PyAV's read timeout", url)
+            stall_watch.give_up()
+            logger.warning("%s: PyAV's timeout isn't where it was; opening again, and "
+                           "from now on, with PyAV's read timeout", url)
             container, slot = self._open(av, url, full_url, options, False)
         return PyAvSource(container, url, slot)  # closes the container if it fails
 
@@ -397,7 +399,10 @@ class StallWatch:
         self._lock = threading.Lock()
         self._offset: int | None = None
         self._calibrated = False
-        # id(source) -> [source, slot, packets at the last look, quiet since, interrupted]
+        # id(source) -> [weakref to source, slot, packets at the last look, quiet since,
+        # interrupted]. Weak: a source dropped without close() is freed (and its
+        # container closed) as before; its slot is then never written (the source owns
+        # the container, so while the source lives, so does the slot's memory).
         self._entries: dict[int, list] = {}
         self._thread: threading.Thread | None = None
 
@@ -451,9 +456,15 @@ class StallWatch:
             return None
         return ctypes.c_double.from_address(id(container) + off)
 
+    def give_up(self) -> None:
+        """After a container failed the check: PyAV's read timeout from now on."""
+        with self._lock:
+            self._offset = None
+
     def add(self, source, slot: ctypes.c_double) -> None:
         with self._lock:
-            self._entries[id(source)] = [source, slot, -1, time.monotonic(), False]
+            self._entries[id(source)] = [weakref.ref(source), slot, -1, time.monotonic(),
+                                         False]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stall-watch",
                                                  daemon=True)
@@ -473,8 +484,12 @@ class StallWatch:
         never written after `remove` returns)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            for e in self._entries.values():
-                source, slot, count, quiet_since, interrupted = e
+            for key, e in list(self._entries.items()):
+                ref, slot, count, quiet_since, interrupted = e
+                source = ref()  # held while its slot is written
+                if source is None:
+                    del self._entries[key]
+                    continue
                 n = source.packets
                 if interrupted:
                     slot.value = 0.0
@@ -489,8 +504,10 @@ class StallWatch:
         ExitError at FFmpeg's next poll."""
         with self._lock:
             for e in self._entries.values():
-                e[1].value = 0.0
-                e[4] = True
+                source = e[0]()
+                if source is not None:
+                    e[1].value = 0.0
+                    e[4] = True
 
 
 stall_watch = StallWatch()
@@ -548,6 +565,17 @@ class Streamer:
                               limit_sec=OPEN_WARN_SEC):
             src = self.opener.open(self.url, username=self.username, password=self.password,
                                    transport=self.transport)
+        if self.shutdown.is_set():
+            # Opened after Recorder.stop's StallWatch.interrupt_all: its reads weren't
+            # interrupted, and a silent camera would hold up shutdown.
+            src.close()
+            return
+        try:
+            self._record(src)
+        finally:
+            src.close()
+
+    def _record(self, src: Source) -> None:
         self.runs += 1
         # Local time = wall time at open + monotonic time since (§3.4).
         realtime_at_open = self.clocks.realtime()
@@ -583,10 +611,7 @@ class Streamer:
             reason = "NVR shutdown" if stopping() else str(e) or type(e).__name__
             raise
         finally:
-            try:
-                w.close(reason)
-            finally:
-                src.close()
+            w.close(reason)
 
     def _insert_entry(self, p: codec.VideoParameters) -> int:
         return self.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec,

@@ -154,15 +154,19 @@ def test_bad_camera_and_user_names_are_refused(tmp_path):
         (["camera", "add", "a/b"], "the camera name 'a/b' must not contain '/' (logs name "
                                    "streams CAMERA/TYPE)"),
         (["camera", "edit", "cam", "--rename", "x\ny"],
-         "the camera name 'x\\ny' must not contain control characters"),
+         "the camera name 'x\\ny' must not contain control characters or line breaks"),
         (["user", "add", ""], "the user name must not be empty"),
         (["user", "edit", "bob", "--rename", ""], "the user name must not be empty"),
-        (["user", "add", "a\tb"], "the user name 'a\\tb' must not contain control characters"),
+        (["user", "add", "a\tb"],
+         "the user name 'a\\tb' must not contain control characters or line breaks"),
     ]:
         r = nvr("config", *args, cwd=cwd, ok=False)
         assert (r.returncode, r.stderr) == (1, f"error: {message}\n")
     assert [nvr("config", w, "list", cwd=cwd).stdout for w in ("camera", "user")] == before
     nvr("config", "user", "add", "carol/admin", cwd=cwd)  # '/' is fine in a user name
+    nvr("config", "user", "add", "ana\u00a0maria", cwd=cwd)  # so is a no-break space
+    r = nvr("config", "user", "add", "x\u2028y", cwd=cwd, ok=False)  # a line separator
+    assert "must not contain control characters or line breaks" in r.stderr
 
 
 def test_config_refused_while_locked(tmp_path):

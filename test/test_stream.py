@@ -360,17 +360,27 @@ def test_stall_watch_finds_pyavs_timeout_and_leaves_it_off_while_packets_flow(rt
 
 def test_a_container_laid_out_otherwise_is_opened_again_with_pyavs_read_timeout(
         rtsp_camera, monkeypatch, caplog):
+    """...and so is every later one (no double open at each reconnect)."""
+    w = stream.stall_watch
+    assert w.usable()
+    monkeypatch.setattr(w, "_offset", w._offset)  # restored after the test
     monkeypatch.setattr(stream.StallWatch, "_find", staticmethod(lambda *a, **k: None))
-    monkeypatch.setattr(stream.stall_watch, "usable", lambda: True)
     with caplog.at_level(logging.WARNING, logger="stream"):
         src = stream.PyAvOpener().open(rtsp_camera.url("main"))
     try:
         assert src.container.read_timeout == stream.FRAME_TIMEOUT_SEC
-        assert id(src) not in stream.stall_watch._entries
-        assert "opening again with PyAV's read timeout" in caplog.text
+        assert id(src) not in w._entries
+        assert "opening again, and from now on, with PyAV's read timeout" in caplog.text
         next(src.frames())
     finally:
         src.close()
+    assert not w.usable()
+
+
+class _FakeSource:
+    def __init__(self):
+        self.packets = 0
+        self.holding = False
 
 
 def test_stall_watch_ends_reads_after_the_timeout_without_a_packet(monkeypatch):
@@ -381,8 +391,7 @@ def test_stall_watch_ends_reads_after_the_timeout_without_a_packet(monkeypatch):
     monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 7)
     w = stream.StallWatch()
     monkeypatch.setattr(w, "_thread", object())  # no thread: the test ticks
-    a = types.SimpleNamespace(packets=0, holding=False)
-    b = types.SimpleNamespace(packets=0, holding=False)
+    a, b = _FakeSource(), _FakeSource()
     sa, sb = ctypes.c_double(-1.0), ctypes.c_double(-1.0)
     w.add(a, sa)
     w.add(b, sb)
@@ -415,44 +424,95 @@ def test_stall_watch_ends_reads_after_the_timeout_without_a_packet(monkeypatch):
     assert (sa.value, sb.value) == (-1.0, -1.0)
     w.tick(207)                   # a silent for 7 s
     assert sa.value == 0.0
-    c = types.SimpleNamespace(packets=0, holding=False)
+    c = _FakeSource()
     sc = ctypes.c_double(-1.0)
     w.add(c, sc)
     w.interrupt_all()             # shutdown: at once
     assert sc.value == 0.0
+    d = _FakeSource()
+    sd = ctypes.c_double(-1.0)
+    w.add(d, sd)
+    del d                         # dropped without close(): freed, then forgotten
+    w.tick(300)
+    assert sd.value == -1.0 and len(w._entries) == 2  # a and c
 
 
 def test_shutdown_ends_a_read_from_a_silent_camera_at_once(tmp_path, rtsp_camera):
-    """With the production 30 s frame timeout, a stream whose camera is silent stops
-    within a couple of seconds of shutdown (Recorder.stop calls interrupt_all), and its
+    """With the production 30 s frame timeout, nvr.Recorder.stop returns within a couple
+    of seconds though a camera is silent (it calls StallWatch.interrupt_all), and the
     run ends "NVR shutdown"."""
     import time
     import clock
-    from replay import drain
+    import nvr
     t = make_testdb(tmp_path, clock.RealClocks())
     try:
         t.db.update_stream(t.stream_id, config={**t.db.streams[t.stream_id].config,
                                                 "url": rtsp_camera.url("main")})
-        syncer = dirmod.Syncer(t.db, t.dir_id)
-        s = stream.Streamer(t.db, t.stream_id, syncer, stream.PyAvOpener(),
-                            shutdown=threading.Event(), rotate_interval_sec=60)
-        th = threading.Thread(target=s.run)
-        th.start()
+        rec = nvr.Recorder(t.db, lambda s: stream.PyAvOpener(), shutdown=threading.Event())
+        rec.start()
         _wait_until_recording(t, 10)
         rtsp_camera.pause("main")
         try:
             time.sleep(1.5)  # the camera silent (not a synchronisation: a stall's length)
             began = time.monotonic()
-            s.shutdown.set()
-            stream.stall_watch.interrupt_all()
-            th.join(20)
+            rec.stop()
             took = time.monotonic() - began
         finally:
             rtsp_camera.resume("main")
-        assert not th.is_alive() and took < 3
-        drain(syncer)
-        t.db.flush("test")
+        assert not rec.streamers[0].thread.is_alive() and took < 3
         rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)
         assert rows[-1].end_reason == "NVR shutdown"
+    finally:
+        t.db.close()
+
+
+def test_a_frame_held_by_the_consumer_or_a_late_first_read_is_no_stall(rtsp_camera,
+                                                                       monkeypatch):
+    """Time the consumer holds a frame (a full disk stalls the writer), or takes before
+    asking for the first frame, isn't silence from the camera: the stream goes on."""
+    import time
+    monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 2)
+    monkeypatch.setattr(stream.StallWatch, "TICK_SEC", 0.25)
+    src = stream.PyAvOpener().open(rtsp_camera.url("main"))
+    try:
+        time.sleep(3)   # a slow start (not a synchronisation: what is being tested)
+        frames = src.frames()
+        next(frames)
+        time.sleep(3)   # holding that frame
+        for _ in range(60):
+            next(frames)
+    finally:
+        src.close()
+
+
+def test_a_source_dropped_without_close_is_freed(rtsp_camera):
+    import gc
+    import weakref
+    src = stream.PyAvOpener().open(rtsp_camera.url("main"))
+    next(src.frames())
+    ref = weakref.ref(src)
+    del src
+    gc.collect()
+    assert ref() is None   # the watch holds no strong reference
+    stream.stall_watch.tick()
+    assert all(e[0]() is not None for e in stream.stall_watch._entries.values())
+
+
+def test_a_stream_opened_after_shutdown_began_closes_at_once(tmp_path, rtsp_camera):
+    """Recorder.stop sets shutdown, then interrupts the reads it knows of; a stream whose
+    open finished just after that wasn't interrupted: it must not start reading."""
+    import clock
+    opener = _Keeping()
+    t = make_testdb(tmp_path, clock.RealClocks())
+    try:
+        t.db.update_stream(t.stream_id, config={**t.db.streams[t.stream_id].config,
+                                                "url": rtsp_camera.url("main")})
+        shutdown = threading.Event()
+        s = stream.Streamer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id), opener,
+                            shutdown=shutdown, rotate_interval_sec=60)
+        shutdown.set()
+        s.run_once()
+        assert s.runs == 0 and len(opener.sources) == 1
+        assert id(opener.sources[0]) not in stream.stall_watch._entries  # closed
     finally:
         t.db.close()

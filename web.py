@@ -194,7 +194,23 @@ def parse_range(header: str | None, length: int) -> list[tuple[int, int]] | None
                 out.append((start, end))
     if not out:
         return None if not any(p.strip() for p in parts) else UNSATISFIABLE
-    return out
+    return _coalesce_overlaps(out)
+
+
+def _coalesce_overlaps(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`ranges` as they are if no two overlap; else sorted, with overlapping ones merged
+    (RFC 9110 §15.3.7.2 allows both), so a response never holds a byte twice: without
+    this, 64 ranges of "0-" sent a 24 h view 64 times over."""
+    ordered = sorted(ranges)
+    if all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])):
+        return ranges
+    merged = [ordered[0]]
+    for start, end in ordered[1:]:
+        if start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 # ---------------------------------------------------------------------------------------

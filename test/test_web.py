@@ -69,6 +69,10 @@ T0_90K = recording.to_90k_from_ns(START_NS)
     ("bytes 0-1", 10, None),
     ("bytes=" + ",".join(["0-0"] * (web.MAX_RANGES + 1)), 10, None),  # too many
     ("BYTES=0-0", 10, [(0, 1)]),           # the unit is case-insensitive
+    ("bytes=0-,0-,0-", 10, [(0, 10)]),     # overlapping: merged, never a byte twice
+    ("bytes=6-8,0-2,1-3", 10, [(0, 4), (6, 9)]),  # ...and then in order
+    ("bytes=4-5,0-3,-2", 10, [(4, 6), (0, 4), (8, 10)]),  # adjacent isn't overlapping
+    ("bytes=-6,4-4", 10, [(4, 10)]),       # a suffix overlapping another
     ("bytes=0-0", 10, [(0, 1)]),
 ])
 def test_parse_range(header, length, expected):
@@ -239,6 +243,9 @@ def _ranges(length):
         # Ranges crossing the moov/mdat border and a sample file border.
         ("multiple", {"Range": f"bytes=0-9,1000-1999,{mid}-{mid + 7000},-7"}, 206,
          [(0, 10), (1000, 2000), (mid, mid + 7001), (length - 7, length)]),
+        ("overlapping: merged, in order", {"Range": f"bytes={mid}-,0-99,50-149,{mid}-"},
+         206, [(0, 150), (mid, length)]),
+        ("overlapping into one: a plain 206", {"Range": "bytes=0-,0-,0-"}, 206, [(0, length)]),
         ("unsatisfiable", {"Range": f"bytes={length}-"}, 416, None),
         ("invalid syntax: whole", {"Range": "bytes=9-1"}, 200, [(0, length)]),
         ("If-None-Match", {"If-None-Match": "ETAG"}, 304, None),
@@ -254,7 +261,7 @@ def _ranges(length):
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(len(_ranges(10_000))))
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_range_and_conditional_requests(recorded, port, case, method):
     f = recorded.file()

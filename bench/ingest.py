@@ -46,9 +46,9 @@ commits come between flushIfSec - rotation and flushIfSec apart (production: eve
 60-120 s) whatever N; what must not happen is a commit per recording.
 
 `--stages` (opt-in, ~3 more windows per N) runs the reader again with nvr's own
-per-frame steps added one at a time (`STAGES`: nvr's av.open options, which add PyAV's
-read timeout; then nvr's PyAvOpener and Frame conversion; then write(2) of each frame;
-then the blake2b hash), to show where nvr's CPU beyond the baseline goes. They are an ablation, never the baseline.
+per-frame steps added one at a time (`STAGES`: nvr's av.open options; then nvr's
+PyAvOpener and Frame conversion; then write(2) of each frame; then the blake2b hash), to
+show where nvr's CPU beyond the baseline goes. They are an ablation, never the baseline.
 
 Output: one table row per N (also as Markdown, for docs/performance.md), the machine,
 and with --profile a py-spy profile of nvr taken *after* each measurement window (so
@@ -230,9 +230,10 @@ class BenchError(Exception):
 # ablation, adding nvr's own code one step at a time (never part of the baseline).
 STAGES = {
     "demux": "bare PyAV: demux() and drop (the baseline)",
-    "options": "+ nvr's av.open options (stream.PyAvOpener's): PyAV's read timeout, whose "
-               "interrupt callback takes the GIL each time FFmpeg polls (~40 times a "
-               "frame), user_agent, demux of the video stream only",
+    "options": "+ nvr's av.open (stream.PyAvOpener's): user_agent, the open timeout "
+               "(PyAV's read timeout, whose interrupt callback takes the GIL each time "
+               "FFmpeg polls, only where stream.StallWatch can't be used), demux of the "
+               "video stream only",
     "source": "+ nvr's stream.PyAvOpener: Frame objects, Annex B -> length-prefixed, "
               "parameter sets checked and stripped on key frames",
     "write": "+ os.write(2) of each frame to a file",
@@ -271,8 +272,10 @@ def reader_main(stage: str, urls: list[str]) -> int:
         sys.path.insert(0, REPO)
         import stream
         t = time.monotonic()
-        container = av.open(url, options={"rtsp_transport": "tcp", "user_agent": "nvr"},
-                            timeout=(stream.OPEN_TIMEOUT_SEC, stream.FRAME_TIMEOUT_SEC))
+        # PyAvOpener's av.open, as it is (without the source and StallWatch around it).
+        container, _ = stream.PyAvOpener._open(
+            av, url, url, {"rtsp_transport": "tcp", "user_agent": "nvr"},
+            stream.stall_watch.usable())
         opened = time.monotonic() - t
         for _ in container.demux(container.streams.video[0]):
             if counts[i] == 0:

@@ -13,7 +13,8 @@ Owns
   the NAL unit in both framings; only the parameter-set parsers here remove them.
 - **Parameter sets -> `VideoParameters`.** The SPS (H.264 §7.3.2.1.1; H.265 §7.3.2.2)
   gives the displayed size (after frame cropping / the conformance window), the pixel
-  aspect ratio (VUI, Annex E) and the frame rate (VUI timing, when present). Together
+  aspect ratio (VUI, Annex E) and the frame rate (VUI timing, when present); a VUI that
+  runs off the end of its SPS is read as far as it goes, as FFmpeg does. Together
   with the PPS (and the H.265 VPS) it gives the decoder configuration record (`avcC`,
   14496-15 §5.3.3.1; `hvcC`, §8.3.3.1), the RFC 6381 codec string, and the whole
   VisualSampleEntry box (14496-12 §8.5.2) that mp4.py copies verbatim into `stsd`:
@@ -279,11 +280,21 @@ class _Bits:
         self._len = len(rbsp) * 8
         self._pos = 0
         self.what = what  # e.g. "H.264 SPS", the start of every error message
+        # Set for the VUI: bits past the end read as zeros, and `overread` says so
+        # (FFmpeg takes an SPS whose VUI runs off its end, "Overread VUI by N bits";
+        # some cameras send one).
+        self.zeros_past_end = False
+        self.overread = False
 
     def u(self, n: int, field: str) -> int:
         end = self._pos + n
         if end > self._len:
-            raise CodecError(f"{self.what} is truncated: ran out of bits reading {field}")
+            if not self.zeros_past_end:
+                raise CodecError(f"{self.what} is truncated: ran out of bits reading {field}")
+            self.overread = True
+            have = max(0, self._len - self._pos)
+            self._pos = end
+            return (self._value & ((1 << have) - 1)) << (n - have)
         value = (self._value >> (self._len - end)) & ((1 << n) - 1)
         self._pos = end
         return value
@@ -294,6 +305,9 @@ class _Bits:
     def ue(self, field: str, maximum: int = 0xFFFF_FFFE) -> int:
         zeros = 0
         while self.u(1, field) == 0:
+            if self.zeros_past_end and self._pos >= self._len:
+                self.overread = True
+                return 0  # an exp-Golomb code cut off by the end: absent
             zeros += 1
             if zeros > 31:
                 raise CodecError(f"{self.what} has a bad exp-Golomb code for {field} "
@@ -355,7 +369,10 @@ def default_pixel_aspect_ratio(width: int, height: int) -> tuple[int, int]:
 
 def _vui_start(r: _Bits) -> tuple[int, int] | None:
     """Reads the start of vui_parameters() that H.264 (§E.1.1) and H.265 (§E.2.1) share,
-    up to the chroma location; returns the sample aspect ratio, None if unspecified."""
+    up to the chroma location; returns the sample aspect ratio, None if unspecified
+    (or cut off by the end of the SPS). Bits past the end read as zeros from here on:
+    a VUI that runs off its SPS keeps what came before the end."""
+    r.zeros_past_end = True
     sar = None
     if r.flag("aspect_ratio_info_present_flag"):
         idc = r.u(8, "aspect_ratio_idc")
@@ -364,6 +381,8 @@ def _vui_start(r: _Bits) -> tuple[int, int] | None:
             sar = _reduce(width, height) if width and height else None
         elif idc < len(_SAR_TABLE):
             sar = _SAR_TABLE[idc]
+        if r.overread:
+            sar = None
     if r.flag("overscan_info_present_flag"):
         r.flag("overscan_appropriate_flag")
     if r.flag("video_signal_type_present_flag"):
@@ -520,7 +539,7 @@ def h264_parameters(sps: bytes, pps: bytes) -> VideoParameters:
         if r.flag("timing_info_present_flag"):
             num_units_in_tick = r.u(32, "num_units_in_tick")
             time_scale = r.u(32, "time_scale")
-            if num_units_in_tick and time_scale:
+            if num_units_in_tick and time_scale and not r.overread:
                 # One frame is two ticks (field-based clock, equation E-6 / C-1).
                 frame_rate = Fraction(time_scale, 2 * num_units_in_tick)
     pasp = sar or default_pixel_aspect_ratio(width, height)
@@ -756,7 +775,7 @@ def _h265_sps(sps: bytes) -> _H265Sps:
     if r.flag("vui_timing_info_present_flag"):
         num_units_in_tick = r.u(32, "vui_num_units_in_tick")
         time_scale = r.u(32, "vui_time_scale")
-        if num_units_in_tick and time_scale:
+        if num_units_in_tick and time_scale and not r.overread:
             s.frame_rate = Fraction(time_scale, num_units_in_tick)  # equation E-53
         if r.flag("vui_poc_proportional_to_timing_flag"):
             r.ue("vui_num_ticks_poc_diff_one_minus1")

@@ -723,6 +723,26 @@ H265_HAND_MADE = [
 ]
 
 
+def test_an_h265_sps_whose_vui_runs_off_its_end_is_taken():
+    """Every cut of H.265 SPSs with a full VUI (SAR, timing, HRD, bitstream restriction)
+    parses to the same size, or is refused as truncated before the VUI; never an
+    exception of another kind, never a size of a longer cut's."""
+    cut_and_taken = 0
+    for _, vps, sps, pps, size, *_ in H265_HAND_MADE:
+        refused = False
+        for cut in range(len(sps), 0, -1):
+            try:
+                p = codec.h265_parameters(vps, sps[:cut], pps)
+            except CodecError as e:
+                assert "truncated" in str(e), e
+                refused = True
+                continue
+            assert not refused, f"{cut} bytes parse, but a longer cut didn't"
+            assert (p.width, p.height) == size
+            cut_and_taken += cut < len(sps)
+    assert cut_and_taken > 20
+
+
 @pytest.mark.parametrize("vps, sps, pps, size, pasp, frame_rate, ffmpeg_misreads",
                          [c[1:] for c in H265_HAND_MADE], ids=[c[0] for c in H265_HAND_MADE])
 def test_h265_hand_made_parameter_sets(vps, sps, pps, size, pasp, frame_rate, ffmpeg_misreads):
@@ -893,6 +913,31 @@ BASELINE_SPS = codec.parameters_from_frame(
     "h264", x264("h264", 64, 48, options={"profile": "baseline"})[0]).parameter_sets[0]
 
 
+def test_an_sps_whose_vui_runs_off_its_end_is_taken():
+    """As FFmpeg takes it ("Overread VUI"; some cameras send one): bits past the end
+    read as zeros, the size stands, the aspect ratio counts once read whole, the frame
+    rate only when its timing info was whole. Cut anywhere before the VUI: an error."""
+    for sps, size in ((h264_sps(120, 68, vui=vui(16, timing=(1001, 60000))), (1920, 1088)),
+                      (BASELINE_SPS, (64, 48))):
+        full = codec.h264_parameters(sps, PPS)
+        seen = []
+        for cut in range(len(sps), 0, -1):
+            try:
+                p = codec.h264_parameters(sps[:cut], PPS)
+            except CodecError as e:
+                assert "is truncated" in str(e)
+                break
+            assert (p.width, p.height) == size
+            seen.append(((p.pasp_h_spacing, p.pasp_v_spacing), p.frame_rate))
+        assert seen[0] == ((full.pasp_h_spacing, full.pasp_v_spacing), full.frame_rate)
+        # Shorter cuts lose the frame rate, then the aspect ratio (the default table's).
+        rates = [r for _, r in seen]
+        assert rates == [full.frame_rate] * rates.count(full.frame_rate) + \
+            [None] * rates.count(None)
+        assert seen[-1][0] == codec.default_pixel_aspect_ratio(*size)
+    assert seen[0] == ((1, 1), 30) and len(seen) == len(BASELINE_SPS) - 6
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: codec.split_annexb(b"\x67\x42\x00"), "no start code"),
     (lambda: codec.split_annexb(b"\x01\x00\x00\x01\x67"), "garbage before the first start"),
@@ -901,7 +946,8 @@ BASELINE_SPS = codec.parameters_from_frame(
     (lambda: codec.nal_units(b"\x00\x00\x00\x01\x65\x00\x00"), "2 stray bytes at offset 5"),
     (lambda: codec.h264_parameters(BASELINE_SPS[:4], PPS),
      "H.264 SPS is truncated: ran out of bits reading seq_parameter_set_id"),
-    (lambda: codec.h264_parameters(BASELINE_SPS[:9], PPS), "H.264 SPS is truncated"),
+    (lambda: codec.h264_parameters(BASELINE_SPS[:6], PPS),
+     "H.264 SPS is truncated: ran out of bits reading pic_height_in_map_units_minus1"),
     (lambda: codec.h264_parameters(b"\x67\x42\x00\x1e\x00\x00\x03\x00\x00\x03\x00", PPS),
      "H.264 SPS has a bad exp-Golomb code for seq_parameter_set_id"),
     (lambda: codec.h264_parameters(h264_sps(4, 3, sps_id=32), PPS),

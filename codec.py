@@ -312,6 +312,10 @@ class _Bits:
             if zeros > 31:
                 raise CodecError(f"{self.what} has a bad exp-Golomb code for {field} "
                                  f"(more than 31 leading zero bits)")
+        if self.zeros_past_end and self._pos + zeros > self._len:
+            self.overread = True
+            self._pos += zeros
+            return 0  # cut off by the end in its suffix: absent too
         value = (1 << zeros) - 1 + self.u(zeros, field)
         if value > maximum:
             raise CodecError(f"{self.what} has {field} = {value}, more than {maximum}")

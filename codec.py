@@ -13,8 +13,9 @@ Owns
   the NAL unit in both framings; only the parameter-set parsers here remove them.
 - **Parameter sets -> `VideoParameters`.** The SPS (H.264 §7.3.2.1.1; H.265 §7.3.2.2)
   gives the displayed size (after frame cropping / the conformance window), the pixel
-  aspect ratio (VUI, Annex E) and the frame rate (VUI timing, when present); a VUI that
-  runs off the end of its SPS is read as far as it goes, as FFmpeg does. Together
+  aspect ratio (VUI, Annex E) and the frame rate (VUI timing, when present); an H.264
+  VUI that runs off the end of its SPS is read as far as it goes, as FFmpeg does
+  (FFmpeg refuses such an H.265 SPS, and so do we). Together
   with the PPS (and the H.265 VPS) it gives the decoder configuration record (`avcC`,
   14496-15 §5.3.3.1; `hvcC`, §8.3.3.1), the RFC 6381 codec string, and the whole
   VisualSampleEntry box (14496-12 §8.5.2) that mp4.py copies verbatim into `stsd`:
@@ -371,12 +372,14 @@ def default_pixel_aspect_ratio(width: int, height: int) -> tuple[int, int]:
     return 1, 1
 
 
-def _vui_start(r: _Bits) -> tuple[int, int] | None:
+def _vui_start(r: _Bits, *, lenient: bool) -> tuple[int, int] | None:
     """Reads the start of vui_parameters() that H.264 (§E.1.1) and H.265 (§E.2.1) share,
     up to the chroma location; returns the sample aspect ratio, None if unspecified
-    (or cut off by the end of the SPS). Bits past the end read as zeros from here on:
-    a VUI that runs off its SPS keeps what came before the end."""
-    r.zeros_past_end = True
+    (or cut off by the end of the SPS). `lenient`: bits past the end read as zeros from
+    here on, so a VUI that runs off its SPS keeps what came before the end. H.264 only:
+    FFmpeg takes such an H.264 SPS ("Overread VUI") but refuses such an H.265 one
+    ("Overread SPS"), and a stream FFmpeg can't decode is better refused at once."""
+    r.zeros_past_end = lenient
     sar = None
     if r.flag("aspect_ratio_info_present_flag"):
         idc = r.u(8, "aspect_ratio_idc")
@@ -539,7 +542,7 @@ def h264_parameters(sps: bytes, pps: bytes) -> VideoParameters:
 
     sar, frame_rate = None, None
     if r.flag("vui_parameters_present_flag"):
-        sar = _vui_start(r)  # vui_parameters(), H.264 §E.1.1, as far as the timing info
+        sar = _vui_start(r, lenient=True)  # vui_parameters(), H.264 §E.1.1, to timing
         if r.flag("timing_info_present_flag"):
             num_units_in_tick = r.u(32, "num_units_in_tick")
             time_scale = r.u(32, "time_scale")
@@ -771,7 +774,7 @@ def _h265_sps(sps: bytes) -> _H265Sps:
     r.flag("strong_intra_smoothing_enabled_flag")
     if not r.flag("vui_parameters_present_flag"):
         return s
-    s.sar = _vui_start(r)  # vui_parameters(), H.265 §E.2.1, as far as bitstream_restriction
+    s.sar = _vui_start(r, lenient=False)  # H.265 §E.2.1, as far as bitstream_restriction
     r.u(3, "neutral_chroma_indication_flag, field_seq_flag, frame_field_info_present_flag")
     if r.flag("default_display_window_flag"):
         r.skip_ue("def_disp_win_left_offset", "def_disp_win_right_offset",

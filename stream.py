@@ -19,9 +19,10 @@ in a 1/90000 time base, sometimes a first packet without pts, end of stream
 as the end of `demux()`, a 401 as `av.error.HTTPUnauthorizedError`, a stall
 as `av.error.ExitError` after the read timeout.
 
-A read that waits FRAME_TIMEOUT_SEC for a packet ends the run ("no frame for 30 s"):
-`StallWatch` switches PyAV's timeout on for quiet containers only, so the per-poll cost
-of PyAV's read timeout isn't paid while frames flow; shutdown ends every read at once.
+FRAME_TIMEOUT_SEC without a packet, while the stream waits on the camera, ends the run
+("no frame for 30 s"): `StallWatch` times that itself and then interrupts the read
+through PyAV's timeout field, so the per-poll cost of PyAV's read timeout isn't paid
+while frames flow; shutdown interrupts every read at once.
 
 Credentials: the stream's URL has none; the camera's username and password
 are put into the URL handed to FFmpeg at open time only, percent-encoded, and

@@ -1,0 +1,350 @@
+"""snapshot.py: the frame shown at an instant, as a JPEG, checked with independent readers.
+
+Clips (clips.py) draw an 8-pixel white bar at x = 4i for frame i, so the frame a JPEG
+shows is read off its pixels; ffprobe reads every JPEG, and ffmpeg, seeking view.mp4 of
+the same recording on its own, must decode the same picture (within JPEG's error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import threading
+
+import av
+import pytest
+
+import clock
+import mp4
+import recording
+import snapshot
+import writer
+import dir as dirmod
+from clips import make_clip
+from conftest import START_NS, make_testdb
+from replay import drain, open_clip, record
+
+SEC = 90_000
+FRAME = 3000        # 30 fps
+ZONE = "America/Los_Angeles"
+
+
+@dataclasses.dataclass
+class Recorded:
+    t: object
+    h264: list    # 270, 90, 90 frames (the last ends the run)
+    h265: list
+    tmp: object
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    recording.set_server_zone(ZONE)
+    tmp = tmp_path_factory.mktemp("still")
+    clocks = clock.SimulatedClocks(START_NS)
+    t = make_testdb(tmp, clocks, zone=ZONE)
+    a = make_clip(str(tmp / "a.mp4"), frames=90, gop=30)
+    h = make_clip(str(tmp / "h.mp4"), frames=90, gop=30, encoder="libx265")
+    ext = t.db.add_stream(t.camera_id, "ext", dict(t.db.streams[t.stream_id].config), t.dir_id)
+    h264 = record(t, a, clocks, frames=450)
+    h265 = record(t, h, clocks, frames=180, stream_id=ext)
+    yield Recorded(t, h264, h265, tmp)
+    t.db.close()
+    recording.set_server_zone(None)
+
+
+@pytest.fixture
+def stills(recorded):
+    s = snapshot.Stills(recorded.t.db, workers=2)
+    yield s
+    s.close()
+
+
+def luma(jpeg: bytes) -> av.VideoFrame:
+    with av.open(__import__("io").BytesIO(jpeg), format="mjpeg") as c:
+        (frame,) = list(c.decode(video=0))
+    return frame
+
+
+def bar_x(frame: av.VideoFrame) -> int:
+    """Where the clip's white bar is in a decoded picture of 320 pixels' width."""
+    gray = frame.reformat(format="gray")
+    plane = gray.planes[0]
+    row = gray.height // 2 * plane.line_size
+    line = bytes(plane)[row:row + gray.width]
+    return max(range(gray.width - 7), key=lambda x: sum(line[x:x + 8]))
+
+
+def frame_number_shown(jpeg: bytes) -> int:
+    """Where the JPEG's bar is, in frames: `bar(i)` for recorded frame i."""
+    return round(bar_x(luma(jpeg)) / 4)
+
+
+def bar(i: int) -> int:
+    """Recorded frame i is clip frame i % 90 (clips loop), whose bar is at 4i mod 312."""
+    return (i % 90) % 78
+
+
+def wall_of(row, media_90k: int) -> int:
+    return row.start_time_90k + mp4.rescale(media_90k, row.media_duration_90k,
+                                            row.wall_duration_90k)
+
+
+def ffprobe_jpeg(path: str) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", path],
+                         check=True, capture_output=True, text=True).stdout
+    (s,) = json.loads(out)["streams"]
+    return s
+
+
+def ffmpeg_frame_at(path: str, sec: float) -> bytes:
+    """ffmpeg's own picture at `sec` into a file (accurate seek), as gray pixels."""
+    return subprocess.run(
+        ["ffmpeg", "-v", "error", "-ss", f"{sec:.6f}", "-i", path, "-frames:v", "1",
+         "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+        check=True, capture_output=True).stdout
+
+
+def gray_pixels(jpeg: bytes) -> bytes:
+    f = luma(jpeg).reformat(format="gray")
+    p = f.planes[0]
+    return b"".join(bytes(p)[r * p.line_size:r * p.line_size + f.width] for r in range(f.height))
+
+
+def test_recorded_as_expected(recorded):
+    assert [r.video_samples for r in recorded.h264] == [270, 90, 90]
+    assert [r.video_samples for r in recorded.h265] == [180]
+
+
+@pytest.mark.parametrize("frame", [0, 1, 29, 30, 44, 59, 269])
+def test_exact_frame_at_each_instant(recorded, stills, frame):
+    """Frame starts, one tick in and one tick before the next: the frame covering t.
+    29 and 59 are worst cases (the end of a GOP: 29 frames decoded before it)."""
+    row = recorded.h264[0]
+    sid = recorded.t.stream_id
+    for media in (frame * FRAME, frame * FRAME + 1, frame * FRAME + FRAME - 1):
+        st = stills.still(sid, time_90k=wall_of(row, media))
+        assert frame_number_shown(st.jpeg) == bar(frame), media
+        assert st.frame_time_90k == wall_of(row, frame * FRAME)
+        assert st.key == (frame % 30 == 0)
+        assert (st.width, st.height) == (320, 180)
+
+
+def test_matches_ffmpeg_seeking_view_mp4(recorded, stills, tmp_path):
+    """The same pixels ffmpeg shows at that second of the recording's view.mp4."""
+    t, row = recorded.t, recorded.h264[0]
+    path = str(tmp_path / "view.mp4")
+    with open(path, "wb") as out:
+        out.write(mp4.build_view(t.db, t.stream_id, [str(row.recording_id)]).read())
+    for frame in (0, 17, 59, 200):
+        st = stills.still(t.stream_id, time_90k=wall_of(row, frame * FRAME))
+        theirs = ffmpeg_frame_at(path, frame * FRAME / SEC)
+        ours = gray_pixels(st.jpeg)
+        assert len(ours) == len(theirs) == 320 * 180
+        mean_error = sum(abs(a - b) for a, b in zip(ours, theirs)) / len(ours)
+        assert mean_error < 2.0, (frame, mean_error)
+
+
+def test_jpeg_read_by_ffprobe(recorded, stills, tmp_path):
+    st = stills.still(recorded.t.stream_id, time_90k=wall_of(recorded.h264[0], 10 * FRAME))
+    path = tmp_path / "s.jpg"
+    path.write_bytes(st.jpeg)
+    s = ffprobe_jpeg(str(path))
+    assert (s["codec_name"], s["width"], s["height"]) == ("mjpeg", 320, 180)
+    assert s["pix_fmt"] == "yuvj420p"
+
+
+def test_across_a_recording_boundary(recorded, stills):
+    first, second = recorded.h264[0], recorded.h264[1]
+    sid = recorded.t.stream_id
+    last = stills.still(sid, time_90k=first.end_time_90k - 1)
+    assert frame_number_shown(last.jpeg) == bar(269)
+    assert last.recording_id == first.recording_id
+    nxt = stills.still(sid, time_90k=second.start_time_90k)
+    assert frame_number_shown(nxt.jpeg) == bar(270) and nxt.key
+    assert nxt.recording_id == second.recording_id
+
+
+def test_last_frame_of_a_run(recorded, stills):
+    """The run's last recording ends with a trailing zero-duration frame."""
+    row = recorded.h264[-1]
+    st = stills.still(recorded.t.stream_id, time_90k=row.end_time_90k - 1)
+    assert frame_number_shown(st.jpeg) in (bar(448), bar(449))
+
+
+def test_key_mode_shows_the_key_frame_at_or_before(recorded, stills):
+    row = recorded.h264[0]
+    before = stills.decodes
+    st = stills.still(recorded.t.stream_id, time_90k=wall_of(row, 59 * FRAME + 5), key=True)
+    assert frame_number_shown(st.jpeg) == bar(30) and st.key
+    assert st.frame_time_90k == wall_of(row, 30 * FRAME)
+    assert stills.decodes - before == 1   # one frame decoded, not the GOP
+
+
+def test_s_syntax(recorded, stills):
+    row = recorded.h264[1]
+    sid = recorded.t.stream_id
+    st = stills.still(sid, s=f"{row.recording_id}.{mp4.rescale(10 * FRAME, row.media_duration_90k, row.wall_duration_90k)}")
+    assert frame_number_shown(st.jpeg) == bar((270 + 10))
+    st = stills.still(sid, s=f"{row.recording_id}@{row.open_id}")
+    assert frame_number_shown(st.jpeg) == bar(270)
+    with pytest.raises(snapshot.NoVideo, match="open id"):
+        stills.still(sid, s=f"{row.recording_id}@{row.open_id + 1}")
+    with pytest.raises(snapshot.StillError, match="one instant"):
+        stills.still(sid, s="1-2")
+    with pytest.raises(snapshot.StillError, match="expected ID"):
+        stills.still(sid, s="x")
+    with pytest.raises(snapshot.NoVideo, match="past its end"):
+        stills.still(sid, s=f"{row.recording_id}.{row.wall_duration_90k + 1}")
+    with pytest.raises(snapshot.NoVideo, match="no recording"):
+        stills.still(sid, s="99")
+    with pytest.raises(snapshot.StillError, match="not both"):
+        stills.still(sid, s="1", time_90k=1)
+
+
+def test_no_video_names_the_nearest(recorded, stills):
+    sid, rows = recorded.t.stream_id, recorded.h264
+    gap = rows[-1].end_time_90k + 10 * SEC
+    with pytest.raises(snapshot.NoVideo) as e:
+        stills.still(sid, time_90k=gap)
+    assert f"before it ends at {recording.format_time(rows[-1].end_time_90k)}" in str(e.value)
+    with pytest.raises(snapshot.NoVideo) as e:
+        stills.still(sid, time_90k=rows[0].start_time_90k - 5 * SEC)
+    assert f"after it starts at {recording.format_time(rows[0].start_time_90k)}" in str(e.value)
+    assert "before it" not in str(e.value)
+
+
+def test_h265(recorded, stills):
+    row = recorded.h265[0]
+    st = stills.still(row.composite_id >> 32, time_90k=wall_of(row, 45 * FRAME))
+    assert frame_number_shown(st.jpeg) == bar(45)
+
+
+@pytest.mark.parametrize("want,expected", [
+    ((160, None), (160, 90)), ((None, 90), (160, 90)), ((100, 100), (100, 56)),
+    ((None, None), (320, 180)), ((641, None), (640, 360))])
+def test_scaled(recorded, stills, want, expected):
+    st = stills.still(recorded.t.stream_id, time_90k=wall_of(recorded.h264[0], 0),
+                      width=want[0], height=want[1])
+    assert (st.width, st.height) == expected
+    f = luma(st.jpeg)
+    assert (f.width, f.height) == expected
+
+
+def test_output_size_applies_pixel_aspect_ratio():
+    assert snapshot.output_size(704, 480, (40, 33), None, None) == (854, 480)
+    assert snapshot.output_size(704, 480, (40, 33), 427, None) == (428, 240)
+    assert snapshot.output_size(1920, 1080, (1, 1), None, 1) == (2, 2)
+
+
+def test_parse_size():
+    assert snapshot.parse_size("width", None) is None
+    assert snapshot.parse_size("width", "320") == 320
+    for bad in ("0", "-1", "1e3", "99999", "٣", "0" * 5000):
+        with pytest.raises(snapshot.StillError, match="width"):
+            snapshot.parse_size("width", bad)
+
+
+def test_cache_decodes_a_frame_once(recorded, stills):
+    row = recorded.h264[0]
+    sid = recorded.t.stream_id
+    a = stills.still(sid, time_90k=wall_of(row, 100 * FRAME))
+    n = stills.decodes
+    b = stills.still(sid, time_90k=wall_of(row, 100 * FRAME + 7))   # the same frame
+    assert b is a and stills.decodes == n
+    c = stills.still(sid, time_90k=wall_of(row, 100 * FRAME), width=160)
+    assert stills.decodes > n and c.etag != a.etag
+
+
+def test_cache_is_bounded_in_bytes():
+    c = snapshot._Cache(max_bytes=250)
+    mk = lambda n: snapshot.Still(b"x" * n, 2, 2, 0, 0, 0, True, '"e"')  # noqa: E731
+    c.put(("a",), mk(100))
+    c.put(("b",), mk(100))
+    assert c.get(("a",)) is not None   # a is now the most recent
+    c.put(("c",), mk(100))
+    assert c.get(("b",)) is None and c.get(("a",)) is not None and c.bytes == 200
+    c.put(("d",), mk(1000))            # larger than the whole cache: not kept
+    assert c.get(("d",)) is None and c.bytes == 200
+
+
+def test_pool_refuses_beyond_its_queue():
+    pool = snapshot.Pool(workers=1, queue_limit=1)
+    release = threading.Event()
+    started = threading.Event()
+    results = []
+
+    def block():
+        started.set()
+        release.wait(30)
+        return "done"
+
+    t1 = threading.Thread(target=lambda: results.append(pool.run(block)))
+    t1.start()
+    assert started.wait(30)
+    t2 = threading.Thread(target=lambda: results.append(pool.run(lambda: "queued")))
+    t2.start()
+    # The second waits in the queue; a third finds the pool full.
+    deadline = __import__("time").monotonic() + 30
+    while pool._pending < 2:
+        assert __import__("time").monotonic() < deadline
+        __import__("time").sleep(0.01)
+    with pytest.raises(snapshot.Busy, match="busy"):
+        pool.run(lambda: "refused")
+    release.set()
+    t1.join(30)
+    t2.join(30)
+    assert sorted(results) == ["done", "queued"]
+    assert pool.run(lambda: "again") == "again"   # the slots came back
+    pool.close()
+
+
+def test_decoder_threads_are_niced():
+    pool = snapshot.Pool(workers=1)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    theirs = pool.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    pool.close()
+    assert theirs == min(19, mine + snapshot.NICE)
+
+
+def test_growing_recording_and_latest(tmp_path):
+    """A recording being written: stills of its frames so far, and the latest key frame."""
+    clocks = clock.SimulatedClocks(START_NS)
+    t = make_testdb(tmp_path, clocks, zone=ZONE)
+    clip = make_clip(str(tmp_path / "clip.mp4"), frames=90, gop=30)
+    src = open_clip(clip)
+    p = src.parameters
+    vse = t.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec, p.sample_entry)
+    frames = list(src.frames_until_end())
+    src.close()
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    t0 = recording.to_90k_from_ns(START_NS)
+    stills = snapshot.Stills(t.db, workers=1)
+    try:
+        with pytest.raises(snapshot.NoVideo, match="no recent video"):
+            stills.latest(t.stream_id)
+        for i in range(45):
+            f = frames[i]
+            w.write(f.data, t0 + f.pts_90k, f.pts_90k, f.is_key, vse)
+        (row,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+        assert row.video_samples == 44   # the writer is one frame behind
+        st = stills.still(t.stream_id, time_90k=wall_of(row, 40 * FRAME))
+        assert frame_number_shown(st.jpeg) == 40
+        latest = stills.latest(t.stream_id)
+        assert frame_number_shown(latest.jpeg) == 30 and latest.key
+        n = stills.decodes
+        assert stills.latest(t.stream_id) is latest and stills.decodes == n  # cached
+        for i in range(45, 80):
+            f = frames[i]
+            w.write(f.data, t0 + f.pts_90k, f.pts_90k, f.is_key, vse)
+        assert frame_number_shown(stills.latest(t.stream_id).jpeg) == 60
+        w.close("test")
+        drain(syncer)
+        t.db.flush("test")
+        assert frame_number_shown(stills.latest(t.stream_id).jpeg) == 60
+    finally:
+        stills.close()
+        t.db.close()

@@ -149,8 +149,7 @@ class Pool:
         self.queue_limit = self.workers * 4 if queue_limit is None else queue_limit
         self._lock = threading.Lock()
         self._pending = 0   # submitted and not finished: running + queued
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.workers, thread_name_prefix="still", initializer=_lower_priority)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None  # made on use
 
     def run(self, fn, *args):
         with self._lock:
@@ -158,8 +157,12 @@ class Pool:
                 raise Busy(f"all {self.workers} still decoders are busy and "
                            f"{self.queue_limit} requests wait; try again shortly")
             self._pending += 1
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    self.workers, thread_name_prefix="still", initializer=_lower_priority)
+            executor = self._executor
         try:
-            fut = self._executor.submit(fn, *args)
+            fut = executor.submit(fn, *args)
         except BaseException:
             with self._lock:
                 self._pending -= 1
@@ -172,7 +175,12 @@ class Pool:
             self._pending -= 1
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Ends the worker threads (after the decodes in progress); a later `run` starts
+        new ones."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _lower_priority() -> None:

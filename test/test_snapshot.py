@@ -348,3 +348,76 @@ def test_growing_recording_and_latest(tmp_path):
     finally:
         stills.close()
         t.db.close()
+
+
+# --- over HTTP: still.jpg and latest.jpg -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def http(recorded):
+    import http.client
+    import uuid as uuidlib
+
+    import auth
+    import nvr
+    import web
+    binds = [nvr.Bind(("ipv4", "127.0.0.1:0"),
+                      allow_unauthenticated_permissions=auth.Permissions(view_video=True))]
+    srv = web.Server(recorded.t.db, nvr.Config("unused", None, binds))
+    srv.start()
+    port = srv.addresses[0][1]
+    cam = recorded.t.db.cameras[recorded.t.camera_id]
+    base = f"/api/cameras/{uuidlib.UUID(bytes=cam.uuid)}/main"
+
+    def get(path, headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("GET", base + path, headers=headers or {})
+        r = c.getresponse()
+        out = r.status, r.headers, r.read()
+        c.close()
+        return out
+
+    yield get
+    srv.stop()
+
+
+def test_http_still_jpg(recorded, http):
+    row = recorded.h264[0]
+    status, h, body = http(f"/still.jpg?t={wall_of(row, 44 * FRAME + 10)}")
+    assert status == 200, body
+    assert h["Content-Type"] == "image/jpeg" and h["Cache-Control"] == "private, max-age=3600"
+    assert int(h["X-Frame-Time-90k"]) == wall_of(row, 44 * FRAME)
+    assert h["X-Recording-Id"] == f"{row.open_id}.{row.recording_id}"
+    assert frame_number_shown(body) == bar(44)
+    etag = h["ETag"]
+    status, h2, body2 = http(f"/still.jpg?t={wall_of(row, 44 * FRAME)}",
+                             {"If-None-Match": etag})
+    assert (status, body2, h2["ETag"]) == (304, b"", etag)
+    status, h, body = http(f"/still.jpg?s={row.recording_id}.{wall_of(row, 31 * FRAME) - row.start_time_90k}&key=true&width=160")
+    assert status == 200 and abs(bar_x(luma(body)) - 4 * bar(30) / 2) <= 4   # half scale
+    assert (luma(body).width, luma(body).height) == (160, 90)
+
+
+@pytest.mark.parametrize("query,status,message", [
+    ("", 400, b"either as t="),
+    ("?t=1&s=0", 400, b"not both"),
+    ("?t=abc", 400, b"t: invalid time"),
+    ("?s=0-1", 400, b"one instant"),
+    ("?s=0&width=0", 400, b"width=0"),
+    ("?s=0&height=" + "0" * 5000, 400, b"height="),
+    ("?s=0&key=yes", 400, b"key must be true or false"),
+    ("?s=0&frame=1", 400, b"unknown parameter 'frame'"),
+    ("?t=1000", 404, b"no video at"),
+    ("?s=77", 404, b"no recording"),
+])
+def test_http_still_errors(http, query, status, message):
+    got, _, body = http("/still.jpg" + query)
+    assert got == status and message in body, body
+
+
+def test_http_latest_jpg(recorded, http):
+    status, h, body = http("/latest.jpg?height=90")
+    assert status == 200, body
+    assert h["Cache-Control"] == "private, no-cache"
+    last = recorded.h264[-1]
+    assert h["X-Recording-Id"] == f"{last.open_id}.{last.recording_id}"
+    assert luma(body).height == 90

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 
 import av
 import pytest
@@ -421,3 +422,102 @@ def test_http_latest_jpg(recorded, http):
     last = recorded.h264[-1]
     assert h["X-Recording-Id"] == f"{last.open_id}.{last.recording_id}"
     assert luma(body).height == 90
+
+
+# --- the real test camera ----------------------------------------------------------------------
+
+def _record_camera(tmp_path, url: str, *, until_recordings: int, stream_type="main"):
+    """Records the camera through a Streamer (real time, 1 s rotation) until it has
+    `until_recordings` finished recordings and a growing one; returns (t, syncer, stop)."""
+    import time
+
+    import db as dbmod
+    import stream
+    t = make_testdb(tmp_path, clock.RealClocks(), zone=ZONE)
+    t.db.update_stream(t.stream_id, config={**t.db.streams[t.stream_id].config, "url": url})
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    s = stream.Streamer(t.db, t.stream_id, syncer, stream.PyAvOpener(),
+                        shutdown=threading.Event(), rotate_interval_sec=1)
+    errors = []
+
+    def run():
+        try:
+            s.run_once()
+        except stream.StreamError as e:
+            errors.append(e)
+    th = threading.Thread(target=run, name="s-still-main")
+    th.start()
+    deadline = time.monotonic() + 60
+    while True:   # polled: the writer has no event to wait on
+        unc = t.db.streams[t.stream_id].uncommitted
+        done = [r for r in unc if not r.growing]
+        if len(done) >= until_recordings and unc and unc[-1].growing and \
+                unc[-1].video_samples >= 10:
+            break
+        assert th.is_alive() and not errors, errors
+        assert time.monotonic() < deadline, "the camera didn't record"
+        time.sleep(0.05)
+
+    def stop():
+        s.shutdown.set()
+        th.join(30)
+        assert not th.is_alive()
+        t.db.close()
+    return t, stop
+
+
+def _frames_of(t, row):
+    """Every frame of a recording (media start, key) from its index."""
+    return [(f.start_90k, f.is_key)
+            for f in recording.iter_index(bytes(t.db.get_video_index(row.composite_id)))]
+
+
+@pytest.mark.parametrize("codec", ["main", "h265"])
+def test_real_camera_stills_match_ffmpeg(tmp_path, rtsp_camera, codec):
+    """Instants of recordings of the GStreamer camera: the first frame, a mid-GOP frame,
+    a GOP's last frame, a recording's last frame and the next recording's first, and a
+    frame of the growing recording: each JPEG shows what ffmpeg shows seeking view.mp4."""
+    t, stop = _record_camera(tmp_path, rtsp_camera.url(codec), until_recordings=2)
+    stills = snapshot.Stills(t.db, workers=2)
+    try:
+        rows = t.db.list_recordings_by_id(t.stream_id, 0, 100)
+        first, second, growing = rows[0], rows[1], rows[-1]
+        cases = []
+        f0 = _frames_of(t, first)
+        keys = [i for i, (_, k) in enumerate(f0) if k]
+        cases += [(first, 0), (first, keys[0] + 7), (first, len(f0) - 1)]
+        if len(keys) > 1:
+            cases.append((first, keys[1] - 1))            # the end of a GOP
+        cases.append((second, 0))
+        cases.append((growing, min(8, growing.video_samples - 2)))
+        for row, i in cases:
+            frames = _frames_of(t, row)[:row.video_samples]
+            start = frames[i][0]
+            nxt = frames[i + 1][0] if i + 1 < len(frames) else row.media_duration_90k
+            mid = (start + nxt) // 2
+            wall = row.start_time_90k + mp4.rescale(mid, row.media_duration_90k,
+                                                    row.wall_duration_90k)
+            st = stills.still(t.stream_id, time_90k=wall)
+            assert st.recording_id == row.recording_id
+            # A growing recording's wall/media ratio moves as it grows (at most 500 ppm).
+            expected = row.start_time_90k + mp4.rescale(start, row.media_duration_90k,
+                                                        row.wall_duration_90k)
+            assert abs(st.frame_time_90k - expected) <= (start // 1000 + 1 if
+                                                         row is growing else 0)
+            path = str(tmp_path / f"{row.recording_id}.mp4")
+            with open(path, "wb") as out:
+                b = mp4.FileBuilder("mp4")
+                b.append(row, (0, row.media_duration_90k))
+                out.write(b.build(t.db).read())
+            theirs = ffmpeg_frame_at(path, start / SEC)
+            ours = gray_pixels(st.jpeg)
+            assert len(ours) == len(theirs) == 640 * 360, (row.recording_id, i)
+            err = sum(abs(a - b) for a, b in zip(ours, theirs)) / len(ours)
+            assert err < 3.0, (row.recording_id, i, err)
+            # ...and not what ffmpeg shows a frame later (the camera's picture moves).
+            if i + 1 < len(frames):
+                later = ffmpeg_frame_at(path, frames[i + 1][0] / SEC)
+                assert sum(abs(a - b) for a, b in zip(ours, later)) / len(ours) > err
+    finally:
+        stills.close()
+        stop()

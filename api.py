@@ -350,14 +350,24 @@ def _still_size(p: dict[str, list[str]]) -> dict[str, int | None]:
 
 
 def handle_still(request: Request, m: re.Match):
-    """`still.jpg?t=TIME` or `?s=ID[@OPEN][.REL]`, `&key=true`, `&width=`, `&height=`: the
-    frame shown at that instant (or the key frame at or before it) as a JPEG."""
+    """`still.jpg?t=TIME` or `?s=ID[@OPEN][.REL]`, or `?s=<view.mp4's s>...&at=MEDIA`;
+    `&key=true`, `&width=`, `&height=`: the frame shown at that instant (or the key frame
+    at or before it) as a JPEG."""
     sid = _camera_stream(request, m["uuid"], m["type"])
-    p = request.params(("t", "s", "key", "width", "height"))
+    p = request.params(("t", "s", "at", "key", "width", "height"))
     t = _time_param("t", p["t"]) if "t" in p else None
     key = _bool_param("key", p["key"]) if "key" in p else False
-    st = _still_call(request.server.stills.still, sid, time_90k=t,
-                     s=p["s"][-1] if "s" in p else None, key=key, **_still_size(p))
+    if "at" in p:   # the frame at media time `at` of view.mp4 with these s= values
+        if t is not None:
+            raise HttpError(400, "give either t= or s=...&at=, not both")
+        at = _int_param("at", p["at"])
+        st = _still_call(request.server.stills.still_in_view, sid, p.get("s", []), at,
+                         key=key, **_still_size(p))
+    else:
+        if len(p.get("s", [])) > 1:
+            raise HttpError(400, "one s= without at=: a still is one instant")
+        st = _still_call(request.server.stills.still, sid, time_90k=t,
+                         s=p["s"][-1] if "s" in p else None, key=key, **_still_size(p))
     return _still_response(request, st, STILL_CACHE_CONTROL)
 
 

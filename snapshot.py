@@ -317,6 +317,32 @@ class Stills:
                   else self._at_spec(stream_id, parse_s(s)))
         return self._still(target, key, width, height)
 
+    def still_in_view(self, stream_id: int, s_values: list[str], at_90k: int, *,
+                      key: bool = False, width: int | None = None,
+                      height: int | None = None) -> Still:
+        """The frame a player of `view.mp4?s=...` (the same `s` values) shows at media
+        time `at_90k` of that file: frame-exact across its recordings, whatever their
+        wall/media rates (the web UI's "save still")."""
+        try:
+            f = mp4.build_view(self.db, stream_id, s_values)
+        except mp4.Mp4Error as e:
+            raise StillError(str(e)) from None
+        except mp4.NotFound as e:
+            raise NoVideo(str(e)) from None
+        if at_90k < 0:
+            raise StillError(f"at={at_90k}: a media time into the view, 0 or more")
+        cum = 0
+        for i, seg in enumerate(f.segments):
+            d = seg.media_end_90k - seg.media_start_90k
+            if at_90k < cum + d or i == len(f.segments) - 1:
+                if at_90k > cum + d:
+                    raise NoVideo(f"at={at_90k} is past the view's end at {cum + d}")
+                rel = min(seg.media_start_90k + at_90k - cum,
+                          max(seg.media_end_90k - 1, seg.media_start_90k))
+                return self._still(_Target(seg.row, rel), key, width, height)
+            cum += d
+        raise NoVideo("the view has no recordings")
+
     def latest(self, stream_id: int, *, width: int | None = None,
                height: int | None = None) -> Still:
         """The stream's latest key frame (cheap to poll: decoded once per GOP)."""

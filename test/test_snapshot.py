@@ -521,3 +521,28 @@ def test_real_camera_stills_match_ffmpeg(tmp_path, rtsp_camera, codec):
     finally:
         stills.close()
         stop()
+
+
+def test_still_in_view_is_the_players_frame(recorded, stills):
+    """at= media time of view.mp4?s=...: the frame a player shows there, across the
+    view's recordings and a trimmed start."""
+    rows, sid = recorded.h264, recorded.t.stream_id
+    ids = f"{rows[0].recording_id}-{rows[1].recording_id}"
+    for at, frame in ((0, 0), (FRAME * 269 + 5, 269), (FRAME * 270, 270), (FRAME * 300 + 1, 300)):
+        st = stills.still_in_view(sid, [ids], at)
+        assert frame_number_shown(st.jpeg) == bar(frame), at
+    # A view starting 1.5 frames in: at=0 is the frame holding that instant (frame 1).
+    trimmed = f"{rows[0].recording_id}.{FRAME + FRAME // 2}-"
+    assert frame_number_shown(stills.still_in_view(sid, [trimmed], 0).jpeg) == bar(1)
+    with pytest.raises(snapshot.NoVideo, match="past the view's end"):
+        stills.still_in_view(sid, [ids], 10**9)
+    with pytest.raises(snapshot.StillError, match="invalid s"):
+        stills.still_in_view(sid, ["x"], 0)
+
+
+def test_http_still_at(recorded, http):
+    rows = recorded.h264
+    status, _, body = http(f"/still.jpg?s={rows[0].recording_id}-{rows[1].recording_id}&at={FRAME * 271}")
+    assert status == 200 and frame_number_shown(body) == bar(271)
+    assert http("/still.jpg?s=0&s=1")[0] == 400
+    assert http("/still.jpg?t=1&s=0&at=0")[0] == 400

@@ -474,9 +474,13 @@ class Database:
     """
 
     def __init__(self, conn: sqlite3.Connection, clocks: clock.Clocks, *,
-                 read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None):
+                 read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None,
+                 fs_factory=dirmod.Fs):
         self.conn = conn
         self.clocks = clocks
+        # Opens a sample file dir's I/O seam (dir.py `Fs`); tests pass test/fakes.py's
+        # FaultyFs.factory to inject errors into the dir procedures.
+        self.fs_factory = fs_factory
         self.read_only = read_only
         self.db_dir = db_dir
         self._lock_fd = lock_fd
@@ -513,12 +517,14 @@ class Database:
             self.open = dirmod.Open(cur.lastrowid, open_uuid)
 
     @classmethod
-    def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False) -> "Database":
+    def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False,
+                 fs_factory=dirmod.Fs) -> "Database":
         lock_fd = lock_db_dir(db_dir, read_only)
         try:
             conn = connect(db_dir, read_only)
             try:
-                return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir)
+                return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir,
+                           fs_factory=fs_factory)
             except BaseException:
                 conn.close()
                 raise
@@ -621,16 +627,25 @@ class Database:
                 continue
             expected = dirmod.DirMeta(self.uuid, d.uuid, d.last_complete_open)
             # Steps 1-2: lock and verify.
-            sfd = dirmod.SampleFileDir.open(d.path, expected, read_only=self.read_only)
-            d.dir = sfd
+            sfd = dirmod.SampleFileDir.open(d.path, expected, read_only=self.read_only,
+                                            fs_factory=self.fs_factory)
             if self.read_only:
+                d.dir = sfd
                 continue
-            sfd.begin_open(self.open)  # step 3
-            with self.locked(), transaction(self.conn):  # step 4
-                self.conn.execute("update sample_file_dir set last_complete_open_id = ? "
-                                  "where id = ?", (self.open.id, d.id))
-            d.last_complete_open = self.open
-            sfd.complete_open(self.open)  # step 5
+            try:
+                # Step 3 before step 4: the file names this open before the row does.
+                # The other way round, a failed rewrite would leave a row naming an
+                # open the file has never heard of, and O2 would refuse the dir for good.
+                sfd.begin_open(self.open)  # step 3
+                with self.locked(), transaction(self.conn):  # step 4
+                    self.conn.execute("update sample_file_dir set last_complete_open_id = ? "
+                                      "where id = ?", (self.open.id, d.id))
+                d.last_complete_open = self.open
+                sfd.complete_open(self.open)  # step 5
+            except BaseException:  # re-raises; unlocked, so opening again starts at step 1
+                sfd.close()
+                raise
+            d.dir = sfd
             # Step 6: start-up recovery.
             cum = {s.id: s.cum_recordings for s in self.streams.values()
                    if s.sample_file_dir_id == d.id}
@@ -667,7 +682,7 @@ class Database:
             for d in self.dirs.values():
                 if d.path == path:
                     raise DbError(f"sample file dir {path} is already in the database (id {d.id})")
-        sfd = dirmod.SampleFileDir.create(path, self.uuid, self.open)
+        sfd = dirmod.SampleFileDir.create(path, self.uuid, self.open, fs_factory=self.fs_factory)
         try:
             with self.locked(), transaction(self.conn):
                 cur = self.conn.execute(

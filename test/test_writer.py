@@ -582,3 +582,54 @@ def test_a_huge_flush_if_sec_does_not_end_the_syncer_thread(tmp_path):
     t.db.flush("test")
     assert s.cum_recordings == 2
     t.db.close()
+
+
+# -- the syncer's flush plan and start-up rotation --------------------------------
+
+def test_a_failed_planned_flush_waits_a_minute_before_each_retry(tmp_path, clocks, caplog):
+    """A planned flush that fails (the database's disk full or failing) is planned
+    again FLUSH_RETRY_SEC later. Without the new plan the old one stayed due: the
+    syncer retried at once, in a tight loop, one warning with a traceback each time."""
+    t = make_testdb(tmp_path, clocks)
+    attempts = []
+
+    def failing(conn):  # a flush hook: runs inside the flush's transaction
+        attempts.append(clocks.monotonic() // clock.NANOS_PER_SEC)
+        raise sqlite3.OperationalError("database or disk is full")
+    t.db.flush_hooks.append(failing)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 0)  # flushIfSec 0: the flush is due as soon as the save is done
+    with caplog.at_level(logging.WARNING):
+        for _ in range(1 + 6):  # the save, then six planned flushes
+            assert syncer.iter()
+    assert attempts == [0, 60, 120, 180, 240, 300]  # simulated seconds
+    # At most a line per try, so at most one a minute (a rate limit may show fewer).
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(warned) <= len(attempts)
+    assert (f"flush (0 s after the start of test-camera-main recording 0) failed; retrying "
+            f"in {dirmod.FLUSH_RETRY_SEC} s: database or disk is full") in warned[0]
+    t.db.flush_hooks.remove(failing)
+    assert syncer.iter()  # the disk recovered: the next try, a minute later, commits
+    assert clocks.monotonic() == 360 * clock.NANOS_PER_SEC
+    assert t.db.streams[t.stream_id].cum_recordings == 1 and not syncer.planned
+    t.db.close()
+
+
+def test_start_up_enforces_a_lowered_retain_bytes(tmp_path, clocks):
+    """retainBytes lowered while nvr was stopped (`config stream`, or a hand edit) is
+    enforced at start-up (`Syncer.initial_rotation`), before anything is recorded:
+    otherwise the stream would stay over its limit until its next recording."""
+    t = make_testdb(tmp_path, clocks)
+    ids = [t.add_recording(start_90k=T0_90K + i * SEC, run_offset=i) for i in range(4)]
+    t.db.flush("test")
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, retainBytes=2 * 32768))  # 2 files
+    t.db.close()
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()
+    dirmod.Syncer(d, t.dir_id).initial_rotation()
+    assert [r.composite_id for r in d.list_recordings_by_id(t.stream_id, 0, 10)] == ids[2:]
+    assert sorted(os.listdir(t.sample_dir)) == [dirmod.name_for(c) for c in ids[2:]] + ["meta"]
+    assert d.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    assert d.streams[t.stream_id].fs_bytes == 2 * 32768
+    d.close()

@@ -8,6 +8,7 @@ follow from reference §3.3-§3.4; the comments derive them.
 """
 
 import errno
+import io
 import logging
 import os
 import sqlite3
@@ -16,6 +17,7 @@ import time
 
 import pytest
 
+import check
 import clock
 import db
 import dir as dirmod
@@ -23,7 +25,7 @@ import recording
 import writer
 from clips import make_clip
 from conftest import START_NS, make_testdb
-from fakes import FakeFile, FakeFs
+from fakes import FakeFile, FakeFs, FaultyFs
 from replay import drain, record
 
 T0_90K = recording.to_90k_from_ns(START_NS)  # a multiple of 3 s and of 60 s
@@ -218,18 +220,16 @@ def test_write_path_retries_each_step(faked, clocks, caplog):
         w.write(b"next", T0_90K + 3000, 3000, False, t.vse_id)
         w.close("test")
     assert bytes(f.written) == b"key!next"
-    f.expect("sync", error=eio())   # S2, retried
-    f.expect("sync")
+    f.expect("sync")                # S2 (never retried: a failure is S2F, tested below)
     fs.expect("sync", error=eio())  # S3, retried
     fs.expect("sync")
     drain(syncer)
     fs.assert_done()
-    assert clocks.monotonic() == 5 * clock.NANOS_PER_SEC  # five 1 s retry sleeps
+    assert clocks.monotonic() == 4 * clock.NANOS_PER_SEC  # four 1 s retry sleeps
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == [f"{what}: sleeping for 1 s after error: [Errno 5] I/O error" for what in (
         f"create {t.sample_dir}/{name}", f"write {t.sample_dir}/{name}",
-        f"write {t.sample_dir}/{name}",
-        f"fsync {t.sample_dir}/{name}", f"fsync dir {t.sample_dir}")]
+        f"write {t.sample_dir}/{name}", f"fsync dir {t.sample_dir}")]
     t.db.flush("test")
     (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
     assert r.sample_file_bytes == 8 and r.video_samples == 2
@@ -514,7 +514,7 @@ def test_a_persistent_error_keeps_warning_and_shutdown_gives_up(tmp_path, clocks
     t.db.close()
 
 
-def test_shutdown_gives_up_a_save_whose_fsync_fails_and_closes_its_file(faked, clocks):
+def test_a_save_whose_fsync_fails_on_shutdown_closes_its_file(faked, clocks):
     t, fs = faked, faked.fs
     shutdown = threading.Event()
     f = FakeFile(fs)
@@ -527,12 +527,12 @@ def test_shutdown_gives_up_a_save_whose_fsync_fails_and_closes_its_file(faked, c
     w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
     w.close("NVR shutdown")
     shutdown.set()
-    f.expect("sync", error=eio())  # S2 fails: given up at once, not retried
+    f.expect("sync", error=eio())  # S2 fails: not retried (S2F), shutdown or not
     drain(syncer)
     fs.assert_done()
     assert f.closed
     (r,) = t.db.streams[t.stream_id].uncommitted
-    assert not r.synced  # its file is left for start-up recovery (abandoned)
+    assert not r.synced and r.abandoned and r.to_garbage  # the final flush moves it to garbage
 
 
 def test_the_syncer_thread_survives_a_database_error(tmp_path):
@@ -633,3 +633,104 @@ def test_start_up_enforces_a_lowered_retain_bytes(tmp_path, clocks):
     assert d.conn.execute("select count(*) from garbage").fetchone()[0] == 0
     assert d.streams[t.stream_id].fs_bytes == 2 * 32768
     d.close()
+
+
+# -- a failed fsync of a sample file abandons its recording (dir.py S2F) -----------
+
+def file_states(t):
+    """Each sample file's name -> which of invariant 2's states hold for it: 'row'
+    (a recording row), 'garbage' (a garbage row), 'abandoned' (id >= cum_recordings)."""
+    c = t.db.conn
+    rows = {cid for (cid,) in c.execute("select composite_id from recording")}
+    garbage = {cid for (cid,) in c.execute("select composite_id from garbage")}
+    cum = dict(c.execute("select id, cum_recordings from stream"))
+    out = {}
+    for name in os.listdir(t.sample_dir):
+        cid = dirmod.parse_name(name)
+        if cid is not None:
+            out[name] = [what for what, holds in (
+                ("row", cid in rows), ("garbage", cid in garbage),
+                ("abandoned", cid & 0xFFFFFFFF >= cum[cid >> 32])) if holds]
+    return out
+
+
+def test_a_failed_sample_file_fsync_abandons_the_recording_to_garbage(tmp_path, clocks, caplog):
+    """After a failed fsync Linux may drop the file's dirty pages, and a retried fsync
+    then succeeds with frames missing ("fsyncgate"). S2 retried forever, so such a
+    recording could be committed with frames lost. Now the recording is abandoned: never
+    committed, its file moved to garbage in the flush and unlinked; the run goes on and
+    its next recording commits normally. Every file is in exactly one of invariant 2's
+    states at each step."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    sfd.fs = FaultyFs.wrapping(sfd.fs, "file.sync")  # the first sample file's fsync: EIO
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"k" * 100, T0_90K, 0, True, t.vse_id)
+    w.write(b"n" * 100, T0_90K + 3000, 3000, False, t.vse_id)
+    # A key frame past the first recording's rotation (T0 + 120 s, a run's first: two
+    # intervals) ends recording 0 and starts recording 1 of the same run.
+    w.write(b"K" * 100, T0_90K + 121 * SEC, 121 * SEC, True, t.vse_id)
+    w.write(b"N" * 50, T0_90K + 121 * SEC + 3000, 121 * SEC + 3000, False, t.vse_id)
+    a, b = dirmod.name_for(1 << 32), dirmod.name_for(1 << 32 | 1)
+    with caplog.at_level(logging.WARNING):
+        drain(syncer)  # recording 0's S2 fails: S2F
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{t.sample_dir}/{a}: sample file fsync failed: EIO (Input/output error (injected: "
+        f"file.sync call 1)); recording abandoned, its file goes to garbage; check the disk "
+        f"(dmesg)"]
+    assert caplog.records[0].levelno == logging.ERROR
+    assert sfd.fs.calls["sync"] == 0  # no S3 for it: nothing will claim the file
+    s = t.db.streams[t.stream_id]
+    assert [(r.abandoned, r.synced, r.growing) for r in s.uncommitted] == [
+        (True, False, False), (False, False, True)]
+    assert [r.recording_id for r in t.db.list_recordings_by_id(t.stream_id, 0, 10)] == [1]
+    assert file_states(t) == {a: ["abandoned"], b: ["abandoned"]}
+    w.write(b"n" * 50, T0_90K + 122 * SEC, 122 * SEC, False, t.vse_id)  # the run goes on
+    w.close("test")
+    drain(syncer)  # recording 1: S2 (the second file.sync), S3, S4
+    assert sfd.fs.calls["file.sync"] == 2 and sfd.fs.calls["sync"] == 1
+    with caplog.at_level(logging.INFO):
+        t.db.flush("test")
+    assert ("added 1 recording(s) (1/1) of 200 B, deleted 0 (none) of 0 B, GCed 0, abandoned "
+            "1 to garbage (1/0)") in caplog.text
+    assert file_states(t) == {a: ["garbage"], b: ["row"]}  # moved in one transaction
+    assert s.cum_recordings == 2 and not s.uncommitted
+    # The abandoned recording's media and run count, as its successor's prev_* did.
+    (row,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert (row.recording_id, row.run_offset) == (1, 1)
+    prev_media, prev_runs = t.db.conn.execute(
+        "select prev_media_duration_90k, prev_runs from recording").fetchone()
+    assert (prev_media, prev_runs) == (121 * SEC, 1)  # recording 0 started the run
+    assert (s.cum_media_duration_90k, s.cum_runs) == (prev_media + row.media_duration_90k, 1)
+    syncer.flushed()
+    drain(syncer)  # G2-G3
+    assert file_states(t) == {b: ["row"]}
+    t.db.flush("gc")  # G4
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    sfd.fs = sfd.fs.real
+    t.db.close()
+    out = io.StringIO()
+    assert check.run(t.db_dir, check.Options(verify_hashes=True), out) == 0, out.getvalue()
+    assert out.getvalue() == "check: clean\n"
+
+
+def test_a_failed_fsync_on_shutdown_still_goes_to_garbage(tmp_path, clocks):
+    """Shutdown doesn't change S2F (nothing there waits): the final flush moves the
+    file to garbage, and the shutdown's collection unlinks it (invariant 3)."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    sfd.fs = FaultyFs.wrapping(sfd.fs, "file.sync")
+    shutdown = threading.Event()
+    syncer = dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown)
+    write_run(t, syncer, 0)
+    shutdown.set()
+    drain(syncer)  # the save: S2 fails
+    t.db.flush("NVR shutdown")
+    assert file_states(t) == {dirmod.name_for(1 << 32): ["garbage"]}
+    assert syncer.collect_garbage() == 1
+    t.db.flush("NVR shutdown: garbage collected")
+    assert file_states(t) == {}
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    sfd.fs = sfd.fs.real
+    t.db.close()

@@ -479,25 +479,3 @@ def test_a_failed_meta_rewrite_at_open_leaves_the_dir_openable(tmp_path, clocks)
     assert d.dirs[t.dir_id].dir.meta.last_complete_open == d.open
     d.close()
 
-
-def test_an_abandoned_recording_holds_back_the_next_until_its_file_is_gone(testdb):
-    """A recording given up mid-write whose unlink was given up too (shutdown) still
-    has its file: cum_recordings must not pass it, so start-up recovery removes the
-    file as abandoned. Consuming its id anyway left an orphan file recovery kept: an
-    id below cum_recordings, no recording row, no garbage row (invariant 2)."""
-    t = testdb
-    s = t.db.streams[t.stream_id]
-    start = t90k("2026-11-29T10:00:00Z")
-    a = t.add_recording(start_90k=start, sync=False)
-    with t.db.locked():  # writer.py's _abandon, up to its unlink, which shutdown stopped
-        r = s.uncommitted[0]
-        r.growing, r.abandoned = False, True
-    t.db.flush("NVR shutdown")
-    assert s.cum_recordings == 0
-    t.db.close()
-    path = os.path.join(t.sample_dir, dirmod.name_for(a))
-    assert os.path.exists(path)
-    d = db.Database.open_dir(t.db_dir, t.db.clocks)
-    d.open_sample_file_dirs()
-    assert not os.path.exists(path)
-    d.close()

@@ -283,6 +283,40 @@ def test_shutdown_during_a_full_disk_abandons_the_recording(faked, clocks):
     assert t.db.conn.execute("select count(*) from recording").fetchone()[0] == 0
 
 
+def test_an_abandoned_recording_whose_unlink_was_given_up_is_removed_at_start_up(
+        tmp_path, clocks):
+    """Shutdown stops a write (full disk), then the unlink of the abandoned recording's
+    file: the file stays, so the flush must not raise cum_recordings past its id, and
+    start-up recovery removes it as abandoned. A flush that consumed the id of every
+    abandoned recording, file gone or not, left an orphan that recovery kept: an id
+    below cum_recordings with neither a recording nor a garbage row (invariant 2)."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    fs = sfd.fs = FaultyFs.wrapping(sfd.fs, "file.write", nth=2, err=errno.ENOSPC)
+    fs.fail("unlink")
+    shutdown = threading.Event()
+    w = writer.Writer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown),
+                      shutdown=shutdown)
+    w.write(b"k" * 100, T0_90K, 0, True, t.vse_id)
+    shutdown.set()
+    with pytest.raises(clock.ShutdownError):
+        w.write(b"n" * 100, T0_90K + 3000, 3000, False, t.vse_id)
+    w.close("NVR shutdown")  # abandons it; its unlink fails and is given up
+    assert fs.calls["unlink"] == 1
+    name = dirmod.name_for(1 << 32)
+    (r,) = t.db.streams[t.stream_id].uncommitted
+    assert r.abandoned and not r.file_gone
+    t.db.flush("NVR shutdown")
+    assert t.db.streams[t.stream_id].cum_recordings == 0  # the file is still abandoned
+    sfd.fs = fs.real
+    t.db.close()
+    assert name in os.listdir(t.sample_dir)
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()  # R3
+    assert os.listdir(t.sample_dir) == ["meta"]
+    d.close()
+
+
 def test_gc_path_retries(faked, clocks):
     t, fs = faked, faked.fs
     t.db.dirs[t.dir_id].garbage_needs_unlink.update({(1 << 32) | 7, (1 << 32) | 8})

@@ -22,8 +22,9 @@ abandoned one in it uses up its id, and one whose fsync failed gets a
 moved to `garbage`, garbage rows whose files are unlinked, the `open` row's
 end time, and whatever the flush hooks write (auth usage). Configuration
 edits (`config` subcommands) are their own small transactions. Recording ids
-are assigned in memory from `cum_recordings` without a transaction; a crash before the flush leaves files with ids >=
-`cum_recordings`, which start-up recovery unlinks (dir.py; invariants §3.7).
+are assigned in memory from `cum_recordings` without a transaction; a crash
+before the flush leaves files with ids >= `cum_recordings`, which start-up
+recovery unlinks (dir.py; invariants §3.7).
 
 Threads and locks: one lock, the database lock (`Database.locked()`), guards
 this state and the connection; streamer threads (writer.py) update their

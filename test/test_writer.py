@@ -768,3 +768,23 @@ def test_a_failed_fsync_on_shutdown_still_goes_to_garbage(tmp_path, clocks):
     assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
     sfd.fs = sfd.fs.real
     t.db.close()
+
+
+def test_a_crash_between_a_failed_fsync_and_the_flush_leaves_an_abandoned_file(
+        tmp_path, clocks):
+    """S2F's window: until the flush moves it to garbage, the file's id is >= its
+    stream's cum_recordings, so start-up recovery removes it (R3) and the id is free."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    sfd.fs = FaultyFs.wrapping(sfd.fs, "file.sync")
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 0)
+    drain(syncer)  # S2F
+    assert file_states(t) == {dirmod.name_for(1 << 32): ["abandoned"]}
+    sfd.fs = sfd.fs.real
+    t.db.close()  # as if the process died here, before the flush
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()
+    assert os.listdir(t.sample_dir) == ["meta"]
+    assert d.streams[t.stream_id].cum_recordings == 0
+    d.close()

@@ -18,8 +18,8 @@ Owns the path from a time to a picture, and what bounds its cost:
 - **Encoding.** FFmpeg's `mjpeg` encoder through PyAV, full-range 4:2:0 (`yuvj420p`,
   what JPEG readers assume), a fixed quantiser (`qscale` = JPEG_QSCALE). The picture
   is given square pixels (the sample entry's `pasp` applied to the width), and scaled
-  to `width=`/`height=` with its aspect ratio kept (one of them given: the other
-  follows; both: fitted inside the box).
+  down to `width=`/`height=` with its aspect ratio kept (one of them given: the other
+  follows; both: fitted inside the box; never enlarged).
 - **Cost.** Decodes run in a `Pool` of worker threads (one per core by default), each
   lowered to nice NICE (recording threads keep their priority) and each decoding with
   one FFmpeg thread, so the pool's size is the number of cores stills can take. At most
@@ -97,8 +97,8 @@ class Still:
 def output_size(width: int, height: int, pasp: tuple[int, int], want_w: int | None,
                 want_h: int | None) -> tuple[int, int]:
     """The JPEG's size: the coded size with square pixels (pasp h/v applied to the width),
-    scaled to fit `want_w` x `want_h` (either may be None) with the aspect ratio kept.
-    Even sizes, at least 2: 4:2:0 chroma needs them."""
+    scaled down to fit `want_w` x `want_h` (either may be None) with the aspect ratio
+    kept, never up. Even sizes, at least 2: 4:2:0 chroma needs them."""
     h_spacing, v_spacing = pasp
     disp_w, disp_h = width * h_spacing / v_spacing, float(height)
     if want_w is not None and want_h is not None:
@@ -109,6 +109,8 @@ def output_size(width: int, height: int, pasp: tuple[int, int], want_w: int | No
         scale = want_h / disp_h
     else:
         scale = 1.0
+    scale = min(scale, 1.0)   # never larger than the picture: that would only cost bytes
+
     def even(x: float) -> int:
         return max(2, int(round(x / 2)) * 2)
     return even(disp_w * scale), even(disp_h * scale)

@@ -225,7 +225,7 @@ def test_h265(recorded, stills):
 
 @pytest.mark.parametrize("want,expected", [
     ((160, None), (160, 90)), ((None, 90), (160, 90)), ((100, 100), (100, 56)),
-    ((None, None), (320, 180)), ((641, None), (640, 360))])
+    ((None, None), (320, 180)), ((641, None), (320, 180)), ((160, 1000), (160, 90))])
 def test_scaled(recorded, stills, want, expected):
     st = stills.still(recorded.t.stream_id, time_90k=wall_of(recorded.h264[0], 0),
                       width=want[0], height=want[1])

@@ -555,10 +555,10 @@ def test_dry_run_reports_a_refusal(tmp_path):
 
 @pytest.mark.parametrize("name,pattern", [
     ("notes.txt", r"unexpected file 'notes.txt' in sample file dir .*"
-                  r"Is --sample-file-dir right\?.*nothing was changed"),
+                  r"Is --sample-file-dir right\?"),
     ("0b1c5a2e-6d3f-4f4e-9c2a-1d2e3f405162",
      r"1 sample files in .* are unknown to the database \(first: 0b1c5a2e-.*\)\. "
-     r"Is --sample-file-dir right\?.*nothing was changed"),
+     r"Is --sample-file-dir right\?"),
 ])
 def test_refuses_unexpected_file_before_1_to_2(tmp_path, name, pattern):
     s = seed_v0(tmp_path)
@@ -603,8 +603,7 @@ def test_refuses_meta_mismatch_before_2_to_3(tmp_path):
     before = snapshot(s)
     with pytest.raises(upgrade.UpgradeError,
                        match=r"does not match this database: the meta file belongs to "
-                             r"database 4242.*Is the right disk mounted there.*Nothing was "
-                             r"changed"):
+                             r"database 4242.*Is the right disk mounted there"):
         upgrade.run_steps(conn, step_args(s), 3, quiet=True)
     assert version(conn) == 2
     assert snapshot(s) == before  # still uuid names
@@ -633,7 +632,7 @@ def test_refuses_unusable_stream_url_at_6_to_7_then_rerun_after_fix(tmp_path):
     with pytest.raises(upgrade.UpgradeError,
                        match=r"stream 2 \(camera 2, main\) has URL 'rtsp:///ch1', which has no "
                              r"host; set it with `update stream set rtsp_url = "
-                             r"'rtsp://HOST/PATH' where id = 2`.*still at version 6"):
+                             r"'rtsp://HOST/PATH' where id = 2`"):
         upgrade.run_steps(conn, step_args(s), 7, quiet=True)
     assert version(conn) == 6
     assert snapshot(s) == before
@@ -731,8 +730,7 @@ def test_moonfire_v7_recording_with_unknown_open_id_stops_7_to_8(tmp_path):
         upgrade.run_steps(conn, step_args(s), 8, quiet=True)
     assert str(e.value).startswith(
         f"1 recording(s) name an open_id that is not in the open table (e.g. composite_id "
-        f"{(2 << 32) | 1}), so recording.open_id can't reference open (id); the database is "
-        f"still at version 7. Add placeholder opens with `insert into open (id, uuid) select "
+        f"{(2 << 32) | 1}), so recording.open_id can't reference open (id). Add placeholder opens with `insert into open (id, uuid) select "
         f"distinct open_id, randomblob(16) from recording where open_id not in (select id "
         f"from open);` in `nvr.py sql`")
     assert version(conn) == 7 and "\n".join(conn.iterdump()) == before

@@ -289,7 +289,7 @@ def run(args, calls: fsops.Calls | None = None) -> int:
                 conn.close()
                 raise
         except sqlite3.Error as e:
-            raise UpgradeError(f"{_sqlite_problem(e, db_path)}. Nothing was changed") from e
+            raise UpgradeError(_then(_sqlite_problem(e, db_path), "Nothing was changed")) from e
         try:
             return _run_locked(conn, args, db_dir, db_path, version, dbmod.INTEGRITY_PRAGMAS,
                                calls or fsops.Calls())
@@ -337,17 +337,27 @@ def _sqlite_problem(e: sqlite3.Error, db_path: str) -> str:
     return f"SQLite error on {db_path}: {msg}"
 
 
+def _then(msg: str, more: str) -> str:
+    """Two sentences on one line (a message may end with '?' or '.')."""
+    return msg + ("" if msg.endswith((".", "?")) else ".") + " " + more
+
+
 def _os_problem(e: OSError) -> str:
-    where = " ".join(f"{f}" for f in (e.filename, e.filename2) if f is not None)
+    where = " -> ".join(f"{f}" for f in (e.filename, e.filename2) if f is not None)
     return f"{e.strerror or e}" + (f" ({where})" if where else "")
 
 
 def _checked_start(conn: sqlite3.Connection, db_path: str) -> int:
     """Checks the database is sound and at a version the upgrade starts from."""
-    problems = [r[0] for r in conn.execute("pragma quick_check").fetchmany(3)]
-    if problems != ["ok"]:
+    rows = [r[0] for r in conn.execute("pragma quick_check(10)")]
+    if rows != ["ok"]:
+        # A row may hold several lines ("*** in database main ***\nOn tree page ...").
+        problems = [line for r in rows for line in r.splitlines()
+                    if line.strip() and not line.startswith("***")]
+        first = problems[0] if problems else rows[0].strip()
+        more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
         raise UpgradeError(f"the database {db_path} is damaged (SQLite quick_check: "
-                           f"{'; '.join(problems)}); restore it from a backup, or try "
+                           f"{first}{more}); restore it from a backup, or try "
                            f"`sqlite3 {db_path} .recover`. Nothing was changed")
     return checked_version(conn)
 
@@ -385,13 +395,13 @@ def _run_locked(conn: sqlite3.Connection, args, db_dir: str, db_path: str, versi
             raise UpgradeError(f"could not write the backup {dest}: {_os_problem(e)}. "
                                f"Nothing was changed") from e
         except sqlite3.Error as e:
-            raise UpgradeError(f"could not write the backup {dest}: "
-                               f"{_sqlite_problem(e, dest)}. Nothing was changed") from e
+            raise UpgradeError(_then(f"could not write the backup {dest}: "
+                                     f"{_sqlite_problem(e, dest)}", "Nothing was changed")) from e
         say(f"Backup written: {dest}")
     try:
         actual = _journal_mode(conn, args.preset_journal)
     except sqlite3.Error as e:
-        raise UpgradeError(f"{_sqlite_problem(e, db_path)}. Nothing was changed") from e
+        raise UpgradeError(_then(_sqlite_problem(e, db_path), "Nothing was changed")) from e
     say(f"journal_mode is now {actual} (requested {args.preset_journal})")
     if actual == "off":
         say("WARNING: with journal_mode off, an interruption from now until 'Done' can "
@@ -416,11 +426,12 @@ def _run_locked(conn: sqlite3.Connection, args, db_dir: str, db_path: str, versi
             say(f"Interrupted during {step}. {state}")
             raise
         if isinstance(e, UpgradeError):
-            raise UpgradeError(f"{step} refused: {e}. {state}") from e
+            raise UpgradeError(_then(f"{step} refused: {e}", state)) from e
         if isinstance(e, OSError):
             raise UpgradeError(f"{step} failed: {_os_problem(e)}. {state}") from e
         if isinstance(e, sqlite3.Error):
-            raise UpgradeError(f"{step} failed: {_sqlite_problem(e, db_path)}. {state}") from e
+            raise UpgradeError(_then(f"{step} failed: {_sqlite_problem(e, db_path)}",
+                                     state)) from e
         say(f"{step} failed unexpectedly (a bug; please report it with the traceback "
             f"below). {state}")
         raise
@@ -486,12 +497,12 @@ def _preflight(conn: sqlite3.Connection, args, db_path: str, version: int, pragm
         what = (_sqlite_problem(e, db_path) if isinstance(e, sqlite3.Error)
                 else _os_problem(e) if isinstance(e, OSError) else str(e))
         later = step[0] > version and step[0] not in _FILE_STEPS
-        raise UpgradeError(
-            f"step {_step_name(step[0])} would refuse: {what}. Nothing was changed: the "
+        raise UpgradeError(_then(
+            f"step {_step_name(step[0])} would refuse: {what}", f"Nothing was changed: the "
             f"database is still at version {version} (found by the preflight, which runs "
             f"every step on a scratch copy first)"
             + (f". Any SQL above is for a version {step[0]} database; docs/upgrade.md, "
-               f"\"When it refuses\", has the fix for earlier versions" if later else "")) from e
+               f"\"When it refuses\", has the fix for earlier versions" if later else ""))) from e
 
 
 def _trial_run(conn: sqlite3.Connection, args, version: int, pragmas, copy_path: str,

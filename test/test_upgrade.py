@@ -897,6 +897,25 @@ def test_check_is_clean_after_upgrade(upgraded):
     assert check.run(upgraded.db_dir, check.Options(), out) == 0, out.getvalue()
 
 
+def test_check_notes_moonfire_garbage_after_upgrade(tmp_path, capsys):
+    """A garbage row whose file is still there (Moonfire, or a crash, left it;
+    start-up deletes it) is normal: right after the upgrade `check` notes it
+    and exits 0."""
+    check = pytest.importorskip("check")
+    s = at_version(tmp_path, 7)
+    cid = (1 << 32) | 9  # a recording Moonfire had moved to garbage but not yet unlinked
+    with open(os.path.join(s.sample_dir, composite_name(cid)), "wb") as f:
+        f.write(b"deleted recording")
+    conn = open_db(s)
+    conn.execute("insert into garbage values (1, ?)", (cid,))
+    conn.close()
+    assert upgrade.run(step_args(s)) == 0
+    out = io.StringIO()
+    assert check.run(s.db_dir, check.Options(), out) == 0, out.getvalue()
+    assert (f"note: recording 1/9 ({composite_name(cid)} in {os.path.abspath(s.sample_dir)}): "
+            f"garbage file not yet deleted") in out.getvalue()
+
+
 def test_pre_upgrade_recording_plays_through_view_mp4(upgraded, tmp_path):
     """A recording Moonfire made (schema 0) plays after the upgrade: its view.mp4
     is read by ffprobe and every frame decodes with PyAV."""

@@ -16,33 +16,49 @@ transitional; 8 is `schema.sql`). A schema change of ours is a new version:
 a new step, the previous `schema.sql` frozen as `vN.sql`, a longer STEPS.
 
 The procedure (`run`):
-1. Lock the database directory (exclusive; shared for --dry-run) and open
-   the database with the integrity pragmas.
-2. Read the version (max(version.id)); refuse one newer than ours, or a
-   database with no version table (docs/upgrade.md has the manual step).
+1. Lock the database directory (exclusive; shared for --dry-run), check the
+   directory and the database file are writable, and open the database with
+   the integrity pragmas.
+2. `pragma quick_check`; read the version (max(version.id)); refuse a damaged
+   database, one with no version table (docs/upgrade.md has the manual step)
+   and a version outside 0..TARGET_VERSION.
 3. Check the command line covers every step to run (1->2 needs
-   --sample-file-dir), before anything changes.
-4. Unless --no-backup: copy the database with the SQLite backup API to
-   `db.pre-upgrade-v<N>` (written as .tmp, fsynced, renamed).
-5. Set journal_mode to --preset-journal (default delete: huge transactions
+   --sample-file-dir).
+4. Preflight: run every step on a scratch copy (`db.upgrade-preflight` next
+   to the database, no journal, no fsyncs, deleted afterwards) with the
+   sample file dirs read but not changed (fsops.DryRunFiles(preflight=True):
+   the real run's exclusive locks, and a writability check wherever a step
+   would change a file). Whatever any step would refuse (a missing, locked,
+   read-only or foreign sample file dir, a missing sample file, a row 6->7 or
+   7->8 can't convert) is refused here, before anything changed.
+5. Unless --no-backup: copy the database with the SQLite backup API to
+   `db.pre-upgrade-v<N>` (written as .tmp, fsynced, renamed, dir fsynced).
+6. Set journal_mode to --preset-journal (default delete: huge transactions
    are safer in rollback-journal mode on old SQLite).
-6. For each version N below ours: BEGIN IMMEDIATE, the step's run, insert
+7. For each version N below ours: BEGIN IMMEDIATE, the step's run, insert
    the `version` row N+1, COMMIT. A failure or interruption rolls the step
    back, so the database is always at some whole version; steps that touch
-   files do so in an order that a rerun completes (see each step). A step
+   files do so in an order that a rerun completes (see each step), and fsync
+   what they renamed or unlinked before the COMMIT. A step
    with `FOREIGN_KEYS_OFF = True` may drop and recreate a table that others
    reference (SQLite's 12-step ALTER TABLE procedure): foreign keys are off
    for its transaction (the pragma is a no-op inside one), and the step runs
-   `pragma foreign_key_check` itself before the commit.
-7. Unless --no-vacuum: leave WAL mode if in it, `page_size = 16384`,
+   `pragma foreign_key_check` itself before the commit. What the preflight
+   could not foresee (EIO, a full disk, a dir locked meanwhile) stops the run
+   with a message naming the version the database is now at, the rerun that
+   carries on, and the backup to copy back.
+8. Unless --no-vacuum: leave WAL mode if in it, `page_size = 16384`,
    `VACUUM`. Then `journal_mode = wal`. Interrupting this is harmless; a
    rerun at the current version just redoes it.
 
---dry-run does steps 1-3, then runs the steps on a temporary copy of the
-database with file changes kept in memory (fsops.DryRunFiles), and prints
-what each step changes: tables, row counts and files. Nothing else changes.
+--dry-run does steps 1-3, then the preflight's trial run on a copy in
+$TMPDIR, printing what each step changes: tables, row counts and files.
+Nothing else changes.
 
-Errors are `UpgradeError`s whose message says what to do.
+Every file change (RealFiles' and the backup's) goes through fsops.Calls, the
+seam tests use to check the fsyncs and to inject errors. Errors are
+`UpgradeError`s, each one line saying what to do; any OSError or
+sqlite3.Error is turned into one.
 """
 
 from __future__ import annotations

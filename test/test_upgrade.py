@@ -1288,6 +1288,22 @@ def test_every_rename_is_fsynced_before_the_commit(tmp_path, monkeypatch):
     assert durability_problems(trace, existing) == []
 
 
+def test_preflight_copy_is_private_and_removed(tmp_path, monkeypatch):
+    s = seed_v0(tmp_path)
+    seen = []
+    real = upgrade._connect
+
+    def connect(path, read_only, pragmas):
+        if path.endswith(".upgrade-preflight"):
+            seen.append(os.stat(path).st_mode & 0o777)
+        return real(path, read_only, pragmas)
+
+    monkeypatch.setattr(upgrade, "_connect", connect)
+    assert upgrade.run(step_args(s, no_vacuum=True)) == 0
+    assert seen == [0o600]
+    assert sorted(os.listdir(s.db_dir)) == ["db", "db.pre-upgrade-v0"]
+
+
 def test_durability_check_catches_a_missing_or_late_fsync():
     """The checker itself, on traces of what a deleted or moved fsync looks like."""
     good = [("create", "/d/meta.tmp"), ("write", "/d/meta.tmp"), ("fsync", "/d/meta.tmp"),

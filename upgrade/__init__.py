@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -498,6 +499,18 @@ def _state_after_failure(conn: sqlite3.Connection, start: int, failed: int, db_p
             f"back: {back}")
 
 
+@contextlib.contextmanager
+def _quiet_step_loggers():
+    loggers = [logging.getLogger(m.__name__) for m in STEPS]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.disabled = False
+
+
 def _preflight(conn: sqlite3.Connection, args, db_path: str, version: int, pragmas) -> None:
     """Runs every step on a scratch copy next to the database, with the sample
     file dirs checked (exclusive locks, contents, meta files, writability) but
@@ -507,8 +520,9 @@ def _preflight(conn: sqlite3.Connection, args, db_path: str, version: int, pragm
     scratch = db_path + ".upgrade-preflight"
     step = [version]
     try:
-        _trial_run(conn, args, version, pragmas, scratch, fsops.DryRunFiles(preflight=True),
-                   on_step=lambda v: step.__setitem__(0, v))
+        with _quiet_step_loggers():  # the real run logs the same warnings
+            _trial_run(conn, args, version, pragmas, scratch, fsops.DryRunFiles(preflight=True),
+                       on_step=lambda v: step.__setitem__(0, v))
     except (UpgradeError, OSError, sqlite3.Error) as e:
         what = (_sqlite_problem(e, db_path) if isinstance(e, sqlite3.Error)
                 else _os_problem(e) if isinstance(e, OSError) else str(e))
@@ -535,6 +549,9 @@ def _trial_run(conn: sqlite3.Connection, args, version: int, pragmas, copy_path:
     remove_copy()  # left by an interrupted earlier run
     with no_crash_points():
         try:
+            # Private, as the database is (password hashes, session data).
+            os.close(os.open(copy_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o600))
             out = sqlite3.connect(copy_path)
             try:
                 conn.backup(out)

@@ -1007,6 +1007,24 @@ def test_foreign_meta_refused_before_any_change(tmp_path, capsys, start):
     unchanged(s, before, start)
 
 
+def test_database_refusal_of_a_later_step_refused_before_any_change(tmp_path, capsys):
+    """6 -> 7 refuses a camera without a host; from version 0 that is found by
+    the preflight too, and the message says its SQL is for version 6."""
+    s = seed_v0(tmp_path)
+    conn = open_db(s)
+    conn.execute("update camera set host = null where id = 2")
+    conn.close()
+    before = snapshot(s)
+    status, err = nvr_upgrade(capsys, s.db_dir, "--sample-file-dir", s.sample_dir)
+    assert status == 1
+    assert err.startswith("error: step 6 -> 7 would refuse: stream 2 (camera 2, main) has URL "
+                          "'rtsp:///ch1', which has no host")
+    assert err.endswith(f"{nothing_changed(0)} (found by the preflight, which runs every step "
+                        f"on a scratch copy first). Any SQL above is for a version 6 database; "
+                        f"docs/upgrade.md, \"When it refuses\", has the fix for earlier versions")
+    unchanged(s, before, 0)
+
+
 def hold_flock(path: str):
     """A child process holding an exclusive flock on `path`, until it is killed."""
     p = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys\n"
@@ -1094,26 +1112,37 @@ def test_read_only_db_dir_refused_before_any_change(tmp_path):
     unchanged(s, before, 0)
 
 
-def test_database_locked_by_another_process(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("how", ["sqlite", "flock"])
+def test_database_locked_by_another_process(tmp_path, capsys, monkeypatch, how):
+    """Another process holds the database's SQLite lock (a sqlite3 shell in a
+    transaction) or the database directory's flock (a running nvr or Moonfire)."""
     s = seed_v0(tmp_path)
     before = snapshot(s)
     monkeypatch.setattr(upgrade, "BUSY_TIMEOUT_SEC", 0.1)
-    p = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
-                          "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                          "c.execute('begin exclusive')\n"
-                          "print('locked', flush=True)\n"
-                          "sys.stdin.read()", os.path.join(s.db_dir, "db")],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
+    if how == "flock":
+        p = hold_flock(s.db_dir)
+    else:
+        p = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
+                              "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                              "c.execute('begin exclusive')\n"
+                              "print('locked', flush=True)\n"
+                              "sys.stdin.read()", os.path.join(s.db_dir, "db")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline() == "locked\n"
+    try:
         status, err = nvr_upgrade(capsys, s.db_dir, "--sample-file-dir", s.sample_dir)
     finally:
         p.kill()
         p.wait()
     assert status == 1
-    assert err.startswith(f"error: the database {os.path.join(s.db_dir, 'db')} is locked by "
-                          f"another process (database is locked): close any sqlite3 shell")
-    assert err.endswith("Nothing was changed")
+    if how == "flock":
+        assert err.startswith(f"error: database directory {s.db_dir} is locked by another "
+                              f"process; stop the running nvr")
+    else:
+        assert err.startswith(f"error: the database {os.path.join(s.db_dir, 'db')} is locked "
+                              f"by another process (database is locked): close any sqlite3 "
+                              f"shell")
+        assert err.endswith("Nothing was changed")
     unchanged(s, before, 0)
 
 

@@ -18,7 +18,8 @@ view.mp4 for the worst-case instant (a process per still, as a script would).
 Part 2, thumbnails while recording: one test camera (test/camera.py, the real GStreamer
 RTSP server) serving `--streams` mounts of 1920x1080 30 fps ~2 Mbit/s H.264 (GOP 30),
 recorded by `nvr.py run` (rotation 10 s); once every stream has committed recordings,
-`--clients` threads request `still.jpg?t=<random recorded instant>&key=true&width=320`
+`--clients` threads request `still.jpg?t=<random recorded instant>&key=true&width=W`
+(W random in 160..640: distinct sizes, so the still cache rarely answers)
 for `--seconds`, then the same with exact frames (no `key`). It reports thumbnails per
 second (200s), 503s (the pool's queue full: the designed back-pressure), latency, nvr's
 CPU, and the frames recorded in the window against 30 per second per stream: the frame
@@ -209,7 +210,7 @@ def under_load(n: int, seconds: float, clients: int) -> list[str]:
                     got = 0
                     for sid, start, wall, media, idx in conn.execute(
                             "select r.stream_id, r.start_time_90k, r.wall_duration_90k, "
-                            "r.media_duration_90k, p.video_index from recording r join "
+                            "r.wall_duration_90k + r.media_duration_delta_90k, p.video_index from recording r join "
                             "recording_playback p using (composite_id) "
                             "where r.start_time_90k < ? and r.start_time_90k + "
                             "r.wall_duration_90k > ?", (w1, w0)):
@@ -250,7 +251,8 @@ def hammer(port, paths, t_min, seconds, clients, key, pid, ingest) -> dict:
             with lock:
                 t = rnd.randrange(t_min, now90k - 3 * 90000)
                 path = rnd.choice(paths)
-            q = f"{path}?t={t}&width=320" + ("&key=true" if key else "")
+                width = rnd.randrange(160, 642, 2)   # distinct sizes: cache misses
+            q = f"{path}?t={t}&width={width}" + ("&key=true" if key else "")
             t0 = time.monotonic()
             try:
                 c.request("GET", q)
@@ -308,7 +310,7 @@ def main(argv=None) -> int:
         print("\n".join(per_still(args.repeat)))
     if not args.skip_load:
         print(f"\nthumbnails while {args.streams} streams of 1080p30 record "
-              f"({args.seconds:g} s per mode, width 320):")
+              f"({args.seconds:g} s per mode, widths 160-640):")
         print("\n".join(under_load(args.streams, args.seconds, args.clients)))
     return 0
 

@@ -231,9 +231,13 @@ def test_failed_start_explains(make_rtsp_camera):
         make_rtsp_camera([Stream("bad", codec="vp8")])
 
 
-def test_skip_reason_says_what_to_install(monkeypatch):
-    # pyenv's python, like a machine without python3-gi, cannot import gi.
-    monkeypatch.setattr(camera, "SYSTEM_PYTHON", sys.executable)
+def test_skip_reason_says_what_to_install(monkeypatch, tmp_path):
+    # A python without site packages, like a machine without python3-gi, cannot import
+    # gi (a venv with Debian's site packages, which runs the tests with PyAV 10, could).
+    no_site = tmp_path / "python-without-site-packages"
+    no_site.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    no_site.chmod(0o755)
+    monkeypatch.setattr(camera, "SYSTEM_PYTHON", str(no_site))
     camera.unavailable_reason.cache_clear()
     try:
         reason = camera.unavailable_reason()

@@ -58,6 +58,16 @@ RETRY_SEC = 1
 OPEN_WARN_SEC = 5  # warn about opens slower than this
 
 
+# FFmpeg's rtsp demuxer options for every camera. Video only (`allowed_media_types`):
+# nvr records no audio, and with more than one stream FFmpeg times each packet from the
+# camera's RTCP sender reports (their NTP clock, libavformat/rtpdec.c finalize_packet)
+# rather than from the RTP clock alone, so a camera sending audio had its video's frame
+# durations jitter by a few ticks at each report, and an NTP step on the camera (its
+# clock set, or synced at last) stepped the video's pts: backwards ended the run,
+# forwards made one frame as long as the step. Its SDP's audio track isn't set up at all.
+RTSP_OPTIONS = {"user_agent": "nvr", "allowed_media_types": "video"}
+
+
 class StreamError(Exception):
     """The stream can't go on; the message becomes the run's end reason."""
 
@@ -308,9 +318,9 @@ class PyAvOpener(Opener):
         import av
         options = {}
         if url.startswith("rtsp"):
+            options.update(RTSP_OPTIONS)
             if transport:
                 options["rtsp_transport"] = transport
-            options["user_agent"] = "nvr"
         try:
             full_url = url_with_credentials(url, username, password)
         except ValueError as e:   # e.g. "Invalid IPv6 URL" (config checks this; an old db)

@@ -13,6 +13,10 @@ The seam: `Opener.open(...)` returns a `Source` with the stream's initial
 file); `DemoOpener` encodes a moving test pattern locally (`nvr.py run
 --demo`); tests wrap either to replay clips in simulated time.
 
+RTSP is opened for video alone (`RTSP_OPTIONS`: a camera's audio or metadata track
+is never set up), so FFmpeg times the video by its RTP clock, not the RTCP sender
+reports' NTP clock.
+
 What PyAV gives (measured, see docs/performance.md): Annex B extradata and
 packets from RTSP (length-prefixed from mp4 files; codec.py takes both), pts
 in a 1/90000 time base, sometimes a first packet without pts, end of stream
@@ -64,7 +68,8 @@ OPEN_WARN_SEC = 5  # warn about opens slower than this
 # rather than from the RTP clock alone, so a camera sending audio had its video's frame
 # durations jitter by a few ticks at each report, and an NTP step on the camera (its
 # clock set, or synced at last) stepped the video's pts: backwards ended the run,
-# forwards made one frame as long as the step. Its SDP's audio track isn't set up at all.
+# forwards made one frame as long as the step. An ONVIF metadata track counts as a
+# stream too. Other tracks in the SDP aren't set up at all (FFmpeg 5.1, PyAV 10, too).
 RTSP_OPTIONS = {"user_agent": "nvr", "allowed_media_types": "video"}
 
 

@@ -371,7 +371,8 @@ def _describe(e: BaseException) -> str:
 # Stall detection
 
 def _pyav_clocks() -> tuple[float, float]:
-    """The clocks PyAV's timeouts may use (18: monotonic; before: the wall clock)."""
+    """The clocks PyAV's timeouts may use (10 and 18 use the monotonic clock, as
+    measured; other releases may use the wall clock)."""
     return time.monotonic(), time.time()
 
 
@@ -454,9 +455,14 @@ class StallWatch:
         import io
 
         import av
+        import av.logging
         began = _pyav_clocks()
         try:
-            c = av.open(io.BytesIO(b""), format="h264", timeout=(OPEN_TIMEOUT_SEC, None))
+            # FFmpeg's "Could not find codec parameters" about the empty buffer is
+            # expected: kept out of the log (PyAV 10 logs FFmpeg's messages by default).
+            with av.logging.Capture(local=True):
+                c = av.open(io.BytesIO(b""), format="h264",
+                            timeout=(OPEN_TIMEOUT_SEC, None))
         except Exception as e:  # noqa: BLE001 (any failure means: don't use it)
             logger.debug("stall watch: calibration container: %s", e)
             return None

@@ -380,6 +380,15 @@ def test_a_container_laid_out_otherwise_is_opened_again_with_pyavs_read_timeout(
     assert not w.usable()
 
 
+def test_stall_watch_calibration_logs_nothing(caplog):
+    """FFmpeg's complaint about the empty calibration buffer stays out of nvr's log
+    (PyAV 10, Debian 12's, logs FFmpeg's messages by default)."""
+    with caplog.at_level(logging.DEBUG):
+        assert stream.StallWatch().usable()
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.name.startswith("libav")] \
+        == []
+
+
 class _FakeSource:
     def __init__(self):
         self.packets = 0

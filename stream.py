@@ -400,9 +400,10 @@ class StallWatch:
     timeout; here it ends 30-31 s after the last packet. `interrupt_all` (shutdown)
     does the same to every stream at once, so none waits on a silent camera.
 
-    PyAV 18 has no Python way to change a container's timeout after open (its
-    `set_timeout` is C-only), so the watch writes the `double timeout` of the
-    container's `timeout_info {double start_time; double timeout}` itself, with ctypes.
+    PyAV (10 through 18) has no Python way to change a container's timeout after open
+    (its `set_timeout` is C-only), so the watch writes the `double timeout` of the
+    container's `timeout_info {double start_time; double timeout}` itself, with ctypes
+    (found at offset 168 in Debian 12's PyAV 10, 176 in PyAV 18.1).
     Its offset is found once per process on a container opened from an empty buffer
     (the one 8-aligned place in the object holding a start time within the open,
     then -1.0, PyAV's "none"), and checked again on each real container after its

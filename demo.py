@@ -355,13 +355,14 @@ class DemoSource(stream.Source):
         enc.time_base = fractions.Fraction(1, 90_000)
         enc.framerate = fractions.Fraction(mode.fps)
         enc.gop_size = self.gop
-        enc.max_b_frames = 0
         enc.thread_count = 1
         if bitrate:
             enc.bit_rate = bitrate
         # Fixed GOP: a key frame exactly every `gop` frames (min-keyint = keyint, no
         # scene-cut key frames). Global header stays off: SPS/PPS in band, Annex B.
-        enc.options = {"preset": "ultrafast", "tune": "zerolatency",
+        # No B-frames: "bf" is AVCodecContext's max_b_frames as an option (PyAV 10 has
+        # no attribute for it; the option works with every PyAV).
+        enc.options = {"preset": "ultrafast", "tune": "zerolatency", "bf": "0",
                        "x264-params": f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0"}
         enc.open()
         self._enc = enc

@@ -13,6 +13,10 @@ The seam: `Opener.open(...)` returns a `Source` with the stream's initial
 file); `DemoOpener` encodes a moving test pattern locally (`nvr.py run
 --demo`); tests wrap either to replay clips in simulated time.
 
+RTSP is opened for video alone (`RTSP_OPTIONS`: a camera's audio or metadata track
+is never set up), so FFmpeg times the video by its RTP clock, not the RTCP sender
+reports' NTP clock.
+
 What PyAV gives (measured, see docs/performance.md): Annex B extradata and
 packets from RTSP (length-prefixed from mp4 files; codec.py takes both), pts
 in a 1/90000 time base, sometimes a first packet without pts, end of stream
@@ -56,6 +60,17 @@ OPEN_TIMEOUT_SEC = 30
 FRAME_TIMEOUT_SEC = 30
 RETRY_SEC = 1
 OPEN_WARN_SEC = 5  # warn about opens slower than this
+
+
+# FFmpeg's rtsp demuxer options for every camera. Video only (`allowed_media_types`):
+# nvr records no audio, and with more than one stream FFmpeg times each packet from the
+# camera's RTCP sender reports (their NTP clock, libavformat/rtpdec.c finalize_packet)
+# rather than from the RTP clock alone, so a camera sending audio had its video's frame
+# durations jitter by a few ticks at each report, and an NTP step on the camera (its
+# clock set, or synced at last) stepped the video's pts: backwards ended the run,
+# forwards made one frame as long as the step. An ONVIF metadata track counts as a
+# stream too. Other tracks in the SDP aren't set up at all (FFmpeg 5.1, PyAV 10, too).
+RTSP_OPTIONS = {"user_agent": "nvr", "allowed_media_types": "video"}
 
 
 class StreamError(Exception):
@@ -308,9 +323,9 @@ class PyAvOpener(Opener):
         import av
         options = {}
         if url.startswith("rtsp"):
+            options.update(RTSP_OPTIONS)
             if transport:
                 options["rtsp_transport"] = transport
-            options["user_agent"] = "nvr"
         try:
             full_url = url_with_credentials(url, username, password)
         except ValueError as e:   # e.g. "Invalid IPv6 URL" (config checks this; an old db)
@@ -356,7 +371,8 @@ def _describe(e: BaseException) -> str:
 # Stall detection
 
 def _pyav_clocks() -> tuple[float, float]:
-    """The clocks PyAV's timeouts may use (18: monotonic; before: the wall clock)."""
+    """The clocks PyAV's timeouts may use (10 and 18 use the monotonic clock, as
+    measured; other releases may use the wall clock)."""
     return time.monotonic(), time.time()
 
 
@@ -384,9 +400,10 @@ class StallWatch:
     timeout; here it ends 30-31 s after the last packet. `interrupt_all` (shutdown)
     does the same to every stream at once, so none waits on a silent camera.
 
-    PyAV 18 has no Python way to change a container's timeout after open (its
-    `set_timeout` is C-only), so the watch writes the `double timeout` of the
-    container's `timeout_info {double start_time; double timeout}` itself, with ctypes.
+    PyAV (10 through 18) has no Python way to change a container's timeout after open
+    (its `set_timeout` is C-only), so the watch writes the `double timeout` of the
+    container's `timeout_info {double start_time; double timeout}` itself, with ctypes
+    (found at offset 168 in Debian 12's PyAV 10, 176 in PyAV 18.1).
     Its offset is found once per process on a container opened from an empty buffer
     (the one 8-aligned place in the object holding a start time within the open,
     then -1.0, PyAV's "none"), and checked again on each real container after its
@@ -439,9 +456,14 @@ class StallWatch:
         import io
 
         import av
+        import av.logging
         began = _pyav_clocks()
         try:
-            c = av.open(io.BytesIO(b""), format="h264", timeout=(OPEN_TIMEOUT_SEC, None))
+            # FFmpeg's "Could not find codec parameters" about the empty buffer is
+            # expected: kept out of the log (PyAV 10 logs FFmpeg's messages by default).
+            with av.logging.Capture(local=True):
+                c = av.open(io.BytesIO(b""), format="h264",
+                            timeout=(OPEN_TIMEOUT_SEC, None))
         except Exception as e:  # noqa: BLE001 (any failure means: don't use it)
             logger.debug("stall watch: calibration container: %s", e)
             return None

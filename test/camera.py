@@ -12,6 +12,10 @@ not under pyenv's python that runs pytest, so it runs as a child process:
         cam.start_stream("main")              # mounted again
         cam.restart()                         # kill -9 and start again on the same port
 
+    Stream("av", audio=True)                  # a mount whose SDP has an audio track too
+    with SenderReportProxy(cam.port) as p:    # in front of the camera: p.url("av") is
+        p.step(-10)                           # the camera with its RTCP NTP clock stepped
+
 Fixtures (import both into conftest.py: `from camera import make_rtsp_camera, rtsp_camera`):
 - `rtsp_camera`: a fresh camera with DEFAULT_STREAMS for one test;
 - `make_rtsp_camera(streams=..., user=..., password=..., ...)`: cameras to order, closed
@@ -62,6 +66,7 @@ class Stream:
     fps: int = 30
     kbps: int = 1000
     gop: int = 30  # key frame interval, frames
+    audio: bool = False  # an audio track too (G.711 A-law), as many cameras send
 
     @property
     def frame_duration_90k(self) -> int:
@@ -69,7 +74,7 @@ class Stream:
 
     def arg(self) -> str:
         return (f"{self.name}:{self.codec}:{self.width}x{self.height}:{self.fps}:"
-                f"{self.kbps}:{self.gop}")
+                f"{self.kbps}:{self.gop}" + (":audio" if self.audio else ""))
 
 
 DEFAULT_STREAMS = (
@@ -324,3 +329,165 @@ def make_rtsp_camera(tmp_path_factory):
 def rtsp_camera(make_rtsp_camera) -> RtspCamera:
     """A fresh camera serving DEFAULT_STREAMS (main, sub, h265) for one test."""
     return make_rtsp_camera()
+
+
+# --- a camera whose NTP clock steps ------------------------------------------------------
+
+class SenderReportProxy:
+    """A TCP proxy in front of a camera that shifts the NTP timestamps of its RTCP sender
+    reports: the camera's clock, as it reports it, steps while its RTP clocks run on.
+
+        with SenderReportProxy(cam.port) as proxy:
+            url = proxy.url("main")        # open this instead of cam.url("main")
+            proxy.step(-10)                # the NTP clock goes 10 s back, for every stream
+            proxy.wait_for_reports(2)      # until 2 stepped sender reports went out
+
+    Why a proxy: GStreamer's rtpbin writes the wall clock into its sender reports
+    (`ntp-time-source`; the other choices differ from it by decades, not a step), and
+    its `on-sending-rtcp` signal hands Python a buffer it can't write. Everything else
+    passes unchanged, so a client talks to the real camera.
+
+    RTSP over TCP only (FFmpeg's `rtsp_transport tcp`, nvr's default): RTP and RTCP are
+    interleaved in the RTSP connection (RFC 2326 §10.12), each as `$`, channel, u16
+    length, packet; RTCP rides the odd channels. From the camera, the proxy reads RTSP
+    messages (headers, `Content-Length` body) and interleaved packets in turn, and in
+    each RTCP packet on an odd channel rewrites every sender report (RFC 3550 §6.4.1:
+    packet type 200, the NTP timestamp a u64 of seconds since 1900 in 32.32 fixed point
+    at bytes 8-15) by the current step.
+    """
+
+    SR = 200  # RTCP packet type of a sender report (RFC 3550 §12.1)
+
+    def __init__(self, camera_port: int):
+        import socket
+        self._camera_port = camera_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Condition()
+        self._step = 0            # added to each NTP timestamp: seconds * 2**32
+        self._stepped_reports = 0  # sender reports sent with a non-zero step
+        self.reports = 0           # all sender reports passed on
+        self._sockets = []
+        self._closed = False
+        threading.Thread(target=self._accept, name="sr-proxy", daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{name}"
+
+    def step(self, seconds: float) -> None:
+        """Steps the reported NTP clock by `seconds` more (negative: back)."""
+        with self._lock:
+            self._step += round(seconds * (1 << 32))
+            self._stepped_reports = 0
+
+    def wait_for_reports(self, n: int, timeout: float = 30) -> None:
+        """Waits until `n` sender reports went out since the last `step`."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._stepped_reports >= n, timeout):
+                raise CameraError(f"{self._stepped_reports} of {n} stepped sender reports "
+                                  f"in {timeout} s")
+
+    def close(self) -> None:
+        import socket
+        self._closed = True
+        for s in [self._listener] + self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def __enter__(self) -> SenderReportProxy:
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _accept(self) -> None:
+        import socket
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            camera = socket.create_connection(("127.0.0.1", self._camera_port))
+            self._sockets += [client, camera]
+            threading.Thread(target=self._pipe, args=(client, camera), daemon=True,
+                             name="sr-proxy-up").start()
+            threading.Thread(target=self._from_camera, args=(camera, client), daemon=True,
+                             name="sr-proxy-down").start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close_quietly(dst)
+
+    def _from_camera(self, camera, client) -> None:
+        buf = bytearray()
+        try:
+            while data := camera.recv(65536):
+                buf += data
+                out = bytearray()
+                while (n := self._message_length(buf)) is not None:
+                    msg = buf[:n]
+                    del buf[:n]
+                    if msg[0] == 0x24 and msg[1] & 1:  # '$' on an RTCP channel
+                        self._rewrite_rtcp(msg, 4)
+                    out += msg
+                if out:
+                    client.sendall(out)
+        except OSError:
+            pass
+        finally:
+            _close_quietly(client)
+
+    @staticmethod
+    def _message_length(buf: bytearray) -> int | None:
+        """The length of the whole message at the start of `buf`, None if incomplete."""
+        if not buf:
+            return None
+        if buf[0] == 0x24:  # '$' channel u16-length packet
+            if len(buf) < 4:
+                return None
+            n = 4 + int.from_bytes(buf[2:4], "big")
+        else:  # an RTSP response or request: headers, then Content-Length bytes of body
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            length = 0
+            for line in bytes(buf[:end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            n = end + 4 + length
+        return n if len(buf) >= n else None
+
+    def _rewrite_rtcp(self, msg: bytearray, pos: int) -> None:
+        """Shifts the NTP timestamp of every sender report in the compound RTCP packet
+        at `msg[pos:]` (RFC 3550 §6.1: each packet's length is in 32-bit words minus 1)."""
+        with self._lock:
+            step = self._step
+            while pos + 4 <= len(msg):
+                ptype = msg[pos + 1]
+                length = 4 * (int.from_bytes(msg[pos + 2:pos + 4], "big") + 1)
+                if ptype == self.SR and pos + 16 <= len(msg):
+                    ntp = int.from_bytes(msg[pos + 8:pos + 16], "big")
+                    msg[pos + 8:pos + 16] = ((ntp + step) % (1 << 64)).to_bytes(8, "big")
+                    self.reports += 1
+                    if step:
+                        self._stepped_reports += 1
+                        self._lock.notify_all()
+                pos += length
+
+
+def _close_quietly(sock) -> None:
+    import socket
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -38,9 +38,13 @@ DUMMY_VSE = b"\x00\x00\x00\x66avc1" + bytes(94)
 
 @pytest.fixture(autouse=True)
 def cheap_hasher():
-    auth.set_password_hasher(argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST))
+    # argon2-cffi's profiles.CHEAPEST, spelled out: Debian 12's argon2-cffi 21.1 has
+    # no `profiles` (nor `PasswordHasher.from_parameters`).
+    auth.set_password_hasher(argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1,
+                                                   hash_len=4, salt_len=8,
+                                                   type=argon2.Type.ID))
     yield
-    auth.set_password_hasher(argon2.PasswordHasher())
+    auth.set_password_hasher(auth.default_hasher())
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ pyenv's python that runs pytest); `test/camera.py` starts and drives it for test
         --stream h265:h265:640x360:30:1000:30 [--user U --password P [--auth basic]] \\
         [--clip-seconds 10] [--clip-dir DIR] [--exit-on-eof] [--verbose]
 
-A `--stream` is `name:codec:WxH:fps:kbps:gop` (codec `h264` or `h265`; fps an integer;
-gop = key frame interval in frames). Each is served at `rtsp://127.0.0.1:PORT/NAME`; the
-server listens on 127.0.0.1 only.
+A `--stream` is `name:codec:WxH:fps:kbps:gop[:audio]` (codec `h264` or `h265`; fps an
+integer; gop = key frame interval in frames; `:audio` adds an audio track). Each is served
+at `rtsp://127.0.0.1:PORT/NAME`; the server listens on 127.0.0.1 only.
 
 ## Wire protocol with the parent (stdout/stdin, one line each, UTF-8)
 - stdout carries only protocol lines; diagnostics go to stderr.
@@ -39,6 +39,13 @@ server listens on 127.0.0.1 only.
   SPS/PPS too, so the SDP has them); the first key frame comes within one GOP.
 - The picture: SMPTE bars scrolling 4 px a frame, with the clip time burnt in
   (`timeoverlay`), so consecutive frames differ; the clip repeats every --clip-seconds.
+- With `:audio`, the SDP lists a second track, as many cameras' do: 8 kHz G.711 A-law
+  silence (payload type 8), 20 ms a packet, pushed by the video's feeder in step with
+  the video (an `appsrc ! rtppcmapay`: an `audiotestsrc` answers seeking queries, which
+  made the media seekable, and the server then failed FFmpeg's PLAY with its
+  `Range: npt=0.000-` with 503). Each track has its own RTP session and RTCP sender
+  reports, whose NTP timestamps are the wall clock (rtpbin's `ntp-time-source`), about
+  one a second (RTCP_INTERVAL_S; rtpbin's default is 5 s).
 
 ## Design, and the measurement behind each choice
 - Encode once, replay many: a live `x264enc` (ultrafast, zerolatency) costs ~40 % of a
@@ -121,6 +128,13 @@ H265_VPS, H265_SPS, H265_PPS, H265_AUD = 32, 33, 34, 35
 
 START_CODE = b"\x00\x00\x00\x01"
 
+# The audio track (`:audio`): 20 ms packets of 8 kHz G.711 A-law silence (0xd5 is A-law's
+# zero, ITU-T G.711 Table 1).
+AUDIO_PACKETS_PER_S = 50
+AUDIO_PACKET_NS = NS_PER_S // AUDIO_PACKETS_PER_S
+AUDIO_SILENCE = GLib.Bytes.new(b"\xd5" * (8000 // AUDIO_PACKETS_PER_S))
+RTCP_INTERVAL_S = 1  # the mean interval between sender reports of a mount with audio
+
 
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
@@ -131,16 +145,22 @@ class StreamSpec:
     fps: int
     kbps: int
     gop: int  # key frame interval, frames
+    audio: bool = False  # an audio track too
 
     @classmethod
     def parse(cls, text: str) -> StreamSpec:
         try:
-            name, codec, size, fps, kbps, gop = text.split(":")
+            parts = text.split(":")
+            audio = parts[6:] == ["audio"]
+            if audio:
+                parts = parts[:6]
+            name, codec, size, fps, kbps, gop = parts
             width, height = size.split("x")
-            spec = cls(name, codec, int(width), int(height), int(fps), int(kbps), int(gop))
+            spec = cls(name, codec, int(width), int(height), int(fps), int(kbps), int(gop),
+                       audio)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"bad stream {text!r}: want name:codec:WxH:fps:kbps:gop, "
+                f"bad stream {text!r}: want name:codec:WxH:fps:kbps:gop[:audio], "
                 "e.g. main:h264:640x360:30:1000:30") from None
         if codec not in ("h264", "h265"):
             raise argparse.ArgumentTypeError(f"bad stream {text!r}: codec must be h264 or h265")
@@ -388,10 +408,11 @@ class Feeder:
     """
 
     def __init__(self, mount: Mount, media: GstRtspServer.RTSPMedia, src: GstApp.AppSrc,
-                 epoch_ns: int):
+                 epoch_ns: int, audio_src: GstApp.AppSrc | None = None):
         self.mount = mount
         self.media = media
         self.src = src
+        self.audio_src = audio_src
         self.epoch_ns = epoch_ns
         self.stopping = threading.Event()
         with mount.lock:
@@ -429,6 +450,23 @@ class Feeder:
             self.stop()
             logger.debug("%s done", self.thread.name)
 
+    def _push_audio(self, start_rt: int, audio_n: int, until: int) -> int | None:
+        """Pushes the audio packets that start before running time `until` (skipping
+        any more than a second late: after a pause); returns the new count, or None
+        if the pipeline refused one."""
+        if start_rt + (audio_n + AUDIO_PACKETS_PER_S) * AUDIO_PACKET_NS < until:
+            audio_n = (until - start_rt) // AUDIO_PACKET_NS
+        while start_rt + audio_n * AUDIO_PACKET_NS < until:
+            buf = Gst.Buffer.new_wrapped_bytes(AUDIO_SILENCE)
+            buf.pts = buf.dts = start_rt + audio_n * AUDIO_PACKET_NS
+            buf.duration = AUDIO_PACKET_NS
+            ret = self.audio_src.push_buffer(buf)
+            if ret != Gst.FlowReturn.OK:
+                logger.debug("%s: audio push returned %s", self.thread.name, ret.value_nick)
+                return None
+            audio_n += 1
+        return audio_n
+
     def _feed(self):
         spec, clip = self.mount.spec, self.mount.clip
         n_frames = len(clip.frames)
@@ -437,6 +475,7 @@ class Feeder:
         start_rt = first_index = None
         skip = False  # set while paused after the start: on resume jump to the current frame
         started = False  # the pipeline has left NULL
+        audio_n = 0  # audio packets pushed since start_rt
         while not self.stopping.is_set():
             # Step 1: only a PLAYING pipeline has a meaningful running time.
             state = self.src.get_state(0)[1]
@@ -473,6 +512,10 @@ class Feeder:
                 return
             pushed = True
             n += 1
+            if self.audio_src is not None:
+                audio_n = self._push_audio(start_rt, audio_n, pts + buf.duration)
+                if audio_n is None:
+                    return
 
 
 class CameraServer:
@@ -516,10 +559,13 @@ class CameraServer:
     def _make_factory(self, mount: Mount) -> GstRtspServer.RTSPMediaFactory:
         c = mount.spec.codec
         f = GstRtspServer.RTSPMediaFactory()
+        audio = ("appsrc name=asrc is-live=true format=time "
+                 "caps=\"audio/x-alaw,rate=8000,channels=1\" ! rtppcmapay name=pay1 pt=8 "
+                 if mount.spec.audio else "")
         f.set_launch(
             f"( appsrc name=src is-live=true format=time "
             f"caps=\"video/x-{c},stream-format=byte-stream,alignment=au\" ! "
-            f"{c}parse ! rtp{c}pay name=pay0 pt=96 )")
+            f"{c}parse ! rtp{c}pay name=pay0 pt=96 {audio})")
         f.set_shared(False)
         if self.args.user is not None:
             f.add_role_from_structure(Gst.Structure.new_from_string(
@@ -539,11 +585,27 @@ class CameraServer:
     def _on_media_configure(self, factory, media, mount: Mount):
         # Called on a client's thread for each new (unshared) media.
         src = media.get_element().get_by_name("src")
-        feeder = Feeder(mount, media, src, self.epoch_ns)
+        feeder = Feeder(mount, media, src, self.epoch_ns,
+                        media.get_element().get_by_name("asrc"))
+        if mount.spec.audio:
+            media.connect("prepared", self._on_prepared_with_audio)
         media.connect("unprepared", lambda _media: feeder.stop())
         feeder.start()
         if self.args.verbose:
             logger.info("%s: new client pipeline (%s)", mount.path, feeder.thread.name)
+
+    @staticmethod
+    def _on_prepared_with_audio(media):
+        # RTCP sender reports every ~RTCP_INTERVAL_S rather than rtpbin's ~5 s, so a
+        # test of how a client times packets from them (the tracks' NTP clock) is short.
+        for i in range(media.n_streams()):
+            session = media.get_stream(i).get_rtpsession()
+            if session is not None:
+                session.set_property("rtcp-min-interval", RTCP_INTERVAL_S * Gst.SECOND)
+        # A client that sets up the video alone (FFmpeg's allowed_media_types=video)
+        # got sender reports for it in about 3 of 4 sessions, receiver reports only in
+        # the others (rtpbin stopped counting its source a sender; rtcp-sync-send-time
+        # off didn't change that): tests can't count on them there.
 
     # --- control channel -------------------------------------------------------------
 
@@ -639,7 +701,7 @@ def main() -> int:
                "commands on stdin. The module docstring has the details.")
     p.add_argument("--port", type=int, default=8554, help="TCP port; 0 picks a free one")
     p.add_argument("--stream", type=StreamSpec.parse, action="append", required=True,
-                   help="name:codec:WxH:fps:kbps:gop, e.g. main:h264:640x360:30:1000:30")
+                   help="name:codec:WxH:fps:kbps:gop[:audio], e.g. main:h264:640x360:30:1000:30")
     p.add_argument("--user", help="require this RTSP user on all mounts")
     p.add_argument("--password", help="the password for --user")
     p.add_argument("--auth", choices=("digest", "basic"), default="digest",

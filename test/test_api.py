@@ -17,6 +17,7 @@ import sys
 import threading
 import uuid
 
+import argon2
 import pytest
 
 import api
@@ -578,6 +579,19 @@ def test_legacy_scrypt_hash_is_upgraded_at_login(tmp_path, clocks):
     finally:
         t.db.close()
 
+
+
+def test_new_hashes_have_the_same_parameters_under_every_argon2_cffi():
+    # argon2-cffi 21.1 (Debian 12) and 21.2+ default to different parameters; the
+    # production hasher names its own, so neither version calls the other's hashes old.
+    h = auth.default_hasher().hash("pw")
+    assert h.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    hasher_of_21_1 = argon2.PasswordHasher(time_cost=2, memory_cost=102400, parallelism=8,
+                                           hash_len=16, salt_len=16, type=argon2.Type.ID)
+    auth.set_password_hasher(auth.default_hasher())
+    assert not auth.needs_rehash(h)
+    assert auth.needs_rehash(hasher_of_21_1.hash("pw"))
+    assert auth.verify_password(h, "pw") and not auth.verify_password(h, "other")
 
 # --- sessions -----------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ interleaved over TCP. What is pinned: codec, size, 90 kHz timestamps stepping by
 90000/fps, a key frame every GOP (the first within one GOP of joining), and each control
 command's effect as a client sees it: stop (end of stream, then 404 until start),
 pause (no packets, so PyAV's read timeout fires, while the session survives), restart
-on the same port, Digest/Basic authentication, 8 simultaneous clients, and a clip that
-loops without a seam.
+on the same port, Digest/Basic authentication, 8 simultaneous clients, a clip that
+loops without a seam, and an audio track beside the video with a proxy that steps the
+NTP clock of the RTCP sender reports.
 
 About 30 s on an idle 2-core machine (~40 s while other work runs); each test starts its
 own camera, ~0.3 s once the session's first camera has encoded the clips.
@@ -231,9 +232,13 @@ def test_failed_start_explains(make_rtsp_camera):
         make_rtsp_camera([Stream("bad", codec="vp8")])
 
 
-def test_skip_reason_says_what_to_install(monkeypatch):
-    # pyenv's python, like a machine without python3-gi, cannot import gi.
-    monkeypatch.setattr(camera, "SYSTEM_PYTHON", sys.executable)
+def test_skip_reason_says_what_to_install(monkeypatch, tmp_path):
+    # A python without site packages, like a machine without python3-gi, cannot import
+    # gi (a venv with Debian's site packages, which runs the tests with PyAV 10, could).
+    no_site = tmp_path / "python-without-site-packages"
+    no_site.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    no_site.chmod(0o755)
+    monkeypatch.setattr(camera, "SYSTEM_PYTHON", str(no_site))
     camera.unavailable_reason.cache_clear()
     try:
         reason = camera.unavailable_reason()
@@ -241,3 +246,42 @@ def test_skip_reason_says_what_to_install(monkeypatch):
         camera.unavailable_reason.cache_clear()
     assert reason is not None and "No module named 'gi'" in reason
     assert "python3-gi" in reason and "gir1.2-gst-rtsp-server-1.0" in reason
+
+
+AUDIO_STREAM = Stream("av", "h264", 320, 240, fps=15, kbps=300, gop=15, audio=True)
+
+
+def test_audio_track_and_a_stepped_sender_report_clock(make_rtsp_camera):
+    """`audio=True` adds a G.711 A-law track (20 ms packets) beside unchanged video; set
+    up alone, the video times as ever. Set up together, FFmpeg times packets from the
+    RTCP sender reports (more than one stream), so SenderReportProxy's step of their
+    NTP clock shows in the video's pts: 5 s forward makes one frame 5 s long."""
+    cam = make_rtsp_camera([AUDIO_STREAM])
+    with av.open(cam.url("av"), options={"rtsp_transport": "tcp",
+                                         "allowed_media_types": "video"},
+                 timeout=(OPEN_TIMEOUT_S, 10)) as c:
+        assert [s.type for s in c.streams] == ["video"]
+        check_timing(AUDIO_STREAM, read_packets(c, 2 * AUDIO_STREAM.gop + 1))
+    with camera.SenderReportProxy(cam.port) as proxy, open_stream(proxy.url("av")) as c:
+        assert [(s.type, s.codec_context.name) for s in c.streams] == [
+            ("video", "h264"), ("audio", "pcm_alaw")]
+        assert c.streams.audio[0].codec_context.sample_rate == 8000
+        video, audio, steps = [], [], []
+        for pkt in c.demux():
+            if pkt.size == 0 or pkt.pts is None:
+                continue
+            (video if pkt.stream.type == "video" else audio).append(pkt)
+            if pkt.stream.type == "video" and len(video) >= 2:
+                steps.append(video[-1].pts - video[-2].pts)
+                if len(video) == 30:       # 2 s in: sender reports of both have come
+                    assert proxy.reports >= 2
+                    proxy.step(5)
+                if steps[-1] > 90000 or len(video) == 30 + 15 * 10:
+                    break
+        assert {len(bytes(p)) for p in audio} == {160}   # 20 ms of 8 kHz A-law
+        assert len(audio) > 3 * len(video)               # 50 a second against 15
+        # Before the step: 1/15 s give or take ~10 ms (where FFmpeg goes from RTP to
+        # sender report timing at the first report, one frame measured 6810 ticks, and
+        # the reports' rounding moves others a tick or two); then the 5 s frame.
+        assert all(abs(d - 6000) < 1500 for d in steps[:-1]), [d for d in steps if d != 6000]
+        assert abs(steps[-1] - (5 * 90000 + 6000)) < 9000

@@ -577,12 +577,13 @@ def decode_all(init: bytes, msgs: list[Message]) -> int:
         assert data[off - 4] == 0       # version 0: a u32 decode time follows the flags
         struct.pack_into(">I", data, off, m.media_time[0])
         out += data
+    level = av.logging.get_level()  # None (off) in PyAV 13+; PyAV 10's default is 40
     av.logging.set_level(av.logging.ERROR)
     try:
         with av.logging.Capture() as logs, av.open(io.BytesIO(bytes(out))) as c:
             n = sum(1 for _ in c.decode(video=0))
     finally:
-        av.logging.set_level(None)
+        av.logging.set_level(level)
     assert logs == []
     return n
 

@@ -922,12 +922,13 @@ def frame_times(path: str) -> list[float]:
 
 def decode(path: str, **options) -> list[av.VideoFrame]:
     """Every frame PyAV presents; FFmpeg may log nothing at level error or worse."""
+    level = av.logging.get_level()  # None (off) in PyAV 13+; PyAV 10's default is 40
     av.logging.set_level(av.logging.ERROR)
     try:
         with av.logging.Capture() as logs, av.open(path, options=options) as c:
             frames = list(c.decode(video=0))
     finally:
-        av.logging.set_level(None)
+        av.logging.set_level(level)
     assert logs == []
     return frames
 

@@ -110,10 +110,9 @@ def x264_clip(width: int, height: int, sar: tuple[int, int] | None,
     ctx.time_base = fractions.Fraction(1, 30)
     if sar:
         ctx.sample_aspect_ratio = fractions.Fraction(*sar)
+    # Global header as an option: PyAV 10's Flags has no `global_header` member.
     ctx.options = {"preset": "ultrafast", "g": "2", "keyint_min": "2", "bf": "0",
-                   "sc_threshold": "0"}
-    flags = av.codec.context.Flags
-    ctx.flags |= getattr(flags, "global_header", None) or flags.GLOBAL_HEADER  # PyAV 12+ / 10
+                   "sc_threshold": "0", "flags": "+global_header"}
     ctx.open()
     nals = [n.lstrip(b"\0") for n in bytes(ctx.extradata).split(b"\0\0\1") if n.strip(b"\0")]
     sps = next(n for n in nals if n[0] & 0x1F == 7)

@@ -26,7 +26,8 @@ parallel: on 2 cores the real-time tests (camera, live, UI) would starve.
 
 Each run is pytest with `-rfEs --strict-skips` (test/conftest.py's skip policy: a
 skipped test fails, unless ALLOWED_SKIPS there expects the skip; allowed skips are
-listed with their reasons). Its output, ending with its own pytest summary, is printed
+listed with their reasons) and `--continue-on-collection-errors` (a test module that
+fails to import counts as a failure, and the other modules still run). Its output, ending with its own pytest summary, is printed
 as it runs; then a summary per run (nvr's tests apart from the test harness's own, the
 tests marked `harness`), and last, alone on a line, the total over both runs:
 `N passed, N failed, N skipped`. The exit status is 0 only if both runs pass.
@@ -195,6 +196,7 @@ def run_pytest(name: str, python: str, args: list[str]) -> dict:
         log(f"run {name!r} under {what}")
         began = time.monotonic()
         rc = subprocess.call([python, "-m", "pytest", "-q", "-rfEs", "--strict-skips",
+                              "--continue-on-collection-errors",
                               f"--summary-json={summary}", "test"] + args, cwd=ROOT)
         took = time.monotonic() - began
         try:

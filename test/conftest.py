@@ -38,7 +38,10 @@ DUMMY_VSE = b"\x00\x00\x00\x66avc1" + bytes(94)
 
 @pytest.fixture(autouse=True)
 def cheap_hasher():
-    auth.set_password_hasher(argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST))
+    # argon2.profiles.CHEAPEST's parameters, spelled out: argon2-cffi 21.1 (Debian 12's)
+    # has neither `profiles` nor `PasswordHasher.from_parameters`.
+    auth.set_password_hasher(argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1,
+                                                   hash_len=4, salt_len=8))
     yield
     auth.set_password_hasher(argon2.PasswordHasher())
 

@@ -238,9 +238,13 @@ def test_failed_start_explains(make_rtsp_camera):
         make_rtsp_camera([Stream("bad", codec="vp8")])
 
 
-def test_skip_reason_says_what_to_install(monkeypatch):
-    # pyenv's python, like a machine without python3-gi, cannot import gi.
-    monkeypatch.setattr(camera, "SYSTEM_PYTHON", sys.executable)
+def test_skip_reason_says_what_to_install(monkeypatch, tmp_path):
+    # A python without its site-packages (-S), like a machine without python3-gi, cannot
+    # import gi. (Not merely sys.executable: Debian's /usr/bin/python3 can.)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setattr(camera, "SYSTEM_PYTHON", str(python))
     camera.unavailable_reason.cache_clear()
     try:
         reason = camera.unavailable_reason()

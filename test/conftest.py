@@ -11,8 +11,11 @@ rows and files to work on.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
+import json
 import os
+import re
 import sys
 
 import argon2
@@ -176,8 +179,6 @@ def _skip_reason(rep) -> str:
 
 
 def allowed_skip(nodeid: str, reason: str) -> bool:
-    import fnmatch
-    import re
     return any(fnmatch.fnmatchcase(nodeid, glob) and re.search(pattern, reason)
                for glob, pattern, _why in ALLOWED_SKIPS)
 
@@ -232,7 +233,6 @@ def pytest_sessionfinish(session, exitstatus):
     path = config.getoption("summary_json")
     if not path:
         return
-    import json
     counts = {g: {"passed": 0, "failed": 0, "skipped": 0} for g in ("nvr", "harness")}
     for nodeid, outcome in _run.outcomes.items():
         counts["harness" if nodeid in _run.harness else "nvr"][outcome] += 1

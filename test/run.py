@@ -20,8 +20,9 @@ stacks reach most of the suite: PyAV's API is used by stream.py, demo.py, the wr
 and mp4's tests (through test/clips.py and test/replay.py), the live view and the real
 camera tests; argon2-cffi 21.1 by auth.py, so by every test that logs in (api, web,
 UI, nvr's CLI). A named subset would be most of the suite and would go stale as tests
-are added. One run takes ~4.5-5 min on this 2-core machine, so both take ~10 min
-(~15 min while other work loads the machine), within the ~15 min budget. Runs are not
+are added. Measured on this 2-core machine: one run takes 4-7 min (4.0 with it to
+itself, 6.8 while other work loaded it), the whole command 8 min (2026-12-07, with the
+debian run not yet collecting test_codec.py), within the ~15 min budget. Runs are not
 parallel: on 2 cores the real-time tests (camera, live, UI) would starve.
 
 Each run is pytest with `-rfEs --strict-skips` (test/conftest.py's skip policy: a

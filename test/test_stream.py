@@ -333,6 +333,7 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
         _wait_until_recording(t, 5, "the next run didn't record")
         s.shutdown.set()
         th.join(30)
+        assert not th.is_alive(), "the run didn't end on shutdown"
         drain(syncer)
         t.db.flush("test")
         rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)

@@ -864,7 +864,6 @@ def test_static_files(site, tmp_path):
 # --- fuzzing ----------------------------------------------------------------------------------
 
 def test_fuzz_never_500_never_hangs(site, cookies):
-    hypothesis = pytest.importorskip("hypothesis")
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 

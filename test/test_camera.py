@@ -1,6 +1,7 @@
 """Proves the test camera (camera.py driving rtsp_server.py) is a real RTSP camera.
 
-Every check reads the camera the way the recorder will: PyAV, demux only, RTSP
+These are tests of the test harness (marked `harness`; test/run.py counts them apart
+from nvr's). Every check reads the camera the way the recorder will: PyAV, demux only, RTSP
 interleaved over TCP. What is pinned: codec, size, 90 kHz timestamps stepping by exactly
 90000/fps, a key frame every GOP (the first within one GOP of joining), and each control
 command's effect as a client sees it: stop (end of stream, then 404 until start),
@@ -27,6 +28,8 @@ import pytest
 import camera
 from camera import (DEFAULT_STREAMS, CameraError, Stream, make_rtsp_camera,  # noqa: F401
                     rtsp_camera)
+
+pytestmark = pytest.mark.harness
 
 OPEN_TIMEOUT_S = 10
 CODEC_NAMES = {"h264": "h264", "h265": "hevc"}  # ours -> FFmpeg's
@@ -133,10 +136,14 @@ def test_pause_stalls_video_and_resume_continues_the_session(rtsp_camera):
         with pytest.raises(av.error.ExitError):  # PyAV's read timeout: no packet for 2 s
             read_packets(impatient, 10_000)
         assert time.monotonic() - paused_at >= 2
-        time.sleep(max(0.0, paused_at + 2.5 - time.monotonic()))
+        time.sleep(max(0.0, paused_at + 2.5 - time.monotonic()))  # the stall's length
         rtsp_camera.resume("main")
         resumed_at = time.monotonic()
-        time.sleep(1.5)
+        deadline = resumed_at + 10   # 20 packets come in ~0.7 s (it was a 1.5 s sleep)
+        while len([t for t, _ in list(arrivals) if t > resumed_at]) < 20:
+            if time.monotonic() > deadline or not reader.is_alive():
+                break   # the assertion below says so
+            time.sleep(0.05)
         done.set()
         reader.join(10)
         assert not reader.is_alive()

@@ -9,6 +9,7 @@ import pytest
 import clock
 
 
+@pytest.mark.harness   # SimulatedClocks is the tests' clock
 def test_simulated_sleep_advances_both_clocks(clocks):
     r0, m0 = clocks.realtime(), clocks.monotonic()
     clocks.sleep(1.5)
@@ -19,6 +20,7 @@ def test_simulated_sleep_advances_both_clocks(clocks):
     assert clocks.realtime() - r0 == -8_500_000_000
 
 
+@pytest.mark.harness
 def test_simulated_wait_returns_at_once_when_set(clocks):
     e = threading.Event()
     assert not clocks.wait(e, 2)

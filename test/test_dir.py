@@ -551,6 +551,7 @@ def test_real_fs_is_relative_to_the_dir_fd(tmp_path):
     fs.close()  # idempotent
 
 
+@pytest.mark.harness
 def test_fake_fs_reports_mismatches_and_leftovers():
     fs = FakeFs()
     fs.expect("unlink", "0000000100000000")
@@ -568,6 +569,7 @@ def test_fake_fs_reports_mismatches_and_leftovers():
         fs.assert_done()
 
 
+@pytest.mark.harness
 def test_faulty_fs_fails_the_nth_calls(tmp_path):
     fs = FaultyFs(str(tmp_path), "sync", nth=2, times=2, err=errno.ENOSPC)
     fs.sync()

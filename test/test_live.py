@@ -512,6 +512,23 @@ def recorded(tmp_path_factory):
     d.close()
 
 
+def latest_key_frame_start(r: Recorded) -> int:
+    """The media time (since the stream's first recording) of the latest key frame
+    recorded so far, as live.py's `_recent_gop` finds it; waits until the growing
+    recording has an older key frame too, so that starting there would show."""
+    deadline = time.monotonic() + 30
+    while True:
+        with r.db.locked():
+            u = r.db.streams[r.live_sid].uncommitted
+            g = u[-1] if u and u[-1].growing else None
+            keys = [f.start_90k for f in recording.iter_index(g.video_index)
+                    if f.is_key] if g else []
+            if len(keys) >= 2:
+                return g.prev_media_duration_90k + keys[-1]
+        assert time.monotonic() < deadline, "no recording with two key frames"
+        time.sleep(0.05)
+
+
 def growing_frames(r: Recorded) -> int:
     with r.db.locked():
         u = r.db.streams[r.live_sid].uncommitted
@@ -590,16 +607,15 @@ def decode_all(init: bytes, msgs: list[Message]) -> int:
 
 def test_live_frames_from_a_key_frame_in_order_and_decodable(recorded, serve):
     srv = serve()
+    latest_key = latest_key_frame_start(recorded)   # before connecting
     c = WsClient(port_of(srv), recorded.path())
     assert c.status == 101
     assert c.headers["upgrade"].lower() == "websocket"
     assert c.headers["connection"].lower() == "upgrade"
     assert c.headers["sec-websocket-accept"] == live.accept_key(c.key)
     msgs = []
-    began = time.monotonic()
     while len(msgs) < 100:   # ~3 s at 30 fps: crosses a rotation (every 2 s)
         msgs.append(parse_message(*c.recv_message()))
-    took = time.monotonic() - began
     c.send(live.CLOSE, live.close_payload(1000, "done"))
     assert c.expect_close() == (1000, "done")
     c.close()
@@ -607,8 +623,10 @@ def test_live_frames_from_a_key_frame_in_order_and_decodable(recorded, serve):
     assert [k for k, _ in msgs[0].headers] == HEADER_ORDER
     first = msgs[0]
     assert first.is_key
-    # It was the latest key frame: the first GOP arrived at once, then real time.
-    assert took < 100 / CAMERA_STREAM.fps + 1
+    # It was the latest key frame when the client connected (or a later one), not an
+    # older one. (This was a wall-clock bound, "100 frames in under 4.3 s", which could
+    # neither tell an older key frame from the latest nor hold on a loaded machine.)
+    assert first.media_time[0] >= latest_key
     assert first.h["Content-Type"].startswith('video/mp4; codecs="avc1.')
     vse = {m.h["X-Video-Sample-Entry-Id"] for m in msgs}
     assert len(vse) == 1
@@ -702,33 +720,54 @@ def test_slow_reader_gets_dropped_then_resumes_at_a_key_frame(recorded, serve):
     c = WsClient(port_of(srv), recorded.path(), rcvbuf=4096)
     first = parse_message(*c.recv_message())
     assert first.is_key
-    time.sleep(1.5)   # not reading: kernel buffers fill, then the queue overflows
+    # Not reading: kernel buffers fill, then the server's queue overflows. Wait for that
+    # (it was a 1.5 s sleep) on the connection's queue, the listener it subscribed.
+    deadline = time.monotonic() + 30
+    while not any(getattr(fn, "__self__", None) and fn.__self__.dropped_total
+                  for fn in list(recorded.db._live_listeners.get(recorded.live_sid, []))):
+        assert time.monotonic() < deadline, "the server's queue never overflowed"
+        time.sleep(0.05)
     got = [first]
     while not isinstance(got[-1], dict):
         got.append(parse_message(*c.recv_message()))
         assert len(got) < 200, "no dropped message"
     dropped = got[-1]
     assert dropped["type"] == "dropped" and dropped["frames"] > 0
-    after = [parse_message(*c.recv_message()) for _ in range(5)]
+    # The next frames, each run after a drop starting at a key frame. On a loaded machine
+    # this reader can fall behind again (3 frames are 0.1 s): more drops may come.
+    runs, announced = [[]], [dropped["frames"]]
+    while len(runs[-1]) < 5:
+        m = parse_message(*c.recv_message())
+        if isinstance(m, Message):
+            runs[-1].append(m)
+            continue
+        assert m["type"] == "dropped" and m["frames"] > 0, m
+        if runs[-1]:
+            runs.append([])
+            announced.append(0)
+        announced[-1] += m["frames"]
+        assert len(runs) < 20, "dropped over and over"
     c.close()
-    assert all(isinstance(m, Message) for m in after)
-    assert after[0].is_key
     before = got[:-1]
     check_contiguous(before)
-    check_contiguous(after)
-    # Exactly the announced number of frames is missing between the two.
-    missing = (after[0].media_time[0] - before[-1].media_time[1]) // \
-        CAMERA_STREAM.frame_duration_90k
-    assert missing == dropped["frames"]
+    for prev, run, n in zip([before] + runs, runs, announced):
+        assert run[0].is_key
+        check_contiguous(run)
+        # Exactly the announced number of frames is missing between the two.
+        missing = (run[0].media_time[0] - prev[-1].media_time[1]) // \
+            CAMERA_STREAM.frame_duration_90k
+        assert missing == n
 
 
 def test_ping_pong_and_close_handshake(recorded, serve):
     srv = serve(options=live.Options(ping_interval_sec=0.2))
     c = WsClient(port_of(srv), recorded.path("main"))   # records, but no frames come
     assert c.status == 101
+    # Upper bounds on these waits are WsClient's 10 s socket timeout (a ping that never
+    # comes fails recv_frame); a tighter wall-clock bound flaked on a loaded machine.
     began = time.monotonic()
     assert c.recv_frame() == (live.PING, b"")
-    assert 0.15 < time.monotonic() - began < 2
+    assert 0.15 < time.monotonic() - began
     c.send(live.PONG, b"")                 # accepted
     c.send(live.PING, b"hello")
     assert c.recv_skipping_pings() == (live.PONG, b"hello")
@@ -736,9 +775,7 @@ def test_ping_pong_and_close_handshake(recorded, serve):
     c.send(live.PING, b"mid")              # control frames between fragments
     c.send(live.CONTINUATION, b" too")
     assert c.recv_skipping_pings() == (live.PONG, b"mid")
-    began = time.monotonic()
-    assert c.recv_frame() == (live.PING, b"")   # idle again: another ping
-    assert time.monotonic() - began < 1
+    assert c.recv_frame() == (live.PING, b"")   # idle again: another ping (in < 10 s)
     c.send(live.CLOSE, live.close_payload(4000, "bye"))
     assert c.expect_close() == (4000, "bye")  # echoed, then the server closes TCP
     c.close()
@@ -753,7 +790,7 @@ def test_a_client_that_never_answers_pings_is_dropped(recorded, serve):
     assert c.recv_frame() == (live.PING, b"")
     # Not answered: a whole interval later the server gives up (close 1001, no wait).
     assert c.expect_close(echo=False) == (live.GOING_AWAY, "no reply to a ping in 0.2 s")
-    assert 0.55 < time.monotonic() - began < 3
+    assert 0.55 < time.monotonic() - began   # (and within the socket's 10 s timeout)
     c.close()
 
 
@@ -819,9 +856,12 @@ def test_server_stop_ends_the_socket_promptly(recorded, serve):
                 assert ws.sock.recv(1) == b""
                 break
         ws.close()
-    t.join(5)
+    t.join(20)
     assert not t.is_alive()
-    assert time.monotonic() - began < 4   # at once, unless the machine is very busy
+    # ~2 s (close_timeout_sec: the server waits for close replies these clients don't
+    # send). Not woken, the idle socket would wait out its 30 s ping interval; 20 s
+    # tells the two apart with room for a loaded machine (4 s flaked).
+    assert time.monotonic() - began < 20
 
 
 def test_live_over_tls(recorded, serve, tmp_path):

@@ -193,7 +193,7 @@ def server(tmp_path_factory):
         # A gap: the camera's main stream goes away for a while, then comes back.
         camera.stop_stream("main")
         wait_for("the main run to end", lambda: any(r[4] for r in srv.rows(1)))
-        time.sleep(3)
+        time.sleep(3)   # the gap's length (not a synchronisation)
         camera.start_stream("main")
         wait_for("a second main run with 2 committed recordings",
                  lambda: sum(1 for r in srv.rows(1) if r[1] == 0) >= 2

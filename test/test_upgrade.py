@@ -103,7 +103,7 @@ def x264_clip(width: int, height: int, sar: tuple[int, int] | None,
               frames: int) -> tuple[bytes, list[bytes]]:
     """libx264's sample entry and `frames` encoded frames (length-prefixed, a
     key frame every 2), so a seeded recording can really be played."""
-    av = pytest.importorskip("av")
+    import av
     import codec
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
@@ -892,7 +892,7 @@ def upgraded(tmp_path) -> Seeded:
 
 
 def test_check_is_clean_after_upgrade(upgraded):
-    check = pytest.importorskip("check")  # needs dir.py
+    import check
     out = io.StringIO()
     assert check.run(upgraded.db_dir, check.Options(), out) == 0, out.getvalue()
 
@@ -919,7 +919,7 @@ def test_check_notes_moonfire_garbage_after_upgrade(tmp_path, capsys):
 def test_pre_upgrade_recording_plays_through_view_mp4(upgraded, tmp_path):
     """A recording Moonfire made (schema 0) plays after the upgrade: its view.mp4
     is read by ffprobe and every frame decodes with PyAV."""
-    av = pytest.importorskip("av")
+    import av
     import clock
     import db as dbmod
     import mp4

@@ -173,8 +173,10 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
 
 
 def wait_for(cond, timeout=10.0):
+    """Polls `cond` until true; fails the test if it isn't within `timeout` s."""
     deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s: {cond.__code__}"
         time.sleep(0.02)
 
 

@@ -599,6 +599,14 @@ def test_a_huge_flush_if_sec_does_not_end_the_syncer_thread(tmp_path):
     t = make_testdb(tmp_path, clock.RealClocks())
     s = t.db.streams[t.stream_id]
     t.db.update_stream(t.stream_id, config=dict(s.config, flushIfSec=10**10))
+    waiting = threading.Event()   # the thread is about to wait with a flush planned
+    recv = t.db.clocks.recv_timeout
+
+    def recv_timeout(q, timeout):
+        if timeout is not None and q.empty() and syncer.planned:
+            waiting.set()
+        return recv(q, timeout)
+    t.db.clocks.recv_timeout = recv_timeout
     syncer = dirmod.Syncer(t.db, t.dir_id)
     syncer.start()
     try:
@@ -608,13 +616,20 @@ def test_a_huge_flush_if_sec_does_not_end_the_syncer_thread(tmp_path):
         while not all(r.synced for r in s.uncommitted):
             assert time.monotonic() < deadline, [r.synced for r in s.uncommitted]
             time.sleep(0.05)
-        time.sleep(0.2)           # the thread is back in its (long) wait
+        # The thread waits (the failure was there) once the queue is empty; then a third
+        # recording must still be synced. (This was a 0.2 s sleep, then is_alive().)
+        waiting.wait(10)
+        assert waiting.is_set(), "the syncer never waited on an empty queue"
+        write_run(t, syncer, 2)
+        while len([r for r in s.uncommitted if r.synced]) < 3:
+            assert time.monotonic() < deadline + 10, [r.synced for r in s.uncommitted]
+            time.sleep(0.05)
         assert syncer.thread.is_alive()
         assert syncer.planned and s.cum_recordings == 0   # the flush is still a plan
     finally:
         syncer.stop()
     t.db.flush("test")
-    assert s.cum_recordings == 2
+    assert s.cum_recordings == 3
     t.db.close()
 
 

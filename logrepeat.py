@@ -27,6 +27,9 @@ Failures are keyed by what is failing (a stream's name, "flush", a file's fsync)
 from a `clock.Clocks` (monotonic), so tests drive a day of failures in simulated time.
 Thread-safe. Callers: stream.py (a stream's runs), clock.py (`retry`), dir.py (the
 syncer's commands and flushes).
+
+`RepeatFilter` applies the same counting to lines nvr doesn't write itself: FFmpeg's,
+which PyAV 10 passes to Python's logging (nvr.py puts it on the log handler).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ NANOS_PER_SEC = 1_000_000_000
 COUNTS_LOGGED = (10, 100, 1000)  # repeats logged when an error's count reaches these...
 LOG_EVERY_SEC = 3600             # ...and otherwise at most this often
 MAX_ERRORS_PER_KEY = 100         # distinct errors remembered per outage (oldest dropped)
+MAX_FILTERED_LINES = 1000        # distinct lines RepeatFilter remembers (oldest dropped)
 
 _DIGITS = re.compile(r"\d+")
 
@@ -70,6 +74,25 @@ class _Error:
     first_ns: int             # monotonic time of its first occurrence in the outage
     count: int = 0
     logged_ns: int = 0        # monotonic time it was last logged
+    seen_ns: int = 0          # monotonic time of its last occurrence
+
+
+def _count(errors: dict, sig, now: int, limit: int = MAX_ERRORS_PER_KEY
+           ) -> tuple[_Error, bool]:
+    """Counts one more `sig` in `errors` (signature -> _Error, oldest first, at most
+    `limit`); returns it and whether this occurrence is to be logged."""
+    e = errors.get(sig)
+    if e is None:
+        if len(errors) >= limit:
+            del errors[next(iter(errors))]
+        e = errors[sig] = _Error(now)
+    e.count += 1
+    e.seen_ns = now
+    if e.count == 1 or e.count in COUNTS_LOGGED or \
+            now - e.logged_ns >= LOG_EVERY_SEC * NANOS_PER_SEC:
+        e.logged_ns = now
+        return e, True
+    return e, False
 
 
 @dataclasses.dataclass
@@ -111,19 +134,11 @@ class RepeatLog:
             if o is None:
                 o = self._outages[key] = _Outage(now)
             o.failures += 1
-            sig = signature(error)
-            e = o.errors.get(sig)
-            if e is None:
-                if len(o.errors) >= MAX_ERRORS_PER_KEY:
-                    del o.errors[next(iter(o.errors))]
-                e = o.errors[sig] = _Error(now)
-            e.count += 1
-            first = e.count == 1
-            if not first and e.count not in COUNTS_LOGGED and \
-                    now - e.logged_ns < LOG_EVERY_SEC * NANOS_PER_SEC:
+            e, log = _count(o.errors, signature(error), now)
+            if not log:
                 return
-            e.logged_ns = now
             count, first_ns = e.count, e.first_ns
+        first = count == 1
         desc = (str(error) or type(error).__name__) if expected else \
             f"unexpected {type(error).__name__}: {error}"
         if first:
@@ -147,4 +162,46 @@ class RepeatLog:
         self.logger.log(self.level, "%s after %s, %s failed attempt%s", what,
                         duration(now - o.first_ns), f"{o.failures:,}",
                         "" if o.failures == 1 else "s")
+        return True
+
+
+class RepeatFilter(logging.Filter):
+    """The same policy for log lines we don't write: FFmpeg's, which PyAV 10 (Debian's)
+    hands to Python's logging as loggers `libav.*` ("Connection to tcp://...:554 failed:
+    Connection refused" at each attempt of a camera that is off, "RTP: missed 3 packets"
+    on a lossy network).
+
+    Put on a handler (a logger's filters don't apply to its children's records). A
+    record of a logger under `prefix` passes the first time; the same line again (same
+    logger and level, digits ignored) is counted and passes at 10, 100, 1000 and hourly,
+    as "<line> (<n> times in <duration>)". Lines of other loggers pass untouched. No
+    success ends these, so a line not seen for an hour is forgotten: it is logged in
+    full when it comes back.
+    """
+
+    def __init__(self, clocks, prefix: str = "libav"):
+        super().__init__()
+        self.clocks = clocks
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._lines: dict = {}  # (logger, level, message with digits as '#') -> _Error
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if not (name == self.prefix or name.startswith(self.prefix + ".")):
+            return True
+        msg = record.getMessage()
+        sig = (name, record.levelno, _DIGITS.sub("#", msg))
+        now = self.clocks.monotonic()
+        with self._lock:
+            e = self._lines.get(sig)
+            if e is not None and now - e.seen_ns >= LOG_EVERY_SEC * NANOS_PER_SEC:
+                del self._lines[sig]  # quiet for an hour: a new occurrence
+            e, log = _count(self._lines, sig, now, MAX_FILTERED_LINES)
+            count, first_ns = e.count, e.first_ns
+        if not log:
+            return False
+        if count > 1:
+            record.msg, record.args = "%s (%s times in %s)", (
+                msg, f"{count:,}", duration(now - first_ns))
         return True

@@ -159,3 +159,41 @@ def test_a_full_disk_waited_out_for_a_day_is_a_few_dozen_lines(clocks, caplog):
     assert "(1,000 times in 16 min 39 s; retrying every 1 s)" in msgs[3]
     assert msgs[-1] == "write /d/0000000100000001: succeeded after 1 d, 86,400 failed attempts"
     assert all(r.exc_info is None for r in caplog.records)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append((record.name, record.getMessage()))
+
+
+def test_ffmpegs_repeated_lines_are_counted_and_others_pass(clocks):
+    """PyAV 10 passes FFmpeg's log to loggers `libav.*`: a camera that is off added
+    "Connection to tcp://...:554 failed" at each attempt."""
+    h = _Collect()
+    h.addFilter(logrepeat.RepeatFilter(clocks))
+    tcp, ours = logging.getLogger("libav.tcp"), logging.getLogger("stream")
+    for lg in (tcp, ours):
+        lg.addHandler(h)
+        lg.propagate = False
+    try:
+        for i in range(DAY):
+            tcp.error("Connection to tcp://10.0.0.%d:554?timeout=0 failed: Connection refused",
+                      7)
+            clocks.sleep(1)
+        for _ in range(3):
+            ours.warning("not filtered")
+        clocks.sleep(3600)  # an hour's quiet: the next one is news again
+        tcp.error("Connection to tcp://10.0.0.7:554?timeout=0 failed: Connection refused")
+    finally:
+        for lg in (tcp, ours):
+            lg.removeHandler(h)
+            lg.propagate = True
+    line = "Connection to tcp://10.0.0.7:554?timeout=0 failed: Connection refused"
+    assert len(h.lines) < 40
+    assert h.lines[:3] == [("libav.tcp", line), ("libav.tcp", f"{line} (10 times in 9 s)"),
+                           ("libav.tcp", f"{line} (100 times in 1 min 39 s)")]
+    assert h.lines[-4:] == [("stream", "not filtered")] * 3 + [("libav.tcp", line)]

@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 
 import logrepeat
 
@@ -138,24 +139,44 @@ def retry(clocks: Clocks, shutdown: threading.Event | None, what: str, fn, *,
     so that shutdown is never blocked by, say, a full disk (Moonfire #117).
     Errors other than OSError are bugs and propagate at once.
     """
-    repeats = None  # made at the first failure (most calls succeed at once)
+    failed = False
     while True:
         try:
             result = fn()
-            if repeats is not None:
-                repeats.cleared(what, f"{what}: succeeded")
+            if failed:
+                _retry_repeats(clocks).cleared(_retry_key(what), f"{what}: succeeded")
             return result
         except OSError as e:
             if shutdown is not None and shutdown.is_set():
                 raise ShutdownError(f"{what}: gave up on shutdown after: {e}") from e
-            if repeats is None:
-                repeats = logrepeat.RepeatLog(clocks, logger)
-            repeats.failed(what, e, what, f"retrying every {delay_sec:g} s")
+            failed = True
+            _retry_repeats(clocks).failed(_retry_key(what), e, what,
+                                          f"retrying every {delay_sec:g} s")
         if shutdown is not None:
             if clocks.wait(shutdown, delay_sec):
                 raise ShutdownError(f"{what}: gave up on shutdown")
         else:
             clocks.sleep(delay_sec)
+
+
+_repeats_lock = threading.Lock()
+_repeats: "weakref.WeakKeyDictionary[Clocks, logrepeat.RepeatLog]" = weakref.WeakKeyDictionary()
+
+
+def _retry_repeats(clocks: Clocks) -> logrepeat.RepeatLog:
+    """`retry`'s RepeatLog, one per Clocks (per process, outside tests): shared by
+    every call, so a disk that fills again after each recording's worth is freed (a
+    failing write, then success, every minute) counts on rather than logging each time."""
+    with _repeats_lock:
+        r = _repeats.get(clocks)
+        if r is None:
+            r = _repeats[clocks] = logrepeat.RepeatLog(clocks, logger)
+        return r
+
+
+def _retry_key(what: str) -> str:
+    # "write /d/0000000100000001" and the next recording's write are one thing failing.
+    return logrepeat.without_numbers(what)
 
 
 class TimerGuard:

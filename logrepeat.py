@@ -10,7 +10,7 @@ anyone looked at it. `RepeatLog` is the one policy for all of them:
   the error. An error we expect (its type is in `expected`: network, authentication,
   codec and stream errors, OSError such as ENOSPC) gets no traceback; any other type
   is a bug and gets its traceback, at ERROR, this first time only.
-- The same error again (same type, errno and message with its digits ignored, so "got
+- The same error again (same type, errno and message with its numbers ignored, so "got
   90000 then 87000" repeats "got 93000 then 90000") is counted, and logged as one line
   with the count when its count reaches 10, 100 and 1000, and otherwise once an hour:
   about 30 lines for a day of failures a second, then 24 a day.
@@ -21,6 +21,10 @@ anyone looked at it. `RepeatLog` is the one policy for all of them:
   (from its first failure) and how many attempts failed ("driveway-main: recording
   again after 3 h 12 min, 10,800 failed attempts"), at WARNING like the failures, so a
   filter that shows the one shows the other. Nothing is logged if nothing failed.
+- An outage that begins within an hour of the previous one's end (a camera on a poor
+  link that drops every few minutes) counts on from the previous one's counts, and its
+  end is logged only if a line of it was: flapping costs a few lines an hour, not two
+  per drop.
 
 Failures are keyed by what is failing (a stream's name, "flush", a file's fsync), so one
 `RepeatLog` can serve several things at once; each key's outage is its own. Time comes
@@ -45,13 +49,19 @@ LOG_EVERY_SEC = 3600             # ...and otherwise at most this often
 MAX_ERRORS_PER_KEY = 100         # distinct errors remembered per outage (oldest dropped)
 MAX_FILTERED_LINES = 1000        # distinct lines RepeatFilter remembers (oldest dropped)
 
-_DIGITS = re.compile(r"\d+")
+# Numbers, decimal or hex (sample file names are 16 hex digits: dir.name_for).
+_NUMBERS = re.compile(r"[0-9a-fA-F]*[0-9][0-9a-fA-F]*")
+
+
+def without_numbers(text: str) -> str:
+    """`text` with each number (decimal or hex) as '#'."""
+    return _NUMBERS.sub("#", text)
 
 
 def signature(e: BaseException) -> tuple:
-    """What makes two errors "the same": type, errno, and message with digits as '#'."""
+    """What makes two errors "the same": type, errno, and message without its numbers."""
     return (type(e).__module__, type(e).__qualname__, getattr(e, "errno", None),
-            _DIGITS.sub("#", str(e)))
+            without_numbers(str(e)))
 
 
 def duration(ns: int) -> str:
@@ -100,6 +110,7 @@ class _Outage:
     first_ns: int
     failures: int = 0
     errors: dict = dataclasses.field(default_factory=dict)  # signature -> _Error
+    logged: bool = False  # whether any line of it was logged
 
 
 class RepeatLog:
@@ -118,6 +129,7 @@ class RepeatLog:
         self.level = level
         self._lock = threading.Lock()
         self._outages: dict[object, _Outage] = {}
+        self._recent: dict[object, tuple[int, dict]] = {}  # key -> (cleared at, errors)
 
     def failing(self, key) -> bool:
         """Whether `key` has failed since it last succeeded."""
@@ -133,10 +145,14 @@ class RepeatLog:
             o = self._outages.get(key)
             if o is None:
                 o = self._outages[key] = _Outage(now)
+                recent = self._recent.pop(key, None)
+                if recent is not None and now - recent[0] < LOG_EVERY_SEC * NANOS_PER_SEC:
+                    o.errors = recent[1]  # flapping: count on
             o.failures += 1
             e, log = _count(o.errors, signature(error), now)
             if not log:
                 return
+            o.logged = True
             count, first_ns = e.count, e.first_ns
         first = count == 1
         desc = (str(error) or type(error).__name__) if expected else \
@@ -152,12 +168,18 @@ class RepeatLog:
                         duration(now - first_ns), f"; {then}" if then else "")
 
     def cleared(self, key, what: str) -> bool:
-        """`key` works again: if it had failed, logs "<what> after <outage>, <n> failed
-        attempts" and returns True; else logs nothing and returns False."""
+        """`key` works again: if it had failed (and that was logged), logs "<what> after
+        <outage>, <n> failed attempts" and returns True; else returns False."""
         now = self.clocks.monotonic()
         with self._lock:
             o = self._outages.pop(key, None)
-        if o is None:
+            if o is None:
+                return False
+            for k, (cleared_ns, _) in list(self._recent.items()):
+                if now - cleared_ns >= LOG_EVERY_SEC * NANOS_PER_SEC:
+                    del self._recent[k]
+            self._recent[key] = (now, o.errors)
+        if not o.logged:
             return False
         self.logger.log(self.level, "%s after %s, %s failed attempt%s", what,
                         duration(now - o.first_ns), f"{o.failures:,}",
@@ -173,7 +195,7 @@ class RepeatFilter(logging.Filter):
 
     Put on a handler (a logger's filters don't apply to its children's records). A
     record of a logger under `prefix` passes the first time; the same line again (same
-    logger and level, digits ignored) is counted and passes at 10, 100, 1000 and hourly,
+    logger and level, numbers ignored) is counted and passes at 10, 100, 1000 and hourly,
     as "<line> (<n> times in <duration>)". Lines of other loggers pass untouched. No
     success ends these, so a line not seen for an hour is forgotten: it is logged in
     full when it comes back.
@@ -184,14 +206,14 @@ class RepeatFilter(logging.Filter):
         self.clocks = clocks
         self.prefix = prefix
         self._lock = threading.Lock()
-        self._lines: dict = {}  # (logger, level, message with digits as '#') -> _Error
+        self._lines: dict = {}  # (logger, level, message without numbers) -> _Error
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.name
         if not (name == self.prefix or name.startswith(self.prefix + ".")):
             return True
         msg = record.getMessage()
-        sig = (name, record.levelno, _DIGITS.sub("#", msg))
+        sig = (name, record.levelno, _NUMBERS.sub("#", msg))
         now = self.clocks.monotonic()
         with self._lock:
             e = self._lines.get(sig)

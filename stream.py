@@ -617,8 +617,10 @@ class Streamer:
                     if not f.is_key:
                         continue
                     seen_key = True
+                    failed = self.repeats.failing(self.name)
                     if not self.repeats.cleared(self.name, f"{self.name}: recording again"):
-                        logger.info("%s: first key frame; recording", self.name)
+                        logger.log(logging.DEBUG if failed else logging.INFO,
+                                   "%s: first key frame; recording", self.name)
                 if f.parameters is not None:
                     logger.info("%s: new video parameters: %dx%d %s", self.name,
                                 f.parameters.width, f.parameters.height,

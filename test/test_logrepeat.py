@@ -47,13 +47,34 @@ def test_a_day_of_one_error_a_second_is_a_few_dozen_lines_and_its_end_one_more(
     assert len(hourly) == (DAY - 1000) // 3600
     assert msgs[-1] == "cam: recording again after 1 d, 86,400 failed attempts"
     assert all(r.exc_info is None and r.levelno == logging.WARNING for r in caplog.records)
-    # Over: the next failure is a new outage, logged in full.
+    # Over: a failure an hour later is a new outage, logged in full.
     assert not repeats.failing("cam")
     assert not repeats.cleared("cam", "cam: recording again")  # nothing to say
     caplog.clear()
+    clocks.sleep(3600)
     with caplog.at_level(logging.DEBUG, logger=log.name):
         fail_every_second(clocks, repeats, 1, err)
     assert lines(caplog) == ["cam: [Errno 111] Connection refused (retrying every 1 s)"]
+
+
+def test_flapping_counts_on_across_outages_and_logs_only_the_ends_of_logged_ones(
+        clocks, caplog):
+    """A camera on a poor link: drops every 5 min, back 1 s later, for a day. Each drop
+    used to be a warning (and an "opening" and a "recording" line)."""
+    repeats = logrepeat.RepeatLog(clocks, log)
+    err = OSError(errno.ECONNRESET, "Connection reset by peer")
+    with caplog.at_level(logging.DEBUG, logger=log.name):
+        for _ in range(DAY // 300):
+            fail_every_second(clocks, repeats, 1, err)
+            repeats.cleared("cam", "cam: recording again")
+            clocks.sleep(299)
+    msgs = lines(caplog)
+    assert len(msgs) < 70, msgs
+    assert msgs[:4] == [
+        "cam: [Errno 104] Connection reset by peer (retrying every 1 s)",
+        "cam: recording again after 1 s, 1 failed attempt",
+        "cam: [Errno 104] Connection reset by peer (10 times in 45 min; retrying every 1 s)",
+        "cam: recording again after 1 s, 1 failed attempt"]
 
 
 def test_slow_failures_are_logged_at_least_hourly(clocks, caplog):
@@ -197,3 +218,29 @@ def test_ffmpegs_repeated_lines_are_counted_and_others_pass(clocks):
     assert h.lines[:3] == [("libav.tcp", line), ("libav.tcp", f"{line} (10 times in 9 s)"),
                            ("libav.tcp", f"{line} (100 times in 1 min 39 s)")]
     assert h.lines[-4:] == [("stream", "not filtered")] * 3 + [("libav.tcp", line)]
+
+
+def test_a_disk_that_fills_again_after_each_recording_is_counted_across_retries(
+        clocks, caplog):
+    """Retention frees a recording's worth, the disk fills again: each recording's
+    writes wait a minute for space, every 5 min for a day (a new `retry` each time,
+    with a new file name). That is one thing failing, counted across the calls."""
+    def fails(n):
+        def write():
+            write.calls += 1
+            if write.calls <= n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        write.calls = 0
+        return write
+
+    with caplog.at_level(logging.DEBUG, logger="clock"):
+        for i in range(DAY // 300):
+            clock.retry(clocks, threading.Event(), f"write /d/00000001{i:08x}", fails(60))
+            clocks.sleep(240)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "clock"]
+    assert len(msgs) < 70, msgs  # 17,280 failures; each used to be a line
+    assert msgs[:3] == [
+        "write /d/0000000100000000: [Errno 28] No space left on device (retrying every 1 s)",
+        "write /d/0000000100000000: [Errno 28] No space left on device (10 times in 9 s; "
+        "retrying every 1 s)",
+        "write /d/0000000100000000: succeeded after 1 min, 60 failed attempts"]

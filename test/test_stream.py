@@ -325,6 +325,34 @@ def test_a_camera_failing_for_a_day_logs_a_few_dozen_lines_and_when_it_records_a
     t.db.close()
 
 
+def test_a_camera_that_drops_every_run_is_a_few_lines_not_three_per_drop(
+        tmp_path, clocks, two_sizes, caplog):
+    """Each run records 2 s and ends ("the camera ended the stream"), 30 times over:
+    this used to log an "opening", a "first key frame; recording" and a warning for
+    each."""
+    t = make_testdb(tmp_path, clocks)
+    frames, params = _frames_of(two_sizes)
+    frames = frames[:60]  # the first size only: no "new video parameters" line per run
+    shutdown = threading.Event()
+    opener = FailingOpener([], [ListSource(frames, params, "the camera ended the stream")
+                                for _ in range(30)], shutdown)
+    s = stream.Streamer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id), opener,
+                        shutdown=shutdown, rotate_interval_sec=60)
+    with caplog.at_level(logging.INFO):
+        s.run()
+    assert s.runs == 30
+    name = "test-camera-main"
+    assert [r.getMessage() for r in caplog.records if r.name == "stream"] == [
+        f"{name}: opening rtsp://127.0.0.1:8554/test",
+        f"{name}: first key frame; recording",
+        f"{name}: the camera ended the stream (retrying every 1 s)",
+        f"{name}: recording again after 1 s, 1 failed attempt",
+        f"{name}: the camera ended the stream (10 times in 9 s; retrying every 1 s)",
+        f"{name}: recording again after 1 s, 1 failed attempt",
+        f"{name}: shutting down"]  # (FailingOpener's "no more" set shutdown: no error)
+    t.db.close()
+
+
 def test_a_bug_in_a_run_keeps_its_traceback_once_and_a_stream_error_has_none(
         tmp_path, clocks, caplog):
     t = make_testdb(tmp_path, clocks)

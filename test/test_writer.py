@@ -518,6 +518,40 @@ def test_a_persistent_error_keeps_warning_and_shutdown_gives_up(tmp_path, clocks
     t.db.close()
 
 
+def test_a_flush_failing_for_a_day_is_logged_once_counted_and_its_end(tmp_path, clocks,
+                                                                       caplog):
+    """The syncer retries a failed flush every minute; a full database disk for a day
+    used to log 1,440 warnings, each with a traceback."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 0)
+    drain(syncer)  # the save plans a flush now (flushIfSec 0)
+    real_flush = t.db.flush
+
+    def flush(reason):
+        flush.calls += 1
+        if flush.calls <= 1440:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_flush(reason)
+    flush.calls = 0
+    t.db.flush = flush
+    with caplog.at_level(logging.WARNING):
+        while syncer.planned:
+            syncer.iter()
+    assert flush.calls == 1441
+    msgs = [r.getMessage() for r in caplog.records]
+    p, reason = t.sample_dir, "0 s after the start of test-camera-main recording 0"
+    assert len(msgs) < 40, msgs
+    assert msgs[0] == (f"{p}: flush ({reason}) failed: database or disk is full (retrying "
+                       f"every 60 s)")
+    assert msgs[1] == (f"{p}: flush ({reason}) failed: database or disk is full (10 times "
+                       f"in 9 min; retrying every 60 s)")
+    assert msgs[-1] == f"{p}: flush ({reason}) succeeded after 1 d, 1,440 failed attempts"
+    assert all(r.exc_info is None for r in caplog.records)  # a full disk is no bug
+    assert t.db.streams[t.stream_id].cum_recordings == 1
+    t.db.close()
+
+
 def test_shutdown_gives_up_a_save_whose_fsync_fails_and_closes_its_file(faked, clocks):
     t, fs = faked, faked.fs
     shutdown = threading.Event()

@@ -719,7 +719,7 @@ class Syncer:
         self.planned: list[_PlannedFlush] = []
         self.thread: threading.Thread | None = None
         # Failures retried here, logged per logrepeat.py (a full database disk: its error
-        # once, then counts): keyed by the command ("save of ...") or "flush".
+        # once, then counts): keyed by the command ("save of #") or "flush".
         self.repeats = logrepeat.RepeatLog(
             db.clocks, logger, expected=(OSError, sqlite3.OperationalError))
 
@@ -776,29 +776,30 @@ class Syncer:
         `sqlite3.OperationalError` from retention's query when the database's
         disk has an I/O error, is logged and the command is retried after 1 s: a
         transient error recovers by itself, a persistent one keeps warning, at a
-        falling rate (logrepeat.py; a bug's traceback is logged the first time). Letting it end the thread instead would leave every
-        later recording of this dir unsynced and uncommitted (and retention
-        stopped) until start-up recovery deleted them as abandoned. A save
-        resumes at the step that failed (`_Save`); collecting garbage may run
-        again whole (unlinks tolerate ENOENT, G4 reads what is still
-        needed). Once shutdown is set, the command is given up, as `_retry`
+        falling rate (logrepeat.py; a bug's traceback is logged the first time).
+        Letting it end the thread instead would leave every later recording of
+        this dir unsynced and uncommitted (and retention stopped) until start-up
+        recovery deleted them as abandoned. A save resumes at the step that
+        failed (`_Save`); collecting garbage may run again whole (unlinks
+        tolerate ENOENT, G4 reads what is still needed). Once shutdown is set, the command is given up, as `_retry`
         gives up on I/O: start-up recovery finishes it.
         """
         save = cmd[1] if cmd[0] == "save" else None
         what = f"save of {name_for(save.composite_id)}" if save else "garbage collection"
+        key = logrepeat.without_numbers(what)  # the next save failing likewise counts on
         while True:
             try:
                 if save:
                     self._save(save)
                 else:
                     self.collect_garbage()
-                self.repeats.cleared(what, f"{self.path}: {what} succeeded")
+                self.repeats.cleared(key, f"{self.path}: {what} succeeded")
                 return
             except clock.ShutdownError as e:
                 logger.warning("%s: %s (start-up recovery will finish it)", self.path, e)
                 break
             except Exception as e:  # logged (a bug with its traceback, once), then retried
-                self.repeats.failed(what, e, f"{self.path}: {what} failed",
+                self.repeats.failed(key, e, f"{self.path}: {what} failed",
                                     f"retrying every {COMMAND_RETRY_SEC} s")
             if self.db.clocks.wait(self.shutdown, COMMAND_RETRY_SEC):
                 logger.warning("%s: gave up on %s on shutdown (start-up recovery will finish "

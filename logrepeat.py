@@ -212,7 +212,10 @@ class RepeatFilter(logging.Filter):
         name = record.name
         if not (name == self.prefix or name.startswith(self.prefix + ".")):
             return True
-        msg = record.getMessage()
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 (a malformed record: the handler reports it)
+            return True
         sig = (name, record.levelno, _NUMBERS.sub("#", msg))
         now = self.clocks.monotonic()
         with self._lock:

@@ -10,9 +10,10 @@ integers in nanoseconds; 90 kHz conversions live in recording.py.
   times (writer.py's "local time" of §3.4 is realtime-at-open + monotonic delta).
 - `sleep(seconds)` and `wait(event, seconds)`: block, or in simulation advance.
 
-Also here: `retry`, which runs an I/O step until it succeeds (sleeping 1 s and
-logging a warning between tries, giving up only on shutdown: a full disk
-stalls a stream rather than losing data, reference §3.9), and `TimerGuard`,
+Also here: `retry`, which runs an I/O step until it succeeds (sleeping 1 s
+between tries, logging per logrepeat.py's policy: the error once, then counts
+at a falling rate, then how long it took; giving up only on shutdown: a full
+disk stalls a stream rather than losing data, reference §3.9), and `TimerGuard`,
 which warns when a step or a lock is held over a second.
 """
 
@@ -22,6 +23,9 @@ import logging
 import queue
 import threading
 import time
+import weakref
+
+import logrepeat
 
 logger = logging.getLogger(__name__)
 
@@ -128,23 +132,51 @@ def retry(clocks: Clocks, shutdown: threading.Event | None, what: str, fn, *,
           delay_sec: float = 1.0):
     """Calls `fn()` until it returns, sleeping `delay_sec` after each OSError.
 
-    Each failure is logged as a warning naming `what` and the error. Returns
+    Failures are logged as warnings naming `what` and the error, a persistent one
+    at a falling rate (logrepeat.py: a full disk waited out for a day is some 30
+    lines, not 86,400), and success after failures once more. Returns
     `fn`'s result. Raises `ShutdownError` if `shutdown` is set while failing,
     so that shutdown is never blocked by, say, a full disk (Moonfire #117).
     Errors other than OSError are bugs and propagate at once.
     """
+    failed = False
     while True:
         try:
-            return fn()
+            result = fn()
+            if failed:
+                _retry_repeats(clocks).cleared(_retry_key(what), f"{what}: succeeded")
+            return result
         except OSError as e:
             if shutdown is not None and shutdown.is_set():
                 raise ShutdownError(f"{what}: gave up on shutdown after: {e}") from e
-            logger.warning("%s: sleeping for %g s after error: %s", what, delay_sec, e)
+            failed = True
+            _retry_repeats(clocks).failed(_retry_key(what), e, what,
+                                          f"retrying every {delay_sec:g} s")
         if shutdown is not None:
             if clocks.wait(shutdown, delay_sec):
                 raise ShutdownError(f"{what}: gave up on shutdown")
         else:
             clocks.sleep(delay_sec)
+
+
+_repeats_lock = threading.Lock()
+_repeats: "weakref.WeakKeyDictionary[Clocks, logrepeat.RepeatLog]" = weakref.WeakKeyDictionary()
+
+
+def _retry_repeats(clocks: Clocks) -> logrepeat.RepeatLog:
+    """`retry`'s RepeatLog, one per Clocks (per process, outside tests): shared by
+    every call, so a disk that fills again after each recording's worth is freed (a
+    failing write, then success, every minute) counts on rather than logging each time."""
+    with _repeats_lock:
+        r = _repeats.get(clocks)
+        if r is None:
+            r = _repeats[clocks] = logrepeat.RepeatLog(clocks, logger)
+        return r
+
+
+def _retry_key(what: str) -> str:
+    # "write /d/0000000100000001" and the next recording's write are one thing failing.
+    return logrepeat.without_numbers(what)
 
 
 class TimerGuard:

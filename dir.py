@@ -151,11 +151,13 @@ import heapq
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import uuid as uuidlib
 from typing import Callable, Iterable
 
 import clock
+import logrepeat
 
 logger = logging.getLogger(__name__)
 
@@ -729,6 +731,10 @@ class Syncer:
         self.queue: queue.Queue = queue.Queue()
         self.planned: list[_PlannedFlush] = []
         self.thread: threading.Thread | None = None
+        # Failures retried here, logged per logrepeat.py (a full database disk: its error
+        # once, then counts): keyed by the command ("save of #") or "flush".
+        self.repeats = logrepeat.RepeatLog(
+            db.clocks, logger, expected=(OSError, sqlite3.OperationalError))
 
     # -- called from other threads ---------------------------------------------
 
@@ -781,38 +787,33 @@ class Syncer:
 
         I/O steps retry themselves (`_retry`). Anything else that fails, say
         `sqlite3.OperationalError` from retention's query when the database's
-        disk has an I/O error, is logged with its traceback and the command is
-        retried after 1 s: a transient error recovers by itself, a persistent
-        one keeps warning. Letting it end the thread instead would leave every
-        later recording of this dir unsynced and uncommitted (and retention
-        stopped) until start-up recovery deleted them as abandoned. A save
-        resumes at the step that failed (`_Save`); collecting garbage may run
-        again whole (unlinks tolerate ENOENT, G4 reads what is still
-        needed). Once shutdown is set, the command is given up, as `_retry`
+        disk has an I/O error, is logged and the command is retried after 1 s: a
+        transient error recovers by itself, a persistent one keeps warning, at a
+        falling rate (logrepeat.py; a bug's traceback is logged the first time).
+        Letting it end the thread instead would leave every later recording of
+        this dir unsynced and uncommitted (and retention stopped) until start-up
+        recovery deleted them as abandoned. A save resumes at the step that
+        failed (`_Save`); collecting garbage may run again whole (unlinks
+        tolerate ENOENT, G4 reads what is still needed). Once shutdown is set, the command is given up, as `_retry`
         gives up on I/O: start-up recovery finishes it.
         """
         save = cmd[1] if cmd[0] == "save" else None
         what = f"save of {name_for(save.composite_id)}" if save else "garbage collection"
-        last_error = None
+        key = logrepeat.without_numbers(what)  # the next save failing likewise counts on
         while True:
             try:
                 if save:
                     self._save(save)
                 else:
                     self.collect_garbage()
+                self.repeats.cleared(key, f"{self.path}: {what} succeeded")
                 return
             except clock.ShutdownError as e:
                 logger.warning("%s: %s (start-up recovery will finish it)", self.path, e)
                 break
-            except Exception as e:  # logged with its traceback, then retried
-                # The traceback once per distinct error; a persistent one repeats as one line.
-                if repr(e) != last_error:
-                    logger.exception("%s: %s failed; retrying in %d s", self.path, what,
-                                     COMMAND_RETRY_SEC)
-                else:
-                    logger.warning("%s: %s failed again; retrying in %d s: %s", self.path, what,
-                                   COMMAND_RETRY_SEC, e)
-                last_error = repr(e)
+            except Exception as e:  # logged (a bug with its traceback, once), then retried
+                self.repeats.failed(key, e, f"{self.path}: {what} failed",
+                                    f"retrying every {COMMAND_RETRY_SEC} s")
             if self.db.clocks.wait(self.shutdown, COMMAND_RETRY_SEC):
                 logger.warning("%s: gave up on %s on shutdown (start-up recovery will finish "
                                "it)", self.path, what)
@@ -882,11 +883,12 @@ class Syncer:
         try:
             self.db.flush(p.reason)
         except Exception as e:  # sqlite3 errors (disk full, I/O): retry later
-            logger.warning("%s: flush (%s) failed; retrying in %d s: %s", self.path, p.reason,
-                           FLUSH_RETRY_SEC, e, exc_info=True)
+            self.repeats.failed("flush", e, f"{self.path}: flush ({p.reason}) failed",
+                                f"retrying every {FLUSH_RETRY_SEC} s")
             heapq.heapreplace(self.planned, dataclasses.replace(
                 p, when_ns=now + FLUSH_RETRY_SEC * clock.NANOS_PER_SEC))
             return
+        self.repeats.cleared("flush", f"{self.path}: flush ({p.reason}) succeeded")
         self.planned.clear()
 
     def collect_garbage(self) -> int:

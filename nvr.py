@@ -40,6 +40,7 @@ import check
 import clock
 import db
 import dir as dirmod
+import logrepeat
 import recording
 import signals as signalsmod
 import stream
@@ -1063,6 +1064,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("NVR_LOG", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:  # FFmpeg's repeated lines, counted (PyAV 10)
+        if not any(isinstance(f, logrepeat.RepeatFilter) for f in h.filters):
+            h.addFilter(logrepeat.RepeatFilter(clock.RealClocks()))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -4,8 +4,11 @@ A `Streamer` (thread `s-<camera>-<type>`) loops: open the camera's stream
 through an `Opener`, feed every frame to a `writer.Writer`, and when anything
 goes wrong (the camera hangs up, a timeout, bad data) end the run (its last
 recording gets a trailing zero and the reason as `end_reason`), log why, wait
-1 s and reconnect. Frames before the first key frame are dropped. A key frame
-carrying new parameter sets starts a new recording in the same run.
+1 s and reconnect. An error that persists (a camera that is off, a wrong
+password) is logged once, then counted at a falling rate, and its end once more
+("recording again after 3 h 12 min, 10,800 failed attempts"): logrepeat.py.
+Frames before the first key frame are dropped. A key frame carrying new
+parameter sets starts a new recording in the same run.
 
 The seam: `Opener.open(...)` returns a `Source` with the stream's initial
 `codec.VideoParameters` and an iterator of `Frame`s (90 kHz pts, key flag,
@@ -51,6 +54,7 @@ import weakref
 
 import clock
 import codec
+import logrepeat
 import recording
 import writer as writermod
 
@@ -75,6 +79,12 @@ RTSP_OPTIONS = {"user_agent": "nvr", "allowed_media_types": "video"}
 
 class StreamError(Exception):
     """The stream can't go on; the message becomes the run's end reason."""
+
+
+# Errors that end a run without being a bug: logged without a traceback (logrepeat.py).
+# PyAV's own errors arrive wrapped in StreamError (PyAvOpener, PyAvSource.frames).
+EXPECTED_ERRORS = (StreamError, writermod.WriterError, codec.CodecError, clock.ShutdownError,
+                   OSError)
 
 
 @dataclasses.dataclass(slots=True)
@@ -559,6 +569,8 @@ class Streamer:
         self.password = c.config.get("password", "")
         self.thread: threading.Thread | None = None
         self.runs = 0  # sessions opened, for tests and logs
+        # A camera that is off for a day: its error once, then counts (logrepeat.py).
+        self.repeats = logrepeat.RepeatLog(self.clocks, logger, expected=EXPECTED_ERRORS)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name=f"s-{self.name}", daemon=True)
@@ -572,22 +584,27 @@ class Streamer:
         while not self.shutdown.is_set():
             try:
                 self.run_once()
-            except (StreamError, writermod.WriterError, codec.CodecError, clock.ShutdownError) as e:
-                if self.shutdown.is_set():
+            except Exception as e:  # any error ends the run; a bug's keeps its traceback
+                if self.shutdown.is_set() and isinstance(e, EXPECTED_ERRORS):
                     break
-                logger.warning("%s: sleeping for %d s after error: %s", self.name, RETRY_SEC, e)
-            except Exception:
-                logger.exception("%s: unexpected error; retrying in %d s", self.name, RETRY_SEC)
+                self.repeats.failed(self.name, e, self.name, f"retrying every {RETRY_SEC} s")
             self.clocks.wait(self.shutdown, RETRY_SEC)
         logger.info("%s: shutting down", self.name)
 
     def run_once(self) -> None:
-        logger.info("%s: opening %s", self.name, self.url)
+        # While the stream fails, each attempt's "opening" would be one more line a second.
+        logger.log(logging.DEBUG if self.repeats.failing(self.name) else logging.INFO,
+                   "%s: opening %s", self.name, self.url)
         # PyAV probes until it has seen a key frame: 1-3 s is normal (docs/performance.md).
-        with clock.TimerGuard(self.clocks, lambda: f"{self.name}: opening {self.url}",
-                              limit_sec=OPEN_WARN_SEC):
-            src = self.opener.open(self.url, username=self.username, password=self.password,
-                                   transport=self.transport)
+        # Only a slow open that succeeds is worth a warning: a failed one (a camera that is
+        # off takes OPEN_TIMEOUT_SEC to time out) is the error's to report.
+        began = self.clocks.monotonic()
+        src = self.opener.open(self.url, username=self.username, password=self.password,
+                               transport=self.transport)
+        took_ns = self.clocks.monotonic() - began
+        if took_ns > OPEN_WARN_SEC * clock.NANOS_PER_SEC:
+            logger.warning("%s: opening %s took %.3f s", self.name, self.url,
+                           took_ns / clock.NANOS_PER_SEC)
         if self.shutdown.is_set():
             # Opened after Recorder.stop's StallWatch.interrupt_all: its reads weren't
             # interrupted, and a silent camera would hold up shutdown.
@@ -622,7 +639,10 @@ class Streamer:
                     if not f.is_key:
                         continue
                     seen_key = True
-                    logger.info("%s: first key frame; recording", self.name)
+                    failed = self.repeats.failing(self.name)
+                    if not self.repeats.cleared(self.name, f"{self.name}: recording again"):
+                        logger.log(logging.DEBUG if failed else logging.INFO,
+                                   "%s: first key frame; recording", self.name)
                 if f.parameters is not None:
                     logger.info("%s: new video parameters: %dx%d %s", self.name,
                                 f.parameters.width, f.parameters.height,

@@ -30,7 +30,7 @@ def test_simulated_wait_returns_at_once_when_set(clocks):
     assert clocks.monotonic() == 2 * clock.NANOS_PER_SEC
 
 
-def test_retry_until_success_logs_each_failure(clocks, caplog):
+def test_retry_until_success_logs_the_error_once_and_its_end(clocks, caplog):
     calls = []
 
     def fn():
@@ -44,8 +44,16 @@ def test_retry_until_success_logs_each_failure(clocks, caplog):
     assert len(calls) == 3
     assert clocks.monotonic() == 2 * clock.NANOS_PER_SEC
     msgs = [r.getMessage() for r in caplog.records]
-    assert msgs == ["write 0000000100000001: sleeping for 1 s after error: "
-                    "[Errno 28] No space left on device"] * 2
+    assert msgs == ["write 0000000100000001: [Errno 28] No space left on device "
+                    "(retrying every 1 s)",
+                    "write 0000000100000001: succeeded after 2 s, 2 failed attempts"]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_retry_logs_nothing_when_the_step_succeeds_at_once(clocks, caplog):
+    with caplog.at_level(logging.DEBUG):
+        assert clock.retry(clocks, None, "fsync dir /x", lambda: 7) == 7
+    assert caplog.records == []
 
 
 def test_retry_gives_up_on_shutdown(clocks):

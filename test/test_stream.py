@@ -15,6 +15,8 @@ import stream
 from clips import make_clip
 from conftest import make_testdb
 
+DAY = 86_400
+
 
 @pytest.fixture(scope="module")
 def two_sizes(tmp_path_factory):
@@ -246,6 +248,134 @@ def test_streamer_drops_leading_non_key_frames_and_keeps_a_run_across_a_change(
         (0, (320, 180), 60), (1, (640, 360), 60)]
     assert rows[1].flags == db.FLAG_TRAILING_ZERO and rows[1].end_reason == "gone"
     assert s.runs == 1
+    t.db.close()
+
+
+def _frames_of(path):
+    src = stream.PyAvOpener().open(path)
+    frames = []
+    try:
+        for f in src.frames():
+            frames.append(f)
+    except stream.StreamError:
+        pass
+    src.close()
+    return frames, src.parameters
+
+
+class FailingOpener(stream.Opener):
+    """Fails each open with the next of `errors` (as many times as each says), then
+    hands out `sources`; when those are gone, shuts down."""
+
+    def __init__(self, errors, sources, shutdown):
+        self.errors, self.sources, self.shutdown, self.calls = list(errors), list(sources), \
+            shutdown, 0
+
+    def open(self, url, **kw):
+        self.calls += 1
+        while self.errors and self.errors[0][1] == 0:
+            self.errors.pop(0)
+        if self.errors:
+            self.errors[0][1] -= 1
+            raise self.errors[0][0]
+        if not self.sources:
+            self.shutdown.set()
+            raise stream.StreamError("no more")
+        return self.sources.pop(0)
+
+
+def test_a_camera_failing_for_a_day_logs_a_few_dozen_lines_and_when_it_records_again(
+        tmp_path, clocks, two_sizes, caplog):
+    """A camera that is off, then refuses the credentials, for a simulated day: the
+    stream reconnects every second (86,400 attempts), and used to log each failure (and
+    an "opening" line for each attempt). Now each error is logged in full once, then as
+    counts; and when the camera comes back, one line says how long it was out."""
+    t = make_testdb(tmp_path, clocks)
+    frames, params = _frames_of(two_sizes)
+    url = "rtsp://127.0.0.1:8554/test"
+    refused = stream.StreamError(f"{url}: can't open: Connection refused")
+    denied = stream.StreamError(f"{url}: the camera refused the credentials; set them with "
+                                f"`nvr.py config camera edit NAME --username U "
+                                f"--password-stdin`")
+    shutdown = threading.Event()
+    opener = FailingOpener([[refused, DAY // 2], [denied, DAY // 2]],
+                           [ListSource(frames, params)], shutdown)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    s = stream.Streamer(t.db, t.stream_id, syncer, opener, shutdown=shutdown,
+                        rotate_interval_sec=60)
+    with caplog.at_level(logging.INFO):
+        s.run()
+    assert opener.calls == DAY + 2 and s.runs == 1
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) < 40, "\n".join(msgs)
+    name = "test-camera-main"
+    assert msgs[:3] == [f"{name}: opening {url}",  # then at DEBUG, while failing
+                        f"{name}: {refused} (retrying every 1 s)",
+                        f"{name}: {refused} (10 times in 9 s; retrying every 1 s)"]
+    assert f"{name}: {refused} (1,000 times in 16 min 39 s; retrying every 1 s)" in msgs
+    assert f"{name}: {denied} (retrying every 1 s)" in msgs  # a new error: in full
+    assert f"{name}: {denied} (100 times in 1 min 39 s; retrying every 1 s)" in msgs
+    assert f"{name}: recording again after 1 d, 86,400 failed attempts" in msgs
+    assert f"{name}: first key frame; recording" not in msgs  # the line above says it
+    assert all(r.exc_info is None for r in caplog.records)  # expected errors: no traceback
+    while not syncer.queue.empty():
+        syncer.iter()
+    t.db.flush("test")
+    assert len(t.db.list_recordings_by_id(t.stream_id, 0, 10)) == 2
+    t.db.close()
+
+
+def test_a_camera_that_drops_every_run_is_a_few_lines_not_three_per_drop(
+        tmp_path, clocks, two_sizes, caplog):
+    """Each run records 2 s and ends ("the camera ended the stream"), 30 times over:
+    this used to log an "opening", a "first key frame; recording" and a warning for
+    each."""
+    t = make_testdb(tmp_path, clocks)
+    frames, params = _frames_of(two_sizes)
+    frames = frames[:60]  # the first size only: no "new video parameters" line per run
+    shutdown = threading.Event()
+    opener = FailingOpener([], [ListSource(frames, params, "the camera ended the stream")
+                                for _ in range(30)], shutdown)
+    s = stream.Streamer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id), opener,
+                        shutdown=shutdown, rotate_interval_sec=60)
+    with caplog.at_level(logging.INFO):
+        s.run()
+    assert s.runs == 30
+    name = "test-camera-main"
+    assert [r.getMessage() for r in caplog.records if r.name == "stream"] == [
+        f"{name}: opening rtsp://127.0.0.1:8554/test",
+        f"{name}: first key frame; recording",
+        f"{name}: the camera ended the stream (retrying every 1 s)",
+        f"{name}: recording again after 1 s, 1 failed attempt",
+        f"{name}: the camera ended the stream (10 times in 9 s; retrying every 1 s)",
+        f"{name}: recording again after 1 s, 1 failed attempt",
+        f"{name}: shutting down"]  # (FailingOpener's "no more" set shutdown: no error)
+    t.db.close()
+
+
+def test_a_bug_in_a_run_keeps_its_traceback_once_and_a_stream_error_has_none(
+        tmp_path, clocks, caplog):
+    t = make_testdb(tmp_path, clocks)
+    shutdown = threading.Event()
+    opener = FailingOpener([[KeyError("width"), 100],
+                            [stream.StreamError("no frame for 30 s"), 100]], [], shutdown)
+    s = stream.Streamer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id), opener,
+                        shutdown=shutdown)
+    with caplog.at_level(logging.WARNING):
+        s.run()
+    name = "test-camera-main"
+    assert [(r.getMessage(), r.levelname, r.exc_info is not None)
+            for r in caplog.records] == [
+        (f"{name}: unexpected KeyError: 'width' (retrying every 1 s)", "ERROR", True),
+        (f"{name}: unexpected KeyError: 'width' (10 times in 9 s; retrying every 1 s)",
+         "WARNING", False),
+        (f"{name}: unexpected KeyError: 'width' (100 times in 1 min 39 s; retrying every "
+         f"1 s)", "WARNING", False),
+        (f"{name}: no frame for 30 s (retrying every 1 s)", "WARNING", False),
+        (f"{name}: no frame for 30 s (10 times in 9 s; retrying every 1 s)", "WARNING", False),
+        (f"{name}: no frame for 30 s (100 times in 1 min 39 s; retrying every 1 s)",
+         "WARNING", False)]
+    assert caplog.records[0].exc_info[0] is KeyError
     t.db.close()
 
 

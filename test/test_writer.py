@@ -227,9 +227,13 @@ def test_write_path_retries_each_step(faked, clocks, caplog):
     fs.assert_done()
     assert clocks.monotonic() == 4 * clock.NANOS_PER_SEC  # four 1 s retry sleeps
     msgs = [r.getMessage() for r in caplog.records]
-    assert msgs == [f"{what}: sleeping for 1 s after error: [Errno 5] I/O error" for what in (
+    # Each failing step once, and its end; the write failing again a second later is
+    # counted, not logged again (logrepeat.py: an outage within the hour counts on).
+    assert msgs == [line for what in (
         f"create {t.sample_dir}/{name}", f"write {t.sample_dir}/{name}",
-        f"write {t.sample_dir}/{name}", f"fsync dir {t.sample_dir}")]
+        f"fsync dir {t.sample_dir}") for line in (
+        f"{what}: [Errno 5] I/O error (retrying every 1 s)",
+        f"{what}: succeeded after 1 s, 1 failed attempt")]
     t.db.flush("test")
     (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
     assert r.sample_file_bytes == 8 and r.video_samples == 2
@@ -499,10 +503,12 @@ def test_a_database_error_in_a_save_is_retried_from_the_step_that_failed(
         drain(syncer)
     assert clocks.monotonic() == 1 * clock.NANOS_PER_SEC  # one 1 s wait before the retry
     assert len(t.db.mark_synced.calls) == 3 and len(t.db.delete_oldest_recordings.calls) == 4
-    (rec,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert rec.getMessage() == (f"{t.sample_dir}: save of 0000000100000000 failed; "
-                                f"retrying in 1 s")
-    assert rec.exc_info[0] is sqlite3.OperationalError
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records
+            if r.levelno >= logging.WARNING] == [
+        (f"{t.sample_dir}: save of 0000000100000000 failed: disk I/O error (retrying every "
+         f"1 s)", None),  # a disk error is no bug: no traceback
+        (f"{t.sample_dir}: save of 0000000100000000 succeeded after 1 s, 1 failed attempt",
+         None)]
     s = t.db.streams[t.stream_id]
     assert [r.synced for r in s.uncommitted] == [True] * 3
     t.db.flush("test")
@@ -533,18 +539,51 @@ def test_a_persistent_error_keeps_warning_and_shutdown_gives_up(tmp_path, clocks
     msgs = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
     p = t.sample_dir
     assert msgs == [
-        (f"{p}: save of 0000000100000000 failed; retrying in 1 s", True),
-        (f"{p}: save of 0000000100000000 failed again; retrying in 1 s: disk I/O error", False),
-        (f"{p}: save of 0000000100000000 failed again; retrying in 1 s: disk I/O error", False),
+        # Once, without a traceback (a disk error is no bug); the repeats are counted,
+        # the next save's too (the same error of the same step).
+        (f"{p}: save of 0000000100000000 failed: disk I/O error (retrying every 1 s)", False),
         (f"{p}: gave up on save of 0000000100000000 on shutdown (start-up recovery will "
          f"finish it)", False),
-        (f"{p}: save of 0000000100000001 failed; retrying in 1 s", True),
         (f"{p}: gave up on save of 0000000100000001 on shutdown (start-up recovery will "
          f"finish it)", False)]
     # Both were made durable and marked synced before retention failed: the final flush
     # commits them.
     t.db.flush("NVR shutdown")
     assert t.db.streams[t.stream_id].cum_recordings == 2
+    t.db.close()
+
+
+def test_a_flush_failing_for_a_day_is_logged_once_counted_and_its_end(tmp_path, clocks,
+                                                                       caplog):
+    """The syncer retries a failed flush every minute; a full database disk for a day
+    used to log 1,440 warnings, each with a traceback."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 0)
+    drain(syncer)  # the save plans a flush now (flushIfSec 0)
+    real_flush = t.db.flush
+
+    def flush(reason):
+        flush.calls += 1
+        if flush.calls <= 1440:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_flush(reason)
+    flush.calls = 0
+    t.db.flush = flush
+    with caplog.at_level(logging.WARNING):
+        while syncer.planned:
+            syncer.iter()
+    assert flush.calls == 1441
+    msgs = [r.getMessage() for r in caplog.records]
+    p, reason = t.sample_dir, "0 s after the start of test-camera-main recording 0"
+    assert len(msgs) < 40, msgs
+    assert msgs[0] == (f"{p}: flush ({reason}) failed: database or disk is full (retrying "
+                       f"every 60 s)")
+    assert msgs[1] == (f"{p}: flush ({reason}) failed: database or disk is full (10 times "
+                       f"in 9 min; retrying every 60 s)")
+    assert msgs[-1] == f"{p}: flush ({reason}) succeeded after 1 d, 1,440 failed attempts"
+    assert all(r.exc_info is None for r in caplog.records)  # a full disk is no bug
+    assert t.db.streams[t.stream_id].cum_recordings == 1
     t.db.close()
 
 
@@ -655,8 +694,9 @@ def test_a_failed_planned_flush_waits_a_minute_before_each_retry(tmp_path, clock
     # At most a line per try, so at most one a minute (a rate limit may show fewer).
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert 1 <= len(warned) <= len(attempts)
-    assert (f"flush (0 s after the start of test-camera-main recording 0) failed; retrying "
-            f"in {dirmod.FLUSH_RETRY_SEC} s: database or disk is full") in warned[0]
+    assert warned[0].endswith(
+        f"flush (0 s after the start of test-camera-main recording 0) failed: database or "
+        f"disk is full (retrying every {dirmod.FLUSH_RETRY_SEC} s)")
     t.db.flush_hooks.remove(failing)
     assert syncer.iter()  # the disk recovered: the next try, a minute later, commits
     assert clocks.monotonic() == 360 * clock.NANOS_PER_SEC

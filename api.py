@@ -5,7 +5,9 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   and its handler. A test walks this table as every kind of caller.
 - The meaning of each endpoint: login/logout, `/api/` (cameras, streams, days, signals,
   the caller), one camera, a stream's recordings, view.mp4/.m4s/.txt and init segments
-  (built by mp4.py), live.m4s (handed to live.py), signals, users, `/api/request`.
+  (built by mp4.py), live.m4s (handed to live.py), signals, users and their sessions
+  (listing and revoking; what ends a session, and what a session may do, is auth.py's),
+  `/api/request`.
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   A session-authenticated mutation must carry the session's `csrf` (§5.5), compared

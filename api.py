@@ -733,8 +733,8 @@ def _time_90k(sec: int | None) -> int | None:
     return None if sec is None else sec * recording.TIME_UNITS_PER_SEC
 
 
-def _session_json(a: auth.Auth, s: auth.Session, current: auth.Session | None,
-                  now_sec: int) -> dict:
+def _session_json(a: auth.Auth, s: auth.Session, user: dbmod.User,
+                  current: auth.Session | None, now_sec: int) -> dict:
     """One session as `GET /api/users/<id>/sessions` lists it. Never its id or the hash
     of it: `id` is the first 16 hex digits of the hash (as `nvr.py sessions list` shows
     it), which can't be turned into a cookie."""
@@ -742,7 +742,8 @@ def _session_json(a: auth.Auth, s: auth.Session, current: auth.Session | None,
     out = {"id": s.id_text, "current": current is not None and current.hash == s.hash,
            "state": state.split(" ", 1)[0],
            "description": s.description, "domain": s.domain,
-           "permissions": s.permissions.to_json(),
+           # What it may do today (a demoted user's sessions lost the permission).
+           "permissions": auth.effective_permissions(s, user).to_json(),
            "creationTime90k": _time_90k(s.creation_time_sec),
            "creationUserAgent": s.creation_user_agent,
            "creationPeerAddr": auth.unpack_addr(s.creation_peer_addr),
@@ -770,10 +771,11 @@ def handle_user_sessions(request: Request, m: re.Match):
     _self_or_admin(request, uid)
     p = request.params(("ended",))
     ended = _bool_param("ended", p["ended"]) if "ended" in p else False
-    _get_user(request, uid)
+    user = _get_user(request, uid)
     a = request.server.auth
     now = request.server.db.clocks.realtime() // 1_000_000_000   # as auth.py's clock
-    out = [_session_json(a, s, request.caller.session, now) for s in a.list_sessions(uid)]
+    out = [_session_json(a, s, user, request.caller.session, now)
+           for s in a.list_sessions(uid)]
     return Response.json({"sessions": [j for j in out if ended or j["state"] == "valid"]})
 
 

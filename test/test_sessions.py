@@ -128,6 +128,8 @@ def test_a_demoted_admin_loses_adminusers_at_once(site):
     assert patch_user(site, admin, "alice", {"permissions": {"viewVideo": True}}) == 204
     assert site.permissions(alice) == {"viewVideo": True, "readCameraConfigs": False,
                                        "updateSignals": False, "adminUsers": False}
+    listed = json.loads(site.req(f"/api/users/{site.ids['alice']}/sessions", cookie=admin)[2])
+    assert listed["sessions"][0]["permissions"] == site.permissions(alice)
     status, text = site.change("POST", "/api/users/", alice, {"user": {
         "username": "mallory", "password": "mallory-password",
         "permissions": auth.Permissions.all().to_json()}})

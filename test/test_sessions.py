@@ -18,7 +18,6 @@ import pytest
 
 import api
 import auth
-import clock
 import db as dbmod
 import nvr
 import web
@@ -196,10 +195,10 @@ def test_disabling_revokes_and_reenabling_does_not_restore(site):
     assert not site.ok(alice)
     assert patch_user(site, admin, "alice", {"disabled": False}) == 204
     assert not site.ok(alice)
-    assert site.revocations("alice") == [(auth.REVOKED_USER_DISABLED,
-                                          f"user disabled by user 'admin' (id "
-                                          f"{site.ids['admin']}), session "
-                                          f"{site.srv.auth.list_sessions(site.ids['admin'])[0].id_text}")]
+    admin_sid = site.srv.auth.list_sessions(site.ids["admin"])[0].id_text
+    assert site.revocations("alice") == [
+        (auth.REVOKED_USER_DISABLED,
+         f"user disabled by user 'admin' (id {site.ids['admin']}), session {admin_sid}")]
     assert site.ok(site.login("alice"))
 
 

@@ -6,7 +6,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
 - The meaning of each endpoint: login/logout, `/api/` (cameras, streams, days, signals,
   the caller), one camera, a stream's recordings, view.mp4/.m4s/.txt and init segments
   (built by mp4.py), still.jpg and latest.jpg (snapshot.py), live.m4s (handed to
-  live.py), signals, users, `/api/request`.
+  live.py), signals, users and their sessions (listing and revoking; what ends a
+  session, and what a session may do, is auth.py's), `/api/request`.
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   A session-authenticated mutation must carry the session's `csrf` (§5.5), compared
@@ -49,8 +50,6 @@ VERSION = "0.1.0"
 # Cache-Control of generated text and JSON: always revalidate.
 TEXT_CACHE_CONTROL = "private, no-cache"
 MAX_JSON_BODY_BYTES = 64 * 1024
-# Max-Age of the session cookie: sessions don't expire (reference §5.2).
-COOKIE_MAX_AGE = 2147483648
 # Route.permission: any recognised caller, whatever its permissions.
 CALLER = "caller"
 
@@ -382,7 +381,9 @@ def handle_latest(request: Request, m: re.Match):
 # ---------------------------------------------------------------------------------------
 # Login and logout
 
-def session_cookie(value: str, flags: int) -> str:
+def session_cookie(value: str, flags: int, max_age: int) -> str:
+    """The `Set-Cookie` value of a new session; `max_age`: its lifetime
+    (`auth.SessionLimits.cookie_max_age`)."""
     parts = [f"s={value}"]
     if flags & auth.FLAG_HTTP_ONLY:
         parts.append("HttpOnly")
@@ -392,7 +393,7 @@ def session_cookie(value: str, flags: int) -> str:
         parts.append("SameSite=Strict")
     elif flags & auth.FLAG_SAME_SITE_LAX:
         parts.append("SameSite=Lax")
-    parts += [f"Max-Age={COOKIE_MAX_AGE}", "Path=/"]
+    parts += [f"Max-Age={max_age}", "Path=/"]
     return "; ".join(parts)
 
 
@@ -411,14 +412,15 @@ def handle_login(request: Request, m: re.Match):
     flags = auth.FLAG_HTTP_ONLY | auth.FLAG_SAME_SITE_LAX
     if request.secure:
         flags |= auth.FLAG_SECURE
+    a = request.server.auth
     try:
-        cookie, _ = request.server.auth.login_by_password(username, password,
-                                                         request.client_info, flags=flags)
+        cookie, _ = a.login_by_password(username, password, request.client_info, flags=flags)
     except auth.Throttled as e:
         raise HttpError(429, str(e), {"Retry-After": str(e.retry_after_sec)}) from None
     except auth.AuthError as e:
         raise HttpError(401, str(e)) from None
-    return Response.empty(204, **{"Set-Cookie": session_cookie(cookie, flags)})
+    return Response.empty(204, **{"Set-Cookie": session_cookie(cookie, flags,
+                                                               a.limits.cookie_max_age)})
 
 
 def handle_logout(request: Request, m: re.Match):
@@ -625,12 +627,7 @@ def _user_subset(obj, what: str) -> dict:
     for k, v in obj.items():
         if not isinstance(v, types[k]):
             raise HttpError(400, f"{what}.{k} has the wrong type ({type(v).__name__})")
-    if obj.get("username") == "":
-        raise HttpError(400, f"{what}.username must not be empty")
-    if "username" in obj and dbmod.breaks_log_lines(obj["username"]):
-        # As `nvr.py config user` refuses: names go into log lines.
-        raise HttpError(400, f"{what}.username must not contain control characters or "
-                             f"line breaks")
+    # A new username is checked by `_new_username`, where other users' names are known.
     if obj.get("password") == "":
         raise HttpError(400, f"{what}.password must not be empty (null clears it)")
     if "permissions" in obj:
@@ -639,6 +636,17 @@ def _user_subset(obj, what: str) -> dict:
         except ValueError as e:
             raise HttpError(400, f"{what}.permissions: {e}") from None
     return obj
+
+
+def _new_username(db: dbmod.Database, name: str, what: str, user_id: int | None = None) -> str:
+    """auth.check_username's verdict on a name to store (hold the database lock until
+    it is stored): the name in NFC; 400 for a broken rule, 412 for a taken name."""
+    try:
+        return auth.check_username(name, db.users.values(), user_id=user_id, what=what)
+    except auth.UsernameTaken as e:
+        raise HttpError(412, str(e)) from None
+    except ValueError as e:
+        raise HttpError(400, str(e)) from None
 
 
 def _user_id(m: re.Match) -> int:
@@ -686,11 +694,13 @@ def handle_users(request: Request, m: re.Match):
     if "preferences" in sub:
         config["preferences"] = sub["preferences"]
     pw_hash = request.server.auth.hash_password(password) if password else None
-    try:
-        uid = db.add_user(sub["username"], password_hash=pw_hash,
-                          permissions=sub.get("permissions"), config=config)
-    except dbmod.DbError as e:
-        raise HttpError(412 if "already exists" in str(e) else 400, str(e)) from None
+    with db.locked("api: add user"):   # the name checked and stored in one step
+        name = _new_username(db, sub["username"], "user.username")
+        try:
+            uid = db.add_user(name, password_hash=pw_hash,
+                              permissions=sub.get("permissions"), config=config)
+        except dbmod.DbError as e:
+            raise HttpError(412 if "already exists" in str(e) else 400, str(e)) from None
     return Response.json({"id": uid})
 
 
@@ -758,8 +768,8 @@ def handle_user(request: Request, m: re.Match):
                 raise HttpError(412, f"precondition failed: {k} is not what the request "
                                      f"expected")
         kwargs = {}
-        if "username" in update:
-            kwargs["username"] = update["username"]
+        if "username" in update and update["username"] != cur_user.username:
+            kwargs["username"] = _new_username(db, update["username"], "update.username", uid)
         if "permissions" in update:
             kwargs["permissions"] = update["permissions"]
         if "disabled" in update or "preferences" in update:
@@ -774,9 +784,88 @@ def handle_user(request: Request, m: re.Match):
         if new_hash is not ...:
             kwargs["password_hash"] = new_hash
         try:
-            db.update_user(uid, **kwargs)
+            # Ends sessions as the change requires (a password change: the others of
+            # the user; disabling: all); auth.Auth.update_user.
+            a.update_user(uid, client=request.client_info, current=request.caller.session,
+                          by=request.caller.describe(), **kwargs)
         except dbmod.DbError as e:
             raise HttpError(412 if "already exists" in str(e) else 400, str(e)) from None
+    return Response.empty(204)
+
+
+# ---------------------------------------------------------------------------------------
+# A user's sessions
+
+def _time_90k(sec: int | None) -> int | None:
+    return None if sec is None else sec * recording.TIME_UNITS_PER_SEC
+
+
+def _session_json(a: auth.Auth, s: auth.Session, user: dbmod.User,
+                  current: auth.Session | None, now_sec: int) -> dict:
+    """One session as `GET /api/users/<id>/sessions` lists it. Never its id or the hash
+    of it: `id` is the first 16 hex digits of the hash (as `nvr.py sessions list` shows
+    it), which can't be turned into a cookie."""
+    state = a.session_state(s, now_sec)
+    out = {"id": s.id_text, "current": current is not None and current.hash == s.hash,
+           "state": state.split(" ", 1)[0],
+           "description": s.description, "domain": s.domain,
+           # What it may do today (a demoted user's sessions lost the permission).
+           "permissions": auth.effective_permissions(s, user).to_json(),
+           "creationTime90k": _time_90k(s.creation_time_sec),
+           "creationUserAgent": s.creation_user_agent,
+           "creationPeerAddr": auth.unpack_addr(s.creation_peer_addr),
+           "lastUseTime90k": _time_90k(s.last_use_time_sec),
+           "lastUseUserAgent": s.last_use_user_agent,
+           "lastUsePeerAddr": auth.unpack_addr(s.last_use_peer_addr),
+           "useCount": s.use_count}
+    if s.revocation_reason is not None:
+        out.update(revocationTime90k=_time_90k(s.revocation_time_sec),
+                   revocationReason=s.revocation_reason,
+                   revocationReasonText=auth.REVOCATION_REASONS.get(s.revocation_reason),
+                   revocationDetail=s.revocation_reason_detail,
+                   revocationUserAgent=s.revocation_user_agent,
+                   revocationPeerAddr=auth.unpack_addr(s.revocation_peer_addr))
+    elif out["state"] == "expired":
+        out["expiry"] = state[len("expired ("):-1]
+    else:
+        out["expiresTime90k"] = _time_90k(a.expires_sec(s))
+    return out
+
+
+def handle_user_sessions(request: Request, m: re.Match):
+    """`GET /api/users/<id>/sessions[?ended=true]`: the user itself or adminUsers."""
+    uid = _user_id(m)
+    _self_or_admin(request, uid)
+    p = request.params(("ended",))
+    ended = _bool_param("ended", p["ended"]) if "ended" in p else False
+    user = _get_user(request, uid)
+    a = request.server.auth
+    now = request.server.db.clocks.realtime() // 1_000_000_000   # as auth.py's clock
+    out = [_session_json(a, s, user, request.caller.session, now)
+           for s in a.list_sessions(uid)]
+    return Response.json({"sessions": [j for j in out if ended or j["state"] == "valid"]})
+
+
+def handle_revoke_session(request: Request, m: re.Match):
+    """`POST /api/users/<id>/sessions/<session id>/revoke`: the user itself (reason 4)
+    or adminUsers (reason 3 for another's session)."""
+    uid = _user_id(m)
+    _self_or_admin(request, uid)
+    request.params(())
+    body = request.json(("csrf",))
+    check_csrf(request, body)
+    _require_writable(request)
+    _get_user(request, uid)
+    a = request.server.auth
+    found = [s for s in a.list_sessions(uid) if s.id_text == m["sid"]]
+    if not found:
+        raise HttpError(404, f"user {uid} has no session {m['sid']}; GET "
+                             f"/api/users/{uid}/sessions lists them")
+    c = request.caller
+    reason = auth.REVOKED_BY_USER if c.user is not None and c.user.id == uid \
+        else auth.REVOKED_BY_ADMIN
+    for s in found:   # one, unless two hashes share 64 bits
+        a.revoke(s.hash, reason, request.client_info, f"by {c.describe()}")
     return Response.empty(204)
 
 
@@ -833,6 +922,11 @@ ROUTES: list[Route] = [
     # GET and PATCH: the user itself or an admin; DELETE: admin. Checked in the handler.
     Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})"), ("GET", "HEAD", "PATCH", "DELETE"),
           CALLER, handle_user),
+    # The user itself or an admin: checked in the handlers.
+    Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})/sessions"), GET_HEAD, CALLER,
+          handle_user_sessions),
+    Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})/sessions/(?P<sid>[0-9a-f]{16})/revoke"),
+          ("POST",), CALLER, handle_revoke_session),
 ]
 
 

@@ -18,12 +18,39 @@ backup can't be used to log in. Each session has a 32-byte random seed; its CSRF
 token is `blake2b(b"csrf", key=seed, digest_size=24)` as base64 without padding (32
 characters), compared in constant time. (Moonfire uses Blake3 for both; version 8
 of our schema switched, and the 7 -> 8 upgrade revoked the old sessions.)
-Sessions never expire; they end by logout (revocation reason 1) or by
-`nvr.py sessions revoke` (reason 3), and a disabled user's sessions stop working.
 Creation and revocation are written at once, each in its own transaction; usage
 (use count, last use time, user agent, peer address) and password failure counts
 change in memory on every request and are written lazily by a hook in the next
 database flush (Moonfire #282).
+
+How a session ends (issue 19; Moonfire's sessions never expire and outlive password
+and permission changes). `user_session.revocation_reason` takes Moonfire's codes 1
+and 2 and the ones its schema comment foresees ("user revoked", "password change",
+"expired"), numbered by us:
+  1 logged out (`POST /api/logout`)
+  2 hash algorithm change (an upgrade: the 7 -> 8 one)
+  3 revoked by an administrator (`nvr.py sessions revoke`, or the API by an adminUsers
+    caller who isn't the session's user)
+  4 revoked by its user (the API, from one of their sessions)
+  5 the user's password was set, changed or cleared: every session of the user but the
+    one that made the change (`Auth.update_user`)
+  6 the user was disabled: all of them. Re-enabling revokes any left over (made by an
+    older version, which didn't revoke) instead of bringing them back
+  7 expired: unused for `SessionLimits.idle_sec`, or older than `lifetime_sec`
+    (defaults 90 days and 365 days; 0 is no limit). Found when the session is next
+    used, and written then; until then `session_state` says so
+A session's permissions are copied from its user when it is made (or given by
+`nvr.py login --permissions`), and what a request may do is that AND the user's
+current permissions (`effective_permissions`): removing a permission from a user acts
+on their sessions at once; adding one applies to new sessions.
+
+User names (`check_username`, for `nvr.py config user` and the API alike): NFC, no
+leading or trailing space, no control, formatting (Cf: zero-width, bidi overrides),
+surrogate, private-use or unassigned code point, at most MAX_USERNAME_CHARS, one
+script (or Latin with Han, Hiragana, Katakana, Hangul or Bopomofo, as UTS #39's
+"highly restrictive" level allows), and unique by `username_key` (case-folded NFKC
+with runs of spaces as one). Names stored before these rules still log in, looked
+up exactly as stored, or else by their NFC form; `nvr.py check` reports them.
 
 Login throttling (beyond Moonfire): failed password logins are counted per
 username and per client address (`Throttle`). The first FREE_FAILURES of a key cost
@@ -58,6 +85,7 @@ import ipaddress
 import logging
 import secrets
 import threading
+import unicodedata
 
 import argon2
 
@@ -191,6 +219,15 @@ class Permissions:
     def all(cls) -> "Permissions":
         return cls(True, True, True, True)
 
+    def __and__(self, other: "Permissions") -> "Permissions":
+        return Permissions(*(getattr(self, a) and getattr(other, a) for _, a, _ in self.FIELDS))
+
+
+def effective_permissions(session: "Session", user) -> Permissions:
+    """What a request with `session` may do: the session's permissions, but never more
+    than its user's today (a demoted user's sessions lose the permission at once)."""
+    return session.permissions & user.permissions
+
 
 def _read_varint(b: bytes, i: int) -> tuple[int, int]:
     result = shift = 0
@@ -223,12 +260,52 @@ FLAG_SAME_SITE_STRICT = 8
 FLAG_NAMES = {"http-only": FLAG_HTTP_ONLY, "secure": FLAG_SECURE,
               "same-site": FLAG_SAME_SITE_LAX, "same-site-strict": FLAG_SAME_SITE_STRICT}
 
-# user_session.revocation_reason.
+# user_session.revocation_reason (see the module docstring).
 REVOKED_LOGOUT = 1
 REVOKED_ALGORITHM_CHANGE = 2
 REVOKED_BY_ADMIN = 3
+REVOKED_BY_USER = 4
+REVOKED_PASSWORD_CHANGE = 5
+REVOKED_USER_DISABLED = 6
+REVOKED_EXPIRED = 7
 REVOCATION_REASONS = {REVOKED_LOGOUT: "logged out", REVOKED_ALGORITHM_CHANGE: "algorithm change",
-                      REVOKED_BY_ADMIN: "revoked by an administrator"}
+                      REVOKED_BY_ADMIN: "revoked by an administrator",
+                      REVOKED_BY_USER: "revoked by its user",
+                      REVOKED_PASSWORD_CHANGE: "password changed",
+                      REVOKED_USER_DISABLED: "user disabled",
+                      REVOKED_EXPIRED: "expired"}
+
+DAY_SEC = 24 * 60 * 60
+# Browsers keep a cookie at most 400 days whatever Max-Age says (RFC 6265bis §5.5,
+# Chrome since version 104); Moonfire sends 2^31 s for "no limit", and so do we.
+COOKIE_MAX_AGE_UNLIMITED = 2 ** 31
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionLimits:
+    """How long a session lasts, in seconds; 0 is no limit (the TOML config's
+    `sessionIdleDays` and `sessionLifetimeDays`, README: Configuration).
+
+    Defaults: a session unused for 90 days, or made over a year ago, has ended. A home
+    user who looks at their cameras once a season stays logged in, and logs in again
+    about once a year (browsers cap a cookie's life at 400 days anyway); a stolen
+    cookie works for at most a year, and not at all once neither thief nor owner has
+    used it for 90 days."""
+    idle_sec: int = 90 * DAY_SEC
+    lifetime_sec: int = 365 * DAY_SEC
+
+    @property
+    def cookie_max_age(self) -> int:
+        """The cookie's Max-Age: the session's lifetime (the browser may drop it then)."""
+        if not self.lifetime_sec:
+            return COOKIE_MAX_AGE_UNLIMITED
+        return min(self.lifetime_sec, COOKIE_MAX_AGE_UNLIMITED)
+
+
+def _duration(sec: int) -> str:
+    if sec % DAY_SEC == 0:
+        return f"{sec // DAY_SEC} day(s)"
+    return f"{sec} s"
 
 
 class AuthError(Exception):
@@ -351,6 +428,126 @@ def _session_from_row(row) -> Session:
 
 
 # ---------------------------------------------------------------------------------------
+# User names
+
+MAX_USERNAME_CHARS = 64
+
+# Words that name a script at the start of Unicode character names ("LATIN SMALL LETTER
+# A", "CYRILLIC SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-4E00"). Python's unicodedata has
+# no Script property; a letter's name gives it for the scripts that matter here. A
+# letter whose name has none of these words ("MICRO SIGN", "MATHEMATICAL BOLD CAPITAL
+# A") counts as common to all scripts; `username_key` folds most such look-alikes into
+# plain letters, so they still can't copy an existing name.
+_SCRIPT_WORDS = {w: w.title() for w in (
+    "LATIN GREEK CYRILLIC ARMENIAN HEBREW ARABIC SYRIAC THAANA NKO SAMARITAN MANDAIC "
+    "DEVANAGARI BENGALI GURMUKHI GUJARATI ORIYA TAMIL TELUGU KANNADA MALAYALAM SINHALA "
+    "THAI LAO TIBETAN MYANMAR GEORGIAN HANGUL ETHIOPIC CHEROKEE CANADIAN OGHAM RUNIC "
+    "TAGALOG KHMER MONGOLIAN LIMBU BUGINESE BALINESE SUNDANESE LEPCHA OL GLAGOLITIC "
+    "COPTIC TIFINAGH HIRAGANA KATAKANA BOPOMOFO YI VAI LISU BAMUM JAVANESE CHAM OSAGE "
+    "ADLAM GOTHIC DESERET SHAVIAN OSMANYA").split()}
+_SCRIPT_WORDS.update({"CJK": "Han", "ARABIC-INDIC": "Arabic"})
+# Scripts one name may mix (UTS #39 §5.2, "highly restrictive"): Japanese, Chinese and
+# Korean names are written in several at once, with Latin.
+_SCRIPT_MIXES = ({"Latin", "Han", "Hiragana", "Katakana"}, {"Latin", "Han", "Bopomofo"},
+                 {"Latin", "Han", "Hangul"})
+
+
+def _script(c: str) -> str | None:
+    """The script of a letter or digit, by its name; None for anything else."""
+    cat = unicodedata.category(c)
+    if cat[0] != "L" and cat != "Nd":
+        return None
+    for word in unicodedata.name(c, "").split():
+        if word in _SCRIPT_WORDS:
+            return _SCRIPT_WORDS[word]
+    return None
+
+
+def username_key(name: str) -> str:
+    """What two user names must not share: `Admin` and `admin`, `ａｄｍｉｎ` (fullwidth)
+    and `admin`, `ana maria` and `ana\u00a0maria` have the same key. Case-folded NFKC
+    (as RFC 8265's UsernameCaseMapped profile), runs of spaces as one."""
+    key = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return " ".join(key.split())
+
+
+def _show(name: str) -> str:
+    return repr(name if len(name) <= 40 else name[:40] + "...")
+
+
+def username_problem(name: str, what: str = "the user name") -> str | None:
+    """What is wrong with `name` (taken as it is, not normalised) as a user name, as a
+    one-line message starting with `what`; None if nothing. Uniqueness is
+    `check_username`'s."""
+    if not name:
+        return f"{what} must not be empty"
+    if len(name) > MAX_USERNAME_CHARS:
+        return f"{what} is {len(name)} characters long; at most {MAX_USERNAME_CHARS}"
+    if unicodedata.normalize("NFC", name) != name:
+        return f"{what} {_show(name)} is not in Unicode normal form C"
+    if name != name.strip():
+        return f"{what} {_show(name)} must not begin or end with a space"
+    for c in name:
+        cat = unicodedata.category(c)
+        if cat in ("Cc", "Zl", "Zp"):
+            # As for camera names: names go into log lines.
+            return f"{what} {_show(name)} must not contain control characters or line breaks"
+        if cat == "Cf":
+            return (f"{what} {_show(name)} must not contain invisible formatting characters "
+                    f"(U+{ord(c):04X} {unicodedata.name(c, '')}: zero-width and "
+                    f"text-direction characters can make one name look like another)")
+        if cat == "Cn":
+            return f"{what} {_show(name)} must not contain unassigned code points (U+{ord(c):04X})"
+        if cat in ("Cs", "Co"):
+            return (f"{what} {_show(name)} must not contain surrogate or private-use code "
+                    f"points (U+{ord(c):04X})")
+    scripts = {sc for sc in map(_script, name) if sc is not None}
+    if len(scripts) > 1 and not any(scripts <= mix for mix in _SCRIPT_MIXES):
+        return (f"{what} {_show(name)} mixes scripts ({', '.join(sorted(scripts))}), as "
+                f"look-alike names do; write it in one")
+    return None
+
+
+class UsernameTaken(ValueError):
+    """A new user name whose `username_key` another user's name has."""
+
+
+def check_username(name: str, users, *, user_id: int | None = None,
+                   what: str = "the user name") -> str:
+    """A user name to store, for `nvr.py config user add/edit --rename` and
+    `POST`/`PATCH /api/users`: `name` in NFC, if it follows the rules (the module
+    docstring) and no user in `users` (db.User rows; `user_id`, the one being renamed,
+    aside) has its key. Raises ValueError, or UsernameTaken, with a one-line message.
+    Hold the database lock from this check until the name is stored."""
+    nfc = unicodedata.normalize("NFC", name)
+    problem = username_problem(nfc, what)
+    if problem is not None:
+        raise ValueError(problem)
+    key = username_key(nfc)
+    for u in users:
+        if u.id != user_id and username_key(u.username) == key:
+            if u.username == nfc:
+                raise UsernameTaken(f"a user named {nfc!r} already exists")
+            raise UsernameTaken(f"a user named {nfc!r} already exists as {u.username!r} "
+                                f"(id {u.id}): names differ by more than case and width")
+    return nfc
+
+
+def find_user(users, username: str):
+    """The db.User logging in as `username`: the one named exactly so, else the one whose
+    name is `username` in NFC (a name typed on a keyboard that decomposes accents);
+    None if none. Not case-insensitive: the password check is what guards a name."""
+    nfc = unicodedata.normalize("NFC", username)
+    by_nfc = None
+    for u in users:
+        if u.username == username:
+            return u
+        if by_nfc is None and u.username == nfc:
+            by_nfc = u
+    return by_nfc
+
+
+# ---------------------------------------------------------------------------------------
 # Login throttling
 
 class Throttle:
@@ -440,8 +637,9 @@ class Throttle:
 class Auth:
     """Sessions and logins for one database. `Auth(db)` registers its flush hook."""
 
-    def __init__(self, db):
+    def __init__(self, db, limits: SessionLimits | None = None):
         self.db = db
+        self.limits = limits or SessionLimits()
         self._sessions: dict[bytes, Session] = {}   # cache by hash (and all dirty ones)
         self._failures_dirty: set[int] = set()      # user ids whose failure count changed
         self.throttle = Throttle()
@@ -465,10 +663,11 @@ class Auth:
         Raises `Throttled`, or `AuthError` for an unknown user, a wrong or empty
         password, a user without a password or a disabled user (one message for all,
         so as not to say which usernames exist)."""
-        keys = Throttle.keys(username, client.addr)
+        # One count per name as looked up (NFC), however its accents were typed.
+        keys = Throttle.keys(unicodedata.normalize("NFC", username), client.addr)
         self._check_throttle(keys, "logins")   # cheap, before waiting for a hashing slot
         with self.db.locked("login: find user"):
-            user = next((u for u in self.db.users.values() if u.username == username), None)
+            user = find_user(self.db.users.values(), username)
             password_hash = user.password_hash if user else None
             password_id = user.password_id if user else None
         with self._hashing:   # never under the database lock: argon2 takes ~0.1 s
@@ -501,8 +700,8 @@ class Auth:
                     logger.info("user %r: password hash upgraded to argon2id", username)
         cookie, session = self.make_session(user.id, client, flags=flags,
                                             creation_password_id=password_id)
-        logger.info("user %r logged in from %s; session %s", username, client.addr or "unix",
-                    session.id_text)
+        logger.info("user %r logged in from %s; session %s", user.username,
+                    client.addr or "unix", session.id_text)
         return cookie, session
 
     def check_password(self, user_id: int, password: str, client: Client) -> bool:
@@ -556,10 +755,18 @@ class Auth:
                      permissions: Permissions | None = None, description: str | None = None,
                      creation_password_id: int | None = None) -> tuple[str, Session]:
         """Creates and stores a session; returns (cookie value, session). Its
-        permissions are the user's unless given (`nvr.py login --permissions`)."""
+        permissions are the user's unless given (`nvr.py login --permissions`).
+
+        Raises AuthError if the user is gone or disabled, or, for a password login
+        (`creation_password_id`), if the password changed since it was checked: a login
+        with the old password racing a password change must not outlive the change."""
         raw = secrets.token_bytes(SESSION_ID_BYTES)
         with self.db.locked("make session"):
-            user = self.db.get_user(user_id)
+            user = self.db.users.get(user_id)
+            if user is None or user.disabled:
+                raise AuthError("user is disabled or gone")
+            if creation_password_id is not None and user.password_id != creation_password_id:
+                raise AuthError("the password changed while logging in; log in again")
             s = Session(hash=hash_session_id(raw), user_id=user_id,
                         seed=secrets.token_bytes(SEED_BYTES), flags=flags,
                         domain=client.domain, description=description,
@@ -599,7 +806,9 @@ class Auth:
         return s
 
     def authenticate(self, cookie_value: str, client: Client):
-        """The (session, user) of an `s` cookie, recording this use; raises AuthError."""
+        """The (session, user) of an `s` cookie, recording this use; raises AuthError.
+        What the request may do is `effective_permissions(session, user)`. A session
+        found expired is revoked (reason 7) unless the database is read-only."""
         raw = parse_session_cookie(cookie_value)
         if raw is None:
             raise AuthError("session cookie is malformed; log in again")
@@ -610,41 +819,140 @@ class Auth:
             if s.revocation_reason is not None:
                 logger.info("revoked session %s used (%s)", s.id_text, s.state)
                 raise AuthError("session has ended; log in again")
+            now = self._now_sec()
+            why = self.expiry(s, now)
+            if why is not None:
+                logger.info("expired session %s used (%s)", s.id_text, why)
+                if not self.db.read_only:
+                    self._revoke([s], REVOKED_EXPIRED, client, why)
+                raise AuthError("session has expired; log in again")
             user = self.db.users.get(s.user_id)
             if user is None or user.disabled:
                 raise AuthError("user is disabled or gone; log in again")
             s.use_count += 1
-            s.last_use_time_sec = self._now_sec()
+            s.last_use_time_sec = now
             s.last_use_user_agent = client.user_agent
             s.last_use_peer_addr = pack_addr(client.addr)
             s.dirty = True
             return s, user
 
+    # -- ending sessions ---------------------------------------------------------------
+
+    def expiry(self, s: Session, now_sec: int) -> str | None:
+        """Why `s` has expired by `now_sec` (one phrase), or None if it hasn't. Its idle
+        time counts from its last use, which after a restart is the last one flushed."""
+        lim = self.limits
+        if lim.lifetime_sec and now_sec - s.creation_time_sec >= lim.lifetime_sec:
+            return f"made over {_duration(lim.lifetime_sec)} ago"
+        last = max(s.creation_time_sec, s.last_use_time_sec or 0)
+        if lim.idle_sec and now_sec - last >= lim.idle_sec:
+            return f"unused for over {_duration(lim.idle_sec)}"
+        return None
+
+    def expires_sec(self, s: Session) -> int | None:
+        """When a valid `s` expires unless used before (seconds since the epoch); None:
+        never."""
+        ends = []
+        if self.limits.lifetime_sec:
+            ends.append(s.creation_time_sec + self.limits.lifetime_sec)
+        if self.limits.idle_sec:
+            ends.append(max(s.creation_time_sec, s.last_use_time_sec or 0)
+                        + self.limits.idle_sec)
+        return min(ends) if ends else None
+
+    def session_state(self, s: Session, now_sec: int | None = None) -> str:
+        """`valid`, `expired (why)` or `revoked (reason)`."""
+        if s.revocation_reason is not None:
+            return s.state
+        why = self.expiry(s, self._now_sec() if now_sec is None else now_sec)
+        return f"expired ({why})" if why is not None else "valid"
+
     def revoke(self, session_hash: bytes, reason: int, client: Client | None = None,
                detail: str | None = None) -> bool:
         """Revokes a session; False if it didn't exist or was already revoked."""
-        client = client or Client()
         with self.db.locked("revoke session"):
             s = self._lookup(session_hash)
             if s is None or s.revocation_reason is not None:
                 return False
-            revoked = dataclasses.replace(
-                s, revocation_time_sec=self._now_sec(), revocation_user_agent=client.user_agent,
-                revocation_peer_addr=pack_addr(client.addr), revocation_reason=reason,
-                revocation_reason_detail=detail)
-            with self.db.transaction():   # written first: memory changes only if it commits
+            self._revoke([s], reason, client, detail)
+            return True
+
+    def _revoke(self, sessions: list[Session], reason: int, client: Client | None,
+                detail: str | None) -> int:
+        """Revokes `sessions` (cached ones, not yet revoked; hold the lock) in one
+        transaction; memory changes only once it commits. Returns how many."""
+        if not sessions:
+            return 0
+        client = client or Client()
+        now, peer = self._now_sec(), pack_addr(client.addr)
+        with self.db.transaction():
+            for s in sessions:
                 self._write_usage(self.db.conn, s)
                 self.db.conn.execute(
                     "update user_session set revocation_time_sec = ?, revocation_user_agent = ?, "
                     "revocation_peer_addr = ?, revocation_reason = ?, revocation_reason_detail = ? "
                     "where session_id_hash = ?",
-                    (revoked.revocation_time_sec, revoked.revocation_user_agent,
-                     revoked.revocation_peer_addr, reason, detail, s.hash))
-            for f in ("revocation_time_sec", "revocation_user_agent", "revocation_peer_addr",
-                      "revocation_reason", "revocation_reason_detail"):
-                setattr(s, f, getattr(revoked, f))
+                    (now, client.user_agent, peer, reason, detail, s.hash))
+        for s in sessions:
+            s.revocation_time_sec, s.revocation_user_agent = now, client.user_agent
+            s.revocation_peer_addr, s.revocation_reason = peer, reason
+            s.revocation_reason_detail = detail
             s.dirty = False
-            return True
+        return len(sessions)
+
+    def _valid_sessions(self, user_id: int) -> list[Session]:
+        """The user's sessions not yet revoked (cached, so revoking them updates memory)."""
+        rows = self.db.conn.execute("select session_id_hash from user_session where "
+                                    "user_id = ? and revocation_reason is null", (user_id,))
+        found = [self._lookup(bytes(h)) for (h,) in rows.fetchall()]
+        return [s for s in found if s is not None and s.revocation_reason is None]
+
+    def revoke_user_sessions(self, user_id: int, reason: int, client: Client | None = None,
+                             detail: str | None = None, *, keep: Session | None = None) -> int:
+        """Revokes every valid session of a user but `keep`; returns how many."""
+        with self.db.locked("revoke user sessions"):
+            targets = [s for s in self._valid_sessions(user_id)
+                       if keep is None or s.hash != keep.hash]
+            return self._revoke(targets, reason, client, detail)
+
+    def update_user(self, user_id: int, *, client: Client | None = None,
+                    current: Session | None = None, by: str = "", **changes) -> int:
+        """`db.update_user(user_id, **changes)` and what the change means for the
+        user's sessions; returns how many were revoked. `current`: the session making
+        the change (kept when its own user's password changes); `by`: who, for the
+        revocation detail. Every change of a user goes through here (the API, `nvr.py
+        config user edit`), except the login's rehash of the same password.
+
+        1. Under the database lock, decide: `disabled` changing either way revokes all
+           of the user's sessions (reason 6); else a password set, changed or cleared
+           revokes all but `current` (reason 5).
+        2. Revoke them, in their own transaction.
+        3. Change the user, in its own transaction (db.py's).
+        A crash or error between 2 and 3 leaves the sessions revoked and the user as it
+        was: the safe way round; the caller sees the error and can repeat the change."""
+        with self.db.locked("update user"):
+            u = self.db.get_user(user_id)
+            reason = keep = None
+            if "config" in changes and \
+                    bool(changes["config"].get("disabled", False)) != u.disabled:
+                reason = REVOKED_USER_DISABLED
+                what = "user disabled" if not u.disabled else \
+                    "user re-enabled (a session from before it was disabled)"
+            elif changes.get("password_hash", ...) is not ... \
+                    and not changes.get("keep_password_id", False):
+                reason = REVOKED_PASSWORD_CHANGE
+                what = "password set" if changes["password_hash"] else "password cleared"
+                if current is not None and current.user_id == user_id:
+                    keep = current
+            n = 0
+            if reason is not None:
+                n = self.revoke_user_sessions(user_id, reason, client,
+                                              f"{what} by {by}" if by else what, keep=keep)
+                if n:
+                    logger.info("user %r (id %d): %s; revoked %d session(s)", u.username,
+                                user_id, what, n)
+            self.db.update_user(user_id, **changes)
+            return n
 
     def list_sessions(self, user_id: int | None = None) -> list[Session]:
         """Every stored session (with the latest in-memory usage), oldest first."""

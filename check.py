@@ -14,6 +14,9 @@ What it checks (reference §7.1), in order:
 5. Every `video_index` decodes and agrees with its row (frames, key frames,
    bytes, media duration, trailing zero); with `--verify-hashes`, every file's
    blake2b matches `recording_integrity`.
+6. User names against today's rules (auth.py's `username_problem`, and unique
+   regardless of case: `username_key`). A name stored before the rules still logs
+   in, so it is a warning, not a problem: rename it with `nvr.py config user edit`.
 
 Repairs, each only with its flag (the database is then opened read-write):
 - `--delete-orphan-rows`: delete the rows of recordings whose file is missing.
@@ -40,6 +43,7 @@ import hashlib
 import os
 import sqlite3
 
+import auth
 import db
 import dir as dirmod
 import recording
@@ -154,6 +158,7 @@ class Checker:
             self.error(f"schema: {d}")
         expected.close()
 
+        self._check_usernames(conn)
         db_uuid = conn.execute("select uuid from meta").fetchone()[0]
         cum = {sid: (dir_id, n) for sid, dir_id, n in conn.execute(
             "select id, sample_file_dir_id, cum_recordings from stream")}
@@ -172,6 +177,20 @@ class Checker:
                 self._check_dir(conn, dir_id, sfd, cum)
             finally:
                 sfd.close()
+
+    def _check_usernames(self, conn) -> None:
+        seen: dict[str, tuple[int, str]] = {}
+        for uid, name in conn.execute("select id, username from user order by id"):
+            problem = auth.username_problem(name, f"user {uid}'s name")
+            if problem is None:
+                other = seen.get(auth.username_key(name))
+                if other is not None:
+                    problem = (f"user {uid}'s name {name!r} is user {other[0]}'s "
+                               f"{other[1]!r} but for case or width; names must differ by more")
+            seen.setdefault(auth.username_key(name), (uid, name))
+            if problem is not None:
+                self.info(f"warning: {problem}; it still logs in, but rename it: "
+                          f"nvr.py config user edit NAME --rename NEW_NAME")
 
     def _check_dir(self, conn, dir_id: int, sfd: dirmod.SampleFileDir, cum: dict) -> None:
         recs: dict[int, _Rec] = {}

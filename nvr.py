@@ -109,9 +109,9 @@ def read_password(args, if_empty: str = "") -> str | None:
 
 
 def check_name(what: str, name: str | None) -> str | None:
-    """A new camera short name or user name (None: not given). The API refuses
-    empty user names too. Names go into log lines, so no control characters; a
-    camera's also into `CAMERA/TYPE` in logs and check's output, so no '/'."""
+    """A new camera short name (None: not given); user names have `check_username`.
+    Names go into log lines, so no control characters; a camera's also into
+    `CAMERA/TYPE` in logs and check's output, so no '/'."""
     if name is None:
         return None
     if not name:
@@ -123,6 +123,14 @@ def check_name(what: str, name: str | None) -> str | None:
         raise UsageError(f"the {what} {name!r} must not contain '/' (logs name streams "
                          f"CAMERA/TYPE)")
     return name
+
+
+def check_username(d: db.Database, name: str, user_id: int | None = None) -> str:
+    """A user name to store (auth.check_username: the same rules as the API's)."""
+    try:
+        return auth.check_username(name, d.users.values(), user_id=user_id)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_rtsp_url(url: str) -> str:
@@ -413,9 +421,10 @@ def cmd_config_user(args) -> int:
             password = read_password(args, "; leave it out to add a user without a password")
             perms = parse_permissions(args.permissions) if args.permissions else auth.Permissions(
                 view_video=True)
-            id_ = d.add_user(check_name("user name", args.name), permissions=perms,
+            name = check_username(d, args.name)
+            id_ = d.add_user(name, permissions=perms,
                              password_hash=auth.hash_password(password) if password else None)
-            print(f"added user {id_}: {args.name}")
+            print(f"added user {id_}: {name}")
         elif args.action == "list":
             for u in sorted(d.users.values(), key=lambda u: u.id):
                 perms = ",".join(k for k, v in u.permissions.to_json().items() if v) or "-"
@@ -439,8 +448,13 @@ def cmd_config_user(args) -> int:
                 config = dict(u.config)
                 config["disabled"] = args.disable
                 kwargs["config"] = config
-            d.update_user(u.id, username=check_name("user name", args.rename), **kwargs)
-            print(f"updated user {u.id}: {args.rename or u.username}")
+            if args.rename is not None and args.rename != u.username:
+                kwargs["username"] = check_username(d, args.rename, u.id)
+            # A password set or cleared ends the user's sessions; so does --disable
+            # (and --enable ends any an older version left).
+            n = auth.Auth(d).update_user(u.id, by="nvr.py config user edit", **kwargs)
+            print(f"updated user {u.id}: {kwargs.get('username', u.username)}"
+                  + (f"; revoked {n} session(s)" if n else ""))
         elif args.action == "delete":
             u = d.user_by_name(args.name)
             d.delete_user(u.id)
@@ -479,6 +493,8 @@ class Config:
     db_dir: str
     ui_dir: str | None
     binds: list[Bind]
+    # sessionIdleDays, sessionLifetimeDays (auth.SessionLimits explains the defaults)
+    session_limits: auth.SessionLimits = dataclasses.field(default_factory=auth.SessionLimits)
 
 
 def _keys(where: str, table: dict, allowed: dict) -> None:
@@ -497,7 +513,11 @@ def parse_config(text: str, source: str) -> Config:
         t = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config {source}: {e}") from None
-    _keys("", t, {"dbDir": str, "uiDir": str, "binds": list})
+    _keys("", t, {"dbDir": str, "uiDir": str, "binds": list, "sessionIdleDays": None,
+                  "sessionLifetimeDays": None})
+    limits = auth.SessionLimits(
+        idle_sec=_days_sec(t, "sessionIdleDays", auth.SessionLimits.idle_sec),
+        lifetime_sec=_days_sec(t, "sessionLifetimeDays", auth.SessionLimits.lifetime_sec))
     binds = []
     for i, b in enumerate(t.get("binds", [])):
         where = f"binds[{i}]."
@@ -523,7 +543,22 @@ def parse_config(text: str, source: str) -> Config:
                 raise UsageError(f"config: {where}tls needs both cert and key")
             bind.tls_cert, bind.tls_key = b["tls"]["cert"], b["tls"]["key"]
         binds.append(bind)
-    return Config(db_dir=t.get("dbDir", DEFAULT_DB_DIR), ui_dir=t.get("uiDir"), binds=binds)
+    return Config(db_dir=t.get("dbDir", DEFAULT_DB_DIR), ui_dir=t.get("uiDir"), binds=binds,
+                  session_limits=limits)
+
+
+def _days_sec(t: dict, key: str, default_sec: int) -> int:
+    """A session limit in days (a number; 0: no limit) as seconds."""
+    if key not in t:
+        return default_sec
+    v = t[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 36500:
+        raise UsageError(f"config: {key} must be a number of days from 0 (no limit) to "
+                         f"36500, not {v!r}")
+    sec = round(v * auth.DAY_SEC)
+    if v and sec < 60:
+        raise UsageError(f"config: {key} = {v!r} is under a minute; give days (0.5 is 12 hours)")
+    return sec
 
 
 def load_config(path: str | None) -> Config:
@@ -715,7 +750,11 @@ def cmd_login(args) -> int:
             # name, value; "#HttpOnly_" marks an HttpOnly cookie. Mode 0600: it's a key.
             prefix = "#HttpOnly_" if flags & auth.FLAG_HTTP_ONLY else ""
             secure = "TRUE" if flags & auth.FLAG_SECURE else "FALSE"
-            line = (f"{prefix}{args.domain}\tFALSE\t/\t{secure}\t2147483647\ts\t"
+            # Expires when the session does by default (auth.SessionLimits; the server's
+            # sessionLifetimeDays may end it sooner: then the server refuses it).
+            life = auth.SessionLimits().lifetime_sec
+            expires = s.creation_time_sec + life if life else 2147483647
+            line = (f"{prefix}{args.domain}\tFALSE\t/\t{secure}\t{expires}\ts\t"
                     f"{cookie}\n")
             fd = os.open(args.curl_cookie_jar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -742,7 +781,7 @@ def cmd_sessions(args) -> int:
                 ua = s.last_use_user_agent or s.creation_user_agent or "-"
                 print(f"{s.id_text}\t{u.username if u else s.user_id}\t"
                       f"{_format_sec(s.creation_time_sec)}\t{_format_sec(s.last_use_time_sec)}\t"
-                      f"{peer}\t{s.use_count}\t{s.state}\t{ua}")
+                      f"{peer}\t{s.use_count}\t{a.session_state(s)}\t{ua}")
             return 0
         # revoke
         if bool(args.id) == bool(args.user):
@@ -819,7 +858,8 @@ def cmd_run(args) -> int:
         else:
             logger.info("read-only: recording nothing")
         try:
-            srv = web.Server(d, config, clocks=clocks, auth_=auth.Auth(d),
+            srv = web.Server(d, config, clocks=clocks,
+                             auth_=auth.Auth(d, config.session_limits),
                              signals=signalsmod.Signals(d))
             srv.start()  # raises web.BindError (nothing left open) if a bind fails
         except web.BindError as e:
@@ -1047,7 +1087,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sessions", help="list or revoke web sessions")
     ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     r = ssub.add_parser("list", help="every session: creation, last use, peer, user agent, "
-                                     "state")
+                                     "state (expiry by the default limits: 90 days idle, "
+                                     "365 days old)")
     _add_db_dir(r)
     r.add_argument("--user", metavar="USERNAME", help="only this user's sessions")
     r.set_defaults(func=cmd_sessions)

@@ -318,7 +318,9 @@ create table user_session (
   revocation_peer_addr blob,           -- 4 or 16 byte address; null if none
 
   -- Why revoked: 1 logged out, 2 hash algorithm change (upgrades), 3 revoked
-  -- by an administrator (`nvr.py sessions revoke`); detail is free text.
+  -- by an administrator (`nvr.py sessions revoke`, the API), 4 revoked by its
+  -- user (the API), 5 the user's password was set, changed or cleared, 6 the
+  -- user was disabled, 7 expired (idle or too old; auth.py); detail is free text.
   revocation_reason integer,
   revocation_reason_detail text,
 

@@ -24,7 +24,8 @@ Built on `http.server.ThreadingHTTPServer`, tamed (STYLE.md "http.server, tamed"
 - `Range` is parsed by the pure `parse_range`, tested from a table.
 
 Who is calling (reference §5.4), decided before any handler runs:
-1. a valid `s` session cookie (auth.py) gives that session's permissions and user; a
+1. a valid `s` session cookie (auth.py) gives that session's permissions (no more than
+   its user's today: `auth.effective_permissions`) and user; a
    bad, revoked or disabled one is logged at debug level and ignored (the next steps
    apply, so a stale cookie on a bind with unauthenticated viewing still views);
 2. else a Unix-socket peer whose uid (SO_PEERCRED) is ours, on an `ownUidIsPrivileged`
@@ -317,7 +318,8 @@ def resolve_caller(req: api.Request, peer_uid: int | None) -> api.Caller | None:
     if cookie is not None and srv.auth is not None:
         try:
             session, user = srv.auth.authenticate(cookie, req.client_info)
-            return api.Caller(permissions=session.permissions, user=user, session=session)
+            return api.Caller(permissions=auth.effective_permissions(session, user), user=user,
+                              session=session)
         except auth.AuthError as e:
             logger.debug("request %s: session cookie refused: %s", req.request_id, e)
     if (peer_uid is not None and getattr(req.bind, "own_uid_is_privileged", False)
@@ -1025,7 +1027,8 @@ class Server:
         self.ui_dir = getattr(config, "ui_dir", None) or DEFAULT_UI_DIR
         self.clocks = clocks or clock.RealClocks()
         # Sessions and logins; one per database (nvr.py passes the one it made).
-        self.auth = auth_ if auth_ is not None else auth.Auth(db)
+        self.auth = auth_ if auth_ is not None else auth.Auth(
+            db, getattr(config, "session_limits", None))
         self.signals = signals
         # Stills (still.jpg, latest.jpg): a decoding pool and cache; stop() ends the pool.
         self.stills = snapshot.Stills(db)

@@ -159,6 +159,11 @@ def _matrix(site):
         ("GET", f"/api/users/{aid}", None, admin),
         ("PATCH", f"/api/users/{vid}", {}, R(401, 403, OK, OK)),
         ("DELETE", f"/api/users/{vid}", {}, admin),
+        # A user's sessions: the user itself or admin.
+        ("GET", f"/api/users/{vid}/sessions", None, R(401, 403, OK, OK)),
+        ("GET", f"/api/users/{aid}/sessions", None, admin),
+        ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {}, R(401, 403, OK, OK)),
+        ("POST", f"/api/users/{aid}/sessions/{'0' * 16}/revoke", {}, admin),
     ]
     # HEAD wherever GET is allowed.
     rows += [("HEAD", p, b, e) for m, p, b, e in rows if m == "GET" and "live" not in p]
@@ -239,7 +244,8 @@ def test_csrf_missing_or_wrong_is_400_on_every_mutation(site, cookies):
     mutations = [("POST", "/api/logout", {}), ("POST", "/api/signals", {}),
                  ("POST", "/api/users/", {"user": {"username": "x"}}),
                  ("PATCH", f"/api/users/{vid}", {"update": {"preferences": {}}}),
-                 ("DELETE", f"/api/users/{vid}", {})]
+                 ("DELETE", f"/api/users/{vid}", {}),
+                 ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {})]
     for method, path, body in mutations:
         status, _, text = site.req(path, method=method, body=body, cookie=cookies["admin"])
         assert (status, text.split(b":")[0]) == (400, b"missing csrf"), (method, path, text)
@@ -301,7 +307,8 @@ def _set_cookie(site, port, headers=None, context=None):
 
 def test_cookie_attributes(site, tmp_path):
     plain = _set_cookie(site, site.closed)
-    assert re.fullmatch(r"s=[A-Za-z0-9+/]{64}; HttpOnly; SameSite=Lax; Max-Age=2147483648; "
+    # Max-Age: the session's lifetime, 365 days by default (test_sessions.py).
+    assert re.fullmatch(r"s=[A-Za-z0-9+/]{64}; HttpOnly; SameSite=Lax; Max-Age=31536000; "
                         r"Path=/", plain), plain
     # An untrusted listener ignores X-Forwarded-Proto.
     assert "Secure" not in _set_cookie(site, site.closed, {"X-Forwarded-Proto": "https"})
@@ -632,6 +639,8 @@ def test_disabled_user_and_deleted_user_lose_their_sessions(site, cookies):
                     body={"username": "temp", "password": "temp-password"})[0] == 401
     assert site.req(f"/api/users/{uid}", method="PATCH", cookie=admin,
                     body={"csrf": csrf, "update": {"disabled": False}})[0] == 204
+    assert site.req("/api/", cookie=cookie)[0] == 401   # disabling revoked it for good
+    cookie = site.login("temp")
     assert site.req("/api/", cookie=cookie)[0] == 200
     assert site.req(f"/api/users/{uid}", method="DELETE", cookie=admin,
                     body={"csrf": csrf})[0] == 204
@@ -704,7 +713,7 @@ def test_users_crud_and_preconditions(site, cookies):
     assert patch({"update": {"password": "new-password"},
                   "precondition": {"password": "carol-password"}})[0] == 204
     PASSWORDS["carol"] = "new-password"
-    assert site.req("/api/", cookie=me)[0] == 200    # a password change keeps sessions
+    assert site.req("/api/", cookie=me)[0] == 200    # the session that changed it stays
     site.login("carol")
     # Self may not change permissions, username or disabled.
     for k, v in (("permissions", {"adminUsers": True}), ("username", "c2"), ("disabled", True)):
@@ -717,7 +726,8 @@ def test_users_crud_and_preconditions(site, cookies):
                   "precondition": {"username": "carol"}}, cookie=admin)[0] == 204
     got = json.loads(site.req(f"/api/users/{uid}", cookie=me)[2])
     assert got["username"] == "c3" and got["permissions"]["viewVideo"] is True
-    # Permission changes apply to new sessions only (reference §6).
+    # An added permission applies to new sessions only (a removed one at once:
+    # test_sessions.py).
     assert json.loads(site.req("/api/", cookie=me)[2])["permissions"]["viewVideo"] is False
     # Admin clears the password: no password login.
     assert patch({"update": {"password": None}}, cookie=admin)[0] == 204
@@ -932,7 +942,7 @@ def test_204_has_no_content_length_and_permissions_must_be_booleans(site, cookie
     status, _, body = site.req("/api/users/", method="POST", cookie=admin, body={
         "csrf": site.csrf(admin), "user": {"username": "tab\there"}})
     assert status == 400 and \
-        b"user.username must not contain control characters or line breaks" in body
+        b"user.username 'tab\\there' must not contain control characters or line breaks" in body
     assert all(u.username != "tab\there" for u in site.db.users.values())
     status, _, body = site.req(f"/api/users/{site.user_ids['viewer']}", method="PATCH",
                                cookie=admin, body={"csrf": site.csrf(admin),

@@ -974,3 +974,145 @@ def test_read_only_server_refuses_writes_with_503(tmp_path, clocks):
     finally:
         srv.stop()
         ro.close()
+
+
+# --- issue 19 item 2: no input produces a 5xx --------------------------------------------------
+
+def _strict_json(data: bytes):
+    """JSON.parse's view: NaN/Infinity make the whole document invalid."""
+    def refuse(name):
+        raise ValueError(f"{name} in a response: not JSON")
+    return json.loads(data, parse_constant=refuse)
+
+
+def _raw(site, method, path, raw: bytes, cookie=None, port=None):
+    """`raw` as the body, byte for byte (no json.dumps on our side)."""
+    h = {"Content-Type": "application/json"}
+    if cookie:
+        h["Cookie"] = f"s={cookie}"
+    return site.req(path, method=method, body=raw, headers=h, port=port)
+
+
+@pytest.mark.parametrize("raw,says", [
+    (rb'{"username":"lat","password":"\ud800"}', b"password: lone surrogate"),
+    (rb'{"username":"\udfff","password":"x"}', b"username: lone surrogate"),
+    # The same code point as raw (invalid) UTF-8; json.loads(bytes) would let it through.
+    (b'{"username":"lat","password":"\xed\xa0\x80"}', b"not UTF-8"),
+    (b'{"username":"lat","password":"\xff"}', b"not UTF-8"),
+    (rb'{"username":"lat","password":NaN}', b"password: not a finite number"),
+    (b'{"username":"lat","password":' + b"1" * 5000 + b"}", b"password: integer of 5000"),
+], ids=["escaped-surrogate", "escaped-low-surrogate", "utf8-surrogate", "invalid-utf8", "nan",
+        "5000-digits"])
+def test_login_body_that_cannot_be_text_is_400_not_500(site, caplog, raw, says):
+    # Before the fix: 500 with a traceback (UnicodeEncodeError in the hasher), before the
+    # attempt was counted, so throttling never applied and the log could be flooded.
+    status, _, body = _raw(site, "POST", "/api/login", raw)
+    assert status == 400 and says in body, (status, body)
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
+def test_user_names_passwords_and_csrf_with_lone_surrogates_are_400(site, cookies, caplog):
+    # Before the fix each of these was a 500 (encoding the string for the database, the
+    # hasher or the CSRF comparison).
+    admin = cookies["admin"]
+    csrf = site.csrf(admin)
+    vid = site.user_ids["viewer"]
+    cases = [
+        ("POST", "/api/users/", '{"csrf":"%s","user":{"username":"\\ud800"}}' % csrf,
+         b"user.username: lone surrogate"),
+        ("POST", "/api/users/",
+         '{"csrf":"%s","user":{"username":"x19","password":"a\\udc00b"}}' % csrf,
+         b"user.password: lone surrogate"),
+        ("PATCH", f"/api/users/{vid}", '{"csrf":"%s","update":{"password":"\\ud800"}}' % csrf,
+         b"update.password: lone surrogate"),
+        ("PATCH", f"/api/users/{vid}",
+         '{"csrf":"%s","precondition":{"username":"\\ud800"}}' % csrf,
+         b"precondition.username: lone surrogate"),
+        ("POST", "/api/logout", '{"csrf":"\\ud800"}', b"csrf: lone surrogate"),
+    ]
+    for method, path, raw, says in cases:
+        status, _, body = _raw(site, method, path, raw.encode(), cookie=admin)
+        assert status == 400 and says in body, (path, raw, status, body)
+    assert "Traceback" not in caplog.text
+    with site.db.locked("test"):
+        assert not any(u.username == "x19" for u in site.db.users.values())
+    assert site.req("/api/", cookie=admin)[0] == 200   # the logout didn't happen
+
+
+@pytest.mark.parametrize("s", ["0" * 5000, "0" * 4301 + "1", "1-" + "0" * 5000,
+                               "1." + "0" * 5000 + "-", "1@" + "0" * 31],
+                         ids=["zeros", "zeros-1", "end-id", "rel-start", "open-id"])
+def test_s_parameter_with_thousands_of_leading_zeros_is_400(site, cookies, s):
+    # Before the fix: 500, as the length check measured the number after stripping the
+    # zeros and int() then refused over 4300 digits.
+    path = f"/api/cameras/{site.camera_uuid}/main/view.mp4?s={s}"
+    status, _, body = site.req(path, cookie=cookies["viewer"])
+    assert status == 400 and b"too large" in body, (status, body[:200])
+
+
+@pytest.mark.parametrize("param", ["startTime90k", "endTime90k", "split90k"])
+@pytest.mark.parametrize("value", ["0" * 5000, "9" * 5000, "-" + "0" * 4400, "+5", "5_0",
+                                   "\u0665"], ids=["zeros", "nines", "minus-zeros", "plus",
+                                                   "underscore", "arabic-digit"])
+def test_numeric_parameters_are_checked_on_what_is_converted(site, cookies, param, value):
+    import urllib.parse
+    path = (f"/api/cameras/{site.camera_uuid}/main/recordings?"
+            + urllib.parse.urlencode({param: value}))
+    status, _, body = site.req(path, cookie=cookies["viewer"])
+    assert status == 400 and param.encode() in body, (status, body[:200])
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+def test_non_finite_preferences_are_refused_and_never_echoed(site, cookies, number):
+    # Before the fix: stored, then GET /api/ and admins' GET /api/users/ emitted NaN,
+    # which isn't JSON: the UI's Users page broke for every admin.
+    viewer = cookies["viewer"]
+    csrf = site.csrf(viewer)
+    vid = site.user_ids["viewer"]
+    raw = b'{"csrf":"%s","update":{"preferences":{"zoom":%s}}}' % (csrf.encode(), number)
+    status, _, body = _raw(site, "PATCH", f"/api/users/{vid}", raw, cookie=viewer)
+    assert status == 400 and b"update.preferences.zoom: not a finite number" in body, body
+    for path, who in (("/api/", viewer), ("/api/users/", cookies["admin"])):
+        status, _, body = site.req(path, cookie=who)
+        assert status == 200
+        _strict_json(body)
+
+
+def test_a_stored_non_finite_value_goes_out_as_null(site, cookies, caplog):
+    """A database written before NaN was refused may hold one: the user list still
+    answers, with null in its place (sanitized on output, with a warning)."""
+    nid = site.user_ids["noperm"]
+    with site.db.locked("test"):
+        old = dict(site.db.users[nid].config)
+    site.db.update_user(nid, config={**old, "preferences": {"zoom": float("nan"),
+                                                             "x": [float("inf"), 1.5]}})
+    try:
+        status, _, body = site.req("/api/users/", cookie=cookies["admin"])
+        assert status == 200, body
+        users = {u["id"]: u["user"] for u in _strict_json(body)["users"]}
+        assert users[nid]["preferences"] == {"zoom": None, "x": [None, 1.5]}
+        status, _, body = site.req("/api/", cookie=cookies["noperm"])
+        assert status == 200 and _strict_json(body)["user"]["preferences"]["zoom"] is None
+        assert "NaN or Infinity" in caplog.text
+    finally:
+        site.db.update_user(nid, config=old)
+
+
+def test_json_body_parser_names_the_field():
+    cases = [
+        (rb'{"password":"\ud800"}', "password: lone surrogate"),
+        (rb'{"update":{"preferences":{"zoom":NaN}}}',
+         "update.preferences.zoom: not a finite number"),
+        (rb'{"states":[1,2,1e400]}', "states[2]: not a finite number"),
+        (rb'{"a":{"\udc00":1}}', "a.'\\udc00': lone surrogate in a key"),
+        (b'{"start":' + b"9" * 31 + b"}", "start: integer of 31 digits is too large"),
+        (b"[" * 33 + b"]" * 33, "nests arrays and objects more than 32 deep"),
+        (b'"\xed\xa0\x80"', "not UTF-8"),
+    ]
+    for raw, says in cases:
+        with pytest.raises(api.HttpError) as e:
+            api.parse_json_body(raw)
+        assert e.value.status == 400 and says in e.value.message, (raw, e.value.message)
+    assert api.parse_json_body(b"[" * 32 + b"]" * 32) is not None
+    assert api.parse_json_body(rb'{"a":"\ud83d\ude00","n":-1.5e300,"i":' + b"9" * 30 + b"}") \
+        == {"a": "\U0001F600", "n": -1.5e300, "i": int("9" * 30)}

@@ -635,3 +635,219 @@ def test_body_writer_corks_tcp_only_while_sample_data_goes(tmp_path, monkeypatch
     else:
         assert seen == [("write", None), ("write", None), ("file", None),
                         ("write", None), ("file", None)]
+
+
+# --- issue 19 item 3: slow clients, deadlines and connection caps -------------------------------
+
+def test_deadline_phases_with_simulated_time():
+    c = clock.SimulatedClocks(START_NS)
+    d = web.Deadline(c)
+    assert d.remaining() is None
+    d.set("idle", 60, then=("head", 30))
+    c.sleep(59)
+    assert d.remaining() == pytest.approx(1)
+    d.got(0)                                  # a read of nothing doesn't start the head
+    assert d.what == "idle"
+    d.got(5)                                  # the next request's first bytes
+    assert (d.what, d.received) == ("head", 5) and d.remaining() == pytest.approx(30)
+    c.sleep(29.5)
+    d.got(100)                                # more of the head: the deadline stands
+    assert d.remaining() == pytest.approx(0.5)
+    c.sleep(0.5)
+    with pytest.raises(web.DeadlinePassed) as e:
+        d.remaining()
+    assert (e.value.what, e.value.seconds, e.value.received) == ("head", 30, 105)
+    assert isinstance(e.value, TimeoutError)
+    d.clear()
+    assert d.remaining() is None
+
+
+SHORT = web.Limits(head_sec=0.5, idle_sec=0.5, body_sec=0.5, body_min_bytes_per_sec=1e6)
+
+
+class Trickler:
+    """Sends one byte to each of its sockets every `interval` s until each is closed by
+    the server (a pacing, not a synchronisation: the test waits for the server's EOF)."""
+
+    def __init__(self, socks, data: bytes, interval: float = 0.05):
+        self.socks, self.data, self.interval = socks, data, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        i = 0
+        live = list(self.socks)
+        while live and not self.stop.wait(self.interval):
+            for s in list(live):
+                try:
+                    s.send(self.data[i % len(self.data):][:1])
+                except OSError:
+                    live.remove(s)
+            i += 1
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def _read_to_eof(s: socket.socket, timeout: float = 10.0) -> bytes:
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
+
+
+def _connect(port, source="127.0.0.1") -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def test_slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served(
+        recorded, serve):
+    # Before the fix: the 120 s timeout was per read, so these sockets, sending a byte
+    # every 50 ms, stayed open (each holding a thread) as long as they kept sending.
+    srv = serve(recorded.t.db, limits=SHORT)
+    port = srv.addresses[0][1]
+    heads = [_connect(port) for _ in range(4)]
+    for s in heads:
+        s.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n")
+    bodies = [_connect(port) for _ in range(2)]
+    for s in bodies:
+        s.sendall(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 1000\r\n\r\n{")
+    t = Trickler(heads + bodies, b"X-Slow: yes\r\n")
+    began = time.monotonic()
+    try:
+        # Meanwhile another client is served normally, on one keep-alive connection.
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(5):
+            status, _, body = request(port, "/api/request", conn=c)
+            assert status == 200 and b"client addr" in body
+        c.close()
+        for s in heads:
+            got = _read_to_eof(s)
+            assert got.startswith(b"HTTP/1.1 408 "), got
+            assert b"request head incomplete after 0.5 s" in got
+        for s in bodies:
+            got = _read_to_eof(s)
+            assert got.startswith(b"HTTP/1.1 408 "), got
+            assert b"the request body (1000 bytes) didn't arrive within 0.501 s" in got
+        assert time.monotonic() - began < 5
+    finally:
+        t.close()
+        for s in heads + bodies:
+            s.close()
+    assert srv._servers[0].wait_connections(lambda s: s.connection_count() == 0, 10)
+
+
+def test_idle_keep_alive_and_silent_connections_are_closed_without_a_word(recorded, serve):
+    srv = serve(recorded.t.db, limits=SHORT)
+    port = srv.addresses[0][1]
+    silent = _connect(port)            # connects, never sends: closed after head_sec
+    idle = _connect(port)
+    idle.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = b""
+    while b"\r\n\r\n" not in first:
+        first += idle.recv(65536)
+    began = time.monotonic()
+    assert _read_to_eof(silent) == b""
+    rest = _read_to_eof(idle)          # the rest of the first response, then EOF
+    assert b"HTTP/1.1" not in rest     # no 408 to an idle connection
+    assert time.monotonic() - began < 5
+    silent.close()
+    idle.close()
+
+
+def test_a_connection_with_a_slow_handler_is_not_cut(recorded, serve, monkeypatch):
+    """Deadlines are for reading the request; a handler taking longer than all of them
+    (here 3x the head and idle deadlines) still answers."""
+    srv = serve(recorded.t.db, limits=SHORT)
+    release = threading.Event()
+    orig = api.handle_request
+
+    def slow(req, m):
+        release.wait(1.5)   # the test's client waits meanwhile: nothing to sync on
+        return orig(req, m)
+    monkeypatch.setattr(api, "ROUTES", [api.Route(r.pattern, r.methods, r.permission, slow)
+                                        if r.handler is orig else r for r in api.ROUTES])
+    status, _, body = request(srv.addresses[0][1], "/api/request")
+    assert status == 200 and b"client addr" in body
+
+
+def _get_ok(s: socket.socket) -> None:
+    s.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.settimeout(10)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 200 "), got
+
+
+def _refused(s: socket.socket) -> bytes:
+    s.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n\r\n")
+    return _read_to_eof(s)
+
+
+def test_connection_caps_per_peer_and_per_bind_answer_503(recorded, serve, caplog):
+    # Before the fix there was no cap: every connection got a thread.
+    limits = web.Limits(max_per_peer=3, max_per_bind=5, retry_after_sec=7)
+    srv = serve(recorded.t.db, limits=limits)
+    port = srv.addresses[0][1]
+    hs = srv._servers[0]
+    a = [_connect(port) for _ in range(3)]
+    for s in a:
+        _get_ok(s)                               # each is open, served, kept alive
+    extra = _connect(port)
+    got = _refused(extra)
+    assert got.startswith(b"HTTP/1.1 503 "), got
+    assert b"Retry-After: 7\r\n" in got and b"3 open from 127.0.0.1" in got
+    # Another address (all of 127/8 is loopback) has its own count, up to the bind's cap.
+    b = [_connect(port, "127.0.0.2") for _ in range(2)]
+    for s in b:
+        _get_ok(s)
+    got = _refused(_connect(port, "127.0.0.3"))
+    assert got.startswith(b"HTTP/1.1 503 ") and b"5 open on this listener" in got, got
+    assert "refusing a connection" in caplog.text
+    # One closes: its thread ends and frees a place for that address.
+    a[0].close()
+    assert hs.wait_connections(lambda s: s.connection_count("127.0.0.1") == 2, 10)
+    again = _connect(port)
+    _get_ok(again)
+    for s in a[1:] + b + [extra, again]:
+        s.close()
+    assert hs.wait_connections(lambda s: s.connection_count() == 0, 10)
+
+
+def test_live_websockets_count_toward_the_caps_and_outlive_the_deadlines(recorded, serve):
+    """A 3x3 live grid holds 9 WebSockets: under the default caps they and the page's
+    other requests are all served; they count (here against a cap of 9 per address)
+    and stay open past every request deadline (they ping and pong)."""
+    import live
+    from test_live import WsClient
+    assert web.Limits().max_per_peer >= 9 + 6
+    srv = serve(recorded.t.db, limits=web.Limits(head_sec=0.3, idle_sec=0.3, max_per_peer=9))
+    srv.live_options = live.Options(ping_interval_sec=0.2)
+    port = srv.addresses[0][1]
+    path = f"/api/cameras/{recorded.camera_uuid}/main/live.m4s"
+    grid = [WsClient(port, path) for _ in range(9)]
+    assert [c.status for c in grid] == [101] * 9
+    got = _refused(_connect(port))
+    assert got.startswith(b"HTTP/1.1 503 "), got
+    began = time.monotonic()
+    while time.monotonic() - began < 1.0:    # > 3 deadlines: pings keep coming
+        for c in grid:
+            assert c.recv_frame()[0] == live.PING
+            c.send(live.PONG, b"")
+    for c in grid:
+        c.send(live.PING, b"still here")
+        assert c.recv_skipping_pings() == (live.PONG, b"still here")
+        c.close()
+    assert srv._servers[0].wait_connections(lambda s: s.connection_count() == 0, 10)
+    assert request(port, "/api/request")[0] == 200

@@ -478,6 +478,8 @@ class Config:
     db_dir: str
     ui_dir: str | None
     binds: list[Bind]
+    # The Content-Security-Policy of a custom uiDir's files (None: web.STATIC_CSP).
+    ui_content_security_policy: str | None = None
 
 
 def _keys(where: str, table: dict, allowed: dict) -> None:
@@ -496,7 +498,13 @@ def parse_config(text: str, source: str) -> Config:
         t = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config {source}: {e}") from None
-    _keys("", t, {"dbDir": str, "uiDir": str, "binds": list})
+    _keys("", t, {"dbDir": str, "uiDir": str, "uiContentSecurityPolicy": str, "binds": list})
+    csp = t.get("uiContentSecurityPolicy")
+    if csp is not None and "uiDir" not in t:
+        raise UsageError("config: uiContentSecurityPolicy is for a custom uiDir; nvr's own "
+                         "UI keeps its strict policy (set uiDir, or remove the key)")
+    if csp is not None and any(c in csp for c in "\r\n\0"):
+        raise UsageError("config: uiContentSecurityPolicy must be one line")
     binds = []
     for i, b in enumerate(t.get("binds", [])):
         where = f"binds[{i}]."
@@ -522,7 +530,8 @@ def parse_config(text: str, source: str) -> Config:
                 raise UsageError(f"config: {where}tls needs both cert and key")
             bind.tls_cert, bind.tls_key = b["tls"]["cert"], b["tls"]["key"]
         binds.append(bind)
-    return Config(db_dir=t.get("dbDir", DEFAULT_DB_DIR), ui_dir=t.get("uiDir"), binds=binds)
+    return Config(db_dir=t.get("dbDir", DEFAULT_DB_DIR), ui_dir=t.get("uiDir"), binds=binds,
+                  ui_content_security_policy=csp)
 
 
 def load_config(path: str | None) -> Config:

@@ -114,9 +114,15 @@ WRITE_BUFFER_BYTES = 256 * 1024
 MAX_RANGES = 64
 # Request bodies (JSON) larger than this are refused with 413.
 MAX_BODY_BYTES = api.MAX_JSON_BODY_BYTES
-# Static UI files: names aren't content-hashed (there is no build step, and people edit
-# ui/ on the box), so browsers revalidate each time and mostly get a 304.
+# Static UI files: our names aren't content-hashed (there is no build step, and people
+# edit ui/ on the box), so browsers revalidate each time and mostly get a 304. A custom
+# uiDir built by a bundler has hashed names (`index-3f2a9c1b.js`): those never change.
 STATIC_CACHE_CONTROL = "public, no-cache"
+HASHED_CACHE_CONTROL = "public, max-age=31536000, immutable"
+# A content hash: the name's last part before the extension, after a "-" or ".", of 8 or
+# more letters, digits and "_", at least one a digit (so "users-settings.js" isn't one;
+# a hash that happens to have no digit is merely revalidated). Vite, webpack, esbuild.
+_HASHED_NAME = re.compile(r"[^/]+[.-](?=[A-Za-z_]*[0-9])[A-Za-z0-9_]{8,}\.[A-Za-z0-9]+")
 STATIC_TYPES = {
     "css": "text/css; charset=utf-8", "html": "text/html; charset=utf-8",
     "ico": "image/x-icon", "js": "text/javascript; charset=utf-8",
@@ -482,6 +488,24 @@ STATIC_CSP = ("script-src 'self'; object-src 'none'; base-uri 'none'; form-actio
               "frame-ancestors 'none'")
 
 
+def _accepts_gzip(accept_encoding: str | None) -> bool:
+    """RFC 9110 §12.5.3: `gzip` (or `*`) listed without q=0."""
+    if not accept_encoding:
+        return False
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = params.replace(" ", "").lower()
+        if q.startswith("q="):
+            try:
+                return float(q[2:7]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
 @dataclasses.dataclass
 class StaticFile:
     """A file of the UI directory, served like a VirtualFile (Range, conditional)."""
@@ -490,28 +514,43 @@ class StaticFile:
     last_modified: int
     etag: str
     content_type: str
+    csp: str | None = STATIC_CSP      # None or "": no Content-Security-Policy header
+    gzip: bool = False                # `path` is the .gz sibling, sent as is
+    has_gzip: bool = False            # a .gz sibling exists (so the answer varies)
+    cache_control: str = STATIC_CACHE_CONTROL
 
     def headers(self) -> dict[str, str]:
-        return {"Content-Type": self.content_type, "ETag": self.etag,
-                "Last-Modified": email.utils.formatdate(self.last_modified, usegmt=True),
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": STATIC_CSP, "X-Frame-Options": "DENY"}
+        h = {"Content-Type": self.content_type, "ETag": self.etag,
+             "Last-Modified": email.utils.formatdate(self.last_modified, usegmt=True),
+             "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
+        if self.csp:
+            h["Content-Security-Policy"] = self.csp
+        if self.gzip:
+            h["Content-Encoding"] = "gzip"
+        if self.has_gzip:
+            h["Vary"] = "Accept-Encoding"
+        return h
 
     def chunks(self, start: int = 0, end: int | None = None):
         end = self.length if end is None else end
         if end > start:
             yield mp4.FileChunk(self.path, start, end - start)
 
-    cache_control = STATIC_CACHE_CONTROL
 
-
-def find_static(ui_dir: str, path: str) -> StaticFile:
+def find_static(ui_dir: str, path: str, accept_encoding: str | None = None, *,
+                csp: str | None = STATIC_CSP) -> StaticFile:
     """The UI file for a URL path, refusing anything outside `ui_dir` (404).
 
     `/` is index.html (a literal `/index.html` is a 404, as Moonfire: one URL per page);
     other names need a known extension. Components that are empty,
     `.`/`..`, hidden, or contain a backslash or NUL are refused before touching the disk,
-    and the resolved real path must still be inside the real `ui_dir` (symlinks)."""
+    and the resolved real path must still be inside the real `ui_dir` (symlinks).
+
+    A regular `NAME.gz` next to the file (also inside `ui_dir`) is sent instead, as is,
+    with `Content-Encoding: gzip`, when `accept_encoding` takes gzip: it is then the
+    entity, so its length, its own ETag and any Range apply to the compressed bytes
+    (as nginx's gzip_static). Either way the answer carries `Vary: Accept-Encoding`.
+    A content-hashed name (`_HASHED_NAME`) is cached for a year, `immutable`."""
     rel = "index.html" if path == "/" else path[1:]
     parts = rel.split("/")
     if path == "/index.html" or not path.startswith("/") or any(
@@ -530,8 +569,18 @@ def find_static(ui_dir: str, path: str) -> StaticFile:
         raise HttpError(404, f"no such file: {path}") from None
     if not stat.S_ISREG(st.st_mode):
         raise HttpError(404, f"no such file: {path}")
+    cache = HASHED_CACHE_CONTROL if _HASHED_NAME.fullmatch(parts[-1]) else STATIC_CACHE_CONTROL
+    gz = os.path.realpath(full + ".gz")
+    try:
+        gz_st = os.stat(gz) if os.path.commonpath([root, gz]) == root else None
+    except OSError:
+        gz_st = None
+    has_gzip = gz_st is not None and stat.S_ISREG(gz_st.st_mode)
+    if has_gzip and _accepts_gzip(accept_encoding):
+        full, st = gz, gz_st
     return StaticFile(full, st.st_size, int(st.st_mtime),
-                      f'"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"', STATIC_TYPES[ext])
+                      f'"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"', STATIC_TYPES[ext],
+                      csp=csp, gzip=full == gz, has_gzip=has_gzip, cache_control=cache)
 
 
 # ---------------------------------------------------------------------------------------
@@ -912,7 +961,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         base["Accept-Ranges"] = "bytes"
         head = req.method == "HEAD"
         if not_modified(req.headers, f):
-            keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Type")
+            keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Type", "Vary",
+                    "Content-Encoding")
             self._start(304, {**{k: base[k] for k in keep if k in base},
                               "Content-Length": str(f.length)})
             self._write(self._header_bytes())
@@ -1342,6 +1392,10 @@ class Server:
         self.limits = limits or Limits()
         self.binds = list(config.binds)
         self.ui_dir = getattr(config, "ui_dir", None) or DEFAULT_UI_DIR
+        # A custom UI may need its own CSP (Moonfire's has inline scripts); ours keeps
+        # STATIC_CSP. nvr.py allows the key only with uiDir; "" sends none.
+        csp = getattr(config, "ui_content_security_policy", None)
+        self.ui_csp = STATIC_CSP if csp is None else csp
         self.clocks = clocks or clock.RealClocks()
         # Sessions and logins; one per database (nvr.py passes the one it made).
         self.auth = auth_ if auth_ is not None else auth.Auth(db)
@@ -1390,7 +1444,9 @@ class Server:
         if req.method not in ("GET", "HEAD"):
             raise HttpError(405, f"method {req.method} is not allowed here; use GET or HEAD",
                             {"Allow": "GET, HEAD"})
-        return find_static(self.ui_dir, req.path)  # a query (cache buster) is ignored
+        # A query (cache buster) is ignored.
+        return find_static(self.ui_dir, req.path, req.headers.get("Accept-Encoding"),
+                           csp=self.ui_csp)
 
     def add_live(self, wake) -> None:
         """Registers a live connection's `wake()` (callable from any thread)."""

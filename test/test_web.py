@@ -851,3 +851,117 @@ def test_live_websockets_count_toward_the_caps_and_outlive_the_deadlines(recorde
         c.close()
     assert srv._servers[0].wait_connections(lambda s: s.connection_count() == 0, 10)
     assert request(port, "/api/request")[0] == 200
+
+
+# --- issue 19 item 9: a custom uiDir, .gz siblings, hashed names ------------------------------
+
+def test_ui_content_security_policy_config_key():
+    base = 'dbDir = "d"\n[[binds]]\nipv4 = "127.0.0.1:0"\n'
+    # Before the fix: "unknown key 'uiContentSecurityPolicy'".
+    c = nvr.parse_config('uiDir = "/srv/ui"\nuiContentSecurityPolicy = "script-src \'self\' '
+                         '\'unsafe-inline\'"\n' + base, "test")
+    assert c.ui_content_security_policy == "script-src 'self' 'unsafe-inline'"
+    assert nvr.parse_config(base, "test").ui_content_security_policy is None
+    with pytest.raises(nvr.UsageError, match="is for a custom uiDir"):
+        nvr.parse_config('uiContentSecurityPolicy = "x"\n' + base, "test")
+    with pytest.raises(nvr.UsageError, match="must be a str"):
+        nvr.parse_config('uiDir = "/srv/ui"\nuiContentSecurityPolicy = 1\n' + base, "test")
+
+
+@pytest.fixture
+def custom_ui(tmp_path):
+    import gzip
+    ui = tmp_path / "custom-ui"
+    (ui / "assets").mkdir(parents=True)
+    (ui / "index.html").write_text("<script>window.x = 1</script>")
+    big = ("// " + "moonfire " * 20 + "\n") * 2000
+    (ui / "assets" / "index-3f2a9c1b.js").write_text(big)
+    (ui / "assets" / "index-3f2a9c1b.js.gz").write_bytes(gzip.compress(big.encode()))
+    (ui / "app.js").write_text("plain")
+    outside = tmp_path / "secret.gz"
+    outside.write_bytes(gzip.compress(b"secret"))
+    os.symlink(outside, ui / "app.js.gz")          # a .gz leading out of uiDir: ignored
+    return ui, big.encode()
+
+
+def test_custom_ui_dir_gets_the_configured_csp_and_ours_the_strict_one(recorded, custom_ui):
+    ui, _ = custom_ui
+    csp = "default-src 'self'; script-src 'self' 'unsafe-inline'"
+    servers = [web.Server(recorded.t.db, nvr.Config("unused", str(ui), [tcp_bind()], c))
+               for c in (csp, "", None)]
+    servers.append(web.Server(recorded.t.db, nvr.Config("unused", None, [tcp_bind()])))
+    try:
+        for s in servers:
+            s.start()
+        got = [request(s.addresses[0][1], "/")[1].get("Content-Security-Policy")
+               for s in servers]
+        assert got[0] == csp                      # before the fix: always web.STATIC_CSP
+        assert got[1] is None                     # "": none at all
+        assert got[2] == got[3] == web.STATIC_CSP  # unset, and nvr's own UI: strict
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_gzip_sibling_is_sent_to_clients_that_take_it(recorded, custom_ui):
+    import gzip
+    ui, big = custom_ui
+    srv = web.Server(recorded.t.db, nvr.Config("unused", str(ui), [tcp_bind()]))
+    srv.start()
+    try:
+        port = srv.addresses[0][1]
+        path = "/assets/index-3f2a9c1b.js"
+        gz = (ui / "assets" / "index-3f2a9c1b.js.gz").read_bytes()
+        # Before the fix: always the plain file.
+        status, h, body = request(port, path, headers={"Accept-Encoding": "br, gzip"})
+        assert status == 200 and h["Content-Encoding"] == "gzip" and body == gz
+        assert h["Content-Length"] == str(len(gz)) and len(gz) < len(big) // 10
+        assert h["Vary"] == "Accept-Encoding"
+        assert h["Content-Type"] == "text/javascript; charset=utf-8"
+        assert gzip.decompress(body) == big
+        gz_etag = h["ETag"]
+        status, h, body = request(port, path)     # no Accept-Encoding
+        assert status == 200 and "Content-Encoding" not in h and body == big
+        assert h["Vary"] == "Accept-Encoding" and h["ETag"] != gz_etag
+        for refuses in ("gzip;q=0", "identity", "br", "gzip; q=0.0, deflate"):
+            h = request(port, path, headers={"Accept-Encoding": refuses})[1]
+            assert "Content-Encoding" not in h, refuses
+        # Ranges and conditionals apply to the bytes sent: the compressed ones.
+        status, h, body = request(port, path, headers={"Accept-Encoding": "gzip",
+                                                       "Range": "bytes=10-19"})
+        assert status == 206 and body == gz[10:20] and h["Content-Encoding"] == "gzip"
+        assert h["Content-Range"] == f"bytes 10-19/{len(gz)}"
+        status, h, _ = request(port, path, headers={"Accept-Encoding": "gzip",
+                                                    "If-None-Match": gz_etag})
+        assert status == 304 and h["Vary"] == "Accept-Encoding"
+        status, h, body = request(port, path, method="HEAD", headers={"Accept-Encoding": "*"})
+        assert status == 200 and body == b"" and h["Content-Length"] == str(len(gz))
+        # A .gz symlinked out of the UI dir is never sent; nor is a .gz asked for by name.
+        status, h, body = request(port, "/app.js", headers={"Accept-Encoding": "gzip"})
+        assert (status, body) == (200, b"plain") and "Content-Encoding" not in h
+        assert request(port, path + ".gz")[0] == 404
+        for bad in ("/assets/../../secret.gz", "/%2e%2e/secret.gz", "/assets/..%2f..%2fsecret.gz",
+                    "/app.js/../../secret.gz", "/.%2e/custom-ui/app.js"):
+            assert request(port, bad, headers={"Accept-Encoding": "gzip"})[0] == 404, bad
+    finally:
+        srv.stop()
+
+
+def test_content_hashed_names_are_cached_for_a_year(recorded, custom_ui):
+    ui, _ = custom_ui
+    srv = web.Server(recorded.t.db, nvr.Config("unused", str(ui), [tcp_bind()]))
+    srv.start()
+    try:
+        port = srv.addresses[0][1]
+        h = request(port, "/assets/index-3f2a9c1b.js")[1]
+        # Before the fix: "public, no-cache" for every file.
+        assert h["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert request(port, "/app.js")[1]["Cache-Control"] == "public, no-cache"
+        assert request(port, "/")[1]["Cache-Control"] == "public, no-cache"
+    finally:
+        srv.stop()
+    for name, hashed in (("index-3f2a9c1b.js", True), ("main.3f2a9c1b.css", True),
+                         ("chunk-BxQ7_k9a.js", True), ("users-settings.js", False),
+                         ("index-abcdefgh.js", False), ("a-1234567.js", False),
+                         ("app.js", False), ("style.css", False)):
+        assert bool(web._HASHED_NAME.fullmatch(name)) == hashed, name

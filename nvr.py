@@ -498,7 +498,7 @@ def parse_config(text: str, source: str) -> Config:
         t = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config {source}: {e}") from None
-    _keys("", t, {"dbDir": str, "uiDir": str, "uiContentSecurityPolicy": str, "binds": list})
+    _keys("", t, {"dbDir": str, "uiDir": str, "binds": list, "uiContentSecurityPolicy": str})
     csp = t.get("uiContentSecurityPolicy")
     if csp is not None and "uiDir" not in t:
         raise UsageError("config: uiContentSecurityPolicy is for a custom uiDir; nvr's own "

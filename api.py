@@ -8,6 +8,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   (built by mp4.py), live.m4s (handed to live.py), signals, users, `/api/request`.
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
+  Every body is parsed by `parse_json_body` (UTF-8, no lone surrogates, finite numbers,
+  bounded integers and nesting); every response is strict JSON (`Response.json`).
   A session-authenticated mutation must carry the session's `csrf` (§5.5), compared
   in constant time; a wrong or missing one is a 400 (reference §5.2).
 - Errors: `HttpError(status, one-line message)`; the kinds of §5.1 map to 400 (bad

@@ -1,8 +1,11 @@
 """The HTTP server: listening on the configured binds, who is calling, and sending bytes.
 
 What it owns: the sockets of `[[binds]]` (TCP over IPv4/IPv6, Unix, optionally TLS), one
-handler thread per connection, reading requests (bodies only with Content-Length, at most
-MAX_BODY_BYTES), deciding who the caller is (`resolve_caller`, reference §5.4, with the
+handler thread per connection within the caps of `Limits` (per bind, per peer address;
+over them the accept loop answers 503 itself), reading requests within the deadlines of
+`Limits` (head, keep-alive idle, body: total, not per read, so a client trickling bytes
+can't hold a thread; `Deadline`, on Clocks) and bodies only with Content-Length, at most
+MAX_BODY_BYTES, deciding who the caller is (`resolve_caller`, reference §5.4, with the
 trusted proxy headers of `forwarded_client`), the static UI files (`find_static`), and
 HTTP semantics for an entity (a `mp4.VirtualFile` or a `StaticFile`): Range (RFC 9110
 §14), conditional requests (§13: If-None-Match, If-Modified-Since, If-Range), HEAD, and
@@ -44,11 +47,13 @@ empty, `.`, `..` or hidden component is refused before touching the disk, and th
 path must stay inside the real UI dir. Served with sendfile, ETag and Last-Modified, and
 `Cache-Control: public, no-cache` (we differ from Moonfire's week-long `immutable`: our
 file names aren't content-hashed, since there is no build step and people edit ui/ on
-the box; a revalidation costs one 304).
+the box; a revalidation costs one 304). A custom uiDir's content-hashed names
+(`index-3f2a9c1b.js`) are `immutable` for a year, its `NAME.gz` siblings are sent to
+clients taking gzip, and its CSP is the config's `uiContentSecurityPolicy`.
 
-Errors are text/plain, one line: the statuses of api.py, plus 411 (chunked bodies), 413
-(a body over MAX_BODY_BYTES), 416 (unsatisfiable Range, `Content-Range: bytes */len`),
-500 (the traceback goes to the log with the request id, never to the client).
+Errors are text/plain, one line: the statuses of api.py, plus 408 (a request head or
+body past its deadline), 411 (chunked bodies), 413 (a body over MAX_BODY_BYTES), 416
+(unsatisfiable Range, `Content-Range: bytes */len`), 503 (over a connection cap), 500 (the traceback goes to the log with the request id, never to the client).
 
 Sending: sample bytes (`mp4.FileChunk`) go with `os.sendfile` from the file to the
 socket (zero copy), with TCP_CORK set meanwhile so the kernel sends full segments (as

@@ -781,6 +781,36 @@ def test_a_connection_with_a_slow_handler_is_not_cut(recorded, serve, monkeypatc
     assert status == 200 and b"client addr" in body
 
 
+def test_tls_handshake_trickled_is_cut_at_the_head_deadline(recorded, serve, tmp_path,
+                                                            caplog):
+    """The handshake counts against the first request's head deadline, in total: before,
+    each of its reads had the 120 s timeout. Over the cap, a TLS bind just closes."""
+    cert, key = make_cert(tmp_path)
+    srv = serve(recorded.t.db, tcp_bind(tls_cert=cert, tls_key=key),
+                limits=web.Limits(head_sec=0.5, max_per_peer=2))
+    port = srv.addresses[0][1]
+    slow = _connect(port)
+    # The first bytes of a TLS record header, then a byte every 50 ms.
+    slow.sendall(b"\x16\x03\x01")
+    t = Trickler([slow], b"\x02\x00")
+    began = time.monotonic()
+    try:
+        assert _read_to_eof(slow) == b""
+        assert time.monotonic() - began < 5
+    finally:
+        t.close()
+        slow.close()
+    ctx = ssl.create_default_context(cafile=cert)
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    assert request(port, "/api/request", conn=c)[0] == 200
+    held = [_connect(port), _connect(port)]   # c and one of these reach the cap of 2
+    assert _read_to_eof(held[1], 10) == b""
+    assert "refusing a connection from 127.0.0.1: 2 open from 127.0.0.1" in caplog.text
+    c.close()
+    for s in held:
+        s.close()
+
+
 def _get_ok(s: socket.socket) -> None:
     s.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n\r\n")
     s.settimeout(10)

@@ -995,3 +995,24 @@ def test_content_hashed_names_are_cached_for_a_year(recorded, custom_ui):
                          ("index-abcdefgh.js", False), ("a-1234567.js", False),
                          ("app.js", False), ("style.css", False)):
         assert bool(web._HASHED_NAME.fullmatch(name)) == hashed, name
+
+
+def test_parse_range_fuzz_whole_unicode_and_huge_numbers():
+    """Any header text (the whole of Unicode, lone surrogates too; numbers of thousands
+    of digits, leading zeros included) gives whole / ranges within the entity / 416."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    num = st.sampled_from(["", "0", "7", "0" * 5000, "9" * 5000, "0" * 4400 + "3",
+                           "1" * 31]) | st.integers(0, 2 ** 70).map(str)
+    spec = st.one_of(st.tuples(num, num).map("-".join), num.map(lambda n: "-" + n),
+                     st.text(st.characters(exclude_categories=()), max_size=12))
+
+    @settings(max_examples=300, deadline=None)
+    @given(unit=st.sampled_from(["bytes", "Bytes", "items", ""]),
+           specs=st.lists(spec, max_size=5), length=st.integers(0, 10 ** 6))
+    def one(unit, specs, length):
+        got = web.parse_range(f"{unit}={','.join(specs)}", length)
+        assert got is None or got == web.UNSATISFIABLE or all(
+            0 <= s < e <= length for s, e in got), got
+    one()

@@ -10,6 +10,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   session, and what a session may do, is auth.py's), `/api/request`.
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
+  Every body is parsed by `parse_json_body` (UTF-8, no lone surrogates, finite numbers,
+  bounded integers and nesting); every response is strict JSON (`Response.json`).
   A session-authenticated mutation must carry the session's `csrf` (§5.5), compared
   in constant time; a wrong or missing one is a 400 (reference §5.2).
 - Errors: `HttpError(status, one-line message)`; the kinds of §5.1 map to 400 (bad
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import uuid as uuidlib
@@ -44,6 +47,8 @@ import db as dbmod
 import mp4
 import recording
 import snapshot
+
+logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 
@@ -86,17 +91,107 @@ class Caller:
 
 
 MAX_JSON_DEPTH = 32   # nesting of a request body; what is stored must also go back out
+MAX_JSON_INT_DIGITS = 30  # an integer in a body (ids, 90 kHz times fit in 19 digits)
 
 
-def _json_depth(v) -> int:
-    """How deeply arrays and objects nest in a parsed JSON value (a scalar: 0)."""
-    depth, level = 0, [v]
-    while True:
-        containers = [x for x in level if isinstance(x, (dict, list))]
-        if not containers:
-            return depth
-        depth += 1
-        level = [c for x in containers for c in (x.values() if isinstance(x, dict) else x)]
+class _Refused:
+    """What the JSON decoder's hooks put in place of a value we won't take (NaN and
+    Infinity, which aren't JSON at all; an integer too long to mean anything): the walk
+    in `parse_json_body` then names the field it sits in."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def _refuse_constant(name: str) -> _Refused:
+    return _Refused(f"not a finite number ({name}: JSON has no NaN or Infinity)")
+
+
+def _parse_json_int(digits: str):
+    if len(digits.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        return _Refused(f"integer of {len(digits.lstrip('-'))} digits is too large "
+                        f"(at most {MAX_JSON_INT_DIGITS})")
+    return int(digits)
+
+
+def _has_lone_surrogate(s: str) -> bool:
+    """True if `s` holds a UTF-16 surrogate: only a `\\ud800`-style JSON escape without its
+    pair makes one (a valid pair is decoded to one code point). It can't be encoded as
+    UTF-8: the password hasher, the database and the log would each fail on it."""
+    try:
+        s.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _field(path: str, key) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def parse_json_body(raw: bytes):
+    """A request body as JSON (RFC 8259: UTF-8), or HttpError(400) naming the first
+    field that is wrong. The one parser of every request body: each JSON value goes
+    through here before a handler sees it. Refused: bytes that aren't UTF-8 (an
+    encoded surrogate among them), lone surrogates from `\\u` escapes, NaN/Infinity
+    and numbers that overflow to them (1e400), integers of more than
+    MAX_JSON_INT_DIGITS digits, and nesting deeper than MAX_JSON_DEPTH. Each of these
+    once reached a handler and failed there with a 500, or was stored and then made
+    every later GET /api/ emit invalid JSON (issue 19)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HttpError(400, f"the request body is not UTF-8: byte {e.start} "
+                             f"({raw[e.start:e.start + 1]!r}) {e.reason}") from None
+    too_deep = HttpError(400, f"the request body nests arrays and objects more than "
+                              f"{MAX_JSON_DEPTH} deep")
+    try:
+        body = json.loads(text, parse_constant=_refuse_constant, parse_int=_parse_json_int)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as e:
+        raise HttpError(400, f"the request body is not valid JSON: {e}") from None
+    # Breadth-first, so that the depth limit is checked before a deep walk.
+    level, depth = [("", body)], 0
+    while level:
+        if any(isinstance(x, (dict, list)) for _, x in level):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise too_deep
+        nxt = []
+        for path, v in level:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    if _has_lone_surrogate(k):
+                        raise HttpError(400, f"{_field(path, repr(k))}: lone surrogate in "
+                                             f"a key (\\ud800-\\udfff unpaired)")
+                    nxt.append((_field(path, k), x))
+            elif isinstance(v, list):
+                nxt.extend((_field(path, i), x) for i, x in enumerate(v))
+            else:
+                what = path or "the request body"
+                if isinstance(v, _Refused):
+                    raise HttpError(400, f"{what}: {v.why}")
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise HttpError(400, f"{what}: not a finite number")
+                if isinstance(v, str) and _has_lone_surrogate(v):
+                    raise HttpError(400, f"{what}: lone surrogate (\\ud800-\\udfff "
+                                         f"unpaired); send UTF-8 text")
+        level = nxt
+    return body
+
+
+def _finite_or_null(v):
+    """`v` with every NaN/Infinity replaced by None (see `Response.json`)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite_or_null(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_or_null(x) for x in v]
+    return v
 
 
 @dataclasses.dataclass
@@ -131,16 +226,7 @@ class Request:
         if ctype not in ("application/json", "application/json;charset=utf-8"):
             raise HttpError(400, "the request body must be JSON with Content-Type: "
                                  "application/json")
-        too_deep = HttpError(400, f"the request body nests arrays and objects more than "
-                                  f"{MAX_JSON_DEPTH} deep")
-        try:
-            body = json.loads(self.body)
-        except RecursionError:
-            raise too_deep from None
-        except (ValueError, UnicodeDecodeError) as e:
-            raise HttpError(400, f"the request body is not valid JSON: {e}") from None
-        if _json_depth(body) > MAX_JSON_DEPTH:   # e.g. preferences, stored and sent back
-            raise too_deep
+        body = parse_json_body(self.body)
         if not isinstance(body, dict):
             raise HttpError(400, "the request body must be a JSON object")
         unknown = sorted(set(body) - set(allowed))
@@ -178,8 +264,19 @@ class Response:
 
     @classmethod
     def json(cls, obj, status: int = 200, **headers) -> "Response":
-        return cls(status, json.dumps(obj, separators=(",", ":")).encode(),
-                   "application/json", {"Cache-Control": TEXT_CACHE_CONTROL, **headers})
+        """Strict JSON out (`allow_nan=False`: NaN isn't JSON, and a browser's
+        JSON.parse refuses the whole document). Input can't bring a NaN in any more
+        (`parse_json_body`), but a database written before that can hold one, e.g. in
+        a user's preferences: it goes out as null, with a warning, rather than failing
+        the whole response (admins' user list, GET /api/)."""
+        try:
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            logger.warning("a response held NaN or Infinity (stored before they were "
+                           "refused?); sent as null")
+            text = json.dumps(_finite_or_null(obj), separators=(",", ":"), allow_nan=False)
+        return cls(status, text.encode(), "application/json",
+                   {"Cache-Control": TEXT_CACHE_CONTROL, **headers})
 
     @classmethod
     def empty(cls, status: int = 204, **headers) -> "Response":
@@ -243,7 +340,15 @@ def _bool_param(name: str, values: list[str]) -> bool:
 _PARAM_LIMIT = 2 ** 62   # 90 kHz ticks: 1.6 million years either side of 1970
 
 
+_MAX_PARAM_CHARS = 40      # a number or time string; checked before any int() (over 4300
+                           # digits it raises, leading zeros included)
+_INT_PARAM = re.compile(r"-?[0-9]+")
+
+
 def _time_param(name: str, values: list[str]) -> int:
+    if len(values[-1]) > _MAX_PARAM_CHARS:
+        raise HttpError(400, f"{name} is too long ({len(values[-1])} characters; a time "
+                             f"or a number of 90 kHz units has at most {_MAX_PARAM_CHARS})")
     try:
         v = recording.parse_time(values[-1])
     except ValueError as e:
@@ -254,10 +359,11 @@ def _time_param(name: str, values: list[str]) -> int:
 
 
 def _int_param(name: str, values: list[str]) -> int:
-    try:
-        v = int(values[-1])
-    except ValueError:
-        raise HttpError(400, f"{name} must be an integer, not {values[-1][:40]!r}") from None
+    # Plain ASCII digits only: int() would also take " 5", "+5", "5_0" and "٥".
+    if not _INT_PARAM.fullmatch(values[-1]) or len(values[-1]) > _MAX_PARAM_CHARS:
+        raise HttpError(400, f"{name} must be an integer of at most {_MAX_PARAM_CHARS} "
+                             f"characters, not {values[-1][:40]!r}")
+    v = int(values[-1])
     if not -_PARAM_LIMIT <= v <= _PARAM_LIMIT:
         raise HttpError(400, f"{name} is out of range (at most 2^62 in magnitude)")
     return v

@@ -273,7 +273,9 @@ def parse_segment(value: str) -> SegmentSpec:
     m = _S_RE.fullmatch(value)
     if m is None:
         raise Mp4Error(f"invalid s parameter {shown!r}: expected {S_SYNTAX}, e.g. 1-5.26-42")
-    if any(g is not None and len(g.lstrip("0")) > 30 for g in m.groups()):
+    # The length of what int() converts, leading zeros included: "0" * 5000 is zero,
+    # but int() refuses a string of over 4300 digits (a 500, issue 19).
+    if any(g is not None and len(g) > 30 for g in m.groups()):
         raise Mp4Error(f"invalid s parameter {shown!r}: a number is too large")
     start_id, end_id, open_id, rel_start, rel_end = m.groups()
     start = int(start_id)

@@ -495,6 +495,8 @@ class Config:
     binds: list[Bind]
     # sessionIdleDays, sessionLifetimeDays (auth.SessionLimits explains the defaults)
     session_limits: auth.SessionLimits = dataclasses.field(default_factory=auth.SessionLimits)
+    # The Content-Security-Policy of a custom uiDir's files (None: web.STATIC_CSP).
+    ui_content_security_policy: str | None = None
 
 
 def _keys(where: str, table: dict, allowed: dict) -> None:
@@ -514,10 +516,16 @@ def parse_config(text: str, source: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config {source}: {e}") from None
     _keys("", t, {"dbDir": str, "uiDir": str, "binds": list, "sessionIdleDays": None,
-                  "sessionLifetimeDays": None})
+                  "sessionLifetimeDays": None, "uiContentSecurityPolicy": str})
     limits = auth.SessionLimits(
         idle_sec=_days_sec(t, "sessionIdleDays", auth.SessionLimits.idle_sec),
         lifetime_sec=_days_sec(t, "sessionLifetimeDays", auth.SessionLimits.lifetime_sec))
+    csp = t.get("uiContentSecurityPolicy")
+    if csp is not None and "uiDir" not in t:
+        raise UsageError("config: uiContentSecurityPolicy is for a custom uiDir; nvr's own "
+                         "UI keeps its strict policy (set uiDir, or remove the key)")
+    if csp is not None and any(c in csp for c in "\r\n\0"):
+        raise UsageError("config: uiContentSecurityPolicy must be one line")
     binds = []
     for i, b in enumerate(t.get("binds", [])):
         where = f"binds[{i}]."
@@ -544,7 +552,7 @@ def parse_config(text: str, source: str) -> Config:
             bind.tls_cert, bind.tls_key = b["tls"]["cert"], b["tls"]["key"]
         binds.append(bind)
     return Config(db_dir=t.get("dbDir", DEFAULT_DB_DIR), ui_dir=t.get("uiDir"), binds=binds,
-                  session_limits=limits)
+                  session_limits=limits, ui_content_security_policy=csp)
 
 
 def _days_sec(t: dict, key: str, default_sec: int) -> int:

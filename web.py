@@ -1,8 +1,11 @@
 """The HTTP server: listening on the configured binds, who is calling, and sending bytes.
 
 What it owns: the sockets of `[[binds]]` (TCP over IPv4/IPv6, Unix, optionally TLS), one
-handler thread per connection, reading requests (bodies only with Content-Length, at most
-MAX_BODY_BYTES), deciding who the caller is (`resolve_caller`, reference §5.4, with the
+handler thread per connection within the caps of `Limits` (per bind, per peer address;
+over them the accept loop answers 503 itself), reading requests within the deadlines of
+`Limits` (head, keep-alive idle, body: total, not per read, so a client trickling bytes
+can't hold a thread; `Deadline`, on Clocks) and bodies only with Content-Length, at most
+MAX_BODY_BYTES, deciding who the caller is (`resolve_caller`, reference §5.4, with the
 trusted proxy headers of `forwarded_client`), the static UI files (`find_static`), and
 HTTP semantics for an entity (a `mp4.VirtualFile` or a `StaticFile`): Range (RFC 9110
 §14), conditional requests (§13: If-None-Match, If-Modified-Since, If-Range), HEAD, and
@@ -45,11 +48,13 @@ empty, `.`, `..` or hidden component is refused before touching the disk, and th
 path must stay inside the real UI dir. Served with sendfile, ETag and Last-Modified, and
 `Cache-Control: public, no-cache` (we differ from Moonfire's week-long `immutable`: our
 file names aren't content-hashed, since there is no build step and people edit ui/ on
-the box; a revalidation costs one 304).
+the box; a revalidation costs one 304). A custom uiDir's content-hashed names
+(`index-3f2a9c1b.js`) are `immutable` for a year, its `NAME.gz` siblings are sent to
+clients taking gzip, and its CSP is the config's `uiContentSecurityPolicy`.
 
-Errors are text/plain, one line: the statuses of api.py, plus 411 (chunked bodies), 413
-(a body over MAX_BODY_BYTES), 416 (unsatisfiable Range, `Content-Range: bytes */len`),
-500 (the traceback goes to the log with the request id, never to the client).
+Errors are text/plain, one line: the statuses of api.py, plus 408 (a request head or
+body past its deadline), 411 (chunked bodies), 413 (a body over MAX_BODY_BYTES), 416
+(unsatisfiable Range, `Content-Range: bytes */len`), 503 (over a connection cap), 500 (the traceback goes to the log with the request id, never to the client).
 
 Sending: sample bytes (`mp4.FileChunk`) go with `os.sendfile` from the file to the
 socket (zero copy), with TCP_CORK set meanwhile so the kernel sends full segments (as
@@ -78,6 +83,7 @@ import dataclasses
 import email.utils
 import http
 import http.server
+import io
 import ipaddress
 import itertools
 import logging
@@ -115,9 +121,15 @@ WRITE_BUFFER_BYTES = 256 * 1024
 MAX_RANGES = 64
 # Request bodies (JSON) larger than this are refused with 413.
 MAX_BODY_BYTES = api.MAX_JSON_BODY_BYTES
-# Static UI files: names aren't content-hashed (there is no build step, and people edit
-# ui/ on the box), so browsers revalidate each time and mostly get a 304.
+# Static UI files: our names aren't content-hashed (there is no build step, and people
+# edit ui/ on the box), so browsers revalidate each time and mostly get a 304. A custom
+# uiDir built by a bundler has hashed names (`index-3f2a9c1b.js`): those never change.
 STATIC_CACHE_CONTROL = "public, no-cache"
+HASHED_CACHE_CONTROL = "public, max-age=31536000, immutable"
+# A content hash: the name's last part before the extension, after a "-" or ".", of 8 or
+# more letters, digits and "_", at least one a digit (so "users-settings.js" isn't one;
+# a hash that happens to have no digit is merely revalidated). Vite, webpack, esbuild.
+_HASHED_NAME = re.compile(r"[^/]+[.-](?=[A-Za-z_]*[0-9])[A-Za-z0-9_]{8,}\.[A-Za-z0-9]+")
 STATIC_TYPES = {
     "css": "text/css; charset=utf-8", "html": "text/html; charset=utf-8",
     "ico": "image/x-icon", "js": "text/javascript; charset=utf-8",
@@ -127,8 +139,121 @@ STATIC_TYPES = {
 }
 DEFAULT_UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
 
-# A keep-alive connection idle (or a client not reading) this long is closed.
+# One read or write that makes no progress this long ends the connection (a client that
+# stops reading a download; a live socket's peer gone). Reading a request has deadlines
+# of its own (Limits), so a client sending a byte now and then can't hold a thread.
 DEFAULT_CONNECTION_TIMEOUT_SEC = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a connection may cost (issue 19: a client trickling a byte every 45 s held a
+    thread forever). Defaults are in docs/api.md "Limits"; tests pass short ones.
+
+    Deadlines while reading a request (never while sending: a paused player stops
+    reading a download, legitimately), each total, not per read:
+    - `head_sec`: the request line and headers, from the first byte of the request (for
+      a connection's first request, from the accept, TLS handshake included); past it,
+      a 408 if part of a request came, else the connection is just closed;
+    - `idle_sec`: keep-alive, from the end of one response to the next request's first
+      byte; past it, closed without a word (RFC 9112 §9.5);
+    - the body: `body_sec` plus its Content-Length at `body_min_bytes_per_sec`; a 408.
+    Connections (live.m4s WebSockets count too: a 3x3 live grid holds 9, plus the
+    browser's ~6 for the rest): at most `max_per_bind` open on a bind and
+    `max_per_peer` from one address (not on Unix binds, nor on `trustForwardHeaders`
+    ones, where every connection comes from the proxy). One more is answered 503 with
+    Retry-After from the accept loop, without starting a thread (TLS binds close it: a
+    plain-text answer can't be sent before a handshake)."""
+    head_sec: float = 30.0
+    idle_sec: float = 60.0
+    body_sec: float = 10.0
+    body_min_bytes_per_sec: float = 4096.0
+    max_per_bind: int = 256
+    max_per_peer: int = 64
+    retry_after_sec: int = 5
+    # A refused connection: its 503 is written, then its input read and dropped for up
+    # to this long before the close (closing with unread input sends a RST, which can
+    # destroy the 503 before the client reads it); at most `max_lingering` at once.
+    linger_sec: float = 2.0
+    max_lingering: int = 64
+
+
+class DeadlinePassed(TimeoutError):
+    """A request phase (`Deadline.what`) took longer than its deadline."""
+
+    def __init__(self, what: str, seconds: float, received: int):
+        super().__init__(f"{what} deadline of {seconds:g} s passed")
+        self.what, self.seconds, self.received = what, seconds, received
+
+
+class Deadline:
+    """The deadline of a connection's current reading phase, in `clocks.monotonic()`
+    time, or none. `set("idle", 60, then=("head", 30))`: when bytes come in, the next
+    phase starts with its own deadline. `received` counts bytes since `set`."""
+
+    def __init__(self, clocks: clock.Clocks):
+        self.clocks = clocks
+        self.what: str | None = None
+        self.seconds = 0.0
+        self.at: int | None = None
+        self.then: tuple[str, float] | None = None
+        self.received = 0
+
+    def set(self, what: str, seconds: float, then: tuple[str, float] | None = None) -> None:
+        self.what, self.seconds, self.then, self.received = what, seconds, then, 0
+        self.at = self.clocks.monotonic() + int(seconds * 1e9)
+
+    def clear(self) -> None:
+        self.what, self.at, self.then = None, None, None
+
+    def remaining(self) -> float | None:
+        """Seconds left (None: no deadline); raises DeadlinePassed at or past it."""
+        if self.at is None:
+            return None
+        left = (self.at - self.clocks.monotonic()) / 1e9
+        if left <= 0:
+            raise DeadlinePassed(self.what, self.seconds, self.received)
+        return left
+
+    def got(self, n: int) -> None:
+        self.received += n
+        if n and self.then is not None:
+            what, seconds = self.then
+            received = self.received
+            self.set(what, seconds)
+            self.received = received
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reading side (under `rfile`'s buffer): each read waits at most
+    until the `Deadline`, if one is set. Without one, a plain read (with the socket's
+    own timeout; live.py reads with timeout 0 through it, once)."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline):
+        super().__init__()
+        self.sock, self.deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int | None:
+        left = self.deadline.remaining()
+        if left is None:
+            try:
+                return self.sock.recv_into(b)
+            except BlockingIOError:
+                return None
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(left if not timeout else min(left, timeout))
+        try:
+            n = self.sock.recv_into(b)
+        except TimeoutError:
+            self.deadline.remaining()   # raises DeadlinePassed if that was it
+            raise
+        finally:
+            self.sock.settimeout(timeout)
+        self.deadline.got(n)
+        return n
 LIVE_STOP_WAIT_SEC = 2.0   # how long stop() lets live connections send their close
 HANDLER_JOIN_SEC = 5.0     # how long stop() waits for each handler thread to end
 
@@ -371,6 +496,24 @@ STATIC_CSP = ("script-src 'self'; object-src 'none'; base-uri 'none'; form-actio
               "frame-ancestors 'none'")
 
 
+def _accepts_gzip(accept_encoding: str | None) -> bool:
+    """RFC 9110 §12.5.3: `gzip` (or `*`) listed without q=0."""
+    if not accept_encoding:
+        return False
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = params.replace(" ", "").lower()
+        if q.startswith("q="):
+            try:
+                return float(q[2:7]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
 @dataclasses.dataclass
 class StaticFile:
     """A file of the UI directory, served like a VirtualFile (Range, conditional)."""
@@ -379,28 +522,43 @@ class StaticFile:
     last_modified: int
     etag: str
     content_type: str
+    csp: str | None = STATIC_CSP      # None or "": no Content-Security-Policy header
+    gzip: bool = False                # `path` is the .gz sibling, sent as is
+    has_gzip: bool = False            # a .gz sibling exists (so the answer varies)
+    cache_control: str = STATIC_CACHE_CONTROL
 
     def headers(self) -> dict[str, str]:
-        return {"Content-Type": self.content_type, "ETag": self.etag,
-                "Last-Modified": email.utils.formatdate(self.last_modified, usegmt=True),
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": STATIC_CSP, "X-Frame-Options": "DENY"}
+        h = {"Content-Type": self.content_type, "ETag": self.etag,
+             "Last-Modified": email.utils.formatdate(self.last_modified, usegmt=True),
+             "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
+        if self.csp:
+            h["Content-Security-Policy"] = self.csp
+        if self.gzip:
+            h["Content-Encoding"] = "gzip"
+        if self.has_gzip:
+            h["Vary"] = "Accept-Encoding"
+        return h
 
     def chunks(self, start: int = 0, end: int | None = None):
         end = self.length if end is None else end
         if end > start:
             yield mp4.FileChunk(self.path, start, end - start)
 
-    cache_control = STATIC_CACHE_CONTROL
 
-
-def find_static(ui_dir: str, path: str) -> StaticFile:
+def find_static(ui_dir: str, path: str, accept_encoding: str | None = None, *,
+                csp: str | None = STATIC_CSP) -> StaticFile:
     """The UI file for a URL path, refusing anything outside `ui_dir` (404).
 
     `/` is index.html (a literal `/index.html` is a 404, as Moonfire: one URL per page);
     other names need a known extension. Components that are empty,
     `.`/`..`, hidden, or contain a backslash or NUL are refused before touching the disk,
-    and the resolved real path must still be inside the real `ui_dir` (symlinks)."""
+    and the resolved real path must still be inside the real `ui_dir` (symlinks).
+
+    A regular `NAME.gz` next to the file (also inside `ui_dir`) is sent instead, as is,
+    with `Content-Encoding: gzip`, when `accept_encoding` takes gzip: it is then the
+    entity, so its length, its own ETag and any Range apply to the compressed bytes
+    (as nginx's gzip_static). Either way the answer carries `Vary: Accept-Encoding`.
+    A content-hashed name (`_HASHED_NAME`) is cached for a year, `immutable`."""
     rel = "index.html" if path == "/" else path[1:]
     parts = rel.split("/")
     if path == "/index.html" or not path.startswith("/") or any(
@@ -419,8 +577,18 @@ def find_static(ui_dir: str, path: str) -> StaticFile:
         raise HttpError(404, f"no such file: {path}") from None
     if not stat.S_ISREG(st.st_mode):
         raise HttpError(404, f"no such file: {path}")
+    cache = HASHED_CACHE_CONTROL if _HASHED_NAME.fullmatch(parts[-1]) else STATIC_CACHE_CONTROL
+    gz = os.path.realpath(full + ".gz")
+    try:
+        gz_st = os.stat(gz) if os.path.commonpath([root, gz]) == root else None
+    except OSError:
+        gz_st = None
+    has_gzip = gz_st is not None and stat.S_ISREG(gz_st.st_mode)
+    if has_gzip and _accepts_gzip(accept_encoding):
+        full, st = gz, gz_st
     return StaticFile(full, st.st_size, int(st.st_mtime),
-                      f'"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"', STATIC_TYPES[ext])
+                      f'"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"', STATIC_TYPES[ext],
+                      csp=csp, gzip=full == gz, has_gzip=has_gzip, cache_control=cache)
 
 
 # ---------------------------------------------------------------------------------------
@@ -503,9 +671,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # -- connection set-up and tear-down ------------------------------------------------
 
     def setup(self) -> None:
-        self.timeout = self.server.owner.connection_timeout_sec
+        owner = self.server.owner
+        self.timeout = owner.connection_timeout_sec
         self.disable_nagle_algorithm = self.server.address_family != socket.AF_UNIX
         self.tls_failed = False
+        self.requests_started = 0
+        # The first request's head (and the TLS handshake) is due head_sec after the
+        # accept; later ones are timed by handle_one_request.
+        self.deadline = Deadline(owner.clocks)
+        self.deadline.set("head", owner.limits.head_sec)
         tls = self.server.tls_context
         if tls is not None:
             # The handshake happens here, in the connection's thread, never in the accept
@@ -518,11 +692,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                            do_handshake_on_connect=False)
             self.server.track(raw, self.request)
             try:
-                self.request.do_handshake()
+                self._tls_handshake()
             except (OSError, ValueError) as e:
                 logger.info("TLS handshake with %s failed: %s", self.address_string(), e)
                 self.tls_failed = True
         super().setup()
+        # Reads go through the deadline (Limits); the makefile() reader is dropped.
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self.deadline))
+
+    def _tls_handshake(self) -> None:
+        """The handshake, within the head deadline in total (a per-read timeout would let
+        a client sending a byte now and then hold the thread)."""
+        sock = self.request
+        sock.settimeout(0)
+        try:
+            while True:
+                try:
+                    sock.do_handshake()
+                    return
+                except ssl.SSLWantReadError:
+                    event = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    event = select.POLLOUT
+                left = self.deadline.remaining()   # raises DeadlinePassed
+                poller = select.poll()
+                poller.register(sock.fileno(), event)
+                poller.poll(int(left * 1000) + 1)
+        finally:
+            sock.settimeout(self.timeout)
 
     def handle(self) -> None:
         if self.tls_failed:
@@ -549,6 +747,56 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-") -> None:
         pass  # one line per request comes from _dispatch
+
+    def handle_one_request(self) -> None:
+        """http.server's, with the deadlines of `Limits`: idle, then the head; the body's
+        is set by `_read_body`; none while the handler runs (live.py's socket, sends)."""
+        limits = self.server.owner.limits
+        if self.requests_started:
+            self.deadline.set("idle", limits.idle_sec, then=("head", limits.head_sec))
+        self.requests_started += 1
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(http.HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+            self.deadline.clear()
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self.send_error(http.HTTPStatus.NOT_IMPLEMENTED,
+                                f"unsupported method {self.command!r}")
+                return
+            method()
+            self.wfile.flush()
+        except DeadlinePassed as e:
+            self.close_connection = True
+            if e.what == "idle" or not e.received:   # no part of a request came
+                logger.debug("%s: closed after %s s without a request (%s)",
+                             self.address_string(), f"{e.seconds:g}", e.what)
+                return
+            logger.info("%s: request head incomplete after %s s (%d bytes came); 408",
+                        self.address_string(), f"{e.seconds:g}", e.received)
+            self._send_raw_408(f"request head incomplete after {e.seconds:g} s")
+        except TimeoutError as e:
+            self.log_error("Request timed out: %r", e)
+            self.close_connection = True
+
+    def _send_raw_408(self, message: str) -> None:
+        """A 408 before any request was parsed: best effort, at most a second."""
+        body = (message + "\n").encode()
+        head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8"
+                f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            self.connection.settimeout(1.0)
+            self.connection.sendall(head + body)
+        except (OSError, ValueError):
+            pass
 
     def parse_request(self) -> bool:
         if not super().parse_request():
@@ -656,7 +904,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                  f"{MAX_BODY_BYTES}")
         if n == 0:
             return b""
-        body = self.rfile.read(n)
+        limits = self.server.owner.limits
+        self.deadline.set("body", limits.body_sec + n / limits.body_min_bytes_per_sec)
+        try:
+            body = self.rfile.read(n)
+        except DeadlinePassed as e:
+            self.close_connection = True
+            raise HttpError(408, f"the request body ({n} bytes) didn't arrive within "
+                                 f"{e.seconds:.3g} s; {e.received} bytes came") from None
+        finally:
+            self.deadline.clear()
         if len(body) != n:
             self.close_connection = True
             raise _ClientGone() from ConnectionResetError("body cut short")
@@ -712,7 +969,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         base["Accept-Ranges"] = "bytes"
         head = req.method == "HEAD"
         if not_modified(req.headers, f):
-            keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Type")
+            keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Type", "Vary",
+                    "Content-Encoding")
             self._start(304, {**{k: base[k] for k in keep if k in base},
                               "Content-Length": str(f.length)})
             self._write(self._header_bytes())
@@ -871,25 +1129,118 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         self.address_family = family
         self._conns: dict[socket.socket, socket.socket] = {}  # accepted -> current
         self.bound = False
-        self._conns_lock = threading.Lock()
+        self._conns_lock = threading.RLock()   # RLock: wait_connections' predicates count
         self._handlers: set[threading.Thread] = set()   # under _conns_lock
         # The accept loop blocks until a connection or `wake()`: socketserver's own
         # serve_forever polls (10 wake-ups a second for nothing on an idle recorder).
         self._wake_r, self._wake_w = os.pipe()
         self._stop_accepting = False
+        # Connection caps (Limits): open connections per peer address, under _conns_lock;
+        # the condition is notified when one ends.
+        self._peers: dict[str, int] = {}
+        self._conns_changed = threading.Condition(self._conns_lock)
+        # Refused connections being lingered on (socket -> monotonic deadline), and when
+        # a refusal was last logged at warning level: accept loop only.
+        self._lingering: dict[socket.socket, int] = {}
+        self._sel: selectors.BaseSelector | None = None
+        self._refusal_logged_at: int | None = None
         super().__init__(address, Handler, bind_and_activate=False)
 
     def accept_loop(self) -> None:
-        """Accepts connections until `wake()`; each is handled on its own thread."""
+        """Accepts connections until `wake()`; each is handled on its own thread, or
+        refused with a 503 over the caps (`_refuse`), lingered on here."""
         with selectors.DefaultSelector() as sel:
-            sel.register(self.socket, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            while True:
-                ready = sel.select()
-                if self._stop_accepting:
-                    return
-                if ready:
-                    self._handle_request_noblock()  # accept, verify, process_request
+            self._sel = sel
+            sel.register(self.socket, selectors.EVENT_READ, "accept")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            try:
+                while True:
+                    ready = sel.select(self._linger_timeout())
+                    if self._stop_accepting:
+                        return
+                    for key, _ in ready:
+                        if key.data == "accept":
+                            self._handle_request_noblock()  # accept, verify, process_request
+                        elif key.data == "linger":
+                            self._drain_refused(key.fileobj)
+                    now = self.owner.clocks.monotonic()
+                    for sock, at in list(self._lingering.items()):
+                        if now >= at:
+                            self._end_linger(sock)
+            finally:
+                for sock in list(self._lingering):
+                    self._end_linger(sock)
+                self._sel = None
+
+    def _peer_key(self, client_address) -> str | None:
+        """The address counted against max_per_peer, or None (not counted)."""
+        if self.address_family == socket.AF_UNIX or self.bind is None or \
+                getattr(self.bind, "trust_forward_headers", False):
+            return None
+        return client_address[0] if isinstance(client_address, tuple) else None
+
+    def connection_count(self, peer: str | None = None) -> int:
+        with self._conns_lock:
+            return len(self._conns) if peer is None else self._peers.get(peer, 0)
+
+    def wait_connections(self, pred, timeout: float) -> bool:
+        """Waits until `pred(self)` holds, re-checked as connections end (for tests)."""
+        with self._conns_changed:
+            return self._conns_changed.wait_for(lambda: pred(self), timeout)
+
+    def _refuse(self, request: socket.socket, client_address, why: str) -> None:
+        """Over a cap: a 503 with Retry-After, written from here without a thread (it
+        fits any socket buffer), then the socket lingers (Limits.linger_sec)."""
+        limits = self.owner.limits
+        now = self.owner.clocks.monotonic()
+        who = client_address[0] if isinstance(client_address, tuple) else "unix"
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= 60 * 10**9:
+            self._refusal_logged_at = now
+            logger.warning("bind %s: refusing a connection from %s: %s (Limits in "
+                           "docs/api.md; this is logged once a minute)",
+                           self.bind.address[1], who, why)
+        else:
+            logger.debug("refusing a connection from %s: %s", who, why)
+        if self.tls_context is not None or len(self._lingering) >= limits.max_lingering \
+                or self._sel is None:
+            request.close()
+            return
+        body = (f"too many connections: {why}; retry in {limits.retry_after_sec} s\n").encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; "
+                f"charset=utf-8\r\nContent-Length: {len(body)}\r\nRetry-After: "
+                f"{limits.retry_after_sec}\r\nCache-Control: no-store\r\n"
+                f"Connection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)
+            request.send(head + body)
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            request.close()
+            return
+        self._lingering[request] = now + int(limits.linger_sec * 1e9)
+        self._sel.register(request, selectors.EVENT_READ, "linger")
+
+    def _linger_timeout(self) -> float | None:
+        if not self._lingering:
+            return None
+        first = min(self._lingering.values())
+        return max(0.0, (first - self.owner.clocks.monotonic()) / 1e9)
+
+    def _drain_refused(self, sock: socket.socket) -> None:
+        try:
+            if sock.recv(65536):
+                return   # the request we won't serve, dropped
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._end_linger(sock)   # EOF: the client has read the 503 and closed
+
+    def _end_linger(self, sock: socket.socket) -> None:
+        del self._lingering[sock]
+        if self._sel is not None:
+            self._sel.unregister(sock)
+        sock.close()
 
     def wake(self) -> None:
         """Ends `accept_loop` (from another thread)."""
@@ -926,19 +1277,43 @@ class _HttpServer(http.server.ThreadingHTTPServer):
             self.server_name, self.server_port = self.server_address[0], self.server_address[1]
 
     def process_request(self, request, client_address):
-        """One daemon thread per connection, tracked (see `daemon_threads`)."""
+        """One daemon thread per connection, tracked (see `daemon_threads`), within the
+        caps of `Limits`; over them, `_refuse` answers instead."""
+        limits = self.owner.limits
+        peer = self._peer_key(client_address)
         t = threading.Thread(target=self.process_request_thread,
                              args=(request, client_address), daemon=True)
         with self._conns_lock:
-            self._conns[request] = request
-            self._handlers.add(t)
+            if len(self._conns) >= limits.max_per_bind:
+                why = f"{len(self._conns)} open on this listener (the limit)"
+            elif peer is not None and self._peers.get(peer, 0) >= limits.max_per_peer:
+                why = f"{self._peers[peer]} open from {peer} (the limit per address)"
+            else:
+                why = None
+                self._conns[request] = request
+                self._handlers.add(t)
+                if peer is not None:
+                    self._peers[peer] = self._peers.get(peer, 0) + 1
+        if why is not None:
+            self._refuse(request, client_address, why)
+            return
         try:
             t.start()
         except BaseException:
-            with self._conns_lock:
-                self._conns.pop(request, None)
-                self._handlers.discard(t)
+            self._forget(request, t, peer)
             raise
+
+    def _forget(self, request, t: threading.Thread, peer: str | None) -> None:
+        with self._conns_lock:
+            self._conns.pop(request, None)
+            self._handlers.discard(t)
+            if peer is not None:
+                n = self._peers.get(peer, 0) - 1
+                if n > 0:
+                    self._peers[peer] = n
+                else:
+                    self._peers.pop(peer, None)
+            self._conns_changed.notify_all()
 
     def track(self, raw: socket.socket, current: socket.socket) -> None:
         """`raw`'s fd now belongs to `current` (a TLS socket): shut that one down."""
@@ -951,9 +1326,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self._conns_lock:
-                self._conns.pop(request, None)
-                self._handlers.discard(threading.current_thread())
+            self._forget(request, threading.current_thread(), self._peer_key(client_address))
 
     def handle_error(self, request, client_address):
         logger.exception("unexpected error on a connection from %s", client_address)
@@ -1021,10 +1394,16 @@ class Server:
 
     def __init__(self, db, config, *, clocks: clock.Clocks | None = None,
                  connection_timeout_sec: float = DEFAULT_CONNECTION_TIMEOUT_SEC,
-                 auth_: auth.Auth | None = None, signals=None, live_options=None):
+                 auth_: auth.Auth | None = None, signals=None, live_options=None,
+                 limits: Limits | None = None):
         self.db = db
+        self.limits = limits or Limits()
         self.binds = list(config.binds)
         self.ui_dir = getattr(config, "ui_dir", None) or DEFAULT_UI_DIR
+        # A custom UI may need its own CSP (Moonfire's has inline scripts); ours keeps
+        # STATIC_CSP. nvr.py allows the key only with uiDir; "" sends none.
+        csp = getattr(config, "ui_content_security_policy", None)
+        self.ui_csp = STATIC_CSP if csp is None else csp
         self.clocks = clocks or clock.RealClocks()
         # Sessions and logins; one per database (nvr.py passes the one it made).
         self.auth = auth_ if auth_ is not None else auth.Auth(
@@ -1076,7 +1455,9 @@ class Server:
         if req.method not in ("GET", "HEAD"):
             raise HttpError(405, f"method {req.method} is not allowed here; use GET or HEAD",
                             {"Allow": "GET, HEAD"})
-        return find_static(self.ui_dir, req.path)  # a query (cache buster) is ignored
+        # A query (cache buster) is ignored.
+        return find_static(self.ui_dir, req.path, req.headers.get("Accept-Encoding"),
+                           csp=self.ui_csp)
 
     def add_live(self, wake) -> None:
         """Registers a live connection's `wake()` (callable from any thread)."""

@@ -873,27 +873,81 @@ def test_static_files(site, tmp_path):
 
 # --- fuzzing ----------------------------------------------------------------------------------
 
+# Numbers json.dumps can't write (int() refuses over 4300 digits) or that aren't JSON, put
+# into a body in place of a marker string: "NaN" is what Python's json would take.
+HUGE_NUMBERS = ["1" * 5000, "-" + "9" * 4400, "1e400", "-1e999", "0." + "0" * 5000 + "1",
+                "NaN", "Infinity", "-Infinity", "1E+99999", "9" * 31]
+# Query values: the same, plus zeros that vanish when stripped.
+HUGE_PARAMS = ["0" * 5000, "9" * 5000, "-" + "0" * 4400, "1e400", "NaN", "1-" + "0" * 5000,
+               "0" * 4301 + "1." + "0" * 4301 + "-"]
+
+
+def _fuzz_strategies():
+    """Hypothesis strategies for the fuzz tests: text over the whole of Unicode (lone
+    surrogates included: json.dumps writes them as \\ud800 escapes, and in a URL they
+    are percent-encoded as the invalid UTF-8 they would be), huge and non-finite
+    numbers, raw bytes."""
+    from hypothesis import strategies as st
+    anychar = st.characters(exclude_categories=())   # the default leaves out surrogates
+    # Drawn often: plain text rarely holds a lone surrogate where it matters.
+    text = st.text(alphabet=anychar, max_size=30) | st.sampled_from(
+        ["\ud800", "a\udfffb", "\udbff\udbff", "lat", "", "\U0001F600"])
+    huge = st.sampled_from(range(len(HUGE_NUMBERS))).map(lambda i: f"\x00huge{i}\x00")
+    leaf = (st.none() | st.booleans() | st.integers() | st.floats() | text | huge
+            | st.sampled_from([float("nan"), float("inf"), -float("inf")])
+            | st.integers(min_value=-2 ** 70, max_value=2 ** 70))
+    value = st.recursive(leaf, lambda c: st.lists(c, max_size=3) |
+                         st.dictionaries(text, c, max_size=3), max_leaves=6)
+    param = text | st.sampled_from(HUGE_PARAMS)
+    return st, text, value, param
+
+
+def _json_with_huge_numbers(obj) -> bytes:
+    out = json.dumps(obj)   # ensure_ascii: a lone surrogate becomes a \\udxxx escape
+    for i, n in enumerate(HUGE_NUMBERS):
+        out = out.replace(json.dumps(f"\x00huge{i}\x00"), n)
+    return out.encode()
+
+
+def _fuzz_url(prefix: str, suffix: str, q) -> str:
+    import urllib.parse
+    path = urllib.parse.quote(prefix + suffix, safe="/?=&", errors="surrogatepass")
+    if q:
+        path += ("&" if "?" in path else "?") + urllib.parse.urlencode(
+            q, errors="surrogatepass")
+    return path
+
+
+def _fuzz_send(port, method, path, h, data) -> int:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request(method, path, body=data, headers=h)
+        r = c.getresponse()
+        r.read()
+    finally:
+        c.close()
+    return r.status
+
+
 def test_fuzz_never_500_never_hangs(site, cookies):
     from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+    st, text, value, param = _fuzz_strategies()
 
+    # Every route of the table (the permission matrix's paths), and some that aren't.
+    paths = sorted({p for _, p, _, _ in _matrix(site)})
+    for r in api.ROUTES:
+        assert any(r.pattern.fullmatch(p.split("?")[0]) for p in paths), r.pattern.pattern
     u = site.camera_uuid
-    prefixes = ["/", "/api/", "/api/login", "/api/logout", "/api/request", "/api/signals",
-                "/api/users/", "/api/users/1", f"/api/cameras/{u}/",
-                f"/api/cameras/{u}/main/recordings", f"/api/cameras/{u}/main/view.mp4",
-                f"/api/cameras/{u}/main/view.m4s.txt", "/api/init/1.mp4", "/js/", "/api/x"]
-    text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=30)
+    prefixes = paths + ["/", "/api/users/1", f"/api/cameras/{u}/main/view.mp4",
+                        f"/api/cameras/{u}/main/view.m4s.txt", "/js/", "/api/x"]
     query = st.lists(st.tuples(st.sampled_from(["s", "ts", "days", "startTime90k",
-                                                "endTime90k", "split90k", "x"]), text),
+                                                "endTime90k", "split90k", "x"]), param),
                      max_size=3)
     body = st.one_of(st.none(), st.binary(max_size=200),
                      st.dictionaries(st.sampled_from(["username", "password", "csrf", "user",
                                                       "update", "precondition", "signalIds",
-                                                      "states", "start", "end"]),
-                                     st.recursive(st.none() | st.booleans() | st.integers() |
-                                                  text, lambda c: st.lists(c, max_size=3) |
-                                                  st.dictionaries(text, c, max_size=3),
-                                                  max_leaves=5), max_size=4))
+                                                      "states", "start", "end"]) | text,
+                                     value, max_size=4))
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
     @given(method=st.sampled_from(["GET", "HEAD", "POST", "PATCH", "DELETE", "PUT"]),
@@ -902,33 +956,90 @@ def test_fuzz_never_500_never_hangs(site, cookies):
            hdrs=st.dictionaries(st.sampled_from(["Range", "If-None-Match", "Forwarded",
                                                  "X-Forwarded-For", "Origin", "Cookie",
                                                  "Content-Type", "If-Range"]),
-                                text.map(lambda s: s.encode("latin-1", "replace")
-                                         .decode("latin-1")), max_size=3))
+                                (text | st.sampled_from(HUGE_PARAMS)).map(
+                                    lambda s: s.encode("latin-1", "replace")
+                                    .decode("latin-1")), max_size=3))
     def one(method, prefix, suffix, q, body, who, hdrs):
-        import urllib.parse
-        path = urllib.parse.quote(prefix + suffix, safe="/") + \
-            ("?" + urllib.parse.urlencode(q) if q else "")
+        path = _fuzz_url(prefix, suffix, q)
         if method == "DELETE" and who == "admin":
             return  # don't delete the users the other examples log in as
         h = {k: v for k, v in hdrs.items() if "\r" not in v and "\n" not in v}
         data = None
         if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            data = body if isinstance(body, bytes) else _json_with_huge_numbers(body)
             h.setdefault("Content-Type", "application/json")
         if who:
             h["Cookie"] = f"s={cookies[who]}"
-        c = http.client.HTTPConnection("127.0.0.1", site.proxy, timeout=10)
-        try:
-            c.request(method, path, body=data, headers=h)
-            r = c.getresponse()
-            r.read()
-        finally:
-            c.close()
-        assert r.status < 500, (method, path, h, body, r.status)
+        status = _fuzz_send(site.proxy, method, path, h, data)
+        assert status < 500, (method, path, h, body, status)
 
     one()
     # Still serving, and the users are still there.
     assert site.req("/api/users/", cookie=cookies["admin"])[0] == 200
+
+
+def test_fuzz_mutations_with_a_valid_csrf_never_500(tmp_path, clocks):
+    """Bodies that pass the CSRF check, so they reach each mutation's own parsing: user
+    creation and updates (names, passwords, preferences), signals, login. Afterwards
+    GET /api/ and the user list are still strict JSON (nothing non-finite was stored)."""
+    from hypothesis import HealthCheck, given, settings
+    st, text, value, param = _fuzz_strategies()
+    t = make_testdb(tmp_path, clocks)
+    admin_id = t.db.add_user("admin", password_hash=auth.hash_password("admin-password"),
+                             permissions=auth.Permissions.all())
+    target = t.db.add_user("target", password_hash=auth.hash_password("target-password"))
+    srv = web.Server(t.db, nvr.Config("unused", None, [nvr.Bind(("ipv4", "127.0.0.1:0"))]),
+                     signals=signalsmod.Signals(t.db))
+    srv.start()
+    port = srv.addresses[0][1]
+    cookie, _ = srv.auth.make_session(admin_id, auth.Client(), flags=auth.FLAG_HTTP_ONLY)
+    h = {"Cookie": f"s={cookie}", "Content-Type": "application/json"}
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/api/", headers=h)
+    csrf = json.loads(c.getresponse().read())["user"]["session"]["csrf"]
+    c.close()
+    user_keys = st.sampled_from(["username", "disabled", "preferences", "password",
+                                 "permissions"]) | text
+    typed = st.fixed_dictionaries({}, optional={
+        "username": text, "password": text | st.none(), "disabled": st.booleans(),
+        "preferences": st.dictionaries(text, value, max_size=3),
+        "permissions": st.dictionaries(st.sampled_from(["viewVideo", "adminUsers"]) | text,
+                                       value, max_size=2)})
+    subset = typed | st.dictionaries(user_keys, value, max_size=3) | value
+    bodies = st.one_of(
+        st.tuples(st.just("POST"), st.just("/api/users/"),
+                  st.fixed_dictionaries({"user": subset})),
+        st.tuples(st.just("PATCH"), st.just(f"/api/users/{target}"),
+                  st.fixed_dictionaries({}, optional={"update": subset,
+                                                      "precondition": subset})),
+        st.tuples(st.just("POST"), st.just("/api/signals"),
+                  st.dictionaries(st.sampled_from(["signalIds", "states", "start", "end"]),
+                                  value, max_size=4)),
+        st.tuples(st.just("POST"), st.just("/api/login"),
+                  st.dictionaries(st.sampled_from(["username", "password"]), value,
+                                  max_size=2)))
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=bodies)
+    def one(case):
+        method, path, body = case
+        if path != "/api/login":
+            body = {"csrf": csrf, **body}
+        status = _fuzz_send(port, method, path, h, _json_with_huge_numbers(body))
+        assert status < 500, (method, path, body, status)
+
+    try:
+        one()
+        for path in ("/api/", "/api/users/"):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", path, headers=h)
+            r = c.getresponse()
+            assert r.status == 200, path
+            _strict_json(r.read())
+            c.close()
+    finally:
+        srv.stop()
+        t.db.close()
 
 
 def test_204_has_no_content_length_and_permissions_must_be_booleans(site, cookies):
@@ -999,3 +1110,145 @@ def test_read_only_server_refuses_writes_with_503(tmp_path, clocks):
     finally:
         srv.stop()
         ro.close()
+
+
+# --- issue 19 item 2: no input produces a 5xx --------------------------------------------------
+
+def _strict_json(data: bytes):
+    """JSON.parse's view: NaN/Infinity make the whole document invalid."""
+    def refuse(name):
+        raise ValueError(f"{name} in a response: not JSON")
+    return json.loads(data, parse_constant=refuse)
+
+
+def _raw(site, method, path, raw: bytes, cookie=None, port=None):
+    """`raw` as the body, byte for byte (no json.dumps on our side)."""
+    h = {"Content-Type": "application/json"}
+    if cookie:
+        h["Cookie"] = f"s={cookie}"
+    return site.req(path, method=method, body=raw, headers=h, port=port)
+
+
+@pytest.mark.parametrize("raw,says", [
+    (rb'{"username":"lat","password":"\ud800"}', b"password: lone surrogate"),
+    (rb'{"username":"\udfff","password":"x"}', b"username: lone surrogate"),
+    # The same code point as raw (invalid) UTF-8; json.loads(bytes) would let it through.
+    (b'{"username":"lat","password":"\xed\xa0\x80"}', b"not UTF-8"),
+    (b'{"username":"lat","password":"\xff"}', b"not UTF-8"),
+    (rb'{"username":"lat","password":NaN}', b"password: not a finite number"),
+    (b'{"username":"lat","password":' + b"1" * 5000 + b"}", b"password: integer of 5000"),
+], ids=["escaped-surrogate", "escaped-low-surrogate", "utf8-surrogate", "invalid-utf8", "nan",
+        "5000-digits"])
+def test_login_body_that_cannot_be_text_is_400_not_500(site, caplog, raw, says):
+    # Before the fix: 500 with a traceback (UnicodeEncodeError in the hasher), before the
+    # attempt was counted, so throttling never applied and the log could be flooded.
+    status, _, body = _raw(site, "POST", "/api/login", raw)
+    assert status == 400 and says in body, (status, body)
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
+def test_user_names_passwords_and_csrf_with_lone_surrogates_are_400(site, cookies, caplog):
+    # Before the fix each of these was a 500 (encoding the string for the database, the
+    # hasher or the CSRF comparison).
+    admin = cookies["admin"]
+    csrf = site.csrf(admin)
+    vid = site.user_ids["viewer"]
+    cases = [
+        ("POST", "/api/users/", '{"csrf":"%s","user":{"username":"\\ud800"}}' % csrf,
+         b"user.username: lone surrogate"),
+        ("POST", "/api/users/",
+         '{"csrf":"%s","user":{"username":"x19","password":"a\\udc00b"}}' % csrf,
+         b"user.password: lone surrogate"),
+        ("PATCH", f"/api/users/{vid}", '{"csrf":"%s","update":{"password":"\\ud800"}}' % csrf,
+         b"update.password: lone surrogate"),
+        ("PATCH", f"/api/users/{vid}",
+         '{"csrf":"%s","precondition":{"username":"\\ud800"}}' % csrf,
+         b"precondition.username: lone surrogate"),
+        ("POST", "/api/logout", '{"csrf":"\\ud800"}', b"csrf: lone surrogate"),
+    ]
+    for method, path, raw, says in cases:
+        status, _, body = _raw(site, method, path, raw.encode(), cookie=admin)
+        assert status == 400 and says in body, (path, raw, status, body)
+    assert "Traceback" not in caplog.text
+    with site.db.locked("test"):
+        assert not any(u.username == "x19" for u in site.db.users.values())
+    assert site.req("/api/", cookie=admin)[0] == 200   # the logout didn't happen
+
+
+@pytest.mark.parametrize("s", ["0" * 5000, "0" * 4301 + "1", "1-" + "0" * 5000,
+                               "1." + "0" * 5000 + "-", "1@" + "0" * 31],
+                         ids=["zeros", "zeros-1", "end-id", "rel-start", "open-id"])
+def test_s_parameter_with_thousands_of_leading_zeros_is_400(site, cookies, s):
+    # Before the fix: 500, as the length check measured the number after stripping the
+    # zeros and int() then refused over 4300 digits.
+    path = f"/api/cameras/{site.camera_uuid}/main/view.mp4?s={s}"
+    status, _, body = site.req(path, cookie=cookies["viewer"])
+    assert status == 400 and b"too large" in body, (status, body[:200])
+
+
+@pytest.mark.parametrize("param", ["startTime90k", "endTime90k", "split90k"])
+@pytest.mark.parametrize("value", ["0" * 5000, "9" * 5000, "-" + "0" * 4400, "+5", "5_0",
+                                   "\u0665"], ids=["zeros", "nines", "minus-zeros", "plus",
+                                                   "underscore", "arabic-digit"])
+def test_numeric_parameters_are_checked_on_what_is_converted(site, cookies, param, value):
+    import urllib.parse
+    path = (f"/api/cameras/{site.camera_uuid}/main/recordings?"
+            + urllib.parse.urlencode({param: value}))
+    status, _, body = site.req(path, cookie=cookies["viewer"])
+    assert status == 400 and param.encode() in body, (status, body[:200])
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"])
+def test_non_finite_preferences_are_refused_and_never_echoed(site, cookies, number):
+    # Before the fix: stored, then GET /api/ and admins' GET /api/users/ emitted NaN,
+    # which isn't JSON: the UI's Users page broke for every admin.
+    viewer = cookies["viewer"]
+    csrf = site.csrf(viewer)
+    vid = site.user_ids["viewer"]
+    raw = b'{"csrf":"%s","update":{"preferences":{"zoom":%s}}}' % (csrf.encode(), number)
+    status, _, body = _raw(site, "PATCH", f"/api/users/{vid}", raw, cookie=viewer)
+    assert status == 400 and b"update.preferences.zoom: not a finite number" in body, body
+    for path, who in (("/api/", viewer), ("/api/users/", cookies["admin"])):
+        status, _, body = site.req(path, cookie=who)
+        assert status == 200
+        _strict_json(body)
+
+
+def test_a_stored_non_finite_value_goes_out_as_null(site, cookies, caplog):
+    """A database written before NaN was refused may hold one: the user list still
+    answers, with null in its place (sanitized on output, with a warning)."""
+    nid = site.user_ids["noperm"]
+    with site.db.locked("test"):
+        old = dict(site.db.users[nid].config)
+    site.db.update_user(nid, config={**old, "preferences": {"zoom": float("nan"),
+                                                             "x": [float("inf"), 1.5]}})
+    try:
+        status, _, body = site.req("/api/users/", cookie=cookies["admin"])
+        assert status == 200, body
+        users = {u["id"]: u["user"] for u in _strict_json(body)["users"]}
+        assert users[nid]["preferences"] == {"zoom": None, "x": [None, 1.5]}
+        status, _, body = site.req("/api/", cookie=cookies["noperm"])
+        assert status == 200 and _strict_json(body)["user"]["preferences"]["zoom"] is None
+        assert "NaN or Infinity" in caplog.text
+    finally:
+        site.db.update_user(nid, config=old)
+
+
+def test_json_body_parser_names_the_field():
+    cases = [
+        (rb'{"password":"\ud800"}', "password: lone surrogate"),
+        (rb'{"update":{"preferences":{"zoom":NaN}}}',
+         "update.preferences.zoom: not a finite number"),
+        (rb'{"states":[1,2,1e400]}', "states[2]: not a finite number"),
+        (rb'{"a":{"\udc00":1}}', "a.'\\udc00': lone surrogate in a key"),
+        (b'{"start":' + b"9" * 31 + b"}", "start: integer of 31 digits is too large"),
+        (b"[" * 33 + b"]" * 33, "nests arrays and objects more than 32 deep"),
+        (b'"\xed\xa0\x80"', "not UTF-8"),
+    ]
+    for raw, says in cases:
+        with pytest.raises(api.HttpError) as e:
+            api.parse_json_body(raw)
+        assert e.value.status == 400 and says in e.value.message, (raw, e.value.message)
+    assert api.parse_json_body(b"[" * 32 + b"]" * 32) is not None
+    assert api.parse_json_body(rb'{"a":"\ud83d\ude00","n":-1.5e300,"i":' + b"9" * 30 + b"}") \
+        == {"a": "\U0001F600", "n": -1.5e300, "i": int("9" * 30)}

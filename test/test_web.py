@@ -637,3 +637,384 @@ def test_body_writer_corks_tcp_only_while_sample_data_goes(tmp_path, monkeypatch
     else:
         assert seen == [("write", None), ("write", None), ("file", None),
                         ("write", None), ("file", None)]
+
+
+# --- issue 19 item 3: slow clients, deadlines and connection caps -------------------------------
+
+def test_deadline_phases_with_simulated_time():
+    c = clock.SimulatedClocks(START_NS)
+    d = web.Deadline(c)
+    assert d.remaining() is None
+    d.set("idle", 60, then=("head", 30))
+    c.sleep(59)
+    assert d.remaining() == pytest.approx(1)
+    d.got(0)                                  # a read of nothing doesn't start the head
+    assert d.what == "idle"
+    d.got(5)                                  # the next request's first bytes
+    assert (d.what, d.received) == ("head", 5) and d.remaining() == pytest.approx(30)
+    c.sleep(29.5)
+    d.got(100)                                # more of the head: the deadline stands
+    assert d.remaining() == pytest.approx(0.5)
+    c.sleep(0.5)
+    with pytest.raises(web.DeadlinePassed) as e:
+        d.remaining()
+    assert (e.value.what, e.value.seconds, e.value.received) == ("head", 30, 105)
+    assert isinstance(e.value, TimeoutError)
+    d.clear()
+    assert d.remaining() is None
+
+
+SHORT = web.Limits(head_sec=0.5, idle_sec=0.5, body_sec=0.5, body_min_bytes_per_sec=1e6)
+
+
+class Trickler:
+    """Sends one byte to each of its sockets every `interval` s until each is closed by
+    the server (a pacing, not a synchronisation: the test waits for the server's EOF)."""
+
+    def __init__(self, socks, data: bytes, interval: float = 0.05):
+        self.socks, self.data, self.interval = socks, data, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        i = 0
+        live = list(self.socks)
+        while live and not self.stop.wait(self.interval):
+            for s in list(live):
+                try:
+                    s.send(self.data[i % len(self.data):][:1])
+                except OSError:
+                    live.remove(s)
+            i += 1
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+def _read_to_eof(s: socket.socket, timeout: float = 10.0) -> bytes:
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
+
+
+def _connect(port, source="127.0.0.1") -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def test_slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served(
+        recorded, serve):
+    # Before the fix: the 120 s timeout was per read, so these sockets, sending a byte
+    # every 50 ms, stayed open (each holding a thread) as long as they kept sending.
+    srv = serve(recorded.t.db, limits=SHORT)
+    port = srv.addresses[0][1]
+    heads = [_connect(port) for _ in range(4)]
+    for s in heads:
+        s.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n")
+    bodies = [_connect(port) for _ in range(2)]
+    for s in bodies:
+        s.sendall(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 1000\r\n\r\n{")
+    t = Trickler(heads + bodies, b"X-Slow: yes\r\n")
+    began = time.monotonic()
+    try:
+        # Meanwhile another client is served normally, on one keep-alive connection.
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(5):
+            status, _, body = request(port, "/api/request", conn=c)
+            assert status == 200 and b"client addr" in body
+        c.close()
+        for s in heads:
+            got = _read_to_eof(s)
+            assert got.startswith(b"HTTP/1.1 408 "), got
+            assert b"request head incomplete after 0.5 s" in got
+        for s in bodies:
+            got = _read_to_eof(s)
+            assert got.startswith(b"HTTP/1.1 408 "), got
+            assert b"the request body (1000 bytes) didn't arrive within 0.501 s" in got
+        assert time.monotonic() - began < 5
+    finally:
+        t.close()
+        for s in heads + bodies:
+            s.close()
+    assert srv._servers[0].wait_connections(lambda s: s.connection_count() == 0, 10)
+
+
+def test_idle_keep_alive_and_silent_connections_are_closed_without_a_word(recorded, serve):
+    srv = serve(recorded.t.db, limits=SHORT)
+    port = srv.addresses[0][1]
+    silent = _connect(port)            # connects, never sends: closed after head_sec
+    idle = _connect(port)
+    idle.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = b""
+    while b"\r\n\r\n" not in first:
+        first += idle.recv(65536)
+    began = time.monotonic()
+    assert _read_to_eof(silent) == b""
+    rest = _read_to_eof(idle)          # the rest of the first response, then EOF
+    assert b"HTTP/1.1" not in rest     # no 408 to an idle connection
+    assert time.monotonic() - began < 5
+    silent.close()
+    idle.close()
+
+
+def test_a_connection_with_a_slow_handler_is_not_cut(recorded, serve, monkeypatch):
+    """Deadlines are for reading the request; a handler taking longer than all of them
+    (here 3x the head and idle deadlines) still answers."""
+    srv = serve(recorded.t.db, limits=SHORT)
+    release = threading.Event()
+    orig = api.handle_request
+
+    def slow(req, m):
+        release.wait(1.5)   # the test's client waits meanwhile: nothing to sync on
+        return orig(req, m)
+    monkeypatch.setattr(api, "ROUTES", [api.Route(r.pattern, r.methods, r.permission, slow)
+                                        if r.handler is orig else r for r in api.ROUTES])
+    status, _, body = request(srv.addresses[0][1], "/api/request")
+    assert status == 200 and b"client addr" in body
+
+
+def test_tls_handshake_trickled_is_cut_at_the_head_deadline(recorded, serve, tmp_path,
+                                                            caplog):
+    """The handshake counts against the first request's head deadline, in total: before,
+    each of its reads had the 120 s timeout. Over the cap, a TLS bind just closes."""
+    cert, key = make_cert(tmp_path)
+    srv = serve(recorded.t.db, tcp_bind(tls_cert=cert, tls_key=key),
+                limits=web.Limits(head_sec=0.5, max_per_peer=2))
+    port = srv.addresses[0][1]
+    slow = _connect(port)
+    # The first bytes of a TLS record header, then a byte every 50 ms.
+    slow.sendall(b"\x16\x03\x01")
+    t = Trickler([slow], b"\x02\x00")
+    began = time.monotonic()
+    try:
+        assert _read_to_eof(slow) == b""
+        assert time.monotonic() - began < 5
+    finally:
+        t.close()
+        slow.close()
+    ctx = ssl.create_default_context(cafile=cert)
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    assert request(port, "/api/request", conn=c)[0] == 200
+    held = [_connect(port), _connect(port)]   # c and one of these reach the cap of 2
+    assert _read_to_eof(held[1], 10) == b""
+    assert "refusing a connection from 127.0.0.1: 2 open from 127.0.0.1" in caplog.text
+    c.close()
+    for s in held:
+        s.close()
+
+
+def _get_ok(s: socket.socket) -> None:
+    s.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.settimeout(10)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 200 "), got
+
+
+def _refused(s: socket.socket) -> bytes:
+    s.sendall(b"GET /api/request HTTP/1.1\r\nHost: x\r\n\r\n")
+    return _read_to_eof(s)
+
+
+def test_connection_caps_per_peer_and_per_bind_answer_503(recorded, serve, caplog):
+    # Before the fix there was no cap: every connection got a thread.
+    limits = web.Limits(max_per_peer=3, max_per_bind=5, retry_after_sec=7)
+    srv = serve(recorded.t.db, limits=limits)
+    port = srv.addresses[0][1]
+    hs = srv._servers[0]
+    a = [_connect(port) for _ in range(3)]
+    for s in a:
+        _get_ok(s)                               # each is open, served, kept alive
+    extra = _connect(port)
+    got = _refused(extra)
+    assert got.startswith(b"HTTP/1.1 503 "), got
+    assert b"Retry-After: 7\r\n" in got and b"3 open from 127.0.0.1" in got
+    # Another address (all of 127/8 is loopback) has its own count, up to the bind's cap.
+    b = [_connect(port, "127.0.0.2") for _ in range(2)]
+    for s in b:
+        _get_ok(s)
+    got = _refused(_connect(port, "127.0.0.3"))
+    assert got.startswith(b"HTTP/1.1 503 ") and b"5 open on this listener" in got, got
+    assert "refusing a connection" in caplog.text
+    # One closes: its thread ends and frees a place for that address.
+    a[0].close()
+    assert hs.wait_connections(lambda s: s.connection_count("127.0.0.1") == 2, 10)
+    again = _connect(port)
+    _get_ok(again)
+    for s in a[1:] + b + [extra, again]:
+        s.close()
+    assert hs.wait_connections(lambda s: s.connection_count() == 0, 10)
+
+
+def test_live_websockets_count_toward_the_caps_and_outlive_the_deadlines(recorded, serve):
+    """A 3x3 live grid holds 9 WebSockets: under the default caps they and the page's
+    other requests are all served; they count (here against a cap of 9 per address)
+    and stay open past every request deadline (they ping and pong)."""
+    import live
+    from test_live import WsClient
+    assert web.Limits().max_per_peer >= 9 + 6
+    srv = serve(recorded.t.db, limits=web.Limits(head_sec=0.3, idle_sec=0.3, max_per_peer=9))
+    srv.live_options = live.Options(ping_interval_sec=0.2)
+    port = srv.addresses[0][1]
+    path = f"/api/cameras/{recorded.camera_uuid}/main/live.m4s"
+    grid = [WsClient(port, path) for _ in range(9)]
+    assert [c.status for c in grid] == [101] * 9
+    got = _refused(_connect(port))
+    assert got.startswith(b"HTTP/1.1 503 "), got
+    began = time.monotonic()
+    while time.monotonic() - began < 1.0:    # > 3 deadlines: pings keep coming
+        for c in grid:
+            assert c.recv_frame()[0] == live.PING
+            c.send(live.PONG, b"")
+    for c in grid:
+        c.send(live.PING, b"still here")
+        assert c.recv_skipping_pings() == (live.PONG, b"still here")
+        c.close()
+    assert srv._servers[0].wait_connections(lambda s: s.connection_count() == 0, 10)
+    assert request(port, "/api/request")[0] == 200
+
+
+# --- issue 19 item 9: a custom uiDir, .gz siblings, hashed names ------------------------------
+
+def test_ui_content_security_policy_config_key():
+    base = 'dbDir = "d"\n[[binds]]\nipv4 = "127.0.0.1:0"\n'
+    # Before the fix: "unknown key 'uiContentSecurityPolicy'".
+    c = nvr.parse_config('uiDir = "/srv/ui"\nuiContentSecurityPolicy = "script-src \'self\' '
+                         '\'unsafe-inline\'"\n' + base, "test")
+    assert c.ui_content_security_policy == "script-src 'self' 'unsafe-inline'"
+    assert nvr.parse_config(base, "test").ui_content_security_policy is None
+    with pytest.raises(nvr.UsageError, match="is for a custom uiDir"):
+        nvr.parse_config('uiContentSecurityPolicy = "x"\n' + base, "test")
+    with pytest.raises(nvr.UsageError, match="must be a str"):
+        nvr.parse_config('uiDir = "/srv/ui"\nuiContentSecurityPolicy = 1\n' + base, "test")
+
+
+@pytest.fixture
+def custom_ui(tmp_path):
+    import gzip
+    ui = tmp_path / "custom-ui"
+    (ui / "assets").mkdir(parents=True)
+    (ui / "index.html").write_text("<script>window.x = 1</script>")
+    big = ("// " + "moonfire " * 20 + "\n") * 2000
+    (ui / "assets" / "index-3f2a9c1b.js").write_text(big)
+    (ui / "assets" / "index-3f2a9c1b.js.gz").write_bytes(gzip.compress(big.encode()))
+    (ui / "app.js").write_text("plain")
+    outside = tmp_path / "secret.gz"
+    outside.write_bytes(gzip.compress(b"secret"))
+    os.symlink(outside, ui / "app.js.gz")          # a .gz leading out of uiDir: ignored
+    return ui, big.encode()
+
+
+def test_custom_ui_dir_gets_the_configured_csp_and_ours_the_strict_one(recorded, custom_ui):
+    ui, _ = custom_ui
+    csp = "default-src 'self'; script-src 'self' 'unsafe-inline'"
+    servers = [web.Server(recorded.t.db, nvr.Config("unused", str(ui), [tcp_bind()], ui_content_security_policy=c))
+               for c in (csp, "", None)]
+    servers.append(web.Server(recorded.t.db, nvr.Config("unused", None, [tcp_bind()])))
+    try:
+        for s in servers:
+            s.start()
+        got = [request(s.addresses[0][1], "/")[1].get("Content-Security-Policy")
+               for s in servers]
+        assert got[0] == csp                      # before the fix: always web.STATIC_CSP
+        assert got[1] is None                     # "": none at all
+        assert got[2] == got[3] == web.STATIC_CSP  # unset, and nvr's own UI: strict
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_gzip_sibling_is_sent_to_clients_that_take_it(recorded, custom_ui):
+    import gzip
+    ui, big = custom_ui
+    srv = web.Server(recorded.t.db, nvr.Config("unused", str(ui), [tcp_bind()]))
+    srv.start()
+    try:
+        port = srv.addresses[0][1]
+        path = "/assets/index-3f2a9c1b.js"
+        gz = (ui / "assets" / "index-3f2a9c1b.js.gz").read_bytes()
+        # Before the fix: always the plain file.
+        status, h, body = request(port, path, headers={"Accept-Encoding": "br, gzip"})
+        assert status == 200 and h["Content-Encoding"] == "gzip" and body == gz
+        assert h["Content-Length"] == str(len(gz)) and len(gz) < len(big) // 10
+        assert h["Vary"] == "Accept-Encoding"
+        assert h["Content-Type"] == "text/javascript; charset=utf-8"
+        assert gzip.decompress(body) == big
+        gz_etag = h["ETag"]
+        status, h, body = request(port, path)     # no Accept-Encoding
+        assert status == 200 and "Content-Encoding" not in h and body == big
+        assert h["Vary"] == "Accept-Encoding" and h["ETag"] != gz_etag
+        for refuses in ("gzip;q=0", "identity", "br", "gzip; q=0.0, deflate"):
+            h = request(port, path, headers={"Accept-Encoding": refuses})[1]
+            assert "Content-Encoding" not in h, refuses
+        # Ranges and conditionals apply to the bytes sent: the compressed ones.
+        status, h, body = request(port, path, headers={"Accept-Encoding": "gzip",
+                                                       "Range": "bytes=10-19"})
+        assert status == 206 and body == gz[10:20] and h["Content-Encoding"] == "gzip"
+        assert h["Content-Range"] == f"bytes 10-19/{len(gz)}"
+        status, h, _ = request(port, path, headers={"Accept-Encoding": "gzip",
+                                                    "If-None-Match": gz_etag})
+        assert status == 304 and h["Vary"] == "Accept-Encoding"
+        status, h, body = request(port, path, method="HEAD", headers={"Accept-Encoding": "*"})
+        assert status == 200 and body == b"" and h["Content-Length"] == str(len(gz))
+        # A .gz symlinked out of the UI dir is never sent; nor is a .gz asked for by name.
+        status, h, body = request(port, "/app.js", headers={"Accept-Encoding": "gzip"})
+        assert (status, body) == (200, b"plain") and "Content-Encoding" not in h
+        assert request(port, path + ".gz")[0] == 404
+        for bad in ("/assets/../../secret.gz", "/%2e%2e/secret.gz", "/assets/..%2f..%2fsecret.gz",
+                    "/app.js/../../secret.gz", "/.%2e/custom-ui/app.js"):
+            assert request(port, bad, headers={"Accept-Encoding": "gzip"})[0] == 404, bad
+    finally:
+        srv.stop()
+
+
+def test_content_hashed_names_are_cached_for_a_year(recorded, custom_ui):
+    ui, _ = custom_ui
+    srv = web.Server(recorded.t.db, nvr.Config("unused", str(ui), [tcp_bind()]))
+    srv.start()
+    try:
+        port = srv.addresses[0][1]
+        h = request(port, "/assets/index-3f2a9c1b.js")[1]
+        # Before the fix: "public, no-cache" for every file.
+        assert h["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert request(port, "/app.js")[1]["Cache-Control"] == "public, no-cache"
+        assert request(port, "/")[1]["Cache-Control"] == "public, no-cache"
+    finally:
+        srv.stop()
+    for name, hashed in (("index-3f2a9c1b.js", True), ("main.3f2a9c1b.css", True),
+                         ("chunk-BxQ7_k9a.js", True), ("users-settings.js", False),
+                         ("index-abcdefgh.js", False), ("a-1234567.js", False),
+                         ("app.js", False), ("style.css", False)):
+        assert bool(web._HASHED_NAME.fullmatch(name)) == hashed, name
+
+
+def test_parse_range_fuzz_whole_unicode_and_huge_numbers():
+    """Any header text (the whole of Unicode, lone surrogates too; numbers of thousands
+    of digits, leading zeros included) gives whole / ranges within the entity / 416."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    num = st.sampled_from(["", "0", "7", "0" * 5000, "9" * 5000, "0" * 4400 + "3",
+                           "1" * 31]) | st.integers(0, 2 ** 70).map(str)
+    spec = st.one_of(st.tuples(num, num).map("-".join), num.map(lambda n: "-" + n),
+                     st.text(st.characters(exclude_categories=()), max_size=12))
+
+    @settings(max_examples=300, deadline=None)
+    @given(unit=st.sampled_from(["bytes", "Bytes", "items", ""]),
+           specs=st.lists(spec, max_size=5), length=st.integers(0, 10 ** 6))
+    def one(unit, specs, length):
+        got = web.parse_range(f"{unit}={','.join(specs)}", length)
+        assert got is None or got == web.UNSATISFIABLE or all(
+            0 <= s < e <= length for s, e in got), got
+    one()

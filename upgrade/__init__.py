@@ -23,7 +23,7 @@ The procedure (`run`):
 3. Check the command line covers every step to run (1->2 needs
    --sample-file-dir), before anything changes.
 4. Unless --no-backup: copy the database with the SQLite backup API to
-   `db.pre-upgrade-v<N>` (written as .tmp, fsynced, renamed).
+   `db.pre-upgrade-v<N>` (written as .tmp, created 0600, fsynced, renamed).
 5. Set journal_mode to --preset-journal (default delete: huge transactions
    are safer in rollback-journal mode on old SQLite).
 6. For each version N below ours: BEGIN IMMEDIATE, the step's run, insert
@@ -207,6 +207,14 @@ def backup(conn: sqlite3.Connection, db_dir: str, version: int) -> str:
     tmp = dest + ".tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
+    # Private like the database (db.py): created 0600 whatever the umask, before
+    # SQLite writes into it (it would make it 0644 less the umask).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)  # a umask that took owner bits
+    finally:
+        os.close(fd)
     out = sqlite3.connect(tmp)
     try:
         conn.backup(out)

@@ -354,6 +354,8 @@ def install_root():
         home = pwd.getpwnam("nvr").pw_dir
         if not home.startswith(os.path.join(tempfile.gettempdir(), "nvr-install-test-")):
             pytest.skip("a user named nvr exists here; this test creates and deletes its own")
+        if os.path.exists(home):
+            pytest.skip(f"another run of this test is using the nvr user ({home})")
         subprocess.run(["userdel", "nvr"], check=True)  # left by an interrupted run
     # Not under pytest's tmp_path: its parents are 0700, and nvr must reach /opt/nvr.
     root = tempfile.mkdtemp(prefix="nvr-install-test-")

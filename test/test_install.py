@@ -49,7 +49,7 @@ INSTALL_PATHS = ("/opt/nvr", "/etc/nvr", "/var/lib/nvr", "/etc/systemd/system",
 _PATH_RE = re.compile(r"(?<![\w/.])(" + "|".join(re.escape(p) for p in INSTALL_PATHS) + r")")
 
 BLOCKS = ["packages", "user", "source", "init", "config", "service", "disk", "backup",
-          "upgrade", "uninstall", "purge"]
+          "restore", "upgrade", "uninstall", "purge"]
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
@@ -238,9 +238,11 @@ class FakeSystemd:
                 msg = None
             if msg == b"READY=1":
                 break
-            assert self.proc.poll() is None, f"nvr exited {self.proc.returncode} before " \
-                                             f"READY=1:\n{self.journal_text()}"
-            assert time.monotonic() < deadline, "no READY=1 in 60 s:\n" + self.journal_text()
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()  # the unit failed: inactive, as systemd would leave it
+                self.sock.close()
+                raise AssertionError(f"nvr exited or timed out before READY=1:\n"
+                                     f"{self.journal_text()}")
         self.check_write_paths(u)
 
     def check_write_paths(self, u) -> None:
@@ -425,10 +427,21 @@ def test_guide_as_written(install_root):
         backup.close()
         assert mode_owner(mapped("/var/backups/nvr")) == (0o700, "root")
 
+        # The backup was taken in this run of nvr, so it restores (its dirs' meta agree).
+        run_block(blocks["restore"], mapped, systemd)
+        assert systemd.starts == 3 and systemd.proc is not None
+        assert mode_owner(mapped("/var/lib/nvr/db/db")) == (0o600, "nvr")
+
         out = run_block(blocks["upgrade"], mapped, systemd)
         assert "already at schema version" in out and "nothing to upgrade" in out, out
-        assert systemd.starts == 3 and systemd.proc is not None
+        assert systemd.starts == 4 and systemd.proc is not None
         assert os.path.exists(mapped("/opt/nvr.old/nvr.py"))
+
+        # What the guide says a restore can't do: nvr has started since the backup.
+        with pytest.raises(AssertionError, match=r"was last opened by open \d+, the "
+                                                 r"database expects open \d+"):
+            run_block(blocks["restore"], mapped, systemd)
+        assert systemd.proc is None
 
         run_block(blocks["uninstall"], mapped, systemd)
         assert systemd.proc is None and not systemd.enabled
@@ -444,9 +457,10 @@ def test_guide_as_written(install_root):
         systemd.kill()
     journal = systemd.journal_text()
     assert "Traceback" not in journal, journal
+    assert journal.count("error: ") == 1, journal  # the refused restore
     # Run as its own user with the database init made: neither start-up warning.
     assert "running as root" not in journal and "readable or writable" not in journal, journal
-    assert journal.count("shut down cleanly") == 3, journal
+    assert journal.count("shut down cleanly") == 4, journal
 
 
 def _set_mdwe():

@@ -5,7 +5,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   and its handler. A test walks this table as every kind of caller.
 - The meaning of each endpoint: login/logout, `/api/` (cameras, streams, days, signals,
   the caller), one camera, a stream's recordings, view.mp4/.m4s/.txt and init segments
-  (built by mp4.py), live.m4s (handed to live.py), signals, users, `/api/request`.
+  (built by mp4.py), still.jpg and latest.jpg (snapshot.py), live.m4s (handed to
+  live.py), signals, users, `/api/request`.
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   A session-authenticated mutation must carry the session's `csrf` (§5.5), compared
@@ -41,6 +42,7 @@ import auth
 import db as dbmod
 import mp4
 import recording
+import snapshot
 
 VERSION = "0.1.0"
 
@@ -309,6 +311,72 @@ def handle_live(request: Request, m: re.Match):
     sid = _camera_stream(request, m["uuid"], m["type"])
     request.params(())
     return live.serve(request, sid)
+
+
+# Stills (snapshot.py): still.jpg at an instant, latest.jpg
+
+# Cache-Control of still.jpg: like view.mp4's (its bytes for a URL change only with
+# snapshot.FORMAT_VERSION, which is in the ETag); latest.jpg changes every GOP.
+STILL_CACHE_CONTROL = "private, max-age=3600"
+
+
+def _still_response(request: Request, st: snapshot.Still, cache_control: str) -> Response:
+    headers = {**st.headers(), "Cache-Control": cache_control}
+    inm = request.headers.get("If-None-Match")
+    if inm is not None and (inm.strip() == "*" or st.etag in
+                            [t.strip().removeprefix("W/") for t in inm.split(",")]):
+        return Response(304, b"", "image/jpeg", headers)
+    del headers["Content-Type"]
+    return Response(200, st.jpeg, "image/jpeg", headers)
+
+
+def _still_call(fn, *args, **kwargs) -> snapshot.Still:
+    try:
+        return fn(*args, **kwargs)
+    except snapshot.StillError as e:
+        raise HttpError(400, str(e)) from None
+    except snapshot.NoVideo as e:
+        raise HttpError(404, str(e)) from None
+    except snapshot.Busy as e:
+        raise HttpError(503, str(e), {"Retry-After": str(e.retry_after_sec)}) from None
+
+
+def _still_size(p: dict[str, list[str]]) -> dict[str, int | None]:
+    try:
+        return {k: snapshot.parse_size(k, p[k][-1] if k in p else None)
+                for k in ("width", "height")}
+    except snapshot.StillError as e:
+        raise HttpError(400, str(e)) from None
+
+
+def handle_still(request: Request, m: re.Match):
+    """`still.jpg?t=TIME` or `?s=ID[@OPEN][.REL]`, or `?s=<view.mp4's s>...&at=MEDIA`;
+    `&key=true`, `&width=`, `&height=`: the frame shown at that instant (or the key frame
+    at or before it) as a JPEG."""
+    sid = _camera_stream(request, m["uuid"], m["type"])
+    p = request.params(("t", "s", "at", "key", "width", "height"))
+    t = _time_param("t", p["t"]) if "t" in p else None
+    key = _bool_param("key", p["key"]) if "key" in p else False
+    if "at" in p:   # the frame at media time `at` of view.mp4 with these s= values
+        if t is not None:
+            raise HttpError(400, "give either t= or s=...&at=, not both")
+        at = _int_param("at", p["at"])
+        st = _still_call(request.server.stills.still_in_view, sid, p.get("s", []), at,
+                         key=key, **_still_size(p))
+    else:
+        if len(p.get("s", [])) > 1:
+            raise HttpError(400, "one s= without at=: a still is one instant")
+        st = _still_call(request.server.stills.still, sid, time_90k=t,
+                         s=p["s"][-1] if "s" in p else None, key=key, **_still_size(p))
+    return _still_response(request, st, STILL_CACHE_CONTROL)
+
+
+def handle_latest(request: Request, m: re.Match):
+    """`latest.jpg[?width=&height=]`: the stream's latest key frame as a JPEG."""
+    sid = _camera_stream(request, m["uuid"], m["type"])
+    p = request.params(("width", "height"))
+    st = _still_call(request.server.stills.latest, sid, **_still_size(p))
+    return _still_response(request, st, TEXT_CACHE_CONTROL)
 
 
 # ---------------------------------------------------------------------------------------
@@ -753,6 +821,10 @@ ROUTES: list[Route] = [
     # inside the socket, where the page's script can read it (§5.3).
     Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/live\.m4s"), ("GET",),
           None, handle_live),
+    Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/still\.jpg"), GET_HEAD,
+          "view_video", handle_still),
+    Route(re.compile(rf"/api/cameras/(?P<uuid>{_UUID})/{_TYPE}/latest\.jpg"), GET_HEAD,
+          "view_video", handle_latest),
     Route(re.compile(r"/api/init/(?P<id>[0-9]{1,18})\.mp4(?P<txt>\.txt)?"),
           GET_HEAD, "view_video", handle_init),
     # GET needs viewVideo, POST updateSignals: checked in the handler.

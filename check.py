@@ -28,8 +28,9 @@ After any repair, garbage is collected as start-up recovery does: unlink,
 fsync the dir, delete the garbage rows.
 
 A pending garbage row whose file is gone is normal (the next flush deletes
-it) and is only counted; a garbage file still on disk is reported, and is
-collected by `--trash-orphan-sample-files` or by the next `nvr.py run`.
+it) and is only counted; a garbage file still on disk is normal too (a crash
+or Moonfire left it; the next `nvr.py run` unlinks it), a note, not an error,
+and `--trash-orphan-sample-files` collects it now.
 """
 
 from __future__ import annotations
@@ -221,8 +222,10 @@ class Checker:
                 if r.row is not None:
                     self.error(f"{what} is both a recording and garbage")
                 if r.file_bytes is not None:
-                    self.error(f"{what}: garbage file still present; start nvr or rerun with "
-                               f"--trash-orphan-sample-files to delete it")
+                    # Normal, as in Moonfire's check: a crash between a flush and its
+                    # unlinks, or Moonfire itself, left it; the next start deletes it.
+                    self.info(f"note: {what}: garbage file not yet deleted; the next "
+                              f"`nvr.py run` deletes it (or --trash-orphan-sample-files now)")
                     if self.opts.trash_orphan_sample_files:
                         self.files_to_trash.add(cid)
                 else:

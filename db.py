@@ -20,13 +20,15 @@ Recording rows themselves stay in SQLite and are read through the
 
 Writes happen in `flush(reason)`, one `BEGIN IMMEDIATE` transaction: new
 video sample entries, the synced prefix of each stream's uncommitted
-recordings (recording, recording_integrity, recording_playback rows), stream
-counters, retention deletions moved to `garbage`, garbage rows whose files are
-unlinked, the `open` row's end time, and whatever the flush hooks write (auth
-usage). Configuration edits (`config` subcommands) are their own small
-transactions. Recording ids are assigned in memory from `cum_recordings`
-without a transaction; a crash before the flush leaves files with ids >=
-`cum_recordings`, which start-up recovery unlinks (dir.py; invariants §3.7).
+recordings (recording, recording_integrity, recording_playback rows; an
+abandoned one in it uses up its id, and one whose fsync failed gets a
+`garbage` row instead, dir.py S2F), stream counters, retention deletions
+moved to `garbage`, garbage rows whose files are unlinked, the `open` row's
+end time, and whatever the flush hooks write (auth usage). Configuration
+edits (`config` subcommands) are their own small transactions. Recording ids
+are assigned in memory from `cum_recordings` without a transaction; a crash
+before the flush leaves files with ids >= `cum_recordings`, which start-up
+recovery unlinks (dir.py; invariants §3.7).
 
 Threads and locks: one lock, the database lock (`Database.locked()`), guards
 this state and the connection; streamer threads (writer.py) update their
@@ -338,6 +340,11 @@ class RecordingToInsert:
     # cum_recordings never passes a file that could survive a crash.
     abandoned: bool = False
     file_gone: bool = False
+    # Given up by the syncer after its file's fsync failed (dir.py S2F,
+    # `abandon_to_garbage`): the next flush consumes its id and, in the same
+    # transaction, puts a `garbage` row on its file, which is unlinked as any
+    # garbage (G2-G4). Abandoned too; it holds back nothing.
+    to_garbage: bool = False
 
 
 @dataclasses.dataclass
@@ -509,9 +516,13 @@ class Database:
     """
 
     def __init__(self, conn: sqlite3.Connection, clocks: clock.Clocks, *,
-                 read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None):
+                 read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None,
+                 fs_factory=dirmod.Fs):
         self.conn = conn
         self.clocks = clocks
+        # Opens a sample file dir's I/O seam (dir.py `Fs`); tests pass test/fakes.py's
+        # FaultyFs.factory to inject errors into the dir procedures.
+        self.fs_factory = fs_factory
         self.read_only = read_only
         self.db_dir = db_dir
         self._lock_fd = lock_fd
@@ -548,12 +559,14 @@ class Database:
             self.open = dirmod.Open(cur.lastrowid, open_uuid)
 
     @classmethod
-    def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False) -> "Database":
+    def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False,
+                 fs_factory=dirmod.Fs) -> "Database":
         lock_fd = lock_db_dir(db_dir, read_only)
         try:
             conn = connect(db_dir, read_only)
             try:
-                return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir)
+                return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir,
+                           fs_factory=fs_factory)
             except BaseException:
                 conn.close()
                 raise
@@ -656,16 +669,25 @@ class Database:
                 continue
             expected = dirmod.DirMeta(self.uuid, d.uuid, d.last_complete_open)
             # Steps 1-2: lock and verify.
-            sfd = dirmod.SampleFileDir.open(d.path, expected, read_only=self.read_only)
-            d.dir = sfd
+            sfd = dirmod.SampleFileDir.open(d.path, expected, read_only=self.read_only,
+                                            fs_factory=self.fs_factory)
             if self.read_only:
+                d.dir = sfd
                 continue
-            sfd.begin_open(self.open)  # step 3
-            with self.locked(), transaction(self.conn):  # step 4
-                self.conn.execute("update sample_file_dir set last_complete_open_id = ? "
-                                  "where id = ?", (self.open.id, d.id))
-            d.last_complete_open = self.open
-            sfd.complete_open(self.open)  # step 5
+            try:
+                # Step 3 before step 4: the file names this open before the row does.
+                # The other way round, a failed rewrite would leave a row naming an
+                # open the file has never heard of, and O2 would refuse the dir for good.
+                sfd.begin_open(self.open)  # step 3
+                with self.locked(), transaction(self.conn):  # step 4
+                    self.conn.execute("update sample_file_dir set last_complete_open_id = ? "
+                                      "where id = ?", (self.open.id, d.id))
+                d.last_complete_open = self.open
+                sfd.complete_open(self.open)  # step 5
+            except BaseException:  # re-raises; unlocked, so opening again starts at step 1
+                sfd.close()
+                raise
+            d.dir = sfd
             # Step 6: start-up recovery.
             cum = {s.id: s.cum_recordings for s in self.streams.values()
                    if s.sample_file_dir_id == d.id}
@@ -702,7 +724,7 @@ class Database:
             for d in self.dirs.values():
                 if d.path == path:
                     raise DbError(f"sample file dir {path} is already in the database (id {d.id})")
-        sfd = dirmod.SampleFileDir.create(path, self.uuid, self.open)
+        sfd = dirmod.SampleFileDir.create(path, self.uuid, self.open, fs_factory=self.fs_factory)
         try:
             with self.locked(), transaction(self.conn):
                 cur = self.conn.execute(
@@ -994,6 +1016,16 @@ class Database:
             r.synced, r.growing = True, False
             self.streams[composite_id >> 32].fs_bytes_to_add += round_up(r.sample_file_bytes)
 
+    def abandon_to_garbage(self, composite_id: int) -> None:
+        """Gives up a recording whose sample file's fsync failed (dir.py S2F): it is
+        never committed; the next flush moves its file to garbage (`to_garbage`)."""
+        with self.locked():
+            r = self._uncommitted(composite_id)
+            if r.synced:
+                raise ValueError(f"recording {composite_id >> 32}/{composite_id & 0xFFFFFFFF} "
+                                 f"is already synced")
+            r.growing, r.abandoned, r.to_garbage = False, True, True
+
     def delete_oldest_recordings(self, stream_id: int, extra_fs_bytes: int = 0, *,
                                  retain_bytes: int | None = None,
                                  dry_run: bool = False) -> list[ListRow]:
@@ -1053,7 +1085,8 @@ class Database:
         added: list[str] = []
         deleted: list[str] = []
         added_bytes = deleted_bytes = 0
-        committed: dict[int, int] = {}     # stream id -> number committed
+        committed: dict[int, int] = {}     # stream id -> number of ids used up
+        abandoned: list[str] = []          # ids moved to garbage (S2F)
         now_90k = recording.to_90k_from_ns(self.clocks.realtime())
         with transaction(c):
             for vse_id in self._vse_to_insert:
@@ -1066,13 +1099,21 @@ class Database:
                 n = 0
                 cum_media, cum_runs = s.cum_media_duration_90k, s.cum_runs
                 for r in s.uncommitted:
-                    if r.abandoned and r.file_gone:
-                        n += 1  # its id is used up; it has no rows
+                    rid = s.cum_recordings + n
+                    cid = (s.id << 32) | rid
+                    if r.abandoned and (r.file_gone or r.to_garbage):
+                        # Its id is used up; it has no recording rows. Its media and run
+                        # count, as the prev_* of the stream's later recordings did.
+                        if r.to_garbage:  # S2F: its file is garbage from this commit on
+                            c.execute("insert into garbage (sample_file_dir_id, composite_id) "
+                                      "values (?, ?)", (s.sample_file_dir_id, cid))
+                            abandoned.append(f"{s.id}/{rid}")
+                        cum_media += r.media_duration_90k
+                        cum_runs += r.run_offset == 0
+                        n += 1
                         continue
                     if not r.synced:
                         break
-                    rid = s.cum_recordings + n
-                    cid = (s.id << 32) | rid
                     c.execute(
                         "insert into recording (composite_id, open_id, stream_id, run_offset, flags, "
                         "sample_file_bytes, start_time_90k, prev_media_duration_90k, prev_runs, "
@@ -1123,11 +1164,14 @@ class Database:
         for s in self.streams.values():
             for _ in range(committed.get(s.id, 0)):
                 r = s.uncommitted.popleft()
+                cid = (s.id << 32) | s.cum_recordings
                 s.cum_recordings += 1
-                if not r.synced:
-                    continue  # abandoned, file gone
                 s.cum_media_duration_90k += r.media_duration_90k
                 s.cum_runs += r.run_offset == 0
+                if r.abandoned:  # no rows
+                    if r.to_garbage:
+                        self.dirs[s.sample_file_dir_id].garbage_needs_unlink.add(cid)
+                    continue
                 s.fs_bytes_to_add -= round_up(r.sample_file_bytes)
                 self._add_to_totals(s, r.start_time_90k, r.wall_duration_90k,
                                     r.sample_file_bytes, 1)
@@ -1143,10 +1187,12 @@ class Database:
                 self._recompute_range(s)
         for d in self.dirs.values():
             d.garbage_unlinked.clear()
-        level = logging.INFO if added or deleted or gced else logging.DEBUG
+        level = logging.INFO if added or deleted or gced or abandoned else logging.DEBUG
         logger.log(level, "flush (%s): added %d recording(s) (%s) of %d B, deleted %d (%s) of %d B, "
-                    "GCed %d", reason, len(added), ", ".join(added) or "none", added_bytes,
-                    len(deleted), ", ".join(deleted) or "none", deleted_bytes, gced)
+                    "GCed %d%s", reason, len(added), ", ".join(added) or "none", added_bytes,
+                    len(deleted), ", ".join(deleted) or "none", deleted_bytes, gced,
+                    f", abandoned {len(abandoned)} to garbage ({', '.join(abandoned)})"
+                    if abandoned else "")
 
     def collect_garbage(self, dir_id: int) -> int:
         """Unlinks this dir's garbage files, fsyncs the dir and marks them gone

@@ -92,9 +92,19 @@ Create a sample file (§3.7):
       frames (`write_all`). Its recording id is >= the stream's cum_recordings
       until S4 commits, so after a crash it is abandoned (R3).
   S2. fsync the file: the data is durable before a row claims it (inv. 1).
+      Not retried: if it fails, S2F instead of S3-S4.
   S3. fsync the dir: the name is durable, for the same reason.
   S4. the recording is ready; (db.py) the next flush inserts its row and
       raises cum_recordings past it.
+  S2F. the file's fsync failed: abandon the recording. After a failed fsync
+      Linux may have dropped the file's dirty pages and marked them clean, so
+      a later fsync succeeds with frames missing on disk ("fsyncgate",
+      PostgreSQL 2018): retrying S2 could commit a row whose file lacks frames
+      (inv. 1). Close the file; (db.py) the next flush raises cum_recordings
+      past its id and inserts a `garbage` row for it in one transaction, so
+      the file goes from "abandoned" to "garbage" atomically (inv. 2); G2-G4
+      then delete it. The error is logged; the stream's run goes on with its
+      next recording (writer.py). No S3: nothing will claim the file.
 
 Delete sample files, two phases (§3.8):
   G1. (db.py) a flush moves the recording rows to `garbage`.
@@ -682,7 +692,8 @@ class _Save:
     composite_id: int
     wall_duration_90k: int
     f: File
-    step: int = 2  # the next step to run: 2 (S2), 3 (S3), 4 (S4), 5 (retention, plan)
+    step: int = 2  # the next step to run: 2 (S2), 3 (S3), 4 (S4 or S2F), 5 (retention, plan)
+    fsync_error: OSError | None = None  # S2 failed: step 4 is S2F
 
 
 class Syncer:
@@ -694,10 +705,12 @@ class Syncer:
       (S4), let retention queue this stream's oldest recordings for deletion
       (they become garbage in the next flush), and plan a flush
       `flushIfSec` after the recording's start: now + max(0, flushIfSec -
-      its wall duration). Any flush satisfies every plan.
+      its wall duration). Any flush satisfies every plan. If the file's
+      fsync fails, the recording is abandoned instead (S2F): the planned
+      flush moves its file to garbage.
     - flushed: collect garbage: unlink (G2), fsync the dir (G3), tell the
       database the files are gone (G4 happens in the next flush).
-    Every I/O step is retried at 1 s forever (a full disk stalls, then
+    Every other I/O step is retried at 1 s forever (a full disk stalls, then
     resumes), except once shutdown is set: then it gives up on that item,
     which start-up recovery handles. Any other error in a command (a SQLite
     error on the database's disk in retention's query, or a bug) is logged and
@@ -813,16 +826,30 @@ class Syncer:
     def _save(self, save: _Save) -> None:
         """S2-S4, then retention and the flush plan, from `save.step` on."""
         composite_id = save.composite_id
+        name = f"{self.path}/{name_for(composite_id)}"
         if save.step == 2:
-            name = f"{self.path}/{name_for(composite_id)}"
-            self._retry(f"fsync {name}", save.f.sync)  # S2: the frames are durable
+            try:
+                save.f.sync()  # S2: the frames are durable
+            except OSError as e:
+                # S2F: never retried (module docstring): a retry can succeed with
+                # the frames the failure dropped missing from the disk.
+                save.fsync_error = e
+                save.step = 4
+            else:
+                save.step = 3
             save.f.close()
-            save.step = 3
         if save.step == 3:
             self._retry(f"fsync dir {self.path}", self.dir.fs.sync)  # S3: its name is durable
             save.step = 4
         if save.step == 4:
-            self.db.mark_synced(composite_id)  # S4
+            if save.fsync_error is None:
+                self.db.mark_synced(composite_id)  # S4
+            else:
+                self.db.abandon_to_garbage(composite_id)  # S2F
+                e = save.fsync_error
+                logger.error("%s: sample file fsync failed: %s (%s); recording abandoned, its "
+                             "file goes to garbage; check the disk (dmesg)", name,
+                             errno.errorcode.get(e.errno, e.errno), e.strerror or e)
             save.step = 5
         stream_id = composite_id >> 32
         deleted = self.db.delete_oldest_recordings(stream_id)

@@ -786,7 +786,8 @@ def private_mode_fix(db_dir: str) -> str | None:
     except OSError:
         return None  # opening the database says what's wrong
     for name in names:
-        if name == db.DB_FILENAME or name.startswith(db.DB_FILENAME + ".pre-upgrade-"):
+        # db, and db.* (upgrade backups, an upgrade's scratch copy); not db-wal/db-shm.
+        if name == db.DB_FILENAME or name.startswith(db.DB_FILENAME + "."):
             path = os.path.join(db_dir, name)
             try:
                 st = os.lstat(path)

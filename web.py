@@ -98,6 +98,7 @@ import api
 import auth
 import clock
 import mp4
+import snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -1026,6 +1027,8 @@ class Server:
         # Sessions and logins; one per database (nvr.py passes the one it made).
         self.auth = auth_ if auth_ is not None else auth.Auth(db)
         self.signals = signals
+        # Stills (still.jpg, latest.jpg): a decoding pool and cache; stop() ends the pool.
+        self.stills = snapshot.Stills(db)
         self.live_options = live_options    # live.Options; None: live.py's defaults
         self.stopping = threading.Event()   # set when stop() begins (live.py watches it)
         # Live connections' wake-ups (live.py): stop() wakes them so each sends its close
@@ -1102,3 +1105,4 @@ class Server:
                 except OSError:
                     pass
         self._servers, self._threads = [], []
+        self.stills.close()

@@ -14,7 +14,12 @@ a minute and, for each:
 3. reconciles camera time with local time (below) and hashes the file
    (blake2b, 32 bytes) as it is written;
 4. at its end hands the file to the dir's syncer (`Syncer.save`), which fsyncs
-   it and the dir, marks it ready and plans the database flush.
+   it and the dir, marks it ready and plans the database flush. If the file's
+   fsync fails, the syncer abandons that recording (dir.py S2F: its frames may
+   not be on disk, and a retried fsync can't tell); the run goes on, its next
+   recording already being written, so the stream loses that one recording
+   and no more (a reconnect would lose seconds more). Its id is skipped: the
+   run's recordings on either side of it keep their run offsets and times.
 
 Rotation (reference §3.3): stream i of n rotates at `offset = interval*i/n`
 seconds past each `interval` (60 s) boundary, spreading disk seeks. A

@@ -26,7 +26,9 @@ fake keeps what it took in `contents`. `close()` is not scripted; it sets
 `closed`. Pass `fs_factory=fs.factory` to `SampleFileDir.create`/`open`.
 
 `FaultyFs` is the simpler kind, for tests that want real files: a real
-`dir.Fs` whose calls number `nth` .. `nth + times - 1` of one method fail.
+`dir.Fs` whose calls number `nth` .. `nth + times - 1` of one method fail
+(`fail` adds another method's). `FaultyFs.wrapping(fs, ...)` puts it around a
+dir's open `Fs` (keeping its fd and flock): `sfd.fs = FaultyFs.wrapping(sfd.fs, ...)`.
 
 `RecordingRetry` stands in for `clock.retry` without sleeping: it calls `fn`
 until it stops raising OSError and records each failure.
@@ -169,20 +171,31 @@ class FaultyFs:
     """
 
     def __init__(self, path: str, method: str, *, nth: int = 1, times: int = 1,
-                 err: int = errno.EIO, mkdir: bool = False):
-        self.real = dirmod.Fs(path, mkdir=mkdir)
-        self.method, self.nth, self.times, self.err = method, nth, times, err
+                 err: int = errno.EIO, mkdir: bool = False, real: dirmod.Fs | None = None):
+        self.real = real if real is not None else dirmod.Fs(path, mkdir=mkdir)
+        self.faults: dict[str, tuple[range, int]] = {}  # method: (failing call numbers, errno)
+        self.fail(method, nth=nth, times=times, err=err)
         self.calls = collections.Counter()
 
     @classmethod
     def factory(cls, method: str, **kwargs):
         return lambda path, *, mkdir=False: cls(path, method, mkdir=mkdir, **kwargs)
 
+    @classmethod
+    def wrapping(cls, fs: dirmod.Fs, method: str, **kwargs) -> "FaultyFs":
+        """Around an open `Fs`: closing this closes it (and releases its flock)."""
+        return cls(fs.path, method, real=fs, **kwargs)
+
+    def fail(self, method: str, *, nth: int = 1, times: int = 1, err: int = errno.EIO) -> None:
+        """Also fail calls nth .. nth+times-1 of `method` (counted from the first call)."""
+        self.faults[method] = (range(nth, nth + times), err)
+
     def _count(self, name: str) -> None:
         self.calls[name] += 1
         n = self.calls[name]
-        if name == self.method and self.nth <= n < self.nth + self.times:
-            raise OSError(self.err, f"{os.strerror(self.err)} (injected: {name} call {n})")
+        calls, err = self.faults.get(name, ((), 0))
+        if n in calls:
+            raise OSError(err, f"{os.strerror(err)} (injected: {name} call {n})")
 
     def __getattr__(self, name):  # only called for what isn't set on self
         if name == "real":

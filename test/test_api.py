@@ -146,6 +146,8 @@ def _matrix(site):
         # Anyone reaches the upgrade (viewVideo is checked inside the socket, test_live.py);
         # this plain GET isn't an upgrade, so: 400.
         ("GET", f"/api/cameras/{u}/main/live.m4s", None, anyone),
+        ("GET", f"/api/cameras/{u}/main/still.jpg?s=0", None, video),
+        ("GET", f"/api/cameras/{u}/main/latest.jpg", None, video),
         ("GET", "/api/init/1.mp4", None, video),
         ("GET", "/api/init/1.mp4.txt", None, video),
         ("GET", "/api/signals", None, video),

@@ -117,7 +117,11 @@ def test_leftover_garbage(stopped):
     stopped.sql("delete from recording where composite_id = ?", cid)
     stopped.sql("insert into garbage values (?, ?)", stopped.dir_id, cid)
     status, out = run_check(stopped)
-    assert status == 1 and "garbage file still present" in out
+    # Normal (start-up deletes it), so a note, as in Moonfire's check.
+    assert (status, out) == (0, f"note: recording 1/0 ({dirmod.name_for(cid)} in "
+                                f"{stopped.sample_dir}): garbage file not yet deleted; the "
+                                f"next `nvr.py run` deletes it (or --trash-orphan-sample-files "
+                                f"now)\ncheck: clean\n")
     status, out = run_check(stopped, trash_orphan_sample_files=True)
     assert "collected 1 garbage file(s)" in out
     assert run_check(stopped) == (0, "check: clean\n")

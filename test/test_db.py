@@ -11,6 +11,7 @@ import db
 import dir as dirmod
 import recording
 from conftest import make_testdb
+from fakes import FaultyFs
 
 HOUR_90K = 3600 * 90_000
 MIN_90K = 60 * 90_000
@@ -401,3 +402,80 @@ def test_days_include_uncommitted_recordings(testdb):
     # The committed summaries themselves are untouched.
     assert {k: d.duration_90k for k, d in t.db.streams[t.stream_id].days.items()} == \
         {"2026-11-28": 90_000}
+
+
+# -- each of these failed with a deliberate change to db.py that passed every other test --
+
+def test_two_retention_passes_before_a_flush_queue_each_row_once(testdb):
+    """Each pass queues the recordings after those already queued. A pass that started
+    at the last queued one instead queued it again: the flush then inserted its garbage
+    row twice, failed on the UNIQUE constraint, and so did every later flush."""
+    t = testdb
+    s = t.db.streams[t.stream_id]
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(3)]
+    t.db.flush("test")
+    t.db.update_stream(t.stream_id, config=dict(s.config, retainBytes=3 * 32768))
+    # Each new synced recording (8 blocks) puts the stream one file over: one pass each.
+    t.add_recording(start_90k=start + 3 * 90_000, run_offset=3)
+    assert [r.composite_id for r in t.db.delete_oldest_recordings(t.stream_id)] == ids[:1]
+    t.add_recording(start_90k=start + 4 * 90_000, run_offset=4)
+    assert [r.composite_id for r in t.db.delete_oldest_recordings(t.stream_id)] == ids[1:2]
+    assert [r.composite_id for r in s.to_delete] == ids[:2]
+    t.db.flush("retention")
+    assert t.db.conn.execute("select composite_id from garbage order by composite_id"
+                             ).fetchall() == [(c,) for c in ids[:2]]
+    assert s.cum_recordings == 5 and s.fs_bytes == 3 * 32768
+    t.add_recording(start_90k=start + 5 * 90_000, run_offset=5)
+    t.db.flush("the next one")  # flushes go on committing
+    assert s.cum_recordings == 6
+
+
+def test_a_synced_recording_behind_an_unsynced_one_waits_for_it(testdb):
+    """A flush commits the synced prefix: a synced recording behind an unsynced one
+    waits. Skipping the unsynced one instead committed the later one under the earlier
+    one's id, so its row described another recording's file."""
+    t = testdb
+    s = t.db.streams[t.stream_id]
+    start = t90k("2026-11-29T10:00:00Z")
+    a = t.add_recording(start_90k=start, sync=False)
+    with t.db.locked():
+        s.uncommitted[0].growing = False  # ended by its writer, not yet synced (S2-S3)
+    b = t.add_recording(start_90k=start + MIN_90K, run_offset=1, frames=20)  # smaller
+    t.db.flush("test")
+    assert s.cum_recordings == 0 and len(s.uncommitted) == 2
+    assert t.db.conn.execute("select count(*) from recording").fetchone()[0] == 0
+    t.db.mark_synced(a)
+    t.db.flush("test")
+    rows = t.db.conn.execute("select composite_id, sample_file_bytes, start_time_90k "
+                             "from recording order by composite_id").fetchall()
+    assert [r[0] for r in rows] == [a, b] and [r[2] for r in rows] == [start, start + MIN_90K]
+    for cid, nbytes, _ in rows:  # each row describes its own file
+        assert os.path.getsize(os.path.join(t.sample_dir, dirmod.name_for(cid))) == nbytes
+
+
+def test_a_failed_meta_rewrite_at_open_leaves_the_dir_openable(tmp_path, clocks):
+    """Opening writes meta (O3) before the database row (O4). Done the other way
+    round, one I/O error in the rewrite left a row naming an open the file never
+    heard of: the dir refused to open ever after ("was last opened by open 1, the
+    database expects open 2")."""
+    t = make_testdb(tmp_path, clocks)
+    t.db.close()
+    d = db.Database.open_dir(t.db_dir, clocks, fs_factory=FaultyFs.factory("file.pwrite"))
+    with pytest.raises(OSError, match="injected: file.pwrite call 1"):
+        d.open_sample_file_dirs()
+    assert d.dirs[t.dir_id].dir is None  # closed and unlocked
+    d.close()
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()  # the next start opens it
+    assert d.dirs[t.dir_id].dir.meta.last_complete_open == d.open
+    d.close()
+    # So does another try in the same process: it starts over at O1.
+    d = db.Database.open_dir(t.db_dir, clocks, fs_factory=FaultyFs.factory("file.datasync"))
+    with pytest.raises(OSError, match="injected: file.datasync call 1"):
+        d.open_sample_file_dirs()
+    d.fs_factory = dirmod.Fs
+    d.open_sample_file_dirs()
+    assert d.dirs[t.dir_id].dir.meta.last_complete_open == d.open
+    d.close()
+

@@ -361,7 +361,7 @@ def test_list_view_lists_and_plays_recordings(tab, server):
     # Times are the server's zone's.
     first = min(api_rows, key=lambda r: r["startId"])
     last_row = table.locator("tbody tr.clickable").last
-    assert last_row.locator("td").first.inner_text() == \
+    assert last_row.locator("td").nth(1).inner_text() == \
         zoned(first["startTime90k"]).strftime("%H:%M:%S")
     tab.screenshot("list")
     # Open the oldest row: it plays, at the recorded width, with the aspect ratio forced.
@@ -683,6 +683,91 @@ def test_phone_layout_and_dark_theme(browser, server):
         assert not t.unexpected_errors(), t.unexpected_errors()
     finally:
         t.context.close()
+
+
+def _image(page, selector):
+    """(complete, naturalWidth, naturalHeight) of an <img>, once it has loaded."""
+    page.wait_for_function(
+        """(sel) => { const i = document.querySelector(sel);
+                      return i && i.complete && i.naturalWidth > 0; }""", arg=selector,
+        timeout=30_000)
+    return tuple(page.locator(selector).first.evaluate("i => [i.naturalWidth, i.naturalHeight]"))
+
+
+def test_stills_in_list_timeline_player_and_live(tab, server, tmp_path):
+    """Pictures: List rows have thumbnails; hovering the Timeline shows the picture
+    under the pointer; the player saves the frame on screen; a Live cell shows the
+    latest key frame until video plays and while paused. Each image decodes in the
+    browser at the size asked for."""
+    import av
+    uuid = server.camera_uuid()
+    tab.goto()
+    tab.login("admin")
+    pg = tab.page
+    # List: every row has a lazily loaded thumbnail, 128 px wide (devicePixelRatio 1).
+    pg.wait_for_selector("table.recordings tbody tr.clickable")
+    w, hgt = _image(pg, "table.recordings tbody tr.clickable img.thumb")
+    assert (w, hgt) == (128, 72)
+    src = pg.locator("table.recordings tbody tr.clickable img.thumb").first.get_attribute("src")
+    assert "/still.jpg?" in src and "key=true" in src
+    tab.screenshot("list-thumbnails")
+    # Player: "Save still" downloads a JPEG of the frame on screen, at the video's size.
+    pg.locator("table.recordings tbody tr.clickable").last.click()
+    wait_playing(pg, seconds=0.5)
+    pg.locator("dialog.player video").evaluate("v => v.pause()")
+    with pg.expect_download() as dl:
+        pg.get_by_role("button", name="Save still").click()
+    path = str(tmp_path / "still.jpg")
+    dl.value.save_as(path)
+    assert re.fullmatch(r"cam1-main-\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d.*\.jpg",
+                        dl.value.suggested_filename), dl.value.suggested_filename
+    with av.open(path) as c:
+        codec = c.streams.video[0].codec_context.name
+        (f,) = list(c.decode(video=0))
+    assert (codec, f.width, f.height) == ("mjpeg", MAIN.width, MAIN.height)
+    pg.get_by_role("button", name="Close player").click()
+    # Timeline: hovering a span shows the key frame at or before that instant.
+    rows = server.rows(1)
+    day = zoned(rows[0][2]).strftime("%Y-%m-%d")
+    v0, v1 = rows[0][2], rows[-1][2] + rows[-1][3]
+    tab.goto(f"#/timeline?start={day}&end={day}&v0={v0}&v1={v1}")
+    lane = pg.locator(f'.tl-track[data-stream-id="{server.main_id}"]')
+    span = lane.locator(".tl-span").first
+    span.wait_for()
+    b = span.bounding_box()
+    pg.mouse.move(b["x"] + b["width"] * 0.5, b["y"] + b["height"] / 2)
+    preview = pg.locator(".tl-preview")
+    preview.wait_for(state="visible", timeout=30_000)
+    assert _image(pg, ".tl-preview img") == (240, 136)
+    tab.screenshot("timeline-preview")
+    m = re.search(r"v0=(\d+)&v1=(\d+)", pg.url)   # the view shown (clamped to the range)
+    shown_v0, shown_v1 = int(m[1]), int(m[2])
+    lb = lane.bounding_box()
+    hovered = shown_v0 + (shown_v1 - shown_v0) * (b["x"] + b["width"] * 0.5 - lb["x"]) / lb["width"]
+    shown = int(preview.get_attribute("data-frame-time90k"))
+    assert hovered - 2 * TICKS <= shown <= hovered + 1, (shown, hovered)  # GOP: 1 s
+    first_shown = shown
+    # Moving on fetches the picture there; leaving hides it.
+    pg.mouse.move(b["x"] + b["width"] * 0.1, b["y"] + b["height"] / 2)
+    pg.wait_for_function(f"() => Number(document.querySelector('.tl-preview')"
+                         f".dataset.frameTime90k) < {first_shown}", timeout=30_000)
+    pg.mouse.move(b["x"], b["y"] - 200)
+    preview.wait_for(state="hidden")
+    # Live: the poster is the latest key frame, shown before the video plays and again
+    # when paused.
+    tab.goto(f"#/live?layout=1&cams={uuid}/main")
+    pg.wait_for_function("() => document.querySelector('.cell').dataset.posterTime90k",
+                         timeout=30_000)
+    poster = pg.locator(".cell video").evaluate("v => v.poster")
+    assert poster.startswith("blob:")
+    size = pg.evaluate("""async (url) => { const i = new Image(); i.src = url; await i.decode();
+                                          return [i.naturalWidth, i.naturalHeight]; }""", poster)
+    assert size[0] % 160 == 0 and size[1] == round(size[0] * 9 / 16 / 2) * 2, size
+    pg.get_by_role("button", name="Pause: cell 1").click()
+    pg.wait_for_function(
+        """(old) => { const v = document.querySelector('.cell video');
+                      return v.poster && v.poster !== old; }""", arg=poster, timeout=30_000)
+    tab.screenshot("live-paused-poster")
 
 
 def test_live_view_plays_and_reconnects_after_a_restart(tab, server):

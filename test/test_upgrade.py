@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import fcntl
 import fractions
 import hashlib
 import io
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import struct
@@ -109,7 +112,8 @@ def x264_clip(width: int, height: int, sar: tuple[int, int] | None,
         ctx.sample_aspect_ratio = fractions.Fraction(*sar)
     ctx.options = {"preset": "ultrafast", "g": "2", "keyint_min": "2", "bf": "0",
                    "sc_threshold": "0"}
-    ctx.flags |= av.codec.context.Flags.global_header
+    flags = av.codec.context.Flags
+    ctx.flags |= getattr(flags, "global_header", None) or flags.GLOBAL_HEADER  # PyAV 12+ / 10
     ctx.open()
     nals = [n.lstrip(b"\0") for n in bytes(ctx.extradata).split(b"\0\0\1") if n.strip(b"\0")]
     sps = next(n for n in nals if n[0] & 0x1F == 7)
@@ -555,10 +559,10 @@ def test_dry_run_reports_a_refusal(tmp_path):
 
 @pytest.mark.parametrize("name,pattern", [
     ("notes.txt", r"unexpected file 'notes.txt' in sample file dir .*"
-                  r"Is --sample-file-dir right\?.*nothing was changed"),
+                  r"Is --sample-file-dir right\?"),
     ("0b1c5a2e-6d3f-4f4e-9c2a-1d2e3f405162",
      r"1 sample files in .* are unknown to the database \(first: 0b1c5a2e-.*\)\. "
-     r"Is --sample-file-dir right\?.*nothing was changed"),
+     r"Is --sample-file-dir right\?"),
 ])
 def test_refuses_unexpected_file_before_1_to_2(tmp_path, name, pattern):
     s = seed_v0(tmp_path)
@@ -603,8 +607,7 @@ def test_refuses_meta_mismatch_before_2_to_3(tmp_path):
     before = snapshot(s)
     with pytest.raises(upgrade.UpgradeError,
                        match=r"does not match this database: the meta file belongs to "
-                             r"database 4242.*Is the right disk mounted there.*Nothing was "
-                             r"changed"):
+                             r"database 4242.*Is the right disk mounted there"):
         upgrade.run_steps(conn, step_args(s), 3, quiet=True)
     assert version(conn) == 2
     assert snapshot(s) == before  # still uuid names
@@ -633,7 +636,7 @@ def test_refuses_unusable_stream_url_at_6_to_7_then_rerun_after_fix(tmp_path):
     with pytest.raises(upgrade.UpgradeError,
                        match=r"stream 2 \(camera 2, main\) has URL 'rtsp:///ch1', which has no "
                              r"host; set it with `update stream set rtsp_url = "
-                             r"'rtsp://HOST/PATH' where id = 2`.*still at version 6"):
+                             r"'rtsp://HOST/PATH' where id = 2`"):
         upgrade.run_steps(conn, step_args(s), 7, quiet=True)
     assert version(conn) == 6
     assert snapshot(s) == before
@@ -731,8 +734,7 @@ def test_moonfire_v7_recording_with_unknown_open_id_stops_7_to_8(tmp_path):
         upgrade.run_steps(conn, step_args(s), 8, quiet=True)
     assert str(e.value).startswith(
         f"1 recording(s) name an open_id that is not in the open table (e.g. composite_id "
-        f"{(2 << 32) | 1}), so recording.open_id can't reference open (id); the database is "
-        f"still at version 7. Add placeholder opens with `insert into open (id, uuid) select "
+        f"{(2 << 32) | 1}), so recording.open_id can't reference open (id). Add placeholder opens with `insert into open (id, uuid) select "
         f"distinct open_id, randomblob(16) from recording where open_id not in (select id "
         f"from open);` in `nvr.py sql`")
     assert version(conn) == 7 and "\n".join(conn.iterdump()) == before
@@ -896,6 +898,25 @@ def test_check_is_clean_after_upgrade(upgraded):
     assert check.run(upgraded.db_dir, check.Options(), out) == 0, out.getvalue()
 
 
+def test_check_notes_moonfire_garbage_after_upgrade(tmp_path, capsys):
+    """A garbage row whose file is still there (Moonfire, or a crash, left it;
+    start-up deletes it) is normal: right after the upgrade `check` notes it
+    and exits 0."""
+    check = pytest.importorskip("check")
+    s = at_version(tmp_path, 7)
+    cid = (1 << 32) | 9  # a recording Moonfire had moved to garbage but not yet unlinked
+    with open(os.path.join(s.sample_dir, composite_name(cid)), "wb") as f:
+        f.write(b"deleted recording")
+    conn = open_db(s)
+    conn.execute("insert into garbage values (1, ?)", (cid,))
+    conn.close()
+    assert upgrade.run(step_args(s)) == 0
+    out = io.StringIO()
+    assert check.run(s.db_dir, check.Options(), out) == 0, out.getvalue()
+    assert (f"note: recording 1/9 ({composite_name(cid)} in {os.path.abspath(s.sample_dir)}): "
+            f"garbage file not yet deleted") in out.getvalue()
+
+
 def test_pre_upgrade_recording_plays_through_view_mp4(upgraded, tmp_path):
     """A recording Moonfire made (schema 0) plays after the upgrade: its view.mp4
     is read by ffprobe and every frame decodes with PyAV."""
@@ -920,3 +941,466 @@ def test_pre_upgrade_recording_plays_through_view_mp4(upgraded, tmp_path):
     with av.open(path) as c:
         frames = [fr for fr in c.decode(video=0)]
     assert len(frames) == 4 and all((fr.width, fr.height) == (1280, 720) for fr in frames)
+
+
+# ------------------------- all or nothing: refusals through `nvr.py upgrade`
+
+def nvr_upgrade(capsys, db_dir: str, *extra: str) -> tuple[int, str]:
+    """Runs `nvr.py upgrade` in-process; returns (exit status, the error line),
+    asserting the failure is exactly one `error:` line, the last, and no traceback."""
+    import nvr
+    status = nvr.main(["upgrade", "--db-dir", db_dir, *extra])
+    return status, one_error_line(capsys.readouterr().err)
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def at_version(tmp_path, v: int) -> Seeded:
+    """The seeded database upgraded (step by step, no backup) to version v."""
+    s = seed_v0(tmp_path)
+    conn = open_db(s)
+    upgrade.run_steps(conn, step_args(s), v, quiet=True)
+    conn.close()
+    return s
+
+
+def unchanged(s: Seeded, before, v: int) -> None:
+    """Nothing changed: database and dir as before, at version v, no backup."""
+    assert snapshot(s) == before
+    conn = open_db(s)
+    assert version(conn) == v
+    conn.close()
+    assert sorted(os.listdir(s.db_dir)) == ["db"]
+
+
+def nothing_changed(v: int) -> str:
+    return f"Nothing was changed: the database is still at version {v}"
+
+
+def test_missing_sample_file_at_v0_refused_before_any_change(tmp_path, capsys):
+    s = seed_v0(tmp_path)
+    os.unlink(os.path.join(s.sample_dir, s.files[1 << 32 | 2][0]))
+    before = snapshot(s)
+    status, err = nvr_upgrade(capsys, s.db_dir, "--sample-file-dir", s.sample_dir)
+    assert status == 1
+    assert err.startswith("error: step 1 -> 2 would refuse: 1 recordings' sample files are "
+                          "missing from ") and nothing_changed(0) in err
+    unchanged(s, before, 0)
+
+
+@pytest.mark.parametrize("start", [3, 4])
+def test_foreign_meta_refused_before_any_change(tmp_path, capsys, start):
+    s = at_version(tmp_path, start)
+    meta, _ = read_meta(s)
+    with open(os.path.join(s.sample_dir, "meta"), "wb") as f:  # another database's dir
+        f.write(dirmeta.encode(dataclasses.replace(meta, db_uuid=b"\x42" * 16)))
+    before = snapshot(s)
+    status, err = nvr_upgrade(capsys, s.db_dir)
+    assert status == 1
+    assert err.startswith("error: step 4 -> 5 would refuse: sample file dir ")
+    assert "the meta file belongs to database 4242" in err and nothing_changed(start) in err
+    unchanged(s, before, start)
+
+
+def test_database_refusal_of_a_later_step_refused_before_any_change(tmp_path, capsys):
+    """6 -> 7 refuses a camera without a host; from version 0 that is found by
+    the preflight too, and the message says its SQL is for version 6."""
+    s = seed_v0(tmp_path)
+    conn = open_db(s)
+    conn.execute("update camera set host = null where id = 2")
+    conn.close()
+    before = snapshot(s)
+    status, err = nvr_upgrade(capsys, s.db_dir, "--sample-file-dir", s.sample_dir)
+    assert status == 1
+    assert err.startswith("error: step 6 -> 7 would refuse: stream 2 (camera 2, main) has URL "
+                          "'rtsp:///ch1', which has no host")
+    assert err.endswith(f"{nothing_changed(0)} (found by the preflight, which runs every step "
+                        f"on a scratch copy first). Any SQL above is for a version 6 database; "
+                        f"docs/upgrade.md, \"When it refuses\", has the fix for earlier versions")
+    unchanged(s, before, 0)
+
+
+def hold_flock(path: str):
+    """A child process holding an exclusive flock on `path`, until it is killed."""
+    p = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys\n"
+                          "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                          "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                          "print('locked', flush=True)\n"
+                          "sys.stdin.read()", path],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "locked\n"
+    return p
+
+
+@pytest.mark.parametrize("start", [0, 3])
+@pytest.mark.parametrize("problem", ["missing", "locked"])
+def test_unusable_sample_dir_refused_before_any_change(tmp_path, capsys, start, problem):
+    s = at_version(tmp_path, start)
+    holder = None
+    if problem == "missing":  # e.g. its disk not mounted
+        os.rename(s.sample_dir, s.sample_dir + ".away")
+        before = None
+        expected = f"sample file dir {os.path.abspath(s.sample_dir)} does not exist"
+    else:
+        before = snapshot(s)
+        holder = hold_flock(s.sample_dir)
+        expected = f"sample file dir {os.path.abspath(s.sample_dir)} is locked by another process"
+    try:
+        status, err = nvr_upgrade(capsys, s.db_dir, "--sample-file-dir", s.sample_dir)
+    finally:
+        if holder:
+            holder.kill()
+            holder.wait()
+    assert status == 1
+    assert err.startswith(f"error: step {1 if start == 0 else 4} -> {2 if start == 0 else 5} "
+                          f"would refuse: {expected}")
+    assert nothing_changed(start) in err
+    if problem == "missing":
+        os.rename(s.sample_dir + ".away", s.sample_dir)
+        before = snapshot(s)
+    unchanged(s, before, start)
+
+
+def run_without_root_powers(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Runs cmd so file permissions bind: as root, without the capabilities
+    that override them (setpriv), so a chmod 0555 directory is read-only."""
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: can't make a directory read-only")
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_read_only_sample_dir_refused_before_any_change(tmp_path, start):
+    s = at_version(tmp_path, start)
+    before = snapshot(s)
+    os.chmod(s.sample_dir, 0o555)
+    try:
+        p = run_without_root_powers([sys.executable, os.path.join(ROOT, "nvr.py"), "upgrade",
+                                     "--db-dir", s.db_dir, "--sample-file-dir", s.sample_dir])
+    finally:
+        os.chmod(s.sample_dir, 0o755)
+    assert p.returncode == 1, p.stderr
+    err = one_error_line(p.stderr)
+    assert err.startswith(f"error: step {1 if start == 0 else 4} -> {2 if start == 0 else 5} "
+                          f"would refuse: sample file dir {os.path.abspath(s.sample_dir)} is "
+                          f"not writable (user ")
+    assert nothing_changed(start) in err
+    unchanged(s, before, start)
+
+
+def test_read_only_db_dir_refused_before_any_change(tmp_path):
+    s = seed_v0(tmp_path)
+    before = snapshot(s)
+    os.chmod(s.db_dir, 0o555)
+    try:
+        p = run_without_root_powers([sys.executable, os.path.join(ROOT, "nvr.py"), "upgrade",
+                                     "--db-dir", s.db_dir, "--sample-file-dir", s.sample_dir])
+    finally:
+        os.chmod(s.db_dir, 0o755)
+    assert p.returncode == 1, p.stderr
+    err = one_error_line(p.stderr)
+    assert err.startswith(f"error: database directory {s.db_dir} is not writable (user ")
+    assert err.endswith("Nothing was changed")
+    unchanged(s, before, 0)
+
+
+@pytest.mark.parametrize("how", ["sqlite", "flock"])
+def test_database_locked_by_another_process(tmp_path, capsys, monkeypatch, how):
+    """Another process holds the database's SQLite lock (a sqlite3 shell in a
+    transaction) or the database directory's flock (a running nvr or Moonfire)."""
+    s = seed_v0(tmp_path)
+    before = snapshot(s)
+    monkeypatch.setattr(upgrade, "BUSY_TIMEOUT_SEC", 0.1)
+    if how == "flock":
+        p = hold_flock(s.db_dir)
+    else:
+        p = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
+                              "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                              "c.execute('begin exclusive')\n"
+                              "print('locked', flush=True)\n"
+                              "sys.stdin.read()", os.path.join(s.db_dir, "db")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline() == "locked\n"
+    try:
+        status, err = nvr_upgrade(capsys, s.db_dir, "--sample-file-dir", s.sample_dir)
+    finally:
+        p.kill()
+        p.wait()
+    assert status == 1
+    if how == "flock":
+        assert err.startswith(f"error: database directory {s.db_dir} is locked by another "
+                              f"process; stop the running nvr")
+    else:
+        assert err.startswith(f"error: the database {os.path.join(s.db_dir, 'db')} is locked "
+                              f"by another process (database is locked): close any sqlite3 "
+                              f"shell")
+        assert err.endswith("Nothing was changed")
+    unchanged(s, before, 0)
+
+
+def corrupt(path: str) -> None:
+    """Overwrites the middle of the recording table's root page."""
+    conn = sqlite3.connect(path)
+    (root,) = conn.execute("select rootpage from sqlite_master where name = 'recording'"
+                           ).fetchone()
+    (page_size,) = conn.execute("pragma page_size").fetchone()
+    conn.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size + 8)
+        f.write(b"\xff" * 64)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("not sqlite", r"error: .*/db is not an SQLite database \(file is not a database\); is "
+                   r"--db-dir the directory that holds Moonfire's or nvr's `db` file\? "
+                   r"Nothing was changed"),
+    ("corrupt", r"error: the database .*/db is damaged \(SQLite.*\); restore it from a "
+                r"backup, or try `sqlite3 .*/db \.recover`\. Nothing was changed"),
+    ("negative", r"error: database schema version -1 is not one Moonfire or nvr ever wrote "
+                 r"\(they are 0 to 8\); is this the right database\? Nothing was changed"),
+    ("newer", r"error: database schema version 9 is newer than this nvr supports \(8\); use "
+              r"a newer nvr\. Nothing was changed"),
+])
+def test_unusable_database_is_a_one_line_error(tmp_path, capsys, case, expected):
+    s = seed_v0(tmp_path)
+    path = os.path.join(s.db_dir, "db")
+    if case == "not sqlite":
+        with open(path, "wb") as f:
+            f.write(b"camera,recording\n" * 512)
+    elif case == "corrupt":
+        corrupt(path)
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("insert into version values (?, 0, 'odd')", (-1 if case == "negative" else 9,))
+        if case == "negative":
+            conn.execute("delete from version where id >= 0")
+        conn.commit()
+        conn.close()
+    before = file_hashes(s)
+    status, err = nvr_upgrade(capsys, s.db_dir, "--sample-file-dir", s.sample_dir)
+    assert status == 1
+    assert re.fullmatch(expected, err), err
+    assert file_hashes(s) == before
+
+
+def file_hashes(s: Seeded) -> dict:
+    """Every file of the db dir and the sample dir, by name, with its sha256."""
+    out = {}
+    for d in (s.db_dir, s.sample_dir):
+        for n in sorted(os.listdir(d)):
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.join(d, n)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+# --------------------- durability: the fsyncs around every rename (fsops.Calls)
+
+class RecordingCalls(upgrade.fsops.Calls):
+    """Records each file operation, by path, in `trace` (shared with the SQL
+    trace of the database connection); `fail(op, path)` may return an errno
+    to make that call fail with it."""
+
+    def __init__(self, trace: list, fail=None):
+        self.trace, self.fail, self.paths = trace, fail, {}
+
+    def _path(self, name, dir_fd=None) -> str:
+        base = self.paths[dir_fd] if dir_fd is not None else os.getcwd()
+        return os.path.realpath(os.path.join(base, name))
+
+    def _do(self, op: str, *paths: str) -> None:
+        err = self.fail(op, paths[-1]) if self.fail else None
+        if err:
+            raise OSError(err, os.strerror(err), paths[0], None, *paths[1:])
+        self.trace.append((op, *paths))
+
+    def open(self, path, flags, mode=0o777, *, dir_fd=None):
+        p = self._path(path, dir_fd)
+        fd = super().open(path, flags, mode, dir_fd=dir_fd)
+        self.paths[fd] = p
+        self.trace.append(("create" if flags & os.O_CREAT else "open", p))
+        return fd
+
+    def write(self, fd, data):
+        self._do("write", self.paths[fd])
+        return super().write(fd, data)
+
+    def fsync(self, fd):
+        self._do("fsync", self.paths[fd])
+        super().fsync(fd)
+
+    def rename(self, src, dst, *, dir_fd=None):
+        self._do("rename", self._path(src, dir_fd), self._path(dst, dir_fd))
+        super().rename(src, dst, dir_fd=dir_fd)
+
+    def unlink(self, name, *, dir_fd=None):
+        self._do("unlink", self._path(name, dir_fd))
+        super().unlink(name, dir_fd=dir_fd)
+
+
+def durability_problems(trace: list, existing=frozenset()) -> list[str]:
+    """What a crash could lose, judged from the trace:
+    - a file renamed into place whose bytes were not fsynced after its last
+      write and before the rename: the new name could point at an empty file.
+      Files in `existing` (there, durable, before the run: sample files) need
+      no fsync; any other (a temporary written through the seam, or one SQLite
+      wrote, such as the backup) does;
+    - a rename or unlink not followed by an fsync of its directory before the
+      next COMMIT of the database (or the end): the database could say a
+      version whose file changes are lost."""
+    problems, synced, pending = [], {}, {}
+    for e in trace:
+        op, path = e[0], e[1]
+        if op == "create":
+            synced[path] = False
+        elif op == "write":
+            synced[path] = False
+        elif op == "fsync":
+            synced[path] = True
+            pending.pop(path, None)
+        elif op == "rename":
+            if not synced.get(path, path in existing):
+                problems.append(f"renamed {path} to {e[2]} before fsyncing it")
+            pending.setdefault(os.path.dirname(e[2]), f"rename of {path}")
+        elif op == "unlink":
+            pending.setdefault(os.path.dirname(path), f"unlink of {path}")
+        elif op == "commit":
+            problems += [f"commit with the {what} in {d} not fsynced" for d, what in
+                         pending.items()]
+            pending.clear()
+    problems += [f"end with the {what} in {d} not fsynced" for d, what in pending.items()]
+    return problems
+
+
+def traced_run(s: Seeded, monkeypatch, fail=None) -> list:
+    """upgrade.run with file operations and the database's COMMITs traced."""
+    trace = []
+    real_connect = upgrade._connect
+    db_path = os.path.join(s.db_dir, "db")
+
+    def connect(path, read_only, pragmas):
+        conn = real_connect(path, read_only, pragmas)
+        if path == db_path:  # not the preflight's scratch copy
+            conn.set_trace_callback(
+                lambda sql: trace.append(("commit", db_path))
+                if sql.strip().lower() == "commit" else None)
+        return conn
+
+    monkeypatch.setattr(upgrade, "_connect", connect)
+    upgrade.run(step_args(s, no_vacuum=True), calls=RecordingCalls(trace, fail))
+    return trace
+
+
+def test_every_rename_is_fsynced_before_the_commit(tmp_path, monkeypatch):
+    s = seed_v0(tmp_path)
+    sample = os.path.realpath(s.sample_dir)
+    db_dir = os.path.realpath(s.db_dir)
+    existing = {os.path.join(d, n) for d in (sample, db_dir) for n in os.listdir(d)}
+    trace = traced_run(s, monkeypatch)
+    renames = [e[1:] for e in trace if e[0] == "rename"]
+    # What the trace must show for the check below to mean anything: the
+    # backup, 1 -> 2's meta, 2 -> 3's sample files, 4 -> 5's meta.
+    assert renames[0] == (os.path.join(db_dir, "db.pre-upgrade-v0.tmp"),
+                          os.path.join(db_dir, "db.pre-upgrade-v0"))
+    meta = (os.path.join(sample, "meta.tmp"), os.path.join(sample, "meta"))
+    assert renames.count(meta) == 2
+    assert sorted(r[1] for r in renames if r != meta and r[0].startswith(sample)) == \
+        sorted(os.path.join(sample, composite_name(c)) for c in s.files)
+    assert ("unlink", os.path.join(sample, s.garbage_file)) in trace
+    assert sum(e[0] == "commit" for e in trace) == 8  # one per step
+    assert durability_problems(trace, existing) == []
+
+
+def test_preflight_copy_is_private_and_removed(tmp_path, monkeypatch):
+    s = seed_v0(tmp_path)
+    seen = []
+    real = upgrade._connect
+
+    def connect(path, read_only, pragmas):
+        if path.endswith(".upgrade-preflight"):
+            seen.append(os.stat(path).st_mode & 0o777)
+        return real(path, read_only, pragmas)
+
+    monkeypatch.setattr(upgrade, "_connect", connect)
+    assert upgrade.run(step_args(s, no_vacuum=True)) == 0
+    assert seen == [0o600]
+    assert sorted(os.listdir(s.db_dir)) == ["db", "db.pre-upgrade-v0"]
+
+
+def test_durability_check_catches_a_missing_or_late_fsync():
+    """The checker itself, on traces of what a deleted or moved fsync looks like."""
+    good = [("create", "/d/meta.tmp"), ("write", "/d/meta.tmp"), ("fsync", "/d/meta.tmp"),
+            ("rename", "/d/meta.tmp", "/d/meta"), ("fsync", "/d"), ("commit", "/db")]
+    assert durability_problems(good) == []
+    assert durability_problems(good[:2] + good[3:]) == [
+        "renamed /d/meta.tmp to /d/meta before fsyncing it"]
+    assert durability_problems(good[:2] + [good[3], good[2]] + good[4:]) == [
+        "renamed /d/meta.tmp to /d/meta before fsyncing it"]
+    assert durability_problems(good[:4] + good[5:]) == [
+        "commit with the rename of /d/meta.tmp in /d not fsynced"]
+    assert durability_problems(good[:4] + [good[5], good[4]]) == [
+        "commit with the rename of /d/meta.tmp in /d not fsynced"]
+    # A file SQLite wrote (the backup): fsynced through the seam, or not at all.
+    backup = [("open", "/db/b.tmp"), ("fsync", "/db/b.tmp"), ("rename", "/db/b.tmp", "/db/b"),
+              ("open", "/db"), ("fsync", "/db"), ("commit", "/db/db")]
+    assert durability_problems(backup) == []
+    assert durability_problems(backup[2:]) == ["renamed /db/b.tmp to /db/b before fsyncing it"]
+    assert durability_problems(backup[:3] + backup[5:]) == [
+        "commit with the rename of /db/b.tmp in /db not fsynced"]
+    # A sample file that was there before the run needs only its dir's fsync.
+    renamed = [("rename", "/s/u", "/s/1"), ("fsync", "/s"), ("commit", "/db/db")]
+    assert durability_problems(renamed, {"/s/u"}) == []
+    assert durability_problems(renamed[:1] + renamed[2:], {"/s/u"}) == [
+        "commit with the rename of /s/u in /s not fsynced"]
+
+
+@pytest.mark.parametrize("op,where,n,version_after", [
+    ("rename", "sample file", 3, 2),   # the third sample file rename in 2 -> 3
+    ("fsync", "sample dir", 3, 4),     # 4 -> 5's fsync of the dir (1->2, 2->3 had theirs)
+    ("fsync", "meta.tmp", 2, 4),       # 4 -> 5's fsync of its new meta file
+])
+def test_injected_eio_mid_upgrade_is_one_line_naming_the_version(
+        tmp_path, monkeypatch, op, where, n, version_after):
+    s = seed_v0(tmp_path)
+    sample = os.path.realpath(s.sample_dir)
+    seen = []
+
+    def fail(call, path):
+        hit = call == op and {"sample file": os.path.dirname(path) == sample
+                              and not path.endswith(("meta", "meta.tmp")),
+                              "sample dir": path == sample,
+                              "meta.tmp": path == os.path.join(sample, "meta.tmp")}[where]
+        if hit:
+            seen.append(path)
+            return errno.EIO if len(seen) == n else None
+        return None
+
+    with pytest.raises(upgrade.UpgradeError) as e:
+        traced_run(s, monkeypatch, fail)
+    msg = str(e.value)
+    assert "\n" not in msg
+    step = f"{version_after} -> {version_after + 1}"
+    assert msg.startswith(f"step {step} failed: Input/output error (")
+    assert (f"The database is now at version {version_after} (the upgrade started at 0). Fix "
+            f"the cause and rerun `nvr.py upgrade` to carry on from there, or go back: copy "
+            f"{os.path.join(s.db_dir, 'db.pre-upgrade-v0')} over "
+            f"{os.path.join(s.db_dir, 'db')}") in msg
+    assert "undo the sample file dir changes as docs/upgrade.md" in msg
+    conn = open_db(s)
+    assert version(conn) == version_after
+    conn.close()
+    # Once the disk is well again, a rerun carries on to the end.
+    monkeypatch.undo()
+    assert upgrade.run(step_args(s, no_vacuum=True)) == 0
+    conn = open_db(s)
+    assert version(conn) == 8
+    assert_schema(conn, 8)
+    assert sorted(os.listdir(s.sample_dir)) == sorted(
+        ["meta"] + [composite_name(c) for c in s.files])

@@ -8,6 +8,7 @@ follow from reference §3.3-§3.4; the comments derive them.
 """
 
 import errno
+import io
 import logging
 import os
 import sqlite3
@@ -16,6 +17,7 @@ import time
 
 import pytest
 
+import check
 import clock
 import db
 import dir as dirmod
@@ -23,7 +25,7 @@ import recording
 import writer
 from clips import make_clip
 from conftest import START_NS, make_testdb
-from fakes import FakeFile, FakeFs
+from fakes import FakeFile, FakeFs, FaultyFs
 from replay import drain, record
 
 T0_90K = recording.to_90k_from_ns(START_NS)  # a multiple of 3 s and of 60 s
@@ -218,18 +220,16 @@ def test_write_path_retries_each_step(faked, clocks, caplog):
         w.write(b"next", T0_90K + 3000, 3000, False, t.vse_id)
         w.close("test")
     assert bytes(f.written) == b"key!next"
-    f.expect("sync", error=eio())   # S2, retried
-    f.expect("sync")
+    f.expect("sync")                # S2 (never retried: a failure is S2F, tested below)
     fs.expect("sync", error=eio())  # S3, retried
     fs.expect("sync")
     drain(syncer)
     fs.assert_done()
-    assert clocks.monotonic() == 5 * clock.NANOS_PER_SEC  # five 1 s retry sleeps
+    assert clocks.monotonic() == 4 * clock.NANOS_PER_SEC  # four 1 s retry sleeps
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == [f"{what}: sleeping for 1 s after error: [Errno 5] I/O error" for what in (
         f"create {t.sample_dir}/{name}", f"write {t.sample_dir}/{name}",
-        f"write {t.sample_dir}/{name}",
-        f"fsync {t.sample_dir}/{name}", f"fsync dir {t.sample_dir}")]
+        f"write {t.sample_dir}/{name}", f"fsync dir {t.sample_dir}")]
     t.db.flush("test")
     (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
     assert r.sample_file_bytes == 8 and r.video_samples == 2
@@ -281,6 +281,40 @@ def test_shutdown_during_a_full_disk_abandons_the_recording(faked, clocks):
     s = t.db.streams[t.stream_id]
     assert s.cum_recordings == 1 and not s.uncommitted
     assert t.db.conn.execute("select count(*) from recording").fetchone()[0] == 0
+
+
+def test_an_abandoned_recording_whose_unlink_was_given_up_is_removed_at_start_up(
+        tmp_path, clocks):
+    """Shutdown stops a write (full disk), then the unlink of the abandoned recording's
+    file: the file stays, so the flush must not raise cum_recordings past its id, and
+    start-up recovery removes it as abandoned. A flush that consumed the id of every
+    abandoned recording, file gone or not, left an orphan that recovery kept: an id
+    below cum_recordings with neither a recording nor a garbage row (invariant 2)."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    fs = sfd.fs = FaultyFs.wrapping(sfd.fs, "file.write", nth=2, err=errno.ENOSPC)
+    fs.fail("unlink")
+    shutdown = threading.Event()
+    w = writer.Writer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown),
+                      shutdown=shutdown)
+    w.write(b"k" * 100, T0_90K, 0, True, t.vse_id)
+    shutdown.set()
+    with pytest.raises(clock.ShutdownError):
+        w.write(b"n" * 100, T0_90K + 3000, 3000, False, t.vse_id)
+    w.close("NVR shutdown")  # abandons it; its unlink fails and is given up
+    assert fs.calls["unlink"] == 1
+    name = dirmod.name_for(1 << 32)
+    (r,) = t.db.streams[t.stream_id].uncommitted
+    assert r.abandoned and not r.file_gone
+    t.db.flush("NVR shutdown")
+    assert t.db.streams[t.stream_id].cum_recordings == 0  # the file is still abandoned
+    sfd.fs = fs.real
+    t.db.close()
+    assert name in os.listdir(t.sample_dir)
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()  # R3
+    assert os.listdir(t.sample_dir) == ["meta"]
+    d.close()
 
 
 def test_gc_path_retries(faked, clocks):
@@ -514,7 +548,7 @@ def test_a_persistent_error_keeps_warning_and_shutdown_gives_up(tmp_path, clocks
     t.db.close()
 
 
-def test_shutdown_gives_up_a_save_whose_fsync_fails_and_closes_its_file(faked, clocks):
+def test_a_save_whose_fsync_fails_on_shutdown_closes_its_file(faked, clocks):
     t, fs = faked, faked.fs
     shutdown = threading.Event()
     f = FakeFile(fs)
@@ -527,12 +561,12 @@ def test_shutdown_gives_up_a_save_whose_fsync_fails_and_closes_its_file(faked, c
     w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
     w.close("NVR shutdown")
     shutdown.set()
-    f.expect("sync", error=eio())  # S2 fails: given up at once, not retried
+    f.expect("sync", error=eio())  # S2 fails: not retried (S2F), shutdown or not
     drain(syncer)
     fs.assert_done()
     assert f.closed
     (r,) = t.db.streams[t.stream_id].uncommitted
-    assert not r.synced  # its file is left for start-up recovery (abandoned)
+    assert not r.synced and r.abandoned and r.to_garbage  # the final flush moves it to garbage
 
 
 def test_the_syncer_thread_survives_a_database_error(tmp_path):
@@ -582,3 +616,175 @@ def test_a_huge_flush_if_sec_does_not_end_the_syncer_thread(tmp_path):
     t.db.flush("test")
     assert s.cum_recordings == 2
     t.db.close()
+
+
+# -- the syncer's flush plan and start-up rotation --------------------------------
+
+def test_a_failed_planned_flush_waits_a_minute_before_each_retry(tmp_path, clocks, caplog):
+    """A planned flush that fails (the database's disk full or failing) is planned
+    again FLUSH_RETRY_SEC later. Without the new plan the old one stayed due: the
+    syncer retried at once, in a tight loop, one warning with a traceback each time."""
+    t = make_testdb(tmp_path, clocks)
+    attempts = []
+
+    def failing(conn):  # a flush hook: runs inside the flush's transaction
+        attempts.append(clocks.monotonic() // clock.NANOS_PER_SEC)
+        raise sqlite3.OperationalError("database or disk is full")
+    t.db.flush_hooks.append(failing)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 0)  # flushIfSec 0: the flush is due as soon as the save is done
+    with caplog.at_level(logging.WARNING):
+        for _ in range(1 + 6):  # the save, then six planned flushes
+            assert syncer.iter()
+    assert attempts == [0, 60, 120, 180, 240, 300]  # simulated seconds
+    # At most a line per try, so at most one a minute (a rate limit may show fewer).
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(warned) <= len(attempts)
+    assert (f"flush (0 s after the start of test-camera-main recording 0) failed; retrying "
+            f"in {dirmod.FLUSH_RETRY_SEC} s: database or disk is full") in warned[0]
+    t.db.flush_hooks.remove(failing)
+    assert syncer.iter()  # the disk recovered: the next try, a minute later, commits
+    assert clocks.monotonic() == 360 * clock.NANOS_PER_SEC
+    assert t.db.streams[t.stream_id].cum_recordings == 1 and not syncer.planned
+    t.db.close()
+
+
+def test_start_up_enforces_a_lowered_retain_bytes(tmp_path, clocks):
+    """retainBytes lowered while nvr was stopped (`config stream`, or a hand edit) is
+    enforced at start-up (`Syncer.initial_rotation`), before anything is recorded:
+    otherwise the stream would stay over its limit until its next recording."""
+    t = make_testdb(tmp_path, clocks)
+    ids = [t.add_recording(start_90k=T0_90K + i * SEC, run_offset=i) for i in range(4)]
+    t.db.flush("test")
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, retainBytes=2 * 32768))  # 2 files
+    t.db.close()
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()
+    dirmod.Syncer(d, t.dir_id).initial_rotation()
+    assert [r.composite_id for r in d.list_recordings_by_id(t.stream_id, 0, 10)] == ids[2:]
+    assert sorted(os.listdir(t.sample_dir)) == [dirmod.name_for(c) for c in ids[2:]] + ["meta"]
+    assert d.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    assert d.streams[t.stream_id].fs_bytes == 2 * 32768
+    d.close()
+
+
+# -- a failed fsync of a sample file abandons its recording (dir.py S2F) -----------
+
+def file_states(t):
+    """Each sample file's name -> which of invariant 2's states hold for it: 'row'
+    (a recording row), 'garbage' (a garbage row), 'abandoned' (id >= cum_recordings)."""
+    c = t.db.conn
+    rows = {cid for (cid,) in c.execute("select composite_id from recording")}
+    garbage = {cid for (cid,) in c.execute("select composite_id from garbage")}
+    cum = dict(c.execute("select id, cum_recordings from stream"))
+    out = {}
+    for name in os.listdir(t.sample_dir):
+        cid = dirmod.parse_name(name)
+        if cid is not None:
+            out[name] = [what for what, holds in (
+                ("row", cid in rows), ("garbage", cid in garbage),
+                ("abandoned", cid & 0xFFFFFFFF >= cum[cid >> 32])) if holds]
+    return out
+
+
+def test_a_failed_sample_file_fsync_abandons_the_recording_to_garbage(tmp_path, clocks, caplog):
+    """After a failed fsync Linux may drop the file's dirty pages, and a retried fsync
+    then succeeds with frames missing ("fsyncgate"). S2 retried forever, so such a
+    recording could be committed with frames lost. Now the recording is abandoned: never
+    committed, its file moved to garbage in the flush and unlinked; the run goes on and
+    its next recording commits normally. Every file is in exactly one of invariant 2's
+    states at each step."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    sfd.fs = FaultyFs.wrapping(sfd.fs, "file.sync")  # the first sample file's fsync: EIO
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"k" * 100, T0_90K, 0, True, t.vse_id)
+    w.write(b"n" * 100, T0_90K + 3000, 3000, False, t.vse_id)
+    # A key frame past the first recording's rotation (T0 + 120 s, a run's first: two
+    # intervals) ends recording 0 and starts recording 1 of the same run.
+    w.write(b"K" * 100, T0_90K + 121 * SEC, 121 * SEC, True, t.vse_id)
+    w.write(b"N" * 50, T0_90K + 121 * SEC + 3000, 121 * SEC + 3000, False, t.vse_id)
+    a, b = dirmod.name_for(1 << 32), dirmod.name_for(1 << 32 | 1)
+    with caplog.at_level(logging.WARNING):
+        drain(syncer)  # recording 0's S2 fails: S2F
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{t.sample_dir}/{a}: sample file fsync failed: EIO (Input/output error (injected: "
+        f"file.sync call 1)); recording abandoned, its file goes to garbage; check the disk "
+        f"(dmesg)"]
+    assert caplog.records[0].levelno == logging.ERROR
+    assert sfd.fs.calls["sync"] == 0  # no S3 for it: nothing will claim the file
+    s = t.db.streams[t.stream_id]
+    assert [(r.abandoned, r.synced, r.growing) for r in s.uncommitted] == [
+        (True, False, False), (False, False, True)]
+    assert [r.recording_id for r in t.db.list_recordings_by_id(t.stream_id, 0, 10)] == [1]
+    assert file_states(t) == {a: ["abandoned"], b: ["abandoned"]}
+    w.write(b"n" * 50, T0_90K + 122 * SEC, 122 * SEC, False, t.vse_id)  # the run goes on
+    w.close("test")
+    drain(syncer)  # recording 1: S2 (the second file.sync), S3, S4
+    assert sfd.fs.calls["file.sync"] == 2 and sfd.fs.calls["sync"] == 1
+    with caplog.at_level(logging.INFO):
+        t.db.flush("test")
+    assert ("added 1 recording(s) (1/1) of 200 B, deleted 0 (none) of 0 B, GCed 0, abandoned "
+            "1 to garbage (1/0)") in caplog.text
+    assert file_states(t) == {a: ["garbage"], b: ["row"]}  # moved in one transaction
+    assert s.cum_recordings == 2 and not s.uncommitted
+    # The abandoned recording's media and run count, as its successor's prev_* did.
+    (row,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert (row.recording_id, row.run_offset) == (1, 1)
+    prev_media, prev_runs = t.db.conn.execute(
+        "select prev_media_duration_90k, prev_runs from recording").fetchone()
+    assert (prev_media, prev_runs) == (121 * SEC, 1)  # recording 0 started the run
+    assert (s.cum_media_duration_90k, s.cum_runs) == (prev_media + row.media_duration_90k, 1)
+    syncer.flushed()
+    drain(syncer)  # G2-G3
+    assert file_states(t) == {b: ["row"]}
+    t.db.flush("gc")  # G4
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    sfd.fs = sfd.fs.real
+    t.db.close()
+    out = io.StringIO()
+    assert check.run(t.db_dir, check.Options(verify_hashes=True), out) == 0, out.getvalue()
+    assert out.getvalue() == "check: clean\n"
+
+
+def test_a_failed_fsync_on_shutdown_still_goes_to_garbage(tmp_path, clocks):
+    """Shutdown doesn't change S2F (nothing there waits): the final flush moves the
+    file to garbage, and the shutdown's collection unlinks it (invariant 3)."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    sfd.fs = FaultyFs.wrapping(sfd.fs, "file.sync")
+    shutdown = threading.Event()
+    syncer = dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown)
+    write_run(t, syncer, 0)
+    shutdown.set()
+    drain(syncer)  # the save: S2 fails
+    t.db.flush("NVR shutdown")
+    assert file_states(t) == {dirmod.name_for(1 << 32): ["garbage"]}
+    assert syncer.collect_garbage() == 1
+    t.db.flush("NVR shutdown: garbage collected")
+    assert file_states(t) == {}
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    sfd.fs = sfd.fs.real
+    t.db.close()
+
+
+def test_a_crash_between_a_failed_fsync_and_the_flush_leaves_an_abandoned_file(
+        tmp_path, clocks):
+    """S2F's window: until the flush moves it to garbage, the file's id is >= its
+    stream's cum_recordings, so start-up recovery removes it (R3) and the id is free."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    sfd.fs = FaultyFs.wrapping(sfd.fs, "file.sync")
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 0)
+    drain(syncer)  # S2F
+    assert file_states(t) == {dirmod.name_for(1 << 32): ["abandoned"]}
+    sfd.fs = sfd.fs.real
+    t.db.close()  # as if the process died here, before the flush
+    d = db.Database.open_dir(t.db_dir, clocks)
+    d.open_sample_file_dirs()
+    assert os.listdir(t.sample_dir) == ["meta"]
+    assert d.streams[t.stream_id].cum_recordings == 0
+    d.close()

@@ -16,39 +16,57 @@ transitional; 8 is `schema.sql`). A schema change of ours is a new version:
 a new step, the previous `schema.sql` frozen as `vN.sql`, a longer STEPS.
 
 The procedure (`run`):
-1. Lock the database directory (exclusive; shared for --dry-run) and open
-   the database with the integrity pragmas.
-2. Read the version (max(version.id)); refuse one newer than ours, or a
-   database with no version table (docs/upgrade.md has the manual step).
+1. Lock the database directory (exclusive; shared for --dry-run), check the
+   directory and the database file are writable, and open the database with
+   the integrity pragmas.
+2. `pragma quick_check`; read the version (max(version.id)); refuse a damaged
+   database, one with no version table (docs/upgrade.md has the manual step)
+   and a version outside 0..TARGET_VERSION.
 3. Check the command line covers every step to run (1->2 needs
-   --sample-file-dir), before anything changes.
-4. Unless --no-backup: copy the database with the SQLite backup API to
-   `db.pre-upgrade-v<N>` (written as .tmp, created 0600, fsynced, renamed).
-5. Set journal_mode to --preset-journal (default delete: huge transactions
+   --sample-file-dir).
+4. Preflight: run every step on a scratch copy (`db.upgrade-preflight` next
+   to the database, no journal, no fsyncs, deleted afterwards) with the
+   sample file dirs read but not changed (fsops.DryRunFiles(preflight=True):
+   the real run's exclusive locks, and a writability check wherever a step
+   would change a file). Whatever any step would refuse (a missing, locked,
+   read-only or foreign sample file dir, a missing sample file, a row 6->7 or
+   7->8 can't convert) is refused here, before anything changed.
+5. Unless --no-backup: copy the database with the SQLite backup API to
+   `db.pre-upgrade-v<N>` (written as .tmp, created 0600, fsynced, renamed, dir
+   fsynced).
+6. Set journal_mode to --preset-journal (default delete: huge transactions
    are safer in rollback-journal mode on old SQLite).
-6. For each version N below ours: BEGIN IMMEDIATE, the step's run, insert
+7. For each version N below ours: BEGIN IMMEDIATE, the step's run, insert
    the `version` row N+1, COMMIT. A failure or interruption rolls the step
    back, so the database is always at some whole version; steps that touch
-   files do so in an order that a rerun completes (see each step). A step
+   files do so in an order that a rerun completes (see each step), and fsync
+   what they renamed or unlinked before the COMMIT. A step
    with `FOREIGN_KEYS_OFF = True` may drop and recreate a table that others
    reference (SQLite's 12-step ALTER TABLE procedure): foreign keys are off
    for its transaction (the pragma is a no-op inside one), and the step runs
-   `pragma foreign_key_check` itself before the commit.
-7. Unless --no-vacuum: leave WAL mode if in it, `page_size = 16384`,
+   `pragma foreign_key_check` itself before the commit. What the preflight
+   could not foresee (EIO, a full disk, a dir locked meanwhile) stops the run
+   with a message naming the version the database is now at, the rerun that
+   carries on, and the backup to copy back.
+8. Unless --no-vacuum: leave WAL mode if in it, `page_size = 16384`,
    `VACUUM`. Then `journal_mode = wal`. Interrupting this is harmless; a
    rerun at the current version just redoes it.
 
---dry-run does steps 1-3, then runs the steps on a temporary copy of the
-database with file changes kept in memory (fsops.DryRunFiles), and prints
-what each step changes: tables, row counts and files. Nothing else changes.
+--dry-run does steps 1-3, then the preflight's trial run on a copy in
+$TMPDIR, printing what each step changes: tables, row counts and files.
+Nothing else changes.
 
-Errors are `UpgradeError`s whose message says what to do.
+Every file change (RealFiles' and the backup's) goes through fsops.Calls, the
+seam tests use to check the fsyncs and to inject errors. Errors are
+`UpgradeError`s, each one line saying what to do; any OSError or
+sqlite3.Error is turned into one.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -59,7 +77,7 @@ import urllib.parse
 
 from upgrade import (compare, fsops, v0_to_v1, v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5,
                      v5_to_v6, v6_to_v7, v7_to_v8)
-from upgrade.common import UpgradeError, crash_point
+from upgrade.common import UpgradeError, crash_point, no_crash_points
 
 __all__ = ["UpgradeError", "add_arguments", "run", "run_steps", "STEPS", "TARGET_VERSION"]
 
@@ -117,9 +135,30 @@ def get_version(conn: sqlite3.Connection) -> int | None:
     return conn.execute("select max(id) from version").fetchone()[0]
 
 
+def checked_version(conn: sqlite3.Connection) -> int:
+    """The database's version, refusing one no step starts from."""
+    version = get_version(conn)
+    if version is None:
+        raise UpgradeError("this database has no version table (or an empty one): it predates "
+                           "Moonfire schema 0. Apply the manual step in docs/upgrade.md "
+                           "(\"Unversioned to version 0\") first. Nothing was changed")
+    if not isinstance(version, int) or version < 0:
+        raise UpgradeError(f"database schema version {version!r} is not one Moonfire or nvr "
+                           f"ever wrote (they are 0 to {TARGET_VERSION}); is this the right "
+                           f"database? Nothing was changed")
+    if version > TARGET_VERSION:
+        raise UpgradeError(f"database schema version {version} is newer than this nvr supports "
+                           f"({TARGET_VERSION}); use a newer nvr. Nothing was changed")
+    return version
+
+
+# How long a statement waits for another process's SQLite lock before failing.
+BUSY_TIMEOUT_SEC = 5.0
+
+
 def _connect(path: str, read_only: bool, pragmas) -> sqlite3.Connection:
     uri = f"file:{urllib.parse.quote(path)}?mode={'ro' if read_only else 'rw'}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_SEC)
     for p in ([pragmas] if isinstance(pragmas, str) else pragmas):
         conn.execute(p)
     return conn
@@ -165,22 +204,17 @@ def run_step(conn: sqlite3.Connection, args, version: int) -> list[str]:
 
 
 def run_steps(conn: sqlite3.Connection, args, target: int = TARGET_VERSION,
-              quiet: bool = False) -> int:
+              quiet: bool = False, on_step=None) -> int:
     """Upgrades `conn` from its version to `target`; returns the start version.
 
     The core of `run`, without locking, backup or vacuum; tests call it to go
     one version at a time. `args` needs `sample_file_dir` (list or None) and
     optionally `files` (an fsops.Files; RealFiles if absent).
     """
-    start = get_version(conn)
-    if start is None:
-        raise UpgradeError("this database has no version table: it predates Moonfire schema 0. "
-                           "Apply the manual step in docs/upgrade.md "
-                           "(\"Unversioned to version 0\") first")
-    if start > TARGET_VERSION:
-        raise UpgradeError(f"database schema version {start} is newer than this nvr supports "
-                           f"({TARGET_VERSION}); use a newer nvr. Nothing was changed")
+    start = checked_version(conn)
     for v in range(start, target):
+        if on_step:
+            on_step(v)
         t0 = time.monotonic()
         if not quiet:
             say(f"[{_step_name(v)}] {STEPS[v].TITLE} ...")
@@ -193,16 +227,10 @@ def run_steps(conn: sqlite3.Connection, args, target: int = TARGET_VERSION,
     return start
 
 
-def _fsync_path(path: str, flags: int = os.O_RDONLY) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def backup(conn: sqlite3.Connection, db_dir: str, version: int) -> str:
+def backup(conn: sqlite3.Connection, db_dir: str, version: int,
+           calls: fsops.Calls | None = None) -> str:
     """Copies the database to `db.pre-upgrade-v<version>` with the backup API."""
+    calls = calls or fsops.Calls()
     dest = os.path.join(db_dir, f"db.pre-upgrade-v{version}")
     tmp = dest + ".tmp"
     with contextlib.suppress(FileNotFoundError):
@@ -220,9 +248,9 @@ def backup(conn: sqlite3.Connection, db_dir: str, version: int) -> str:
         conn.backup(out)
     finally:
         out.close()
-    _fsync_path(tmp)  # the copy's bytes, before the rename publishes it
-    os.replace(tmp, dest)
-    _fsync_path(db_dir)  # the rename itself
+    fsops.fsync_path(calls, tmp)  # the copy's bytes, before the rename publishes it
+    calls.rename(tmp, dest)
+    fsops.fsync_path(calls, db_dir)  # the rename itself
     return dest
 
 
@@ -259,8 +287,9 @@ def finish(conn: sqlite3.Connection, no_vacuum: bool) -> None:
                            f"mode); rerun `nvr.py upgrade`")
 
 
-def run(args) -> int:
-    """The `nvr.py upgrade` command; returns the exit code."""
+def run(args, calls: fsops.Calls | None = None) -> int:
+    """The `nvr.py upgrade` command; returns the exit code. `calls` is the file
+    operations seam (fsops.Calls), for tests."""
     import db as dbmod  # only here: the steps must not depend on today's db.py
 
     db_dir = args.db_dir
@@ -268,24 +297,99 @@ def run(args) -> int:
     if not os.path.exists(db_path):
         raise UpgradeError(f"no database at {db_path}; pass --db-dir with the directory that "
                            f"holds Moonfire's or nvr's `db` file")
+    if not os.path.isfile(db_path):
+        raise UpgradeError(f"{db_path} is not a file; pass --db-dir with the directory that "
+                           f"holds Moonfire's or nvr's `db` file")
     try:
         lock_fd = dbmod.lock_db_dir(db_dir, read_only=args.dry_run)
     except dbmod.DbError as e:
         raise UpgradeError(str(e)) from e
     try:
-        conn = _connect(db_path, args.dry_run, dbmod.INTEGRITY_PRAGMAS)
+        if not args.dry_run:
+            _check_db_writable(db_dir, db_path)
         try:
-            return _run_locked(conn, args, db_dir, db_path, dbmod.INTEGRITY_PRAGMAS)
+            conn = _connect(db_path, args.dry_run, dbmod.INTEGRITY_PRAGMAS)
+            try:
+                version = _checked_start(conn, db_path)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as e:
+            raise UpgradeError(_then(_sqlite_problem(e, db_path), "Nothing was changed")) from e
+        try:
+            return _run_locked(conn, args, db_dir, db_path, version, dbmod.INTEGRITY_PRAGMAS,
+                               calls or fsops.Calls())
         finally:
             conn.close()
     finally:
         os.close(lock_fd)
 
 
-def _run_locked(conn: sqlite3.Connection, args, db_dir: str, db_path: str, pragmas) -> int:
-    version = get_version(conn)
-    if version is None or version > TARGET_VERSION:
-        run_steps(conn, args, quiet=True)  # raises the explanatory error
+def _check_db_writable(db_dir: str, db_path: str) -> None:
+    """Refuses, before anything changes, a database or directory this process
+    can't write: the backup, SQLite's journal and the vacuum go there."""
+    for path, what in ((db_dir, "database directory"), (db_path, "database file")):
+        if os.access(path, os.W_OK):
+            continue
+        try:
+            ro_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        except OSError:
+            ro_fs = False
+        why = "its filesystem is mounted read-only" if ro_fs else (
+            f"user {os.geteuid()} has no write permission")
+        raise UpgradeError(f"{what} {path} is not writable ({why}); the upgrade writes the "
+                           f"database, its backup and SQLite's journal in {db_dir}. Run as the "
+                           f"user that owns it (e.g. sudo -u moonfire-nvr) or remount it "
+                           f"read-write. Nothing was changed")
+
+
+def _sqlite_problem(e: sqlite3.Error, db_path: str) -> str:
+    """A one-line description of an SQLite error, with what to do."""
+    msg = str(e)
+    if isinstance(e, sqlite3.OperationalError) and "locked" in msg:
+        return (f"the database {db_path} is locked by another process ({msg}): close any "
+                f"sqlite3 shell or program using it and stop nvr or moonfire-nvr, then rerun")
+    if "file is not a database" in msg:
+        return (f"{db_path} is not an SQLite database ({msg}); is --db-dir the directory that "
+                f"holds Moonfire's or nvr's `db` file?")
+    if "malformed" in msg or "corrupt" in msg:
+        return (f"the database {db_path} is damaged (SQLite: {msg}); restore it from a backup, "
+                f"or try `sqlite3 {db_path} .recover`")
+    if "readonly" in msg or "unable to open" in msg:
+        return (f"can't write the database {db_path} ({msg}); run as the user that owns it "
+                f"and its directory (e.g. sudo -u moonfire-nvr)")
+    if "disk is full" in msg:
+        return f"the disk holding {db_path} is full ({msg}); see docs/upgrade.md, \"Disk space\""
+    return f"SQLite error on {db_path}: {msg}"
+
+
+def _then(msg: str, more: str) -> str:
+    """Two sentences on one line (a message may end with '?' or '.')."""
+    return msg + ("" if msg.endswith((".", "?")) else ".") + " " + more
+
+
+def _os_problem(e: OSError) -> str:
+    where = " -> ".join(f"{f}" for f in (e.filename, e.filename2) if f is not None)
+    return f"{e.strerror or e}" + (f" ({where})" if where else "")
+
+
+def _checked_start(conn: sqlite3.Connection, db_path: str) -> int:
+    """Checks the database is sound and at a version the upgrade starts from."""
+    rows = [r[0] for r in conn.execute("pragma quick_check(10)")]
+    if rows != ["ok"]:
+        # A row may hold several lines ("*** in database main ***\nOn tree page ...").
+        problems = [line for r in rows for line in r.splitlines()
+                    if line.strip() and not line.startswith("***")]
+        first = problems[0] if problems else rows[0].strip()
+        more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+        raise UpgradeError(f"the database {db_path} is damaged (SQLite quick_check: "
+                           f"{first}{more}); restore it from a backup, or try "
+                           f"`sqlite3 {db_path} .recover`. Nothing was changed")
+    return checked_version(conn)
+
+
+def _run_locked(conn: sqlite3.Connection, args, db_dir: str, db_path: str, version: int,
+                pragmas, calls: fsops.Calls) -> int:
     for v in range(version, TARGET_VERSION):
         check = getattr(STEPS[v], "check_args", None)
         if check is not None:
@@ -298,16 +402,32 @@ def _run_locked(conn: sqlite3.Connection, args, db_dir: str, db_path: str, pragm
 
     if version == TARGET_VERSION:
         say(f"{db_path} is already at schema version {TARGET_VERSION}; nothing to upgrade")
-        finish(conn, args.no_vacuum)
+        _finish_or_explain(conn, args.no_vacuum, db_path)
         return 0
 
     say(f"Upgrading {db_path} from schema version {version} to {TARGET_VERSION}.")
     _warn_if_short_of_space(db_dir, db_path)
+    say("Preflight: running every step on a scratch copy of the database, checking the "
+        "sample file dirs without changing them ...")
+    _preflight(conn, args, db_path, version, pragmas)
+    say("Preflight passed.")
+    dest = None
     if not args.no_backup:
-        say(f"Backing up to {os.path.join(db_dir, f'db.pre-upgrade-v{version}')} ...")
-        dest = backup(conn, db_dir, version)
+        dest = os.path.join(db_dir, f"db.pre-upgrade-v{version}")
+        say(f"Backing up to {dest} ...")
+        try:
+            dest = backup(conn, db_dir, version, calls)
+        except OSError as e:
+            raise UpgradeError(f"could not write the backup {dest}: {_os_problem(e)}. "
+                               f"Nothing was changed") from e
+        except sqlite3.Error as e:
+            raise UpgradeError(_then(f"could not write the backup {dest}: "
+                                     f"{_sqlite_problem(e, dest)}", "Nothing was changed")) from e
         say(f"Backup written: {dest}")
-    actual = _journal_mode(conn, args.preset_journal)
+    try:
+        actual = _journal_mode(conn, args.preset_journal)
+    except sqlite3.Error as e:
+        raise UpgradeError(_then(_sqlite_problem(e, db_path), "Nothing was changed")) from e
     say(f"journal_mode is now {actual} (requested {args.preset_journal})")
     if actual == "off":
         say("WARNING: with journal_mode off, an interruption from now until 'Done' can "
@@ -317,18 +437,154 @@ def _run_locked(conn: sqlite3.Connection, args, db_dir: str, db_path: str, pragm
             "crash, power loss): the database stays at the last completed version and "
             "rerunning `nvr.py upgrade` carries on from there")
     step_args = argparse.Namespace(**vars(args))
-    step_args.files = fsops.RealFiles()
+    step_args.files = fsops.RealFiles(calls)
+    progress = [version]  # the step being run
+
+    def on_step(v: int) -> None:
+        progress[0] = v
+
     try:
-        run_steps(conn, step_args)
-    except KeyboardInterrupt:
-        say(f"Interrupted; the database is at version {get_version(conn)}. "
-            f"Rerun `nvr.py upgrade` to continue")
+        run_steps(conn, step_args, on_step=on_step)
+    except BaseException as e:
+        state = _state_after_failure(conn, version, progress[0], db_path, dest)
+        step = f"step {_step_name(progress[0])}"
+        if isinstance(e, KeyboardInterrupt):
+            say(f"Interrupted during {step}. {state}")
+            raise
+        if isinstance(e, UpgradeError):
+            raise UpgradeError(_then(f"{step} refused: {e}", state)) from e
+        if isinstance(e, OSError):
+            raise UpgradeError(f"{step} failed: {_os_problem(e)}. {state}") from e
+        if isinstance(e, sqlite3.Error):
+            raise UpgradeError(_then(f"{step} failed: {_sqlite_problem(e, db_path)}",
+                                     state)) from e
+        say(f"{step} failed unexpectedly (a bug; please report it with the traceback "
+            f"below). {state}")
         raise
-    finish(conn, args.no_vacuum)
+    _finish_or_explain(conn, args.no_vacuum, db_path)
     say(f"Done: {db_path} is at schema version {TARGET_VERSION} in WAL mode. Verify it with "
         f"`nvr.py check` and `nvr.py run --read-only` before starting nvr normally; then the "
         f"backup can go (docs/upgrade.md)")
     return 0
+
+
+def _finish_or_explain(conn: sqlite3.Connection, no_vacuum: bool, db_path: str) -> None:
+    try:
+        finish(conn, no_vacuum)
+    except (OSError, sqlite3.Error, UpgradeError) as e:
+        what = (_sqlite_problem(e, db_path) if isinstance(e, sqlite3.Error)
+                else _os_problem(e) if isinstance(e, OSError) else str(e))
+        raise UpgradeError(f"the upgrade itself is complete (the database is at version "
+                           f"{TARGET_VERSION}), but the final vacuum or switch to WAL mode "
+                           f"failed: {what}. Rerun `nvr.py upgrade` (add --no-vacuum if "
+                           f"space is short) to finish") from e
+
+
+# Steps that change sample file dirs (see their docstrings).
+_FILE_STEPS = (1, 2, 4)
+
+
+def _state_after_failure(conn: sqlite3.Connection, start: int, failed: int, db_path: str,
+                         backup_path: str | None) -> str:
+    """Where a failed or interrupted upgrade left things, and the two ways on."""
+    try:
+        if conn.in_transaction:
+            conn.execute("rollback")
+        now = get_version(conn)
+    except sqlite3.Error as e:
+        now = None
+        where = (f"The database's version can't be read now ({e}); it is at {start} or later "
+                 f"(`nvr.py upgrade --dry-run` says which)")
+    if now is not None:
+        where = (f"The database is still at version {start}" if now == start else
+                 f"The database is now at version {now} (the upgrade started at {start})")
+    if backup_path:
+        back = f"copy {backup_path} over {db_path} (with no db-journal, db-wal or db-shm left)"
+    else:
+        back = f"restore your own backup of the version {start} database"
+    if any(start <= v <= failed for v in _FILE_STEPS):
+        back += " and undo the sample file dir changes as docs/upgrade.md, \"Going back\" says"
+    return (f"{where}. Fix the cause and rerun `nvr.py upgrade` to carry on from there, or go "
+            f"back: {back}")
+
+
+@contextlib.contextmanager
+def _quiet_step_loggers():
+    loggers = [logging.getLogger(m.__name__) for m in STEPS]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.disabled = False
+
+
+def _preflight(conn: sqlite3.Connection, args, db_path: str, version: int, pragmas) -> None:
+    """Runs every step on a scratch copy next to the database, with the sample
+    file dirs checked (exclusive locks, contents, meta files, writability) but
+    unchanged, so that whatever a step would refuse is refused before the
+    first real change. The copy goes where the real work will need the space
+    anyway, not in $TMPDIR (often a small tmpfs)."""
+    scratch = db_path + ".upgrade-preflight"
+    step = [version]
+    try:
+        with _quiet_step_loggers():  # the real run logs the same warnings
+            _trial_run(conn, args, version, pragmas, scratch, fsops.DryRunFiles(preflight=True),
+                       on_step=lambda v: step.__setitem__(0, v))
+    except (UpgradeError, OSError, sqlite3.Error) as e:
+        what = (_sqlite_problem(e, db_path) if isinstance(e, sqlite3.Error)
+                else _os_problem(e) if isinstance(e, OSError) else str(e))
+        later = step[0] > version and step[0] not in _FILE_STEPS
+        raise UpgradeError(_then(
+            f"step {_step_name(step[0])} would refuse: {what}", f"Nothing was changed: the "
+            f"database is still at version {version} (found by the preflight, which runs "
+            f"every step on a scratch copy first)"
+            + (f". Any SQL above is for a version {step[0]} database; docs/upgrade.md, "
+               f"\"When it refuses\", has the fix for earlier versions" if later else ""))) from e
+
+
+def _trial_run(conn: sqlite3.Connection, args, version: int, pragmas, copy_path: str,
+               files: fsops.DryRunFiles, on_step=None, report=None) -> None:
+    """Copies the database to `copy_path` and runs the steps on the copy with
+    `files`; `report(v, notes, before, after, actions)` is told what each did.
+    The copy and its journal are deleted afterwards."""
+
+    def remove_copy():
+        for p in (copy_path, copy_path + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+    remove_copy()  # left by an interrupted earlier run
+    with no_crash_points():
+        try:
+            # Private, as the database is (password hashes, session data).
+            os.close(os.open(copy_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o600))
+            out = sqlite3.connect(copy_path)
+            try:
+                conn.backup(out)
+            finally:
+                out.close()
+            copy = _connect(copy_path, False, pragmas)
+            try:
+                # A scratch copy: no journal, no fsyncs; an interruption loses nothing.
+                copy.execute("pragma journal_mode = off")
+                copy.execute("pragma synchronous = off")
+                step_args = argparse.Namespace(**vars(args))
+                step_args.files = files
+                for v in range(version, TARGET_VERSION):
+                    if on_step:
+                        on_step(v)
+                    before = _table_shapes(copy) if report else None
+                    del files.actions[:]
+                    notes = run_step(copy, step_args, v)
+                    if report:
+                        report(v, notes, before, _table_shapes(copy), files.actions)
+            finally:
+                copy.close()
+        finally:
+            remove_copy()
 
 
 def _table_shapes(conn: sqlite3.Connection) -> dict[str, tuple[list[str], int]]:
@@ -386,34 +642,34 @@ def _dry_run(conn: sqlite3.Connection, args, version: int, pragmas) -> int:
     if version == TARGET_VERSION:
         print("No steps to run.")
         return 0
-    print(f"A real run would first back up the database to db.pre-upgrade-v{version}"
+    print(f"A real run would first run every step on a scratch copy (as this dry run "
+          f"does), then back up the database to db.pre-upgrade-v{version}"
           + (" (skipped: --no-backup)" if args.no_backup else "") + ".")
+
+    def report(v, notes, before, after, actions):
+        lines = [f"  {n}" for n in notes]
+        lines += _describe_change(before, after)
+        lines += _describe_files(actions)
+        print("\n".join(lines) if lines else "  (no visible change)")
+
+    step = [version]
+
+    def on_step(v):
+        step[0] = v
+        print(f"Step {_step_name(v)}: {STEPS[v].TITLE}")
+
     with tempfile.TemporaryDirectory(prefix="nvr-upgrade-dry-run-") as tmp:
-        copy_path = os.path.join(tmp, "db")
-        out = sqlite3.connect(copy_path)
         try:
-            conn.backup(out)
-        finally:
-            out.close()
-        copy = _connect(copy_path, False, pragmas)
-        try:
-            files = fsops.DryRunFiles()
-            step_args = argparse.Namespace(**vars(args))
-            step_args.files = files
-            for v in range(version, TARGET_VERSION):
-                print(f"Step {_step_name(v)}: {STEPS[v].TITLE}")
-                before = _table_shapes(copy)
-                del files.actions[:]
-                try:
-                    notes = run_step(copy, step_args, v)
-                except UpgradeError as e:
-                    raise UpgradeError(f"dry run: step {_step_name(v)} would refuse: {e}") from e
-                lines = [f"  {n}" for n in notes]
-                lines += _describe_change(before, _table_shapes(copy))
-                lines += _describe_files(files.actions)
-                print("\n".join(lines) if lines else "  (no visible change)")
-        finally:
-            copy.close()
+            _trial_run(conn, args, version, pragmas, os.path.join(tmp, "db"),
+                       fsops.DryRunFiles(), on_step, report)
+        except UpgradeError as e:
+            raise UpgradeError(f"dry run: step {_step_name(step[0])} would refuse: {e}") from e
+        except OSError as e:
+            raise UpgradeError(f"dry run: step {_step_name(step[0])} would fail: "
+                               f"{_os_problem(e)}") from e
+        except sqlite3.Error as e:
+            raise UpgradeError(f"dry run: step {_step_name(step[0])} would fail: "
+                               f"{_sqlite_problem(e, os.path.join(args.db_dir, 'db'))}") from e
     print(f"Then: page size {PAGE_SIZE} and VACUUM"
           + (" (skipped: --no-vacuum)" if args.no_vacuum else "") + ", and WAL mode.")
     return 0

@@ -17,12 +17,14 @@ path (or the wrong disk mounted there) is refused with nothing touched:
 Then, in order:
 1. Take an exclusive flock on the dir (as nvr does while using it).
 2. Unlink the reserved (garbage) files. Harmless if the step later fails: the
-   version 1 database doesn't need them.
+   version 1 database doesn't need them. Step 4's fsync of the dir makes
+   these unlinks durable too.
 3. Create `meta`, `open`, `sample_file_dir`, `user`, `user_session`; insert a
    random database uuid, one `open` row standing for everything written so
    far, and the dir (absolute path, random uuid, last complete open = it).
 4. Write the dir's `meta` file in the version 3 format (the plain DirMeta
-   message; `meta.tmp`, fsync, rename, fsync the dir) naming that database,
+   message; `meta.tmp`, fsync, rename, fsync the dir, so the rename and the
+   unlinks are durable before the database commits) naming that database,
    dir and open. If the step fails after this, the file names uuids the
    database never committed; the rerun ignores and rewrites it.
    Crash point: `upgrade-v1-to-v2-after-meta`.
@@ -98,7 +100,7 @@ def verify_dir_contents(d: fsops.Dir, conn: sqlite3.Connection) -> list[str]:
             raise UpgradeError(
                 f"unexpected file {name!r} in sample file dir {d.path}: a version 1 dir holds "
                 f"only uuid-named sample files. Is --sample-file-dir right? Move the file "
-                f"away if it doesn't belong there, then rerun; nothing was changed")
+                f"away if it doesn't belong there, then rerun")
         found.add(name)
     missing = []
     for (u,) in conn.execute("select sample_file_uuid from recording_playback"):
@@ -112,14 +114,14 @@ def verify_dir_contents(d: fsops.Dir, conn: sqlite3.Connection) -> list[str]:
             f"{len(missing)} recordings' sample files are missing from {d.path} (first: "
             f"{missing[0]}). Is --sample-file-dir the dir this database records to, and is "
             f"its disk mounted? If the files were renamed by an earlier upgrade, this "
-            f"database is an older backup than the dir; nothing was changed")
+            f"database is an older backup than the dir")
     reserved = {_uuid_name(u) for (u,) in conn.execute("select uuid from reserved_sample_files")}
     unexpected = sorted(found - reserved)
     if unexpected:
         raise UpgradeError(
             f"{len(unexpected)} sample files in {d.path} are unknown to the database (first: "
             f"{unexpected[0]}). Is --sample-file-dir right? Move them away if they don't "
-            f"belong there, then rerun; nothing was changed")
+            f"belong there, then rerun")
     return sorted(found & reserved)
 
 
@@ -128,11 +130,9 @@ def run(conn: sqlite3.Connection, args) -> list[str]:
     with fsops.files_for(args).open_dir(path) as d:  # step 1: exclusive flock
         garbage = verify_dir_contents(d, conn)
 
-        # Step 2.
+        # Step 2 (made durable by step 4's fsync of the dir).
         for name in garbage:
             d.unlink(name)
-        if garbage:
-            d.sync()
 
         # Step 3.
         exec_script(conn, """

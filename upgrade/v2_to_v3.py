@@ -62,18 +62,15 @@ def check_meta(d: fsops.Dir, expected: dirmeta.DirMeta) -> dirmeta.DirMeta:
     data = d.read("meta")
     if data is None:
         raise UpgradeError(f"sample file dir {d.path} has no meta file, so it can't be shown "
-                           f"to belong to this database. Is the right disk mounted there? "
-                           f"Nothing was changed")
+                           f"to belong to this database. Is the right disk mounted there?")
     try:
         actual, _ = dirmeta.decode_file(data)
     except dirmeta.DecodeError as e:
-        raise UpgradeError(f"sample file dir {d.path} has an unreadable meta file ({e}); "
-                           f"nothing was changed") from e
+        raise UpgradeError(f"sample file dir {d.path} has an unreadable meta file ({e})") from e
     problem = dirmeta.check_consistent(expected, actual)
     if problem:
         raise UpgradeError(f"sample file dir {d.path} does not match this database: {problem}. "
-                           f"Is the right disk mounted there, and is this the right database? "
-                           f"Nothing was changed")
+                           f"Is the right disk mounted there, and is this the right database?")
     return actual
 
 

@@ -50,7 +50,7 @@ def _check_url(url: str, what: str, fix: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if not parts.scheme or not parts.hostname:
         raise UpgradeError(f"{what} has URL {url!r}, which has no host; {fix}, then rerun "
-                           f"`nvr.py upgrade` (the database is still at version 6)")
+                           f"`nvr.py upgrade`")
     return url
 
 

@@ -95,8 +95,8 @@ def _rebuild_recording(conn: sqlite3.Connection) -> int:
     if orphans:
         raise UpgradeError(
             f"{orphans} recording(s) name an open_id that is not in the open table (e.g. "
-            f"composite_id {example}), so recording.open_id can't reference open (id); the "
-            f"database is still at version 7. Add placeholder opens with `insert into open "
+            f"composite_id {example}), so recording.open_id can't reference open (id). "
+            f"Add placeholder opens with `insert into open "
             f"(id, uuid) select distinct open_id, randomblob(16) from recording where open_id "
             f"not in (select id from open);` in `nvr.py sql`, then rerun `nvr.py upgrade`")
     # Step 3: what goes with the table (autoindexes have no SQL and need none).
@@ -124,7 +124,7 @@ def _rebuild_recording(conn: sqlite3.Connection) -> int:
         table, rowid, parent, _fkid = bad[0]
         raise UpgradeError(
             f"{len(bad)} row(s) reference missing rows (e.g. {table} row {rowid} -> "
-            f"{parent}); the database is still at version 7. List them with `pragma "
+            f"{parent}). List them with `pragma "
             f"foreign_key_check;` in `nvr.py sql`, add the missing rows or delete the "
             f"orphans, then rerun `nvr.py upgrade`")
     return rows

@@ -81,6 +81,30 @@ export const streamBase = (cameraUuid, type) =>
 export const recordingsUrl = (cameraUuid, type, params) =>
   `${streamBase(cameraUuid, type)}/recordings${query(params)}`;
 export const initUrl = (vseId) => `/api/init/${vseId}.mp4`;
+/** `still.jpg` (params: t, s, at, key, width, height) and `latest.jpg` of a stream. */
+export const stillUrl = (cameraUuid, type, params) =>
+  `${streamBase(cameraUuid, type)}/still.jpg${query(params)}`;
+export const latestUrl = (cameraUuid, type, params) =>
+  `${streamBase(cameraUuid, type)}/latest.jpg${query(params)}`;
+
+/** Fetches a JPEG still; resolves {url (an object URL: revoke it when done), frameTime90k,
+ *  blob}. Errors are ApiErrors with the server's one-line reason (404: no video there). */
+export async function fetchStill(url, {signal} = {}) {
+  let resp;
+  try {
+    resp = await fetch(url, {credentials: 'same-origin', signal});
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new ApiError(0, `GET ${url}: can't reach the server (${e.message})`);
+  }
+  if (!resp.ok) {
+    const text = (await resp.text()).trim();
+    throw new ApiError(resp.status, `GET ${url}: ${resp.status}${text ? `: ${text}` : ''}`);
+  }
+  const blob = await resp.blob();
+  return {url: URL.createObjectURL(blob), blob,
+          frameTime90k: Number(resp.headers.get('X-Frame-Time-90k'))};
+}
 export function liveUrl(cameraUuid, type) {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return `${proto}//${location.host}${streamBase(cameraUuid, type)}/live.m4s`;

@@ -42,6 +42,7 @@ const ICONS = {
   fullscreen: 'M7 14H5v5h5v-2H7zm-2-4h2V7h3V5H5zm12 7h-3v2h5v-5h-2zM14 5v2h3v3h2V5z',
   exitFullscreen: 'M5 16h3v3h2v-5H5zm3-8H5v2h5V5H8zm6 11h2v-3h3v-2h-5zm2-11V5h-2v5h5V8z',
   download: 'M5 20h14v-2H5zM19 9h-4V3H9v6H5l7 7z',
+  camera: 'M12 9a4 4 0 1 0 0 8 4 4 0 0 0 0-8zm-3-5L7.2 6H4a2 2 0 0 0-2 2v11a2 2 0 0 0 2 2h16a2 2 0 0 0 2-2V8a2 2 0 0 0-2-2h-3.2L15 4z',
   filter: 'M10 18h4v-2h-4zM3 6v2h18V6zm3 7h12v-2H6z',
   left: 'M15.4 7.4 14 6l-6 6 6 6 1.4-1.4L10.8 12z',
   right: 'M8.6 16.6 10 18l6-6-6-6-1.4 1.4 4.6 4.6z',

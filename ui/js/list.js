@@ -178,6 +178,7 @@ export function render(main, ctx) {
       const table = h('table', {class: 'recordings', dataset: {streamId: String(s.id)},
                                 'aria-label': `Recordings of ${s.label}`},
         h('thead', null, h('tr', null,
+          h('th', {class: 'thumb-col'}, h('span', {class: 'sr-only'}, 'Picture')),
           h('th', null, 'Start'), h('th', null, 'End'), h('th', null, 'Resolution'),
           h('th', {class: 'num wide-only'}, 'FPS'), h('th', {class: 'num wide-only'}, 'Storage (MiB)'),
           h('th', {class: 'num wide-only'}, 'Bitrate (Mbps)'))),
@@ -186,7 +187,7 @@ export function render(main, ctx) {
                         h('div', {class: 'table-wrap'}, table));
       results.append(section);
       const skel = setTimeout(() => {
-        for (let i = 0; i < 3; i++) body.append(h('tr', {class: 'skeleton-row'}, [...Array(6)].map(() => h('td'))));
+        for (let i = 0; i < 3; i++) body.append(h('tr', {class: 'skeleton-row'}, [...Array(7)].map(() => h('td'))));
       }, SKELETON_AFTER_MS);
       fetchRecordings(s, r.start90k, r.end90k, split90k, signal).then(resp => {
         clearTimeout(skel);
@@ -196,7 +197,7 @@ export function render(main, ctx) {
         clearTimeout(skel);
         section.removeAttribute('aria-busy');
         if (e.name === 'AbortError') return;
-        replace(body, h('tr', null, h('td', {colspan: 6, class: 'form-error'}, e.message)));
+        replace(body, h('tr', null, h('td', {colspan: 7, class: 'form-error'}, e.message)));
         showError(e, `Recordings of ${s.label}`);
       });
     }
@@ -206,7 +207,7 @@ export function render(main, ctx) {
     const rows = mergeRows(resp.recordings || [], resp.videoSampleEntries || {}, split90k);
     body.replaceChildren();
     if (!rows.length) {
-      body.append(h('tr', null, h('td', {colspan: 6, class: 'muted'}, 'No recordings in this range.')));
+      body.append(h('tr', null, h('td', {colspan: 7, class: 'muted'}, 'No recordings in this range.')));
       return;
     }
     const multiDay = dayOf90k(r.start90k) !== dayOf90k(r.end90k - 1);
@@ -224,6 +225,7 @@ export function render(main, ctx) {
           dataset: {startId: String(rec.startId), endId: String(rec.endId ?? rec.startId),
                     start90k: String(start), end90k: String(end)},
           onclick: open, onkeydown: ev => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); open(); } }},
+        h('td', {class: 'thumb-col'}, thumbnail(s, start, entry)),
         h('td', {class: 'nowrap'}, fmt(start)),
         h('td', {class: 'nowrap'}, fmt(end), rec.endReason ? h('span', {class: 'reason-icon',
           title: `Ended: ${rec.endReason}`, 'aria-label': `ended: ${rec.endReason}`, role: 'img'}, icon('info')) : null),
@@ -237,6 +239,20 @@ export function render(main, ctx) {
   drawControls();
   loadTables();
   return () => { if (fetchAbort) fetchAbort.abort(); };
+}
+
+const THUMB_WIDTH = 128;
+
+/** A row's picture: the key frame at or before its start (`still.jpg?key=true`),
+ *  loaded lazily as the row scrolls into view; cached by the browser (ETag). */
+function thumbnail(s, start90k, entry) {
+  const aspect = entry.aspectWidth && entry.aspectHeight ? entry.aspectHeight / entry.aspectWidth : 9 / 16;
+  const width = THUMB_WIDTH * Math.min(2, Math.ceil(window.devicePixelRatio || 1));
+  const img = h('img', {class: 'thumb', alt: '', loading: 'lazy', decoding: 'async',
+                        width: String(THUMB_WIDTH), height: String(Math.round(THUMB_WIDTH * aspect)),
+                        src: api.stillUrl(s.camera.uuid, s.type, {t: start90k, key: 'true', width})});
+  img.addEventListener('error', () => img.classList.add('missing'), {once: true});
+  return img;
 }
 
 /** The view's state from the URL, with defaults filled in. */

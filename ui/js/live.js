@@ -14,7 +14,8 @@
 // few seconds; a viewer that falls behind (a hidden tab) jumps to the live edge.
 // A closed socket reconnects with backoff (1 s doubling to 30 s, reset by a frame),
 // with a fresh MediaSource: a new sample entry (after a camera or server restart)
-// needs a new SourceBuffer anyway.
+// needs a new SourceBuffer anyway. Until video plays, and while paused, a cell shows
+// the stream's latest key frame (`latest.jpg`) as the video's poster.
 //
 // The choice of layout and cells persists in localStorage and the URL:
 //   #/live?layout=2x2&cams=<uuid>/sub,<uuid>/main,,
@@ -62,6 +63,7 @@ export function render(main, ctx) {
 
   function draw() {
     for (const p of players.splice(0)) p.stop();
+    revokePosters(grid);
     for (const b of layoutButtons) b.setAttribute('aria-pressed', String(b.dataset.layout === layout));
     grid.className = `live-grid layout-${layout}`;
     grid.replaceChildren();
@@ -99,6 +101,7 @@ export function render(main, ctx) {
       if (pausing) {
         player.stop();
         setStatus(cell, status, 'Paused: press Play to watch live again.', 'paused');
+        refreshPoster(cell, video, camera, type);
       } else {
         player.start();
       }
@@ -124,6 +127,7 @@ export function render(main, ctx) {
       player = p;
       pauseButton.disabled = false;
       p.start();
+      queueMicrotask(() => refreshPoster(cell, video, camera, type));  // once in the grid: sized
     }
     return cell;
   }
@@ -135,7 +139,30 @@ export function render(main, ctx) {
   return () => {
     document.removeEventListener('fullscreenchange', onFs);
     for (const p of players.splice(0)) p.stop();
+    revokePosters(grid);
   };
+}
+
+/** Shows the stream's latest key frame (`latest.jpg`) as the cell's poster: what the
+ *  cell shows until live video plays, and again while paused or reconnecting. The
+ *  width asked for is the cell's in device pixels, in steps of 160 (cache-friendly). */
+function refreshPoster(cell, video, camera, type) {
+  const px = (cell.clientWidth || 640) * (window.devicePixelRatio || 1);
+  const width = Math.min(1920, Math.max(160, Math.ceil(px / 160) * 160));
+  api.fetchStill(api.latestUrl(camera.uuid, type, {width})).then(still => {
+    if (!video.isConnected) { URL.revokeObjectURL(still.url); return; }
+    if (video.dataset.posterUrl) URL.revokeObjectURL(video.dataset.posterUrl);
+    video.dataset.posterUrl = still.url;
+    video.poster = still.url;
+    cell.dataset.posterTime90k = String(still.frameTime90k);
+  }, () => { /* nothing recorded yet: the status line says what is happening */ });
+}
+
+function revokePosters(grid) {
+  for (const v of grid.querySelectorAll('video[data-poster-url]')) {
+    URL.revokeObjectURL(v.dataset.posterUrl);
+    delete v.dataset.posterUrl;
+  }
 }
 
 function toggleFullscreen(el) {

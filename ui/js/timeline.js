@@ -4,7 +4,8 @@
 // `GET .../recordings`). Zoom from a week to a minute (buttons, ctrl+wheel, keys),
 // pan by dragging, the arrow buttons or keys. A click on a span plays from that
 // instant (a `view.mp4` trimmed to start there, to the end of its row); a click on a
-// gap zooms to it.
+// gap zooms to it. Hovering or dragging over a span shows the picture there (the key
+// frame at or before that instant, `still.jpg?key=true`).
 // State in the URL: #/timeline?start=YYYY-MM-DD&end=YYYY-MM-DD&v0=<90k>&v1=<90k>.
 
 import * as api from './api.js';
@@ -21,6 +22,8 @@ const ROW_SPLIT = 3600 * TICKS;          // rows of at most an hour: what a clic
 const TICK_STEPS_SEC = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                         21600, 43200, 86400, 172800];
 const MIN_TICK_PX = 90;
+const PREVIEW_WIDTH = 240;               // the hover picture's CSS width
+const PREVIEW_DELAY_MS = 60;             // the pointer must rest this long before a fetch
 const PRESETS = [['Week', WEEK], ['Day', 86400 * TICKS], ['Hour', 3600 * TICKS],
                  ['10 min', 600 * TICKS], ['Minute', MIN_VIEW]];
 
@@ -41,9 +44,13 @@ export function render(main, ctx) {
   const endInput = h('input', {type: 'date', value: end, 'aria-label': 'Last day',
     onchange: ev => { if (parseDay(ev.target.value)) { end = ev.target.value; if (end < start) start = end; setRange(); } }});
   const hover = h('div', {class: 'tl-hover muted', 'aria-live': 'off'}, '\u00a0');
+  const previewImg = h('img', {alt: '', width: String(PREVIEW_WIDTH)});
+  const previewTime = h('div', {class: 'tl-preview-time'});
+  const preview = h('div', {class: 'tl-preview', hidden: true, 'aria-hidden': 'true'}, previewImg, previewTime);
+  let previewAbort = null, previewTimer = null, previewKey = null, previewUrl = null;
   const axis = h('div', {class: 'tl-axis', 'aria-hidden': 'true'});
   const lanesBox = h('div', {class: 'tl-lanes'});
-  const timeline = h('div', {class: 'timeline', style: {'--lane-label': 'min(8rem, 28vw)'}}, axis, lanesBox);
+  const timeline = h('div', {class: 'timeline', style: {'--lane-label': 'min(8rem, 28vw)'}}, axis, lanesBox, preview);
   const viewLabel = h('span', {class: 'muted', 'aria-live': 'polite'});
 
   main.append(
@@ -243,6 +250,52 @@ export function render(main, ctx) {
     snackbar(`No video of ${lane.s.label} at ${dateTime90k(t)}.`);
   }
 
+  /** The picture under the pointer: the key frame at or before time `t` of the lane's
+   *  stream (`still.jpg?key=true`, one decoded frame), fetched once the pointer rests
+   *  PREVIEW_DELAY_MS; a fetch still running when the pointer moves on is aborted. */
+  function showPreview(lane, t, clientX) {
+    const row = lane.rows.find(r => r.startTime90k <= t && t < r.endTime90k);
+    if (!row) { hidePreview(); return; }
+    const tb = timeline.getBoundingClientRect();
+    const x = Math.min(Math.max(clientX - tb.left - PREVIEW_WIDTH / 2, 0), Math.max(0, tb.width - PREVIEW_WIDTH));
+    const laneTop = lane.track.getBoundingClientRect().top - tb.top;
+    preview.style.left = `${x}px`;
+    preview.style.top = `${laneTop}px`;
+    clearTimeout(previewTimer);
+    const key = `${lane.s.id}:${Math.round(t)}`;
+    if (key === previewKey) return;
+    previewTimer = setTimeout(async () => {
+      if (previewAbort) previewAbort.abort();
+      previewAbort = new AbortController();
+      const signal = previewAbort.signal;
+      previewKey = key;
+      const width = PREVIEW_WIDTH * Math.min(2, Math.ceil(window.devicePixelRatio || 1));
+      try {
+        const still = await api.fetchStill(api.stillUrl(lane.s.camera.uuid, lane.s.type,
+          {t: Math.round(t), key: 'true', width}), {signal});
+        if (signal.aborted) { URL.revokeObjectURL(still.url); return; }
+        if (previewUrl) URL.revokeObjectURL(previewUrl);
+        previewUrl = still.url;
+        previewImg.src = still.url;
+        await previewImg.decode().catch(() => {});
+        previewTime.textContent = `${lane.s.label} ${timeOf90k(still.frameTime90k)}`;
+        preview.dataset.streamId = String(lane.s.id);
+        preview.dataset.frameTime90k = String(still.frameTime90k);
+        preview.hidden = false;
+      } catch (e) {
+        if (e.name !== 'AbortError') hidePreview();
+      }
+    }, PREVIEW_DELAY_MS);
+  }
+
+  function hidePreview() {
+    clearTimeout(previewTimer);
+    if (previewAbort) previewAbort.abort();
+    previewAbort = null;
+    previewKey = null;
+    preview.hidden = true;
+  }
+
   function attachPointer(lane) {
     const track = lane.track;
     let drag = null;
@@ -253,6 +306,7 @@ export function render(main, ctx) {
     track.addEventListener('pointermove', ev => {
       const t = timeAt(lane, ev.clientX);
       hover.textContent = describe(lane, t);
+      showPreview(lane, t, ev.clientX);
       if (!drag || drag.id !== ev.pointerId) return;
       const dx = ev.clientX - drag.x;
       if (!drag.moved && Math.abs(dx) < 6) return;
@@ -270,7 +324,7 @@ export function render(main, ctx) {
     };
     track.addEventListener('pointerup', endDrag);
     track.addEventListener('pointercancel', endDrag);
-    track.addEventListener('pointerleave', () => { hover.textContent = '\u00a0'; });
+    track.addEventListener('pointerleave', () => { hover.textContent = '\u00a0'; hidePreview(); });
     track.addEventListener('wheel', ev => {
       if (ev.ctrlKey || ev.metaKey) {
         ev.preventDefault();
@@ -290,7 +344,12 @@ export function render(main, ctx) {
   const ro = new ResizeObserver(() => { if (lanes.length) draw(); });
   ro.observe(timeline);
   setRange();
-  return () => { ro.disconnect(); if (loadAbort) loadAbort.abort(); };
+  return () => {
+    ro.disconnect();
+    if (loadAbort) loadAbort.abort();
+    hidePreview();
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+  };
 }
 
 /** A lane: the stream's rows by time, merged into spans (one per run, split where

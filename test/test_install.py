@@ -20,6 +20,9 @@
   (or by the clean-up if the test fails); the web server's port is 0, not 8080.
 - `test_records_with_memory_deny_write_execute`: the demo camera records with
   PR_SET_MDWE in force, as the unit's MemoryDenyWriteExecute=yes would have it.
+- `test_records_and_serves_under_the_units_sandbox`: a real RTSP camera is recorded and
+  its video served with the unit's SystemCallFilter= (expanded by systemd-analyze, loaded
+  with libseccomp), RestrictAddressFamilies=, NoNewPrivileges= and MDWE in force.
 """
 
 import ctypes
@@ -519,3 +522,153 @@ def test_records_with_memory_deny_write_execute(tmp_path):
             pytest.skip("the demo camera doesn't record with this PyAV even without MDWE")
     assert frames > 0, log
     assert "Traceback" not in log
+
+
+# ---------------------------------------------------------------------------
+# The unit's system call filter, applied to a real recording.
+
+SECCOMP_WRAPPER = r'''
+"""Loads a seccomp filter as the unit's SystemCallFilter=, SystemCallErrorNumber=EPERM
+and RestrictAddressFamilies= make systemd load it, then runs argv. Needs Debian's
+python3-seccomp (libseccomp's bindings), so it runs under /usr/bin/python3."""
+import errno, json, os, socket, sys
+import seccomp
+spec = json.load(open(sys.argv[1]))
+f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+for name in spec["allowed"]:
+    if name in ("socket", "socketpair"):
+        continue
+    try:
+        f.add_rule(seccomp.ALLOW, name)
+    except (RuntimeError, ValueError):
+        pass  # not a system call of this architecture
+for name in ("socket", "socketpair"):
+    if name in spec["allowed"]:
+        for family in spec["families"]:
+            f.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, getattr(socket, family)))
+f.load()
+os.execv(sys.argv[2], sys.argv[2:])
+'''
+
+
+def syscall_groups() -> dict[str, list[str]]:
+    r = subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True, text=True,
+                       timeout=60)
+    groups, current = {}, None
+    for line in r.stdout.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif current is not None and line.strip() and not line.strip().startswith("#"):
+            current.append(line.strip())
+    return groups
+
+
+def expand(names, groups) -> set[str]:
+    out = set()
+    for n in names:
+        out |= expand(groups[n], groups) if n.startswith("@") else {n}
+    return out
+
+
+def unit_seccomp_spec() -> dict:
+    """The system calls and socket families contrib/nvr.service allows."""
+    u = parse_unit(open(UNIT).read())
+    groups = syscall_groups()
+    allowed = set()
+    for v in u["Service.SystemCallFilter"]:
+        if v.startswith("~"):
+            allowed -= expand(v[1:].split(), groups)
+        else:
+            allowed |= expand(v.split(), groups)
+    assert u["Service.SystemCallErrorNumber"] == ["EPERM"]
+    # systemd always lets these through (they're needed to exec and exit at all).
+    allowed |= {"execve", "exit", "exit_group", "rt_sigreturn"}
+    return {"allowed": sorted(allowed),
+            "families": u["Service.RestrictAddressFamilies"][-1].split()}
+
+
+@needs_systemd_analyze
+def test_records_and_serves_under_the_units_sandbox(tmp_path, rtsp_camera):
+    """nvr records a real RTSP camera and serves the video (sendfile) with the unit's
+    SystemCallFilter (allowed calls; EPERM for the rest), RestrictAddressFamilies,
+    NoNewPrivileges and MemoryDenyWriteExecute in force: a call it needs being denied
+    would show as an error here rather than on a user's box."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import seccomp"]).returncode != 0:
+        pytest.skip("needs libseccomp's Python bindings: apt-get install python3-seccomp")
+    import json
+    import urllib.request
+    import uuid as uuidlib
+    spec = unit_seccomp_spec()
+    assert "sendfile" in spec["allowed"] and "setuid" not in spec["allowed"]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "wrapper.py").write_text(SECCOMP_WRAPPER)
+    cwd = str(tmp_path)
+
+    def nvr(*args):
+        r = subprocess.run([sys.executable, NVR, *args], cwd=cwd, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    nvr("init")
+    nvr("config", "camera", "add", "cam")
+    nvr("config", "stream", "add", "cam", "main", "--url", rtsp_camera.url("main"), "--record",
+        "--dir", "1", "--retain-bytes", "1G", "--flush-if-sec", "0")
+    (tmp_path / "nvr.toml").write_text(
+        'dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n'
+        'allowUnauthenticatedPermissions = { viewVideo = true }\n')
+    notify = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(60)
+
+    def preexec():
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError("PR_SET_NO_NEW_PRIVS failed")
+        libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)  # where the kernel has it
+
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["/usr/bin/python3", str(tmp_path / "wrapper.py"), str(tmp_path / "spec.json"),
+             sys.executable, NVR, "run", "--config", "nvr.toml", "--rotate-interval-sec", "2"],
+            cwd=cwd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec,
+            env=dict(os.environ, NVR_LOG="INFO", NOTIFY_SOCKET=str(notify)))
+    try:
+        try:
+            assert sock.recv(100) == b"READY=1"
+        except TimeoutError:
+            raise AssertionError("no READY=1:\n" + log_path.read_text()) from None
+        db_path = tmp_path / "nvr-data" / "db" / "db"
+        deadline = time.monotonic() + 60
+        while True:  # a committed recording (flush-if-sec 0: at its first rotation)
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+            rows = conn.execute("select composite_id & 4294967295 from recording").fetchall()
+            (cam_uuid,) = conn.execute("select uuid from camera").fetchone()
+            conn.close()
+            if rows or proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rows, log_path.read_text()
+        port = re.search(r"listening on ipv4 \('127.0.0.1', (\d+)\)", log_path.read_text())
+        url = (f"http://127.0.0.1:{port.group(1)}/api/cameras/{uuidlib.UUID(bytes=cam_uuid)}"
+               f"/main/view.mp4?s={rows[0][0]}")
+        with urllib.request.urlopen(url, timeout=30) as r:
+            body = r.read()
+        assert body[4:8] == b"ftyp" and len(body) > 10_000
+        out = tmp_path / "view.mp4"
+        out.write_bytes(body)
+        probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                "stream=nb_read_frames", "-of", "csv=p=0", str(out)],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0 and probe.stderr == "" and int(probe.stdout) > 0, probe
+        proc.send_signal(signal.SIGTERM)
+        assert sock.recv(100) == b"STOPPING=1"
+        assert proc.wait(60) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+    text = log_path.read_text()
+    for bad in ("Traceback", "ERROR", "Operation not permitted", "Permission denied"):
+        assert bad not in text, text

@@ -1,6 +1,10 @@
 """The database: the one read-write SQLite connection and the in-memory state.
 
 Files: `<db dir>/db` is the SQLite database (schema.sql, version 8). The
+database holds password hashes, session hashes and camera passwords, so it is
+private to the user running nvr whatever the umask: `init` creates the directory
+0700 and the file 0600, and SQLite gives the `-wal`/`-shm`/`-journal` files the
+database file's mode (`run` warns about looser modes, nvr.py). The
 directory itself is locked with a non-blocking `flock` for as long as a
 process uses it: exclusive for read-write, shared for read-only, so two nvr
 processes can never write one database (reference §2.1).
@@ -174,18 +178,49 @@ def uuid7(clocks: clock.Clocks) -> bytes:
     return bytes(b)
 
 
+# The database directory's and files' modes: only the user running nvr.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def _make_private_dir(path: str) -> None:
+    """Creates `path` (and missing parents, as the umask says) mode 0700; an
+    existing directory is left as it is (`run` warns if it's readable by others)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    if os.stat(path).st_mode & 0o777 != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)  # a umask that took owner bits; still empty
+
+
 def init(db_dir: str, clocks: clock.Clocks) -> bool:
     """Creates the database if absent; returns False if it already existed."""
     try:
-        os.makedirs(db_dir, exist_ok=True)
+        _make_private_dir(db_dir)
     except (FileExistsError, NotADirectoryError):
         raise DbError(_not_a_dir(db_dir)) from None
     except PermissionError as e:
         raise DbError(f"can't create database directory {db_dir}: {e.strerror}") from None
     lock_fd = lock_db_dir(db_dir, read_only=False)
     try:
-        if os.path.exists(os.path.join(db_dir, DB_FILENAME)):
+        path = os.path.join(db_dir, DB_FILENAME)
+        if os.path.exists(path):
             return False
+        # SQLite would create the file 0644 less the umask; an empty file is an empty
+        # database, so make it 0600 first. SQLite then gives -wal/-shm/-journal this
+        # file's mode (and, run as root, its owner).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     PRIVATE_FILE_MODE)
+        try:
+            if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+                os.fchmod(fd, PRIVATE_FILE_MODE)  # a umask that took owner bits (0277)
+        finally:
+            os.close(fd)
         conn = connect(db_dir, read_only=False, create=True)
         try:
             # page_size only takes effect on an empty database outside WAL mode.

@@ -9,6 +9,8 @@ Subcommands (one `cmd_x(args) -> int` each, the exit status):
   upgrade  upgrade a Moonfire NVR or older nvr database to this schema
   sql      the sqlite3 shell on the database, holding its lock
   ts       convert between 90 kHz timestamps and readable times
+`nvr.py --version` prints nvr's version (api.VERSION, the API's serverVersion)
+and those of Python, PyAV, FFmpeg, SQLite and argon2-cffi.
 
 The embedded layout: `nvr-data/db/db` is the SQLite database (`--db-dir`
 defaults to `nvr-data/db`) and `nvr-data/sample/` the first sample file dir.
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -35,6 +38,7 @@ import tomllib
 import urllib.parse
 import uuid as uuidlib
 
+import api
 import auth
 import check
 import clock
@@ -813,6 +817,105 @@ def cmd_sessions(args) -> int:
     return 0
 
 
+def private_mode_fix(db_dir: str) -> str | None:
+    """The `chmod` command that makes the database private again, or None if it is.
+
+    The database directory should be 0700 and its files (the database and upgrade
+    backups) 0600: they hold password and session hashes and camera passwords. nvr
+    creates them so (db.py); one made by an older nvr, by Moonfire or by hand may be
+    readable or writable by group or others. The -wal and -shm files aren't named:
+    SQLite makes them with the database file's mode, and they are gone once nvr stops,
+    when the command is run."""
+    loose_dirs, loose_files = [], []
+    try:
+        if os.stat(db_dir).st_mode & 0o077:
+            loose_dirs.append(db_dir)
+        names = sorted(os.listdir(db_dir))
+    except OSError:
+        return None  # opening the database says what's wrong
+    for name in names:
+        # db, and db.* (upgrade backups, an upgrade's scratch copy); not db-wal/db-shm.
+        if name == db.DB_FILENAME or name.startswith(db.DB_FILENAME + "."):
+            path = os.path.join(db_dir, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_mode & 0o077 and not os.path.islink(path):
+                loose_files.append(path)
+    cmds = []
+    if loose_dirs:
+        cmds.append("chmod 700 " + " ".join(shlex.quote(p) for p in loose_dirs))
+    if loose_files:
+        cmds.append("chmod 600 " + " ".join(shlex.quote(p) for p in loose_files))
+    return " && ".join(cmds) or None
+
+
+def warn_about_privacy(db_dir: str) -> None:
+    """`run`'s start-up warnings: a database others may read, and running as root."""
+    fix = private_mode_fix(db_dir)
+    if fix:
+        logger.warning("the database in %s is readable or writable by other users (it holds "
+                       "password hashes and camera passwords); make it private: %s",
+                       db_dir, fix)
+    if os.geteuid() == 0:
+        logger.warning("running as root; a dedicated user is safer (docs/install.md: "
+                       "'A user for nvr')")
+
+
+def version_text() -> str:
+    """`nvr.py --version`: nvr's version (api.VERSION, also the API's serverVersion)
+    and the versions of what it runs on, for bug reports."""
+    import importlib.metadata
+    import av
+    try:
+        argon2_version = importlib.metadata.version("argon2-cffi")
+    except importlib.metadata.PackageNotFoundError:
+        import argon2
+        argon2_version = getattr(argon2, "__version__", "unknown")
+    libs = ", ".join(f"{name} {'.'.join(map(str, v))}"
+                     for name, v in sorted(av.library_versions.items())
+                     if name in ("libavcodec", "libavformat", "libavutil"))
+    return "\n".join([
+        f"nvr {api.VERSION} ({os.path.dirname(os.path.abspath(__file__))})",
+        f"Python {sys.version.split()[0]} ({sys.executable})",
+        f"PyAV {av.__version__}",
+        f"FFmpeg {_ffmpeg_version(av)} ({libs})",
+        f"SQLite {sqlite3.sqlite_version}",
+        f"argon2-cffi {argon2_version}",
+    ])
+
+
+def _ffmpeg_version(av) -> str:
+    """FFmpeg's own version string ("5.1.6-0+deb12u1"): PyAV 12+ has it as
+    `av.ffmpeg_version_info`; for older PyAV, ask the libavutil it loaded."""
+    v = getattr(av, "ffmpeg_version_info", None)
+    if v:
+        return v
+    try:
+        import ctypes
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/libavutil" in line}
+        for path in sorted(paths):
+            fn = ctypes.CDLL(path).av_version_info
+            fn.restype = ctypes.c_char_p
+            return fn().decode()
+    except (OSError, AttributeError, UnicodeDecodeError):
+        pass
+    return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the versions of nvr, Python, PyAV, FFmpeg, SQLite and "
+                              "argon2-cffi, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def cmd_run(args) -> int:
     config = load_config(args.config)
     clocks = clock.RealClocks()
@@ -830,6 +933,7 @@ def cmd_run(args) -> int:
         logger.info("created the database and sample file dir under %s",
                     os.path.dirname(config.db_dir) or ".")
     d = db.Database.open_dir(config.db_dir, clocks, read_only=args.read_only)
+    warn_about_privacy(config.db_dir)  # after the open: -wal and -shm exist now
     # Days, subtitles and zone-less API times follow it (`recording.resolve_zone_name`
     # logs where it came from at DEBUG: NVR_LOG=DEBUG).
     logger.info("time zone %s", recording.server_zone_name())
@@ -906,6 +1010,7 @@ def _add_password(p: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvr.py", description="nvr: a network video recorder for IP cameras.")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser("run", help="record cameras and serve their video over HTTP",

@@ -1,5 +1,6 @@
 """nvr.py: the command line, run as a user would, in a subprocess."""
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -342,7 +343,9 @@ def test_run_goes_on_with_a_stale_notify_socket(tmp_path):
                 proc.kill()
                 proc.wait()
     text = log_path.read_text()
-    assert text.count("WARNING") == 1 and "Traceback" not in text
+    warnings = [line for line in text.splitlines()
+                if "WARNING" in line and "running as root" not in line]
+    assert len(warnings) == 1 and "Traceback" not in text
     assert (f"can't tell systemd READY=1 through NOTIFY_SOCKET={tmp_path}/no/sock ([Errno 2] "
             f"No such file or directory); going on without") in text
     assert "shut down cleanly" in text
@@ -454,3 +457,144 @@ def test_stop_goes_on_when_a_dirs_garbage_collection_fails(tmp_path, clocks, cap
     d.flush("test")
     assert d.conn.execute(garbage).fetchall() == []
     d.close()
+
+
+# ---------------------------------------------------------------------------
+# Private by default (issue 13 item 4): the database holds password and session
+# hashes and camera passwords.
+
+def mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def run_until_ready(tmp_path, args, *, umask=None):
+    """Starts `nvr.py run ARGS`, waits for READY=1 on a NOTIFY_SOCKET of ours, and
+    returns (process, log path, notify socket); the caller stops the process."""
+    import socket
+    if not (tmp_path / "nvr.toml").exists():
+        (tmp_path / "nvr.toml").write_text('dbDir = "nvr-data/db"\n[[binds]]\n'
+                                           'ipv4 = "127.0.0.1:0"\n')
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(30)
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, NVR, "run", *args], cwd=str(tmp_path),
+                                stdout=log, stderr=subprocess.STDOUT, umask=-1 if umask is None
+                                else umask, env=dict(os.environ, NVR_LOG="INFO",
+                                                     NOTIFY_SOCKET=str(tmp_path / "notify")))
+    try:
+        msg = sock.recv(100)
+    except TimeoutError:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("no READY=1 in 30 s:\n" + log_path.read_text()) from None
+    assert msg == b"READY=1", (msg, log_path.read_text())
+    return proc, log_path, sock
+
+
+def stop(proc, sock) -> None:
+    import signal
+    proc.send_signal(signal.SIGTERM)
+    assert sock.recv(100) == b"STOPPING=1"
+    assert proc.wait(30) == 0
+    sock.close()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_the_database_is_private_whatever_the_umask(tmp_path, umask):
+    """Before, the directory was 0777 and the files 0666 less the umask: with the
+    usual 022, every local user could read the password hashes and camera passwords
+    (0755/0644); with 000 they could also write them."""
+    r = subprocess.run([sys.executable, NVR, "init"], cwd=str(tmp_path), umask=umask,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    db_dir = tmp_path / "nvr-data" / "db"
+    assert (mode(db_dir), mode(db_dir / "db")) == (0o700, 0o600)
+    assert mode(tmp_path / "nvr-data" / "sample") == 0o700
+    proc, log_path, sock = run_until_ready(tmp_path, ["--config", "nvr.toml"], umask=umask)
+    try:
+        # SQLite made the WAL and shared-memory files while nvr runs: the db file's mode.
+        assert (mode(db_dir / "db-wal"), mode(db_dir / "db-shm")) == (0o600, 0o600)
+    finally:
+        stop(proc, sock)
+    assert "readable or writable by other users" not in log_path.read_text()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_upgrade_backup_is_private_whatever_the_umask(tmp_path, umask):
+    sys.path.insert(0, ROOT)
+    import upgrade
+    conn = sqlite3.connect(tmp_path / "db")
+    conn.execute("create table t (x)")
+    old = os.umask(umask)
+    try:
+        dest = upgrade.backup(conn, str(tmp_path), 7)
+    finally:
+        os.umask(old)
+        conn.close()
+    assert dest == str(tmp_path / "db.pre-upgrade-v7")
+    assert mode(dest) == 0o600
+    assert sqlite3.connect(dest).execute("select count(*) from t").fetchone() == (0,)
+
+
+def test_run_warns_about_a_database_others_can_read_and_names_the_chmod(tmp_path):
+    """A database made by an older nvr or by Moonfire (0755 dir, 0644 files)."""
+    nvr("init", cwd=str(tmp_path))
+    db_dir = tmp_path / "nvr-data" / "db"
+    os.chmod(db_dir, 0o755)
+    os.chmod(db_dir / "db", 0o644)
+    (db_dir / "db.pre-upgrade-v7").write_bytes(b"")
+    os.chmod(db_dir / "db.pre-upgrade-v7", 0o666)
+    proc, log_path, sock = run_until_ready(tmp_path, ["--config", "nvr.toml", "--read-only"])
+    stop(proc, sock)
+    lines = [line for line in log_path.read_text().splitlines()
+             if "readable or writable by other users" in line]
+    assert len(lines) == 1, log_path.read_text()
+    fix = "chmod 700 nvr-data/db && chmod 600 nvr-data/db/db nvr-data/db/db.pre-upgrade-v7"
+    assert lines[0].endswith("WARNING MainThread nvr: the database in nvr-data/db is readable "
+                             "or writable by other users (it holds password hashes and camera "
+                             "passwords); make it private: " + fix)
+    # The command it names does the job: the next run has nothing to say.
+    subprocess.run(fix, shell=True, cwd=str(tmp_path), check=True)
+    assert (mode(db_dir), mode(db_dir / "db")) == (0o700, 0o600)
+    proc, log_path, sock = run_until_ready(tmp_path, ["--config", "nvr.toml", "--read-only"])
+    stop(proc, sock)
+    assert "readable or writable by other users" not in log_path.read_text()
+
+
+def test_run_as_root_says_a_dedicated_user_is_safer(tmp_path):
+    nvr("init", cwd=str(tmp_path))
+    proc, log_path, sock = run_until_ready(tmp_path, ["--config", "nvr.toml", "--read-only"])
+    stop(proc, sock)
+    text = log_path.read_text()
+    line = ("WARNING MainThread nvr: running as root; a dedicated user is safer "
+            "(docs/install.md: 'A user for nvr')")
+    assert (line in text) == (os.geteuid() == 0), text
+    # test_install.py runs it as a dedicated user, and checks it says nothing there.
+
+
+def test_version_names_nvr_python_pyav_ffmpeg_sqlite_and_argon2():
+    import importlib.metadata
+    import av
+    sys.path.insert(0, ROOT)
+    import api
+    r = subprocess.run([sys.executable, NVR, "--version"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"nvr {api.VERSION} ({ROOT})"
+    assert lines[1] == f"Python {sys.version.split()[0]} ({sys.executable})"
+    assert lines[2] == f"PyAV {av.__version__}"
+    # FFmpeg's version string, and its libraries' versions as PyAV reports them.
+    m = re.fullmatch(r"FFmpeg (\S+) \(libavcodec (\S+), libavformat (\S+), libavutil (\S+)\)",
+                     lines[3])
+    assert m and re.match(r"n?\d+\.\d+", m.group(1)), lines[3]
+    assert m.group(2) == ".".join(map(str, av.library_versions["libavcodec"]))
+    if hasattr(av, "ffmpeg_version_info"):
+        assert m.group(1) == av.ffmpeg_version_info
+    assert lines[4] == f"SQLite {sqlite3.sqlite_version}"
+    assert lines[5] == f"argon2-cffi {importlib.metadata.version('argon2-cffi')}"
+    assert len(lines) == 6

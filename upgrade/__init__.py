@@ -32,7 +32,8 @@ The procedure (`run`):
    read-only or foreign sample file dir, a missing sample file, a row 6->7 or
    7->8 can't convert) is refused here, before anything changed.
 5. Unless --no-backup: copy the database with the SQLite backup API to
-   `db.pre-upgrade-v<N>` (written as .tmp, fsynced, renamed, dir fsynced).
+   `db.pre-upgrade-v<N>` (written as .tmp, created 0600, fsynced, renamed, dir
+   fsynced).
 6. Set journal_mode to --preset-journal (default delete: huge transactions
    are safer in rollback-journal mode on old SQLite).
 7. For each version N below ours: BEGIN IMMEDIATE, the step's run, insert
@@ -234,6 +235,14 @@ def backup(conn: sqlite3.Connection, db_dir: str, version: int,
     tmp = dest + ".tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
+    # Private like the database (db.py): created 0600 whatever the umask, before
+    # SQLite writes into it (it would make it 0644 less the umask).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)  # a umask that took owner bits
+    finally:
+        os.close(fd)
     out = sqlite3.connect(tmp)
     try:
         conn.backup(out)

@@ -134,9 +134,15 @@ def testdb(tmp_path, clocks):
 # Tests of the test harness itself (the RTSP test camera, the fake file system, simulated
 # clocks) are marked `harness`; test/run.py reports them apart from the tests of nvr.
 
-# (node id glob, reason regex, why the skip is expected in CI). None today: every skip in
-# the suite is a missing dependency that test/run.py installs.
-ALLOWED_SKIPS: list[tuple[str, str, str]] = []
+# (node id glob, reason regex, why the skip is expected in CI). Every other skip in the
+# suite is a missing dependency that test/run.py installs.
+ALLOWED_SKIPS: list[tuple[str, str, str]] = [
+    ("test/test_codec.py::*", r"PyAV < 11 has no av\.bitstream",
+     "the debian run: Debian 12's PyAV 10 has no bitstream filters, so FFmpeg's own parse "
+     "of the parameter sets (trace_headers) can't run there; the pypi run does it"),
+    ("test/test_install.py::*", r"no PR_SET_MDWE",
+     "a kernel older than 6.3 can't apply MemoryDenyWriteExecute's equivalent to a process"),
+]
 
 
 def pytest_addoption(parser):

@@ -74,6 +74,8 @@ DEBIAN_PACKAGES = [
     "python3-av",            # the debian run
     "python3-argon2",
     "python3-venv",
+    "systemd",               # test_install.py: systemd-analyze verify of contrib/nvr.service
+    "python3-seccomp",       # test_install.py: the unit's SystemCallFilter, loaded for real
 ]
 
 # Python module name -> pip requirement file that provides it.

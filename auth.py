@@ -838,6 +838,21 @@ class Auth:
 
     # -- ending sessions ---------------------------------------------------------------
 
+    def recheck(self, s: Session) -> tuple[str | None, "Permissions"]:
+        """For a request that lasts (live view) made with session `s`: why `s` no longer
+        counts (revoked, expired, its user disabled or gone) and no permissions, or None
+        and what it may do now (demotion counts at once). Records no use."""
+        with self.db.locked("recheck session"):
+            if s.revocation_reason is not None:
+                return "the session has ended; log in again", Permissions()
+            why = self.expiry(s, self._now_sec())
+            if why is not None:
+                return f"the session has expired ({why}); log in again", Permissions()
+            user = self.db.users.get(s.user_id)
+            if user is None or user.disabled:
+                return "the user is disabled or gone; log in again", Permissions()
+            return None, effective_permissions(s, user)
+
     def expiry(self, s: Session, now_sec: int) -> str | None:
         """Why `s` has expired by `now_sec` (one phrase), or None if it hasn't. Its idle
         time counts from its last use, which after a restart is the last one flushed."""

@@ -46,6 +46,9 @@ The protocol (RFC 6455, written here; no extensions, no subprotocols):
    each and per message (else close 1009); data messages are parsed, reassembled from
    fragments (text must be UTF-8, else 1007) and ignored. A close from the client is
    echoed with its code, and we return.
+   Every `recheck_sec` (5 s) a caller that came with a session is checked again
+   (`auth.Auth.recheck`): a session revoked or expired, its user disabled, or its
+   viewVideo taken away ends the watch with an error message and close 1008.
 6. We close with 1001 when the server stops (web.Server.stop wakes every live connection
    through its eventfd and gives them up to 2 s to send it before shutting the sockets
    down), 1008 after a permission error, 1011 after other errors; except on stop, we
@@ -148,6 +151,7 @@ class Options:
     max_client_frame_bytes: int = 16 * 1024   # per frame and per reassembled message
     close_timeout_sec: float = 2.0    # how long to wait for the client's close reply
     send_buffer_bytes: int | None = None   # SO_SNDBUF for the socket; None: the kernel's
+    recheck_sec: float = 5.0          # how often a session's caller is checked again
 
 
 # ---------------------------------------------------------------------------------------
@@ -643,6 +647,22 @@ class _Connection:
 
     # -- streaming -----------------------------------------------------------------------
 
+    def _recheck(self) -> str | None:
+        """Why the caller, if it came with a session, may no longer watch (None: it may).
+        A caller without a session (a bind's unauthenticated permissions, a privileged
+        Unix peer) is what its connection is and doesn't change."""
+        caller = self.request.caller
+        session = caller.session if caller is not None else None
+        if session is None:
+            return None
+        why, perms = self.server.auth.recheck(session)
+        if why is not None:
+            return why
+        if not perms.view_video:
+            return (f"permission denied: live view needs the viewVideo permission, which "
+                    f"{caller.describe()} no longer has")
+        return None
+
     def stream(self, queue: _FrameQueue, wake_fd: int) -> str:
         """Sends frames until the client closes or the server stops; returns why it ended."""
         poller = select.poll()
@@ -651,10 +671,19 @@ class _Connection:
         poller.register(wake_fd, select.POLLIN)
         ping_ns = int(self.opts.ping_interval_sec * 1e9)
         last_sent = self.clocks.monotonic()
+        recheck_ns = int(self.opts.recheck_sec * 1e9)
+        next_check = last_sent + recheck_ns
         while True:
             if self.server.stopping.is_set():
                 self.close(GOING_AWAY, "the server is stopping", wait=False)
                 return "the server is stopping"
+            if self.clocks.monotonic() >= next_check:
+                # A session revoked, expired or demoted while watching ends the watch too.
+                message = self._recheck()
+                if message is not None:
+                    self.error(message, POLICY_VIOLATION)
+                    return f"caller no longer allowed: {message}"
+                next_check = self.clocks.monotonic() + recheck_ns
             item = queue.take()
             if item is not None:
                 dropped, f = item

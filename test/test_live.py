@@ -707,6 +707,35 @@ def test_caller_without_view_video_gets_an_error_message(recorded, serve, view_v
     c.close()
 
 
+@pytest.mark.parametrize("change", ["revoke", "demote", "disable"])
+def test_a_watch_ends_when_its_session_is_revoked_or_demoted(recorded, serve, change):
+    """Issue: an open live view outlived the session meant to end it. Within recheck_sec
+    of the change, an error message and close 1008; frames flowed before it."""
+    srv = serve(view_video=None, options=live.Options(recheck_sec=0.2))
+    uid = recorded.db.add_user(f"w{time.monotonic_ns()}",
+                               permissions=auth.Permissions(view_video=True))
+    cookie, _ = srv.auth.make_session(uid, auth.Client(None, None, None),
+                                      flags=auth.FLAG_HTTP_ONLY)
+    c = WsClient(port_of(srv), recorded.path(), headers={"Cookie": f"s={cookie}"})
+    assert isinstance(parse_message(*c.recv_message()), Message)
+    if change == "revoke":
+        assert srv.auth.revoke_user_sessions(uid, auth.REVOKED_BY_ADMIN) == 1
+    elif change == "demote":
+        recorded.db.update_user(uid, permissions=auth.Permissions())
+    else:   # disabled behind auth's back (auth.update_user would revoke the session)
+        recorded.db.update_user(uid, config={"disabled": True})
+    for _ in range(300):   # frames already queued may come first, not 10 s of them
+        m = parse_message(*c.recv_message())
+        if not isinstance(m, Message):
+            break
+    assert not isinstance(m, Message), "still streaming 300 frames after the change"
+    assert m["type"] == "error"
+    assert {"revoke": "session has ended", "demote": "no longer has",
+            "disable": "disabled or gone"}[change] in m["message"]
+    assert c.expect_close()[0] == live.POLICY_VIOLATION
+    c.close()
+
+
 def test_stream_that_doesnt_record_gets_an_error_message(recorded, serve):
     c = WsClient(port_of(serve()), recorded.path("ext"))
     msg = parse_message(*c.recv_frame())

@@ -756,7 +756,7 @@ def test_stills_in_list_timeline_player_and_live(tab, server, tmp_path):
     # Live: the poster is the latest key frame, shown before the video plays and again
     # when paused.
     tab.goto(f"#/live?layout=1&cams={uuid}/main")
-    pg.wait_for_function("() => document.querySelector('.cell').dataset.posterTime90k",
+    pg.wait_for_function("() => document.querySelector('.cell')?.dataset.posterTime90k",
                          timeout=30_000)
     poster = pg.locator(".cell video").evaluate("v => v.poster")
     assert poster.startswith("blob:")

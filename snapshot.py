@@ -53,6 +53,19 @@ import recording
 
 logger = logging.getLogger(__name__)
 
+
+class _QuietYuvj(logging.Filter):
+    """Drops swscale's "deprecated pixel format used, make sure you did set range
+    correctly" for our yuvj420p (full range, what JPEG wants): the range is set by the
+    format itself. PyAV 10 (Debian 12) passes FFmpeg's log to Python's; newer PyAV
+    keeps it quiet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "deprecated pixel format" not in record.getMessage()
+
+
+logging.getLogger("libav.swscaler").addFilter(_QuietYuvj())
+
 JPEG_QSCALE = 3            # FFmpeg's -q:v for mjpeg: 2 (best) .. 31; 3 is visually lossless
 CACHE_BYTES = 32 << 20     # finished JPEGs kept in memory
 NICE = 10                  # added to each decoding thread's nice value (Linux: per thread)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -546,3 +547,12 @@ def test_http_still_at(recorded, http):
     assert status == 200 and frame_number_shown(body) == bar(271)
     assert http("/still.jpg?s=0&s=1")[0] == 400
     assert http("/still.jpg?t=1&s=0&at=0")[0] == 400
+
+
+def test_encoding_logs_nothing(recorded, stills, caplog):
+    """PyAV 10 passes FFmpeg's log on: the yuvj420p conversion's warning is no news."""
+    with caplog.at_level(logging.DEBUG, logger="libav"):
+        stills.still(recorded.t.stream_id, time_90k=wall_of(recorded.h264[0], 3 * FRAME + 1),
+                     width=100)
+    assert [r.getMessage() for r in caplog.records
+            if r.name.startswith("libav") and r.levelno >= logging.INFO] == []

@@ -551,6 +551,7 @@ def _stream_json(db: dbmod.Database, s: dbmod.Stream, *, days: bool, config: boo
     out = {
         "id": s.id,
         "retainBytes": s.retain_bytes,
+        "retainDays": s.retain_days,
         "record": s.record,
         "minStartTime90k": s.range_90k[0] if s.range_90k else None,
         "maxEndTime90k": s.range_90k[1] if s.range_90k else None,

@@ -40,8 +40,9 @@ it: live.py's per-connection queue lock, taken inside `frame_indexed` callbacks
 with the database lock held; never take the database lock while holding one.
 
 Ownership: dir.py owns the sample file dirs' files and their meta procedures
-(this module calls them in order and owns the rows); recording.py owns the
-index format; writer.py produces `RecordingToInsert`s; check.py verifies what
+(this module calls them in order and owns the rows); retention.py decides which
+recordings retention deletes (this module feeds it rows and queues its answer);
+recording.py owns the index format; writer.py produces `RecordingToInsert`s; check.py verifies what
 this module wrote.
 """
 
@@ -65,6 +66,7 @@ import auth
 import clock
 import dir as dirmod
 import recording
+import retention
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,8 @@ SCHEMA_VERSION = 8
 DB_FILENAME = "db"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 
-# Files are counted in whole filesystem blocks for retention (Moonfire #89).
-ASSUMED_BLOCK_SIZE_BYTES = 4096
+# Files are counted in whole filesystem blocks for retention (Moonfire #89; retention.py).
+ASSUMED_BLOCK_SIZE_BYTES = retention.ASSUMED_BLOCK_SIZE_BYTES
 
 # recording.flags bits. Only TRAILING_ZERO is stored; the others mark
 # in-memory rows in listings, as Moonfire's API does.
@@ -109,8 +111,7 @@ class DbLocked(DbError):
     pass
 
 
-def round_up(n: int) -> int:
-    return (n + ASSUMED_BLOCK_SIZE_BYTES - 1) // ASSUMED_BLOCK_SIZE_BYTES * ASSUMED_BLOCK_SIZE_BYTES
+round_up = retention.round_up
 
 
 def _not_a_dir(db_dir: str) -> str:
@@ -281,6 +282,11 @@ class SampleFileDir:
     dir: dirmod.SampleFileDir | None = None  # set once opened
     garbage_needs_unlink: set[int] = dataclasses.field(default_factory=set)
     garbage_unlinked: set[int] = dataclasses.field(default_factory=set)
+    # SampleFileDirConfig: path, and the free-space floor (retention.py).
+    config: dict = dataclasses.field(default_factory=dict)
+    # Garbage this process made from recordings (composite id -> bytes in whole blocks),
+    # until unlinked: space on its way back, which the free-space floor counts as free.
+    garbage_fs_bytes: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -353,7 +359,7 @@ class Stream:
     camera_id: int
     type: str
     sample_file_dir_id: int | None
-    config: dict  # StreamConfig: mode, url, rtspTransport, retainBytes, flushIfSec
+    config: dict  # StreamConfig: mode, url, rtspTransport, retainBytes, retainDays, flushIfSec
     cum_recordings: int
     cum_media_duration_90k: int
     cum_runs: int
@@ -377,6 +383,10 @@ class Stream:
     @property
     def retain_bytes(self) -> int:
         return int(self.config.get("retainBytes", 0))
+
+    @property
+    def retain_days(self) -> float | None:
+        return retention.stream_limits(self.config).days
 
     @property
     def flush_if_sec(self) -> int:
@@ -425,6 +435,19 @@ class ListRow:
     @property
     def recording_id(self) -> int:
         return self.composite_id & 0xFFFFFFFF
+
+
+@dataclasses.dataclass
+class FloorPass:
+    """One free-space floor pass of a dir (`Database.enforce_free_space_floor`)."""
+    floor_bytes: int
+    free_bytes: int
+    pending_bytes: int            # queued for deletion or garbage, not yet unlinked
+    rows: list                    # (stream id, ListRow) queued, oldest first
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(round_up(r.sample_file_bytes) for _, r in self.rows)
 
 
 @dataclasses.dataclass
@@ -611,7 +634,8 @@ class Database:
                 "select d.id, d.uuid, d.config, d.last_complete_open_id, o.uuid "
                 "from sample_file_dir d left join open o on d.last_complete_open_id = o.id"):
             lco = dirmod.Open(lco_id, lco_uuid) if lco_id is not None else None
-            self.dirs[id_] = SampleFileDir(id_, uuid, _row_config(config).get("path", ""), lco)
+            cfg = _row_config(config)
+            self.dirs[id_] = SampleFileDir(id_, uuid, cfg.get("path", ""), lco, config=cfg)
         for dir_id, cid in c.execute("select sample_file_dir_id, composite_id from garbage"):
             self.dirs[dir_id].garbage_needs_unlink.add(cid)
         for id_, uuid, short_name, config in c.execute(
@@ -715,8 +739,9 @@ class Database:
                 logger.warning("dir %s: unexpected files (see `nvr.py check`): %s",
                                d.path, ", ".join(result.unexpected[:10]))
 
-    def add_sample_file_dir(self, path: str) -> int:
-        """The create procedure: meta with in_progress_open, the row, then promote."""
+    def add_sample_file_dir(self, path: str, config: dict | None = None) -> int:
+        """The create procedure: meta with in_progress_open, the row, then promote.
+        `config`: SampleFileDirConfig keys other than the path (the floor)."""
         if self.read_only:
             raise DbError("can't add a sample file dir in read-only mode")
         path = os.path.abspath(path)
@@ -724,19 +749,31 @@ class Database:
             for d in self.dirs.values():
                 if d.path == path:
                     raise DbError(f"sample file dir {path} is already in the database (id {d.id})")
+        cfg = dict(config or {}, path=path)
         sfd = dirmod.SampleFileDir.create(path, self.uuid, self.open, fs_factory=self.fs_factory)
         try:
             with self.locked(), transaction(self.conn):
                 cur = self.conn.execute(
                     "insert into sample_file_dir (uuid, config, last_complete_open_id) "
-                    "values (?, ?, ?)", (sfd.meta.dir_uuid, _dump({"path": path}), self.open.id))
+                    "values (?, ?, ?)", (sfd.meta.dir_uuid, _dump(cfg), self.open.id))
                 id_ = cur.lastrowid
             sfd.complete_open(self.open)
         except BaseException:
             sfd.close()
             raise
-        self.dirs[id_] = SampleFileDir(id_, sfd.meta.dir_uuid, path, self.open, dir=sfd)
+        self.dirs[id_] = SampleFileDir(id_, sfd.meta.dir_uuid, path, self.open, dir=sfd,
+                                       config=cfg)
         return id_
+
+    def update_sample_file_dir(self, dir_id: int, config: dict) -> None:
+        """Replaces a dir's SampleFileDirConfig but its path (which names the dir)."""
+        with self.locked():
+            d = self._get_dir(dir_id)
+            cfg = dict(config, path=d.path)
+            with transaction(self.conn):
+                self.conn.execute("update sample_file_dir set config = ? where id = ?",
+                                  (_dump(cfg), dir_id))
+            d.config = cfg
 
     def delete_sample_file_dir(self, dir_id: int) -> None:
         """The delete procedure: refuses unless no stream or garbage uses it."""
@@ -1028,37 +1065,83 @@ class Database:
 
     def delete_oldest_recordings(self, stream_id: int, extra_fs_bytes: int = 0, *,
                                  retain_bytes: int | None = None,
+                                 retain_days: float | None | type(...) = ...,
                                  dry_run: bool = False) -> list[ListRow]:
+        """Queues the stream's oldest committed recordings past its limits for
+        deletion (`plan_retention`); returns the rows queued."""
+        return self.plan_retention(stream_id, extra_fs_bytes, retain_bytes=retain_bytes,
+                                   retain_days=retain_days, dry_run=dry_run).rows
+
+    def plan_retention(self, stream_id: int, extra_fs_bytes: int = 0, *,
+                       retain_bytes: int | None = None,
+                       retain_days: float | None | type(...) = ...,
+                       config: dict | None = None,
+                       dry_run: bool = False) -> retention.Plan:
         """Queues the oldest committed recordings for deletion until the stream
-        fits its `retainBytes` (§3.8); returns the rows queued.
+        fits its `retainBytes` (§3.8) and none is older than its `retainDays`
+        (retention.py); returns the plan.
 
         Usage counts committed bytes plus synced-but-uncommitted ones plus
         `extra_fs_bytes` (e.g. the recording being added), each file rounded
         up to 4096, minus what is already queued. Deletion happens in the next
         flush (rows to garbage); the syncer then unlinks the files. With
-        `dry_run`, only says what would be queued (under `retain_bytes` if
-        given), e.g. to confirm a lowered limit first.
+        `dry_run`, only says what would be queued (under `retain_bytes` and
+        `retain_days` if given: a byte limit given is applied even if 0; or the
+        limits of StreamConfig `config`), e.g. to confirm a lowered limit first.
         """
         with self.locked():
             s = self._get_stream(stream_id)
-            limit = s.retain_bytes if retain_bytes is None else retain_bytes
-            needed = (s.fs_bytes + s.fs_bytes_to_add + extra_fs_bytes
-                      - s.fs_bytes_to_delete - limit)
-            if needed <= 0:
-                return []
-            after = (s.to_delete[-1].composite_id + 1) if s.to_delete else (stream_id << 32)
-            out = []
-            for row in self._query_list_rows(
-                    "where composite_id >= ? and composite_id < ? order by composite_id",
-                    (after, (stream_id + 1) << 32)):
-                if needed <= 0:
-                    break
-                out.append(row)
-                needed -= round_up(row.sample_file_bytes)
+            limits = retention.stream_limits(s.config if config is None else config)
+            limit = limits.bytes if retain_bytes is None else retain_bytes
+            days = limits.days if retain_days is ... else retain_days
+            over = 0
+            if limit is not None:
+                over = (s.fs_bytes + s.fs_bytes_to_add + extra_fs_bytes
+                        - s.fs_bytes_to_delete - limit)
+            cutoff = None
+            if days is not None:
+                cutoff = retention.age_cutoff_90k(
+                    recording.to_90k_from_ns(self.clocks.realtime()), days)
+                if s.range_90k is None or s.range_90k[0] >= cutoff:
+                    cutoff = None  # every end is at or after the oldest start: none expired
+            if over <= 0 and cutoff is None:
+                return retention.Plan([])
+            plan = retention.plan_stream(self._rows_not_queued(s), over_bytes=over,
+                                         cutoff_90k=cutoff)
             if not dry_run:
-                s.to_delete.extend(out)
-                s.fs_bytes_to_delete += sum(round_up(r.sample_file_bytes) for r in out)
-            return out
+                self._queue_deletion(s, plan.rows)
+            return plan
+
+    def _rows_not_queued(self, s: Stream):
+        """The stream's committed recordings after those queued, oldest (by id) first."""
+        after = (s.to_delete[-1].composite_id + 1) if s.to_delete else (s.id << 32)
+        return iter(self._query_list_rows(
+            "where composite_id >= ? and composite_id < ? order by composite_id",
+            (after, (s.id + 1) << 32)))
+
+    def _queue_deletion(self, s: Stream, rows: list[ListRow]) -> None:
+        s.to_delete.extend(rows)
+        s.fs_bytes_to_delete += sum(round_up(r.sample_file_bytes) for r in rows)
+
+    def enforce_free_space_floor(self, dir_id: int, free_bytes: int,
+                                 total_bytes: int) -> "FloorPass":
+        """Queues the oldest recordings among the dir's streams (by start time) for
+        deletion until `free_bytes` (statvfs, dir.py `Fs.free_space`), plus what is
+        already queued or garbage, reaches the dir's floor (retention.py)."""
+        with self.locked():
+            d = self._get_dir(dir_id)
+            streams = [s for s in self.streams.values() if s.sample_file_dir_id == dir_id]
+            floor = retention.floor_bytes(d.config, total_bytes)
+            pending = (sum(s.fs_bytes_to_delete for s in streams)
+                       + sum(d.garbage_fs_bytes.values()))
+            p = FloorPass(floor, free_bytes, pending, [])
+            if floor - free_bytes - pending <= 0:
+                return p
+            p.rows = retention.plan_floor({s.id: self._rows_not_queued(s) for s in streams},
+                                          floor - free_bytes - pending)
+            for s in streams:
+                self._queue_deletion(s, [r for sid, r in p.rows if sid == s.id])
+            return p
 
     def delete_garbage(self, dir_id: int, composite_ids) -> None:
         """Records that these garbage files are unlinked and the dir fsynced;
@@ -1070,6 +1153,7 @@ class Database:
                     raise ValueError(f"{cid:016x} is not garbage in dir {d.path}")
                 d.garbage_needs_unlink.remove(cid)
                 d.garbage_unlinked.add(cid)
+                d.garbage_fs_bytes.pop(cid, None)
 
     def flush(self, reason: str) -> None:
         """Commits everything pending in one transaction and logs what it wrote."""
@@ -1181,6 +1265,7 @@ class Database:
                     self._add_to_totals(s, row.start_time_90k, row.wall_duration_90k,
                                         row.sample_file_bytes, -1)
                     d.garbage_needs_unlink.add(row.composite_id)
+                    d.garbage_fs_bytes[row.composite_id] = round_up(row.sample_file_bytes)
                     self._video_index_cache.pop(row.composite_id, None)
                 s.to_delete.clear()
                 s.fs_bytes_to_delete = 0

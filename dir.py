@@ -158,6 +158,7 @@ from typing import Callable, Iterable
 
 import clock
 import logrepeat
+import retention
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +365,12 @@ class Fs:
 
     def stat_size(self, name: str) -> int:
         return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_size
+
+    def free_space(self) -> tuple[int, int]:
+        """(available bytes, total bytes) of the dir's filesystem: statvfs's f_bavail,
+        what an unprivileged writer may still use, and f_blocks, in f_frsize units."""
+        st = os.fstatvfs(self.fd)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
     def lock(self, exclusive: bool) -> None:
         """Non-blocking flock; BlockingIOError if another process holds it."""
@@ -674,12 +681,17 @@ FLUSH_RETRY_SEC = 60  # after a failed flush (reference §3.7)
 # wait raise OverflowError, which would end the thread.
 MAX_WAIT_SEC = 86400
 COMMAND_RETRY_SEC = 1  # after a command failed other than in an I/O step (`Syncer._handle`)
+# How often `run`'s syncers check retention while idle (`Syncer(check_every_sec=)`): the
+# age limits of streams that stopped recording, and the free-space floor of a disk that
+# something else fills, or where a writer waits for space (its 1 s retries, writer.py).
+RETENTION_CHECK_SEC = 10
 
 
 @dataclasses.dataclass(order=True)
 class _PlannedFlush:
     when_ns: int                                   # monotonic
-    composite_id: int = dataclasses.field(compare=False)
+    # The recording it commits; None: retention's deletions (satisfied once none are queued).
+    composite_id: int | None = dataclasses.field(compare=False)
     reason: str = dataclasses.field(compare=False)
 
 
@@ -712,6 +724,13 @@ class Syncer:
       flush moves its file to garbage.
     - flushed: collect garbage: unlink (G2), fsync the dir (G3), tell the
       database the files are gone (G4 happens in the next flush).
+    After each save, and every `check_every_sec` while idle (`run` passes
+    RETENTION_CHECK_SEC; None, as in tests of the flush plan, checks only after
+    saves), the free-space floor of the dir (retention.py): if statvfs says the
+    filesystem is short of it, the oldest recordings of the dir's streams are
+    queued and a flush planned at once. The idle check also applies each stream's
+    limits (a stream that stopped recording still ages out) and plans a flush if
+    that queued anything.
     Every other I/O step is retried at 1 s forever (a full disk stalls, then
     resumes), except once shutdown is set: then it gives up on that item,
     which start-up recovery handles. Any other error in a command (a SQLite
@@ -721,10 +740,16 @@ class Syncer:
     imported: db.py imports this module).
     """
 
-    def __init__(self, db, dir_id: int, *, shutdown: threading.Event | None = None):
+    def __init__(self, db, dir_id: int, *, shutdown: threading.Event | None = None,
+                 check_every_sec: float | None = None):
         self.db = db
         self.dir_id = dir_id
         self.shutdown = shutdown or threading.Event()
+        self.check_every_ns = (None if check_every_sec is None
+                               else int(check_every_sec * clock.NANOS_PER_SEC))
+        self.next_check_ns = (None if check_every_sec is None
+                              else db.clocks.monotonic() + self.check_every_ns)
+        self.floor_short = False  # the last floor pass couldn't reach the floor (warned)
         d = db.dirs[dir_id]
         self.dir: SampleFileDir = d.dir
         self.path = d.path
@@ -768,13 +793,15 @@ class Syncer:
     def iter(self) -> bool:
         """Handles one command or a planned flush's time; False after stop."""
         timeout = None
-        if self.planned:
-            now = self.db.clocks.monotonic()
-            timeout = min(max(0, self.planned[0].when_ns - now) / clock.NANOS_PER_SEC,
-                          MAX_WAIT_SEC)
+        now = self.db.clocks.monotonic()
+        for when_ns in ([self.planned[0].when_ns] if self.planned else []) + (
+                [self.next_check_ns] if self.next_check_ns is not None else []):
+            t = min(max(0, when_ns - now) / clock.NANOS_PER_SEC, MAX_WAIT_SEC)
+            timeout = t if timeout is None else min(timeout, t)
         try:
             cmd = self.db.clocks.recv_timeout(self.queue, timeout)
         except queue.Empty:
+            self._check_if_due()
             self._flush_if_due()
             return True
         if cmd[0] == "stop":
@@ -853,10 +880,8 @@ class Syncer:
                              errno.errorcode.get(e.errno, e.errno), e.strerror or e)
             save.step = 5
         stream_id = composite_id >> 32
-        deleted = self.db.delete_oldest_recordings(stream_id)
-        if deleted:
-            logger.info("%s: retention will delete %d recording(s) of stream %d",
-                        self.path, len(deleted), stream_id)
+        self._log_plan(stream_id, self.db.plan_retention(stream_id))
+        self.enforce_floor()
         s = self.db.streams[stream_id]
         how_soon_ns = max(0, s.flush_if_sec * clock.NANOS_PER_SEC
                           - save.wall_duration_90k * clock.NANOS_PER_SEC // 90_000)
@@ -866,13 +891,85 @@ class Syncer:
             f"{s.flush_if_sec} s after the start of {cam}-{s.type} recording "
             f"{composite_id & 0xFFFFFFFF}"))
 
+    def _log_plan(self, stream_id: int, plan) -> None:
+        if plan.rows:
+            why = [f"{n} {what}" for n, what in ((plan.by_bytes, "over retainBytes"),
+                                                 (plan.by_age, "older than retainDays")) if n]
+            logger.info("%s: retention will delete %d recording(s) of stream %d (%s)",
+                        self.path, len(plan.rows), stream_id, ", ".join(why))
+
+    def enforce_floor(self) -> bool:
+        """The free-space floor pass (retention.py): statvfs through the Fs seam, then
+        queue what the floor needs, log it in one line, and plan a flush at once.
+        Returns whether anything was queued."""
+        free, total = self._retry(f"statvfs {self.path}", self.dir.fs.free_space)
+        p = self.db.enforce_free_space_floor(self.dir_id, free, total)
+        short = p.free_bytes + p.pending_bytes + p.freed_bytes < p.floor_bytes
+        if p.rows:
+            per_stream: dict[int, list[int]] = {}
+            for sid, row in p.rows:
+                per_stream.setdefault(sid, []).append(row.recording_id)
+            logger.info(
+                "%s: free space %d B is below the floor of %d B (%s; %d B already on its way): "
+                "deleting the %d oldest recording(s) of the dir (%d B: %s)", self.path,
+                p.free_bytes, p.floor_bytes, self._floor_setting(), p.pending_bytes,
+                len(p.rows), p.freed_bytes,
+                "; ".join(f"stream {sid} {ids[0]}" + (f"-{ids[-1]}" if len(ids) > 1 else "")
+                          for sid, ids in per_stream.items()))
+            self._plan_retention_flush("free space below the floor")
+        if short and not self.floor_short:
+            logger.warning("%s: free space stays below the floor of %d B (%s) with every "
+                           "recording of the dir deleted or on its way; something else fills "
+                           "the disk, or the floor is too high (`nvr.py config dir edit "
+                           "--free-space-floor`)", self.path, p.floor_bytes, self._floor_setting())
+        elif not short and self.floor_short:
+            logger.info("%s: free space is back above the floor", self.path)
+        self.floor_short = short
+        return bool(p.rows)
+
+    def _floor_setting(self) -> str:
+        return retention.describe_floor(self.db.dirs[self.dir_id].config)
+
+    def _plan_retention_flush(self, why: str) -> None:
+        heapq.heappush(self.planned, _PlannedFlush(self.db.clocks.monotonic(), None,
+                                                   f"retention: {why}"))
+
+    def _check_if_due(self) -> None:
+        """The idle check (`check_every_sec`): each stream's limits, then the floor."""
+        now = self.db.clocks.monotonic()
+        if self.next_check_ns is None or self.next_check_ns > now:
+            return
+        self.next_check_ns = now + self.check_every_ns
+        try:
+            queued = False
+            for s in list(self.db.streams.values()):
+                if s.sample_file_dir_id == self.dir_id:
+                    plan = self.db.plan_retention(s.id)
+                    self._log_plan(s.id, plan)
+                    queued |= bool(plan.rows)
+            if queued:
+                self._plan_retention_flush("limits")
+            self.enforce_floor()
+        except clock.ShutdownError:
+            return
+        except Exception as e:  # logged (a bug with its traceback, once); tried next time
+            self.repeats.failed("retention check", e, f"{self.path}: retention check failed",
+                                f"trying again in {self.check_every_ns / clock.NANOS_PER_SEC:g} s")
+            return
+        self.repeats.cleared("retention check", f"{self.path}: retention check succeeded")
+
     def _flush_if_due(self) -> None:
         # Drop plans another flush (any dir's) already satisfied.
         while self.planned:
             p = self.planned[0]
-            s = self.db.streams.get(p.composite_id >> 32)
-            if s is not None and s.cum_recordings <= (p.composite_id & 0xFFFFFFFF):
-                break
+            if p.composite_id is None:
+                if any(s.to_delete for s in self.db.streams.values()
+                       if s.sample_file_dir_id == self.dir_id):
+                    break
+            else:
+                s = self.db.streams.get(p.composite_id >> 32)
+                if s is not None and s.cum_recordings <= (p.composite_id & 0xFFFFFFFF):
+                    break
             heapq.heappop(self.planned)
         if not self.planned:
             return
@@ -902,11 +999,14 @@ class Syncer:
         return len(ids)
 
     def initial_rotation(self) -> None:
-        """At start-up, before recording: enforce every stream's limit now
-        (it may have been lowered), flush, collect, flush."""
+        """At start-up, before recording: enforce every stream's limits now
+        (they may have been lowered, or time passed while nvr was stopped) and the
+        dir's free-space floor, flush, collect, flush."""
         for s in list(self.db.streams.values()):
             if s.sample_file_dir_id == self.dir_id:
-                self.db.delete_oldest_recordings(s.id)
+                self._log_plan(s.id, self.db.plan_retention(s.id))
+        self.enforce_floor()
+        self.planned = [p for p in self.planned if p.composite_id is not None]  # flushing now
         self.db.flush("initial rotation")
         if self.collect_garbage():
             self.db.flush("initial garbage collection")

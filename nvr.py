@@ -46,6 +46,7 @@ import db
 import dir as dirmod
 import logrepeat
 import recording
+import retention
 import signals as signalsmod
 import stream
 import upgrade
@@ -75,6 +76,33 @@ def parse_size(s: str) -> int:
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise UsageError(f"bad size {s!r}; use bytes or a number with K, M, G or T (e.g. 100G)")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_floor(s: str) -> dict:
+    """`--free-space-floor`: `5G` (a size), `3%` (of the filesystem), `0` (off) or
+    `default`; returns the SampleFileDirConfig keys that say it (retention.py)."""
+    t = s.strip()
+    if t == "default":
+        return {}
+    if t.endswith("%"):
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)", t[:-1].strip())
+        pct = float(m.group(1)) if m else -1
+        if not 0 <= pct <= retention.MAX_FLOOR_PERCENT:
+            raise UsageError(f"bad --free-space-floor {s!r}; a percentage of the filesystem "
+                             f"from 0% to {retention.MAX_FLOOR_PERCENT}% (e.g. 3%)")
+        return {"freeSpaceFloorPercent": int(pct) if pct == int(pct) else pct}
+    try:
+        return {"freeSpaceFloorBytes": parse_size(t)}
+    except UsageError:
+        raise UsageError(f"bad --free-space-floor {s!r}; use a size (e.g. 5G), a percentage "
+                         f"of the filesystem (e.g. 3%), 0 for none, or default") from None
+
+
+def _floor_config(base: dict, args) -> dict:
+    config = {k: v for k, v in base.items()
+              if k not in ("freeSpaceFloorBytes", "freeSpaceFloorPercent")}
+    config.update(parse_floor(args.free_space_floor))
+    return config
 
 
 def format_size(n: int) -> str:
@@ -244,15 +272,23 @@ def cmd_config_dir(args) -> int:
     d = _open(args)
     try:
         if args.action == "add":
-            id_ = d.add_sample_file_dir(args.path)
+            config = _floor_config({}, args) if args.free_space_floor is not None else None
+            id_ = d.add_sample_file_dir(args.path, config)
             print(f"added sample file dir {id_}: {os.path.abspath(args.path)}")
+        elif args.action == "edit":
+            x = _find_dir(d, args.path)
+            if args.free_space_floor is not None:
+                d.update_sample_file_dir(x.id, _floor_config(x.config, args))
+            print(f"updated sample file dir {x.id}: {x.path} (free space floor "
+                  f"{retention.describe_floor(x.config)})")
         elif args.action == "list":
             for x in sorted(d.dirs.values(), key=lambda x: x.id):
                 streams = [s for s in d.streams.values() if s.sample_file_dir_id == x.id]
                 used = sum(s.fs_bytes for s in streams)
                 limit = sum(s.retain_bytes for s in streams)
                 print(f"{x.id}\t{x.path}\tstreams={len(streams)}\tused={format_size(used)}"
-                      f"\tlimits={format_size(limit)}")
+                      f"\tlimits={format_size(limit)}"
+                      f"\tfree_space_floor={retention.describe_floor(x.config)}")
         elif args.action == "delete":
             x = _find_dir(d, args.path)
             d.delete_sample_file_dir(x.id)
@@ -334,6 +370,14 @@ def _stream_config(args, base: dict) -> dict:
         config["rtspTransport"] = "" if args.rtsp_transport == "default" else args.rtsp_transport
     if args.retain_bytes is not None:
         config["retainBytes"] = parse_size(args.retain_bytes)
+    if args.retain_days is not None:
+        days = args.retain_days
+        if not 0 <= days <= retention.MAX_RETAIN_DAYS:  # NaN fails this too
+            raise UsageError(f"--retain-days must be from 0 (no age limit) to "
+                             f"{retention.MAX_RETAIN_DAYS}, not {days:g}")
+        config.pop("retainDays", None)
+        if days:
+            config["retainDays"] = int(days) if days == int(days) else days
     if args.flush_if_sec is not None:
         if not 0 <= args.flush_if_sec <= MAX_FLUSH_IF_SEC:
             raise UsageError(f"--flush-if-sec must be from 0 to {MAX_FLUSH_IF_SEC} (one day), "
@@ -352,8 +396,9 @@ def cmd_config_stream(args) -> int:
                 print(f"{s.id}\t{c.short_name}/{s.type}\trecord={'yes' if s.record else 'no'}"
                       f"\turl={s.config.get('url', '-')}"
                       f"\ttransport={s.config.get('rtspTransport') or 'default'}\tdir={dpath}"
-                      f"\tretain={format_size(s.retain_bytes)}\tused={format_size(s.fs_bytes)}"
-                      f"\tflush_if_sec={s.flush_if_sec}")
+                      f"\tretain={format_size(s.retain_bytes)}"
+                      f"\tretain_days={'-' if s.retain_days is None else f'{s.retain_days:g}'}"
+                      f"\tused={format_size(s.fs_bytes)}\tflush_if_sec={s.flush_if_sec}")
             return 0
         c = d.camera_by_name(args.camera)
         if args.action == "add":
@@ -385,8 +430,7 @@ def cmd_config_stream(args) -> int:
             if args.dir is not None:
                 dir_id = None if args.dir == "none" else _find_dir(d, args.dir).id
             _check_recordable(config, dir_id)
-            doomed = d.delete_oldest_recordings(sid, retain_bytes=int(config.get("retainBytes", 0)),
-                                                dry_run=True)
+            doomed = d.plan_retention(sid, config=config, dry_run=True).rows
             if doomed and not args.yes:
                 raise UsageError(
                     f"the new limit deletes {len(doomed)} recording(s) "
@@ -412,10 +456,10 @@ def _check_recordable(config: dict, dir_id) -> None:
     if config.get("mode") == "record":
         if dir_id is None:
             raise UsageError("a recording stream needs a sample file dir: add --dir PATH_OR_ID")
-        if not config.get("retainBytes"):
+        if not config.get("retainBytes") and not config.get("retainDays"):
             # Moonfire #327: a zero limit deletes every recording as soon as it is made.
             raise UsageError("a recording stream needs a retention limit: add --retain-bytes "
-                             "SIZE (e.g. 100G)")
+                             "SIZE (e.g. 100G), --retain-days N (e.g. 30) or both")
 
 
 def cmd_config_user(args) -> int:
@@ -621,12 +665,28 @@ def check_recorded_stream_config(d: db.Database, s) -> None:
     them after every recording, forever ("abc"), or misread them (a negative
     retainBytes deletes every recording; `int()` would take "120", 1.5 or true)."""
     name = f"{d.cameras[s.camera_id].short_name} {s.type}"
-    for key, option in (("flushIfSec", "--flush-if-sec N"), ("retainBytes", "--retain-bytes SIZE")):
-        v = s.config.get(key, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise UsageError(f"stream {name}: {key} is {json.dumps(v)}, not a whole number "
-                             f"from 0 up; set it with `nvr.py config stream edit {name} "
-                             f"{option}`")
+    options = {"flushIfSec": "--flush-if-sec N", "retainBytes": "--retain-bytes SIZE",
+               "retainDays": "--retain-days N"}
+    v = s.config.get("flushIfSec", 0)
+    problem = None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        problem = "flushIfSec", "not a whole number from 0 up"
+    problem = problem or retention.stream_config_problem(s.config)
+    if problem:
+        key, what = problem
+        raise UsageError(f"stream {name}: {key} is {json.dumps(s.config.get(key))}, {what}; "
+                         f"set it with `nvr.py config stream edit {name} {options[key]}`")
+
+
+def check_dir_config(x: db.SampleFileDir) -> None:
+    """UsageError naming the fix if a dir's free-space floor was edited by hand into
+    something retention can't use (retention.py)."""
+    problem = retention.dir_config_problem(x.config)
+    if problem:
+        key, what = problem
+        raise UsageError(f"sample file dir {x.path}: {key} is {json.dumps(x.config.get(key))}, "
+                         f"{what}; set it with `nvr.py config dir edit {x.id} "
+                         f"--free-space-floor SIZE|N%|default`")
 
 
 class Recorder:
@@ -642,9 +702,12 @@ class Recorder:
                     if s.record and s.sample_file_dir_id is not None and s.config.get("url")]
         for s in recorded:
             check_recorded_stream_config(d, s)
+        for dir_id in sorted({s.sample_file_dir_id for s in recorded}):
+            check_dir_config(d.dirs[dir_id])
         for s in recorded:
             if s.sample_file_dir_id not in self.syncers:
-                sy = dirmod.Syncer(d, s.sample_file_dir_id, shutdown=self.shutdown)
+                sy = dirmod.Syncer(d, s.sample_file_dir_id, shutdown=self.shutdown,
+                                   check_every_sec=dirmod.RETENTION_CHECK_SEC)
                 sy.initial_rotation()
                 self.syncers[s.sample_file_dir_id] = sy
         for i, s in enumerate(recorded):
@@ -1085,10 +1148,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = csub.add_parser("dir", help="sample file directories")
     qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, hlp in (("add", "create a new, empty sample file dir"),
+                        ("edit", "change a sample file dir's free-space floor"),
                         ("delete", "forget an empty sample file dir no stream uses")):
         r = qs.add_parser(action, help=hlp)
         _add_db_dir(r)
         r.add_argument("path", metavar="PATH" if action == "add" else "PATH_OR_ID")
+        if action != "delete":
+            r.add_argument("--free-space-floor", metavar="SIZE|N%",
+                           help="keep this much of its filesystem free, deleting the oldest "
+                                "recordings of its streams: a size (5G), a percentage (3%%), 0 "
+                                "for none, or default (2%%, at least 1 GiB, at most 10%%)")
         r.set_defaults(func=cmd_config_dir)
     r = qs.add_parser("list", help="list sample file dirs")
     _add_db_dir(r)
@@ -1133,14 +1202,19 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--dir", metavar="PATH_OR_ID" + ("|none" if action == "edit" else ""),
                        help="sample file dir for its recordings")
         r.add_argument("--retain-bytes", metavar="SIZE",
-                       help="keep at most this much video, e.g. 100G; oldest deleted first")
+                       help="keep at most this much video, e.g. 100G; oldest deleted first "
+                            "(0 with --retain-days: no byte limit)")
+        r.add_argument("--retain-days", type=float, metavar="N",
+                       help="delete recordings that ended more than N days ago (fractions "
+                            "allowed: 0.5 is 12 hours; 0 for no age limit)")
         r.add_argument("--flush-if-sec", type=int, metavar="SEC",
                        help="commit a finished recording to the database within this many "
                             f"seconds, 0 to {MAX_FLUSH_IF_SEC} (default when added: 120 "
                             f"main, 90 others)")
         if action == "edit":
             r.add_argument("--yes", action="store_true",
-                           help="confirm deleting recordings when lowering --retain-bytes")
+                           help="confirm deleting recordings when lowering --retain-bytes "
+                                "or --retain-days")
         r.set_defaults(func=cmd_config_stream)
     r = qs.add_parser("delete", help="delete a stream and its recordings")
     _add_db_dir(r)

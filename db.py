@@ -1113,11 +1113,14 @@ class Database:
             return plan
 
     def _rows_not_queued(self, s: Stream):
-        """The stream's committed recordings after those queued, oldest (by id) first."""
+        """The stream's committed recordings after those queued, oldest (by id) first,
+        read lazily: retention usually needs only the first few."""
         after = (s.to_delete[-1].composite_id + 1) if s.to_delete else (s.id << 32)
-        return iter(self._query_list_rows(
-            "where composite_id >= ? and composite_id < ? order by composite_id",
-            (after, (s.id + 1) << 32)))
+        for r in self.conn.execute(
+                f"select {self._LIST_COLUMNS} from recording where composite_id >= ? and "
+                f"composite_id < ? order by composite_id", (after, (s.id + 1) << 32)):
+            yield ListRow(r[0], r[1], r[2], r[3], r[3] + r[4], r[5], r[6], r[7], r[8],
+                          r[9], r[10], r[11])
 
     def _queue_deletion(self, s: Stream, rows: list[ListRow]) -> None:
         s.to_delete.extend(rows)

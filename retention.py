@@ -142,8 +142,10 @@ def plan_floor(streams: dict[int, Iterable], need_bytes: int) -> list[tuple[int,
     """`streams`: stream id -> its rows not yet queued, oldest (by id) first. Returns
     (stream id, row) oldest first by start time across the streams (each stream's
     own order kept, so each takes a prefix) until `need_bytes` are freed, or all."""
-    merged = heapq.merge(*(((r.start_time_90k, sid, r.composite_id, r) for r in rows)
-                           for sid, rows in streams.items()), key=lambda t: t[:3])
+    def keyed(sid, rows):  # a function, so each generator keeps its own sid
+        return ((r.start_time_90k, sid, r.composite_id, r) for r in rows)
+    merged = heapq.merge(*(keyed(sid, rows) for sid, rows in streams.items()),
+                         key=lambda t: t[:3])
     out = []
     for _, sid, _, row in merged:
         if need_bytes <= 0:

@@ -23,7 +23,8 @@ file and the dir (write, fsync file, fsync dir) is asserted too:
 is a value, or a callable given the call's arguments (it may raise). For
 `write`/`pwrite` the result is how many bytes are taken (None: all), and the
 fake keeps what it took in `contents`. `close()` is not scripted; it sets
-`closed`. Pass `fs_factory=fs.factory` to `SampleFileDir.create`/`open`.
+`closed`. Nor is `free_space()`: it returns `space` (available, total bytes; an
+empty 1 TiB disk unless a test sets it), for the free-space floor (retention.py). Pass `fs_factory=fs.factory` to `SampleFileDir.create`/`open`.
 
 `FaultyFs` is the simpler kind, for tests that want real files: a real
 `dir.Fs` whose calls number `nth` .. `nth + times - 1` of one method fail
@@ -73,6 +74,7 @@ class FakeFs:
         self.path = path
         self.queue = _Queue()
         self.closed = False
+        self.space = (1 << 40, 1 << 40)
 
     def expect(self, method: str, *args, result=None, error: BaseException | None = None):
         """The next call is `method(*args)` (with any arguments if none are given)."""
@@ -115,6 +117,9 @@ class FakeFs:
 
     def close(self):
         self.closed = True
+
+    def free_space(self):
+        return self.space
 
 
 class FakeFile:

@@ -1066,20 +1066,12 @@ class Database:
     def delete_oldest_recordings(self, stream_id: int, extra_fs_bytes: int = 0, *,
                                  retain_bytes: int | None = None,
                                  retain_days: float | None | type(...) = ...,
-                                 dry_run: bool = False) -> list[ListRow]:
-        """Queues the stream's oldest committed recordings past its limits for
-        deletion (`plan_retention`); returns the rows queued."""
-        return self.plan_retention(stream_id, extra_fs_bytes, retain_bytes=retain_bytes,
-                                   retain_days=retain_days, dry_run=dry_run).rows
-
-    def plan_retention(self, stream_id: int, extra_fs_bytes: int = 0, *,
-                       retain_bytes: int | None = None,
-                       retain_days: float | None | type(...) = ...,
-                       config: dict | None = None,
-                       dry_run: bool = False) -> retention.Plan:
+                                 config: dict | None = None,
+                                 dry_run: bool = False) -> retention.Plan:
         """Queues the oldest committed recordings for deletion until the stream
         fits its `retainBytes` (§3.8) and none is older than its `retainDays`
-        (retention.py); returns the plan.
+        (retention.py); returns the rows queued (a `retention.Plan`: a list that
+        also says how many each limit asked for).
 
         Usage counts committed bytes plus synced-but-uncommitted ones plus
         `extra_fs_bytes` (e.g. the recording being added), each file rounded
@@ -1105,11 +1097,11 @@ class Database:
                 if s.range_90k is None or s.range_90k[0] >= cutoff:
                     cutoff = None  # every end is at or after the oldest start: none expired
             if over <= 0 and cutoff is None:
-                return retention.Plan([])
+                return retention.Plan()
             plan = retention.plan_stream(self._rows_not_queued(s), over_bytes=over,
                                          cutoff_90k=cutoff)
             if not dry_run:
-                self._queue_deletion(s, plan.rows)
+                self._queue_deletion(s, plan)
             return plan
 
     def _rows_not_queued(self, s: Stream):

@@ -880,7 +880,7 @@ class Syncer:
                              errno.errorcode.get(e.errno, e.errno), e.strerror or e)
             save.step = 5
         stream_id = composite_id >> 32
-        self._log_plan(stream_id, self.db.plan_retention(stream_id))
+        self._log_plan(stream_id, self.db.delete_oldest_recordings(stream_id))
         self.enforce_floor()
         s = self.db.streams[stream_id]
         how_soon_ns = max(0, s.flush_if_sec * clock.NANOS_PER_SEC
@@ -892,11 +892,12 @@ class Syncer:
             f"{composite_id & 0xFFFFFFFF}"))
 
     def _log_plan(self, stream_id: int, plan) -> None:
-        if plan.rows:
-            why = [f"{n} {what}" for n, what in ((plan.by_bytes, "over retainBytes"),
-                                                 (plan.by_age, "older than retainDays")) if n]
+        if plan:
+            why = [f"{n} {what}" for n, what in (
+                (getattr(plan, "by_bytes", 0), "over retainBytes"),
+                (getattr(plan, "by_age", 0), "older than retainDays")) if n]
             logger.info("%s: retention will delete %d recording(s) of stream %d (%s)",
-                        self.path, len(plan.rows), stream_id, ", ".join(why))
+                        self.path, len(plan), stream_id, ", ".join(why))
 
     def enforce_floor(self) -> bool:
         """The free-space floor pass (retention.py): statvfs through the Fs seam, then
@@ -944,9 +945,9 @@ class Syncer:
             queued = False
             for s in list(self.db.streams.values()):
                 if s.sample_file_dir_id == self.dir_id:
-                    plan = self.db.plan_retention(s.id)
+                    plan = self.db.delete_oldest_recordings(s.id)
                     self._log_plan(s.id, plan)
-                    queued |= bool(plan.rows)
+                    queued |= bool(plan)
             if queued:
                 self._plan_retention_flush("limits")
             self.enforce_floor()
@@ -1004,7 +1005,7 @@ class Syncer:
         dir's free-space floor, flush, collect, flush."""
         for s in list(self.db.streams.values()):
             if s.sample_file_dir_id == self.dir_id:
-                self._log_plan(s.id, self.db.plan_retention(s.id))
+                self._log_plan(s.id, self.db.delete_oldest_recordings(s.id))
         self.enforce_floor()
         self.planned = [p for p in self.planned if p.composite_id is not None]  # flushing now
         self.db.flush("initial rotation")

@@ -430,7 +430,7 @@ def cmd_config_stream(args) -> int:
             if args.dir is not None:
                 dir_id = None if args.dir == "none" else _find_dir(d, args.dir).id
             _check_recordable(config, dir_id)
-            doomed = d.plan_retention(sid, config=config, dry_run=True).rows
+            doomed = d.delete_oldest_recordings(sid, config=config, dry_run=True)
             if doomed and not args.yes:
                 raise UsageError(
                     f"the new limit deletes {len(doomed)} recording(s) "

@@ -22,7 +22,7 @@ Without `retainDays`, a `retainBytes` of 0 deletes every recording, as in Moonfi
 is how a stream that no longer records is emptied); `nvr.py config` refuses a recording
 stream with neither limit.
 
-This module only decides. db.py feeds it rows (`Database.plan_retention`,
+This module only decides. db.py feeds it rows (`Database.delete_oldest_recordings`,
 `Database.enforce_free_space_floor`) and queues its answer in the stream's `to_delete`;
 the next flush moves those rows to `garbage` in its one transaction, and the dir's
 syncer unlinks the files (dir.py G1-G4). The syncer asks after each recording is
@@ -86,13 +86,15 @@ def expired(end_90k: int, cutoff_90k: int | None) -> bool:
     return cutoff_90k is not None and end_90k < cutoff_90k
 
 
-@dataclasses.dataclass
-class Plan:
-    """What one retention pass of a stream queues: `rows` oldest first, and how many of
-    them each limit asked for (a row both limits want counts for bytes)."""
-    rows: list
-    by_bytes: int = 0
-    by_age: int = 0
+class Plan(list):
+    """What one retention pass of a stream queues: the rows, oldest first (a list, as
+    `Database.delete_oldest_recordings` has always returned), and how many of them
+    each limit asked for (a row both limits want counts for bytes)."""
+
+    def __init__(self, rows=()):
+        super().__init__(rows)
+        self.by_bytes = 0
+        self.by_age = 0
 
 
 def plan_stream(rows: Iterable, *, over_bytes: int, cutoff_90k: int | None) -> Plan:
@@ -100,7 +102,7 @@ def plan_stream(rows: Iterable, *, over_bytes: int, cutoff_90k: int | None) -> P
     each with `sample_file_bytes` and `end_time_90k` (db.ListRow). Takes the longest
     prefix in which each row is needed to bring usage down by `over_bytes` (when > 0)
     or is past the age limit."""
-    plan = Plan([])
+    plan = Plan()
     for row in rows:
         if over_bytes > 0:
             plan.by_bytes += 1
@@ -109,7 +111,7 @@ def plan_stream(rows: Iterable, *, over_bytes: int, cutoff_90k: int | None) -> P
             plan.by_age += 1
         else:
             break
-        plan.rows.append(row)
+        plan.append(row)
     return plan
 
 

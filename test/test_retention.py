@@ -176,18 +176,18 @@ def test_both_limits_whichever_bites_first(tmp_path, clocks):
     size = t.db.streams[t.stream_id].fs_bytes // 6
     # Bytes bite first: room for 4 recordings, none older than two days.
     set_config(t, retainBytes=4 * size, retainDays=2)
-    plan = t.db.plan_retention(t.stream_id)
-    assert (len(plan.rows), plan.by_bytes, plan.by_age) == (2, 2, 0)
+    plan = t.db.delete_oldest_recordings(t.stream_id)
+    assert (len(plan), plan.by_bytes, plan.by_age) == (2, 2, 0)
     t.db.flush("test")
     assert ids(t) == [2, 3, 4, 5]
     # Age bites first: 3.5 hours deletes the recording of 4 hours ago.
     set_config(t, retainDays=3.5 / 24)
-    plan = t.db.plan_retention(t.stream_id)
+    plan = t.db.delete_oldest_recordings(t.stream_id)
     assert (plan.by_bytes, plan.by_age) == (0, 1)
     t.db.flush("test")
     assert ids(t) == [3, 4, 5]
     # The recording being added counts against the byte limit as before.
-    plan = t.db.plan_retention(t.stream_id, extra_fs_bytes=3 * size)
+    plan = t.db.delete_oldest_recordings(t.stream_id, extra_fs_bytes=3 * size)
     assert (plan.by_bytes, plan.by_age) == (2, 0)
     t.db.close()
 

@@ -138,6 +138,15 @@ def check_username(d: db.Database, name: str, user_id: int | None = None) -> str
 
 
 def check_rtsp_url(url: str) -> str:
+    """A camera URL to store: rtsp:// (or rtsps://) without credentials, or `demo:`
+    (demo.py's synthetic camera, e.g. `demo:320x180@15`)."""
+    if url.startswith("demo:"):
+        import demo   # PyAV's encoder: only for demo URLs
+        try:
+            demo.parse_url(url, demo.DEFAULT_MODE)
+        except stream.StreamError as e:
+            raise UsageError(f"bad URL: {e}") from None
+        return url
     m = re.fullmatch(r"rtsps?://([^/@]*@)?[^/]+(/.*)?", url)
     if not m:
         raise UsageError(f"bad URL {url!r}; expected rtsp://host[:port]/path")
@@ -704,16 +713,27 @@ class Recorder:
                          f"their files")
 
 
+DEMO_SUB_URL = "demo:320x180@15"
+
+
 def _demo_camera(d: db.Database) -> None:
-    """`run --demo`: a camera named "demo" recording the synthetic stream."""
-    for c in d.cameras.values():
-        if c.short_name == "demo":
-            return
+    """`run --demo`: a camera named "demo" recording the synthetic stream, main and sub
+    (a smaller picture: live view in clients that show only sub streams, as Moonfire's UI
+    does). A demo camera made before it had a sub stream gets one."""
+    cam = next((c for c in d.cameras.values() if c.short_name == "demo"), None)
+    if cam is not None and "sub" in cam.streams:
+        return
     if not d.dirs:
         raise UsageError("--demo needs a sample file dir; run `nvr.py init` first")
-    cid = d.add_camera("demo", {"description": "synthetic test pattern (nvr.py run --demo)"})
-    d.add_stream(cid, "main", {"mode": "record", "url": "demo:", "rtspTransport": "",
-                               "retainBytes": 1 << 30, "flushIfSec": 10},
+    if cam is None:
+        cid = d.add_camera("demo", {"description": "synthetic test pattern (nvr.py run --demo)"})
+        d.add_stream(cid, "main", {"mode": "record", "url": "demo:", "rtspTransport": "",
+                                   "retainBytes": 1 << 30, "flushIfSec": 10},
+                     min(d.dirs))
+    else:
+        cid = cam.id
+    d.add_stream(cid, "sub", {"mode": "record", "url": DEMO_SUB_URL, "rtspTransport": "",
+                              "retainBytes": 256 << 20, "flushIfSec": 10},
                  min(d.dirs))
 
 

@@ -136,8 +136,9 @@ def lock_db_dir(db_dir: str, read_only: bool) -> int:
         os.close(fd)
         raise DbLocked(
             f"database directory {db_dir} is locked by another process; "
-            f"stop the running nvr (e.g. `systemctl stop nvr`) and try again, "
-            f"or use --read-only where the command offers it") from None
+            f"stop the running nvr (e.g. `systemctl stop nvr`) and try again (a running "
+            f"nvr holds it exclusively, so --read-only doesn't help; read-only commands "
+            f"only share it with each other)") from None
     return fd
 
 

@@ -179,6 +179,10 @@ def test_config_refused_while_locked(tmp_path):
     try:
         r = nvr("config", "camera", "list", cwd=cwd, ok=False)
         assert r.returncode == 1 and "is locked by another process" in r.stderr
+        # A running nvr holds it exclusively: --read-only is refused too, and the
+        # message doesn't send the user there (it used to).
+        r = nvr("sql", "--read-only", cwd=cwd, ok=False)
+        assert r.returncode == 1 and "--read-only doesn't help" in r.stderr
     finally:
         os.close(fd)
 

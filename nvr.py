@@ -222,7 +222,7 @@ def cmd_config_stream_test(args) -> int:
 
 
 def _test_stream(args, url: str, username: str, password: str, transport: str) -> int:
-    """Runs streamtest.test_stream; prints the report (or with --json one object, whose
+    """Runs streamtest.run; prints the report (or with --json one object, whose
     keys README's "Stream test" lists); writes --snapshot. Exit status 0 if recordable."""
     import streamtest
 
@@ -231,7 +231,7 @@ def _test_stream(args, url: str, username: str, password: str, transport: str) -
             print(f"{phase}...", file=sys.stderr, flush=True)
 
     try:
-        r = streamtest.test_stream(url, username=username, password=password,
+        r = streamtest.run(url, username=username, password=password,
                                    transport=transport, on_phase=on_phase)
     except streamtest.StreamTestError as e:
         if args.json:

@@ -1,6 +1,6 @@
 """Stream test: is this RTSP URL something nvr can record? An answer within LIMIT_SEC.
 
-One function, `test_stream(url, ...)`, used by `nvr.py test-stream` and `nvr.py config
+One function, `run(url, ...)`, used by `nvr.py test-stream` and `nvr.py config
 stream test` (and meant for the JSON API and the UI later). It opens the stream as
 stream.py's `PyAvOpener` does (the same `stream.RTSP_OPTIONS`: video only, nvr's user
 agent; the chosen transport; credentials put into the URL handed to FFmpeg only, never
@@ -325,7 +325,7 @@ class Meter:
 # ---------------------------------------------------------------------------------------
 # The test
 
-def test_stream(url: str, *, username: str = "", password: str = "", transport: str = "tcp",
+def run(url: str, *, username: str = "", password: str = "", transport: str = "tcp",
                 limit_sec: float = LIMIT_SEC, max_gop_sec: float = MAX_GOP_SEC,
                 measure_sec: float = MEASURE_SEC, on_phase=None,
                 clocks: clock.Clocks | None = None, require_rtsp: bool = True) -> Result:

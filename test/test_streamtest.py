@@ -27,12 +27,12 @@ NVR = os.path.join(ROOT, "nvr.py")
 
 
 def run_test(url, **kw):
-    """streamtest.test_stream, checking its time bound and phase order."""
+    """streamtest.run, checking its time bound and phase order."""
     phases = []
     kw.setdefault("limit_sec", 6)
     t0 = time.monotonic()
     try:
-        r = streamtest.test_stream(url, on_phase=phases.append, **kw)
+        r = streamtest.run(url, on_phase=phases.append, **kw)
     except streamtest.StreamTestError as e:
         e.took = time.monotonic() - t0
         assert e.took <= kw["limit_sec"] + 0.5, (e.took, e.message)
@@ -139,7 +139,7 @@ def test_unsupported_codec(tmp_path):
                         "testsrc=size=320x240:rate=10", "-t", "1", "-c:v", name, path],
                        check=True, timeout=60)
         with pytest.raises(streamtest.StreamTestError) as ei:
-            streamtest.test_stream(path, limit_sec=5, require_rtsp=False)
+            streamtest.run(path, limit_sec=5, require_rtsp=False)
         e = ei.value
         assert e.kind == "unsupported_codec"
         assert f"the stream is {label}: nvr records H.264 and H.265" in e.message

@@ -25,8 +25,22 @@ what to do, the raw FFmpeg/PyAV error in `detail`, and the `phase` it happened i
 How each case shows up (measured with PyAV 10.0 / FFmpeg 5.1 of Debian 12 and PyAV 12+
 from PyPI, against test/camera.py's GStreamer RTSP server; see test_streamtest.py):
 
-  name not resolved      OSError errno EIO? no: see _classify_open for the exact table
-  ...
+  name not resolved   av.error.OSError [errno 5 EIO]; only PyAV 10's log says why
+                      ("Failed to resolve hostname"), so the host is looked up first
+  connection refused  av.error.ConnectionRefusedError [errno 111] (also what this
+                      loopback-only machine gives for an unroutable address)
+  no answer           av.error.InvalidDataError once the open timeout passes (a silent
+                      port, or a camera stuck before answering DESCRIBE)
+  not RTSP            av.error.InvalidDataError at once (rtsp:// to a web server);
+                      http:// and other schemes are refused before opening
+  401                 av.error.HTTPUnauthorizedError (no or wrong credentials)
+  404                 av.error.HTTPNotFoundError
+  MJPEG, MPEG-4 ...   opens; the video stream's codec isn't h264/hevc
+  no key frame        only non-key frames until the limit (FFmpeg's probing, which
+                      would wait up to 5 s inside av.open, is cut short:
+                      `analyzeduration`)
+Both PyAVs raise the same types; PyAV 10 also logs FFmpeg's reason, which goes into
+`detail` (later PyAVs log nothing by default).
 
 The time bound: the test runs on a worker thread ("streamtest"); the caller waits for
 its answer at most `limit_sec` (`Clocks.recv_timeout`). The worker stops measuring
@@ -196,8 +210,10 @@ def describe(e: BaseException) -> str:
 
 
 def classify_open_error(e: BaseException, url: str, limit_sec: float,
-                        phase: str = "connecting") -> StreamTestError:
-    """The StreamTestError for what `av.open` (or the first reads) raised."""
+                        phase: str = "connecting", timed_out: bool = False) -> StreamTestError:
+    """The StreamTestError for what `av.open` (or a read) raised; `timed_out`: it took
+    its whole timeout (PyAV then raises InvalidDataError, as for a server that isn't
+    RTSP: the time tells them apart)."""
     import av
     host, port = _host_port(url)
     detail = describe(e)
@@ -215,7 +231,7 @@ def classify_open_error(e: BaseException, url: str, limit_sec: float,
         return err("not_found", f"the camera has no stream at {_path(url)} (404 Not "
                                 f"Found): check the URL's path in the camera's manual or "
                                 f"its ONVIF media profile")
-    if isinstance(e, av.error.ExitError) or code in (errno.ETIMEDOUT,) \
+    if timed_out or isinstance(e, av.error.ExitError) or code == errno.ETIMEDOUT \
             or "timed out" in msg or "immediate exit" in msg:
         return err("timeout", f"no answer from {host}:{port} within {limit_sec:g} s: check "
                               f"the address and port, and that no firewall drops RTSP")
@@ -326,9 +342,9 @@ class Meter:
 # The test
 
 def run(url: str, *, username: str = "", password: str = "", transport: str = "tcp",
-                limit_sec: float = LIMIT_SEC, max_gop_sec: float = MAX_GOP_SEC,
-                measure_sec: float = MEASURE_SEC, on_phase=None,
-                clocks: clock.Clocks | None = None, require_rtsp: bool = True) -> Result:
+        limit_sec: float = LIMIT_SEC, max_gop_sec: float = MAX_GOP_SEC,
+        measure_sec: float = MEASURE_SEC, on_phase=None, clocks: clock.Clocks | None = None,
+        require_rtsp: bool = True) -> Result:
     """Tests `url` (see the module docstring); returns a Result or raises StreamTestError.
 
     `transport` is "tcp", "udp" or "default" (FFmpeg's choice: UDP, then TCP).
@@ -380,6 +396,9 @@ def run(url: str, *, username: str = "", password: str = "", transport: str = "t
     except StreamTestError as e:
         if e.elapsed_sec is None:
             e.elapsed_sec = (clocks.monotonic() - began) / clock.NANOS_PER_SEC
+        if password:   # FFmpeg's messages may quote the URL it was given: never show it
+            for secret in {password, urllib.parse.quote(password, safe="")}:
+                e.detail = e.detail.replace(secret, "***")
         raise
     finally:
         cancel.set()   # a worker still blocked in FFmpeg ends at its own timeout
@@ -428,6 +447,7 @@ def _work(events: queue.Queue, cancel: threading.Event, clocks: clock.Clocks, be
 def _run(events, cancel, clocks, began, url, full_url, transport, limit_sec, max_gop_sec,
          measure_sec) -> Result:
     import av
+    import av.logging
     import snapshot
     limit_ns = round(limit_sec * clock.NANOS_PER_SEC)
     stop_at = began + limit_ns - round(FINISH_SEC * clock.NANOS_PER_SEC)
@@ -443,11 +463,26 @@ def _run(events, cancel, clocks, began, url, full_url, transport, limit_sec, max
         options.update(stream.RTSP_OPTIONS)
         if transport and transport != "default":
             options["rtsp_transport"] = transport
+    # Probing (avformat_find_stream_info) would wait for a key frame, up to 5 s, inside
+    # av.open; nvr needs nothing from it (the SDP has the codec and time base, the SPS
+    # the rest), so it is cut short and the wait is the "waiting for a key frame" phase.
+    options["analyzeduration"] = "1"
+    logs: list = []
     try:
         # PyAV's timeouts: the open's, and each read's; the caller's limit is the bound.
-        container = av.open(full_url, options=options, timeout=(left_sec(), left_sec()))
+        # FFmpeg's messages (PyAV 10 passes them on; later PyAVs are silent by default)
+        # are kept for `detail` rather than logged: the message says it all.
+        open_timeout = left_sec()
+        opening = clocks.monotonic()
+        with av.logging.Capture(local=True) as logs:
+            container = av.open(full_url, options=options, timeout=(open_timeout, left_sec()))
     except (av.error.FFmpegError, OSError) as e:
-        raise classify_open_error(e, url, limit_sec) from None
+        took = (clocks.monotonic() - opening) / clock.NANOS_PER_SEC
+        err = classify_open_error(e, url, limit_sec, timed_out=took >= 0.9 * open_timeout)
+        said = [m for level, _name, m in logs if level <= av.logging.ERROR and m.strip()]
+        if said:
+            err.detail += "; FFmpeg: " + " / ".join(m.strip() for m in said[-2:])
+        raise err from None
     try:
         vs = container.streams.video
         if not vs:

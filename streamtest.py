@@ -472,7 +472,7 @@ def _run(events, cancel, clocks, began, url, full_url, transport, limit_sec, max
         # PyAV's timeouts: the open's, and each read's; the caller's limit is the bound.
         # FFmpeg's messages (PyAV 10 passes them on; later PyAVs are silent by default)
         # are kept for `detail` rather than logged: the message says it all.
-        open_timeout = left_sec()
+        open_timeout = max(0.1, left_sec() - FINISH_SEC)   # to answer before the caller gives up
         opening = clocks.monotonic()
         with av.logging.Capture(local=True) as logs:
             container = av.open(full_url, options=options, timeout=(open_timeout, left_sec()))

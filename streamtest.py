@@ -49,8 +49,8 @@ FFmpeg calls has PyAV's timeouts set to what is left, so a camera that stops ans
 mid-read still frees the worker (and its connection) soon after the caller was told
 "timed out". GOPs longer than the limit can't be measured: key frames more than
 `max_gop_sec` (MAX_GOP_SEC = 5 s) apart, measured or as a lower bound from the frames
-seen without one, fail the test ("gop_too_long"); a 30 s GOP is caught that way too,
-within the 10 s.
+seen without one, fail the test ("gop_too_long"); a 30 s GOP fails within the 10 s
+either that way or as "no_key_frame".
 
 Neighbours: stream.py owns opening and recording streams; codec.py parses parameter
 sets; snapshot.py owns the JPEG encoding; nvr.py prints the result (`Result.to_json`).

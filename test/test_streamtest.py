@@ -132,6 +132,19 @@ def test_silent_server_times_out_within_the_limit():
     assert 1.0 <= e.took <= 2.5
 
 
+@pytest.mark.parametrize("errno_, kind", [(113, "unreachable"), (101, "unreachable"),
+                                           (110, "timeout"), (111, "connection_refused")])
+def test_classify_by_errno(errno_, kind):
+    """What a routed network adds (no route to host: this machine has loopback only),
+    as PyAV raises it: an av.error.OSError subclass with FFmpeg's errno."""
+    import av
+    import os as os_
+    e = av.error.OSError(errno_, os_.strerror(errno_))
+    err = streamtest.classify_open_error(e, "rtsp://10.1.2.3:8554/main", 10)
+    assert err.kind == kind
+    assert "10.1.2.3" in err.message and os_.strerror(errno_) in err.detail
+
+
 def test_unsupported_codec(tmp_path):
     """MJPEG and MPEG-4 Part 2 (the test camera serves neither: files opened the same way)."""
     for name, label in (("mjpeg", "MJPEG"), ("mpeg4", "MPEG-4 Part 2")):
@@ -145,6 +158,21 @@ def test_unsupported_codec(tmp_path):
         assert e.kind == "unsupported_codec"
         assert f"the stream is {label}: nvr records H.264 and H.265" in e.message
         assert repr(name) in e.detail
+
+
+def test_anamorphic_snapshot_has_the_display_size(tmp_path):
+    """704x480 with 40:33 pixels (an NTSC D1 sub stream) is shown, and snapshotted, as
+    854x480. (The test camera's x264 always says 1:1: a file, opened the same way.)"""
+    path = str(tmp_path / "d1.mkv")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=704x480:rate=15", "-t", "3", "-vf", "setsar=40/33",
+                    "-c:v", "libx264", "-g", "15", "-bf", "0", path], check=True, timeout=60)
+    r = streamtest.run(path, limit_sec=5, require_rtsp=False)
+    assert (r.width, r.height, r.pixel_aspect_ratio) == (704, 480, (40, 33))
+    assert (r.display_width, r.display_height) == (854, 480)
+    s = ffprobe(r.snapshot_jpeg)
+    assert (s["codec_name"], s["width"], s["height"]) == ("mjpeg", 854, 480)
+    assert r.gop_frames == 15 and r.frame_rate == pytest.approx(15, abs=0.1)
 
 
 def test_bad_url():

@@ -475,7 +475,8 @@ def _run(events, cancel, clocks, began, url, full_url, transport, limit_sec, max
         open_timeout = max(0.1, left_sec() - FINISH_SEC)   # to answer before the caller gives up
         opening = clocks.monotonic()
         with av.logging.Capture(local=True) as logs:
-            container = av.open(full_url, options=options, timeout=(open_timeout, left_sec()))
+            container = av.open(full_url, options=options,
+                                timeout=(open_timeout, open_timeout))
     except (av.error.FFmpegError, OSError) as e:
         took = (clocks.monotonic() - opening) / clock.NANOS_PER_SEC
         err = classify_open_error(e, url, limit_sec, timed_out=took >= 0.9 * open_timeout)
@@ -526,7 +527,11 @@ def _run(events, cancel, clocks, began, url, full_url, transport, limit_sec, max
                     data = codec.to_length_prefixed(bytes(pkt))
                     sets, _ = codec.split_parameter_sets(codec_name, data)
                     if sets:
-                        params = codec.parameters_from_frame(codec_name, sets) or params
+                        try:
+                            params = codec.parameters_from_frame(codec_name, sets) or params
+                        except codec.CodecError as e:   # says which field, and what to do
+                            raise StreamTestError("unsupported_codec", str(e), describe(e),
+                                                  phase) from None
                     if params is None:
                         raise StreamTestError("unsupported_codec", "no parameter sets (SPS/PPS) "
                                               "in the SDP or the first key frame: nvr can't "
@@ -545,7 +550,12 @@ def _run(events, cancel, clocks, began, url, full_url, transport, limit_sec, max
         except av.error.ExitError as e:
             raise _deadline_error(phase, url, limit_sec) from e
         except (av.error.FFmpegError, OSError) as e:
-            raise classify_open_error(e, url, limit_sec, phase) from None
+            err = classify_open_error(e, url, limit_sec, phase)
+            if err.kind in ("not_rtsp", "error"):   # it was RTSP: it answered before
+                err = StreamTestError("error", f"reading the stream failed "
+                                      f"({stream._describe(e)}): try again; if it repeats, "
+                                      f"check the camera's log", err.detail, phase)
+            raise err from None
         if not jpeg:
             err = StreamTestError("no_key_frame", _no_key_message(limit_sec),
                                   f"{meter.frames} frames over {meter.span_90k / 90_000:.1f} "
@@ -581,11 +591,18 @@ def _codec_label(name: str) -> str:
 
 def _snapshot(ctx, pkt, params: codec.VideoParameters, snapshot) -> bytes:
     """The key frame `pkt` as a JPEG at the display size."""
-    frames = list(ctx.decode(pkt))
+    import av
+    try:
+        frames = list(ctx.decode(pkt))
+        if not frames:
+            frames = list(ctx.decode(None))   # a decoder holding it back: flush
+    except av.error.FFmpegError as e:
+        raise StreamTestError("error", "the camera's key frame could not be decoded: check "
+                              "its encoder settings, or try again", describe(e),
+                              PHASES[1]) from None
     if not frames:
-        frames = list(ctx.decode(None))   # a decoder holding it back: flush
-    if not frames:
-        raise StreamTestError("error", "the key frame could not be decoded", "", PHASES[1])
+        raise StreamTestError("error", "the camera's key frame decoded to nothing: check "
+                              "its encoder settings, or try again", "", PHASES[1])
     size = snapshot.output_size(params.width, params.height,
                                 (params.pasp_h_spacing, params.pasp_v_spacing), None, None)
     return snapshot.encode_jpeg(frames[0], size)

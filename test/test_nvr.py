@@ -207,7 +207,8 @@ def test_sql_holds_the_lock_and_runs_queries(tmp_path):
     assert r.stdout.strip() == "1"
 
 
-SUBCOMMANDS = ["run", "init", "config", "check", "upgrade", "sql", "ts", "login", "sessions"]
+SUBCOMMANDS = ["run", "init", "config", "check", "upgrade", "sql", "ts", "login", "sessions",
+               "test-stream"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)

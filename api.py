@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 import auth
 import db as dbmod
+import metrics
 import mp4
 import recording
 import snapshot
@@ -994,6 +995,16 @@ def handle_request(request: Request, m: re.Match):
     return Response.text("\n".join(lines) + "\n")
 
 
+def handle_metrics(request: Request, m: re.Match):
+    """Prometheus' text format (metrics.py; docs/api.md lists the series). viewVideo:
+    whoever may watch the cameras may see how they are recorded, and the default
+    loopback listener (unauthenticated viewVideo) lets a local Prometheus scrape it."""
+    request.params(())
+    text = request.server.db.metrics.render(request.server.db, request.server)
+    return Response(200, text.encode(), metrics.CONTENT_TYPE,
+                    {"Cache-Control": "no-store"})
+
+
 # ---------------------------------------------------------------------------------------
 # The route table
 
@@ -1033,6 +1044,7 @@ ROUTES: list[Route] = [
           handle_user_sessions),
     Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})/sessions/(?P<sid>[0-9a-f]{16})/revoke"),
           ("POST",), CALLER, handle_revoke_session),
+    Route(re.compile(r"/api/metrics"), GET_HEAD, "view_video", handle_metrics),
 ]
 
 
@@ -1042,6 +1054,15 @@ def route(path: str) -> tuple[Route, re.Match] | None:
         if m is not None:
             return r, m
     return None
+
+
+def route_class(path: str) -> str:
+    """The route `path` takes, named after its handler (`recordings`, `view`, `live`...),
+    `static` outside /api/, `unknown` for no route: a small fixed set, for metrics."""
+    if not path.startswith("/api/"):
+        return "static"
+    found = route(path)
+    return found[0].handler.__name__.removeprefix("handle_") if found else "unknown"
 
 
 def call(request: Request):

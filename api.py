@@ -7,7 +7,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   the caller), one camera, a stream's recordings, view.mp4/.m4s/.txt and init segments
   (built by mp4.py), still.jpg and latest.jpg (snapshot.py), live.m4s (handed to
   live.py), signals, users and their sessions (listing and revoking; what ends a
-  session, and what a session may do, is auth.py's), `/api/request`.
+  session, and what a session may do, is auth.py's), `/api/request`, `/api/metrics`
+  (metrics.py's text).
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   Every body is parsed by `parse_json_body` (UTF-8, no lone surrogates, finite numbers,

@@ -318,7 +318,8 @@ class Metrics:
         L, Lr = ("camera", "type"), ("camera", "type", "reason")
         fams = {
             "frames": Family("nvr_stream_received_frames_total", "counter",
-                             "Frames received from the camera.", L),
+                             "Frames received from the camera and handed to the writer (not "
+                             "those before a run's first key frame).", L),
             "bytes": Family("nvr_stream_received_bytes_total", "counter",
                             "Bytes of the frames received (what the sample files get).", L),
             "runs": Family("nvr_stream_runs_total", "counter",

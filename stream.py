@@ -35,6 +35,10 @@ Credentials: the stream's URL has none; the camera's username and password
 are put into the URL handed to FFmpeg at open time only, percent-encoded, and
 never logged (logs show the URL without them).
 
+Metrics (metrics.py): each recorded frame adds to its stream's `StreamStats` (plain
+integers, this thread the only writer); each run counts its start, its connection
+attempt and its end's kind (`end_kind`: `StreamError.kind`, a fixed set).
+
 Local time (reference §3.4): each frame's local time is the wall clock at
 the session's open plus the monotonic time since, so a wall clock step during
 a run doesn't move frames; writer.py reconciles it with the camera's clock.
@@ -660,13 +664,6 @@ class Streamer:
             for f in src.frames():
                 if stopping():
                     break
-                now = monotonic()
-                # metrics.StreamStats: integer adds, and a window point once a second.
-                stats.frames += 1
-                stats.bytes += len(f.data)
-                stats.last_frame_ns = now
-                if now >= stats.roll_at_ns:
-                    stats.roll(now)
                 if not seen_key:
                     if not f.is_key:
                         continue
@@ -680,6 +677,13 @@ class Streamer:
                                 f.parameters.width, f.parameters.height,
                                 f.parameters.rfc6381_codec)
                     vse_id = self._insert_entry(f.parameters)
+                now = monotonic()
+                # metrics.StreamStats: integer adds, and a window point once a second.
+                stats.frames += 1
+                stats.bytes += len(f.data)
+                stats.last_frame_ns = now
+                if now >= stats.roll_at_ns:
+                    stats.roll(now)
                 write(f.data, to_90k(local_offset_ns + now), f.pts_90k, f.is_key, vse_id)
         except BaseException as e:
             # At shutdown a read may end early (StallWatch.interrupt_all): that is why.

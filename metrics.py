@@ -105,8 +105,11 @@ class Counter(Family):
     def collect(self) -> Family:
         f = Family(self.name, self.kind, self.help, self.labels)
         with self._lock:
-            for lv, v in sorted(self._values.items()):
-                f.add(v, *lv)
+            values = dict(self._values)
+        if not self.labels:
+            values.setdefault((), 0)  # a lone series is there from the start
+        for lv, v in sorted(values.items()):
+            f.add(v, *lv)
         return f
 
 

@@ -372,6 +372,20 @@ def test_a_failed_flush_is_counted(tmp_path):
     t.db.close()
 
 
+def test_a_failing_disk_leaves_out_free_space_not_the_page(tmp_path, monkeypatch):
+    t = make_testdb(tmp_path, clock.SimulatedClocks(START_NS))
+    fs = t.db.dirs[t.dir_id].dir.fs
+    assert Scrape(t.db.metrics.render(t.db)).get("nvr_dir_free_bytes", dir=t.sample_dir) > 0
+
+    def eio():
+        raise OSError(errno.EIO, "injected")
+    monkeypatch.setattr(fs, "statvfs", eio)
+    m = Scrape(t.db.metrics.render(t.db))
+    assert not m.has("nvr_dir_free_bytes", dir=t.sample_dir)
+    assert m.get("nvr_dir_used_bytes", dir=t.sample_dir) == 0
+    t.db.close()
+
+
 def test_reconnects_and_end_kinds_of_several_runs(tmp_path):
     clocks = clock.SimulatedClocks(START_NS)
     t = make_testdb(tmp_path, clocks)

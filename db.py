@@ -64,6 +64,7 @@ import uuid as uuidlib
 import auth
 import clock
 import dir as dirmod
+import metrics
 import recording
 
 logger = logging.getLogger(__name__)
@@ -549,6 +550,7 @@ class Database:
         self.on_flush: list = []
         # stream id -> callbacks for each frame the writer indexes (live view, live.py).
         self._live_listeners: dict[int, list] = {}
+        self.metrics = metrics.Metrics(clocks)  # what GET /api/metrics shows (metrics.py)
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -1077,7 +1079,13 @@ class Database:
         if self.read_only:
             raise DbError("can't flush in read-only mode")
         with self.locked(f"flush ({reason})"):
-            self._flush_locked(reason)
+            began = self.clocks.monotonic()
+            try:
+                self._flush_locked(reason)
+            except BaseException:
+                self.metrics.flush_errors.inc()
+                raise
+        self.metrics.flush.observe((self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
         for f in list(self.on_flush):
             f()
 

@@ -591,3 +591,32 @@ def test_every_new_route_is_documented():
         doc = f.read()
     for path in ("GET /api/users/<id>/sessions", "POST /api/users/<id>/sessions/<sid>/revoke"):
         assert path in doc
+
+
+# -- kills a mutant that survived test/mutate.py (docs/testing.md) ---------------------
+
+def test_revoking_a_session_saves_its_last_use(tmp_path, clocks):
+    """A session's uses are written lazily, at the next flush, and only while it is
+    dirty; revoking it writes them in the revocation's transaction and marks it clean.
+    Without that write (a mutant that survived: nothing read the usage back after a
+    revocation) the uses since the last flush were lost for good: who used a session
+    last, and when, is what an admin looks at after revoking a stolen one."""
+    t = make_testdb(tmp_path, clocks)
+    uid = t.db.add_user("alice", password_hash=auth.hash_password(PASSWORDS["alice"]),
+                        permissions=auth.Permissions(view_video=True))
+    a = auth.Auth(t.db)
+    cookie, s = a.make_session(uid, auth.Client(), flags=0)
+    client = auth.Client(addr="192.0.2.7", user_agent="ua-test/1")
+    for _ in range(3):
+        clocks.advance(10**9)
+        a.authenticate(cookie, client)
+    last_use = clocks.realtime() // 10**9
+    clocks.advance(10**9)
+    assert a.revoke(s.hash, auth.REVOKED_LOGOUT, client)
+    q = ("select use_count, last_use_time_sec, last_use_user_agent, last_use_peer_addr, "
+         "revocation_reason from user_session where session_id_hash = ?")
+    want = (3, last_use, "ua-test/1", auth.pack_addr("192.0.2.7"), auth.REVOKED_LOGOUT)
+    assert t.db.conn.execute(q, (s.hash,)).fetchone() == want  # committed with the revocation
+    t.db.flush("test")
+    assert t.db.conn.execute(q, (s.hash,)).fetchone() == want
+    t.db.close()

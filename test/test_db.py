@@ -562,12 +562,14 @@ def test_collected_garbage_is_collected_once(testdb):
     assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
 
 
-def test_collect_garbage_on_a_closed_dir_leaves_it_to_recovery(tmp_path, clocks):
+def test_collect_garbage_on_a_closed_dir_counts_what_recovery_collected(tmp_path, clocks):
     """`nvr.py config` deletes recordings with the dir closed: `collect_garbage` opens
     it, and the open's recovery (R2-R4) unlinks the garbage and fsyncs the dir once.
-    Nothing is left for G2-G3, so it unlinks nothing itself, doesn't fsync the dir a
-    second time, and returns 0 (the files it unlinked); the next flush deletes the rows.
-    This branch was untested: three mutants of it survived."""
+    Nothing is left for G2-G3 (no second unlink or fsync), but those files were
+    collected, and the count says so: `config` flushes the garbage rows away only if it
+    is nonzero. It returned 0, so `config stream delete --yes` (which has no later
+    flush) left the rows, and `config dir delete` then refused the emptied dir ("still
+    has garbage to collect"). This branch was untested: three mutants of it survived."""
     t = make_testdb(tmp_path, clocks)
     start = t90k("2026-11-29T10:00:00Z")
     ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(2)]
@@ -577,13 +579,18 @@ def test_collect_garbage_on_a_closed_dir_leaves_it_to_recovery(tmp_path, clocks)
     assert d.dirs[t.dir_id].dir is None  # as `nvr.py config` has it
     assert d.delete_camera(t.camera_id) == 2
     d.flush("config camera delete")
-    assert d.collect_garbage(t.dir_id) == 0
+    assert d.collect_garbage(t.dir_id) == 2
     x = d.dirs[t.dir_id]
     fs = x.dir.fs  # opened by collect_garbage, through the factory
     assert os.listdir(t.sample_dir) == ["meta"]
     assert fs.calls["unlink"] == 2  # R2, once each
     assert fs.calls["sync"] == 1    # R4 alone: no G3 with nothing left to collect
     assert x.garbage_needs_unlink == set() and x.garbage_unlinked == set(ids)
-    d.flush("garbage collected")
+    d.flush("garbage collected")  # as `config` does when the count is nonzero
     assert d.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    assert d.collect_garbage(t.dir_id) == 0
+    d.close()
+    d = db.Database.open_dir(t.db_dir, clocks)
+    assert d.dirs[t.dir_id].garbage_needs_unlink == set()
+    d.delete_sample_file_dir(t.dir_id)  # no stream uses it, no garbage: it can go
     d.close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mutation testing of nvr's crash-safety and codec code: do the tests notice a bug?
 
-    python3 test/mutate.py [--budget SEC] [--per-function N] [--only NAME] [--list]
+    python3 test/mutate.py [--budget SEC] [--per-function N] [--only NAME ...] [--list]
                            [--report PATH] [--match TEXT ...] [--tests ARGS] [--show]
 
 A small runner of our own (no dependency): for each target below (functions of one
@@ -269,7 +269,8 @@ def main() -> int:
     ap.add_argument("--per-function", type=int, default=6, help="mutants per function (6)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per mutant (300)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--only", help="targets whose name contains this")
+    ap.add_argument("--only", action="append", default=[],
+                    help="targets whose name contains this (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     ap.add_argument("--report", help="write the results as JSON there")
     ap.add_argument("--match", action="append", default=[],
@@ -280,7 +281,7 @@ def main() -> int:
     ap.add_argument("--show", action="store_true", help="with --list: each mutant's diff")
     opts = ap.parse_args()
 
-    targets = [t for t in TARGETS if not opts.only or opts.only in t.name]
+    targets = [t for t in TARGETS if not opts.only or any(o in t.name for o in opts.only)]
     rng = random.Random(opts.seed)
     plan: list[tuple[Target, list[Mutant]]] = []
     for t in targets:

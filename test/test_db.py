@@ -594,3 +594,25 @@ def test_collect_garbage_on_a_closed_dir_counts_what_recovery_collected(tmp_path
     assert d.dirs[t.dir_id].garbage_needs_unlink == set()
     d.delete_sample_file_dir(t.dir_id)  # no stream uses it, no garbage: it can go
     d.close()
+
+
+def test_flush_logs_what_it_deleted_and_collected(testdb, caplog):
+    """The flush's log line is the operator's record of what retention deleted and what
+    garbage went: it must say the bytes deleted and the files collected. Two mutants of
+    its counters (`deleted_bytes -=`, `gced -=`) survived: nothing read the line back
+    after a deletion."""
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(3)]
+    t.db.flush("test")
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, retainBytes=32768))
+    assert [r.composite_id for r in t.db.delete_oldest_recordings(t.stream_id)] == ids[:2]
+    with caplog.at_level(logging.INFO, logger="db"):
+        t.db.flush("retention")
+        assert t.db.collect_garbage(t.dir_id) == 2
+        t.db.flush("gc")
+    assert [r.getMessage() for r in caplog.records if r.name == "db"] == [
+        "flush (retention): added 0 recording(s) (none) of 0 B, deleted 2 (1/0, 1/1) of "
+        "60870 B, GCed 0",
+        "flush (gc): added 0 recording(s) (none) of 0 B, deleted 0 (none) of 0 B, GCed 2"]

@@ -1475,3 +1475,19 @@ def test_a_sample_file_missing_at_2_to_3_is_reported(tmp_path, caplog):
         f"from {os.path.abspath(s.sample_dir)}"]
     assert version(conn) == 3
     conn.close()
+
+
+def test_write_atomic_makes_a_private_file_and_leaves_no_temporary(tmp_path):
+    """The meta file the upgrade writes is 0600 like every file in a sample file dir
+    (dir.py M1), whatever the umask lets through; a mutant of the mode (0o600 -> 0o601,
+    others may execute it) survived."""
+    old = os.umask(0o022)
+    try:
+        with upgrade.fsops.RealFiles().open_dir(str(tmp_path)) as d:
+            d.write_atomic("meta", b"new")
+            d.write_atomic("meta", b"newer")  # over the old one
+    finally:
+        os.umask(old)
+    assert os.listdir(tmp_path) == ["meta"]
+    assert (tmp_path / "meta").read_bytes() == b"newer"
+    assert os.stat(tmp_path / "meta").st_mode & 0o777 == 0o600

@@ -969,3 +969,35 @@ def test_a_plan_satisfied_by_another_flush_makes_no_flush(tmp_path, clocks):
     assert not syncer.planned and len(flushes) == 1
     assert syncer.queue.empty()
     t.db.close()
+
+
+def test_a_camera_clock_1000_ppm_fast_is_corrected_by_exactly_500_ppm(tmp_path, clocks):
+    """The clamp of a recording's wall time is media // 2000 (500 ppm), worked by hand
+    here for one long recording: test_500_ppm_clamp's 3-second ones can't tell // 2000
+    from // 2001 (a mutant that survived). One key frame a second by local time, the
+    camera's pts 90,090 apart (1000 ppm fast). Recording 0 (frames 0-120, a run's first,
+    rotating past T0 + 120 s) starts at its least-delayed frame, T0 - 90,090 - 120 * 90,
+    and lasts its media time, 121 * 90,090: it ends at T0 + 120 s exactly. Recording 1
+    (frames 121-180, rotating past T0 + 180 s) starts there; its least-delayed frame, 180,
+    gives a local start of T0 + 180 s - 60 * 90,090 = T0 + 119.94 s, 5,400 ticks early:
+    past the clamp, so wall = media - media // 2000."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event(),
+                      rotate_interval_sec=60)
+    for i in range(182):
+        w.write(b"k" * 10, T0_90K + i * SEC, i * 90_090, True, t.vse_id)
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    r0, r1, r2 = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert (r0.video_samples, r1.video_samples, r2.video_samples) == (121, 60, 1)
+    assert r0.start_time_90k == T0_90K - 90_090 - 120 * 90
+    assert r0.end_time_90k == T0_90K + 120 * SEC == r1.start_time_90k
+    media = 60 * 90_090
+    assert r1.media_duration_90k == media
+    assert r1.wall_duration_90k == media - media // 2000 == media - 2702
+    (delta,) = t.db.conn.execute("select local_time_delta_90k from recording_integrity "
+                                 "where composite_id = ?", (r1.composite_id,)).fetchone()
+    assert delta == -5400
+    t.db.close()

@@ -1206,18 +1206,24 @@ class Database:
     def collect_garbage(self, dir_id: int) -> int:
         """Unlinks this dir's garbage files, fsyncs the dir and marks them gone
         (§3.8 phase 2). The syncer does this after each flush; `config`
-        calls it after deletions. Returns how many files were collected."""
+        calls it after deletions. Returns how many files were collected: nonzero
+        means the next flush has garbage rows to delete (G4)."""
         with self.locked():
             d = self._get_dir(dir_id)
             ids = sorted(d.garbage_needs_unlink)
         if not ids:
             return 0
         if d.dir is None:
+            # A closed dir (`config`): opening it runs recovery, which collects the
+            # garbage itself (R2-R4). Those files count too: `nvr.py config` flushes
+            # only if this says something was collected, and a 0 here left the
+            # garbage rows behind (then `config dir delete` refused the dir).
             self.open_sample_file_dirs({dir_id})
             with self.locked():
-                ids = sorted(d.garbage_needs_unlink)  # recovery may have done it
-            if not ids:
-                return 0
+                left = sorted(d.garbage_needs_unlink)
+            if not left:
+                return len(ids)
+            ids = left
         dirmod.collect(d.dir, ids, self._dir_retry)
         self.delete_garbage(dir_id, ids)
         return len(ids)

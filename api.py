@@ -7,7 +7,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   the caller), one camera, a stream's recordings, view.mp4/.m4s/.txt and init segments
   (built by mp4.py), still.jpg and latest.jpg (snapshot.py), live.m4s (handed to
   live.py), signals, users and their sessions (listing and revoking; what ends a
-  session, and what a session may do, is auth.py's), `/api/request`.
+  session, and what a session may do, is auth.py's), `/api/request`, `/api/metrics`
+  (metrics.py's text).
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   Every body is parsed by `parse_json_body` (UTF-8, no lone surrogates, finite numbers,
@@ -44,6 +45,7 @@ from collections.abc import Callable
 
 import auth
 import db as dbmod
+import metrics
 import mp4
 import recording
 import snapshot
@@ -995,6 +997,16 @@ def handle_request(request: Request, m: re.Match):
     return Response.text("\n".join(lines) + "\n")
 
 
+def handle_metrics(request: Request, m: re.Match):
+    """Prometheus' text format (metrics.py; docs/api.md lists the series). viewVideo:
+    whoever may watch the cameras may see how they are recorded, and the default
+    loopback listener (unauthenticated viewVideo) lets a local Prometheus scrape it."""
+    request.params(())
+    text = request.server.db.metrics.render(request.server.db, request.server)
+    return Response(200, text.encode(), metrics.CONTENT_TYPE,
+                    {"Cache-Control": "no-store"})
+
+
 # ---------------------------------------------------------------------------------------
 # The route table
 
@@ -1034,6 +1046,7 @@ ROUTES: list[Route] = [
           handle_user_sessions),
     Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})/sessions/(?P<sid>[0-9a-f]{16})/revoke"),
           ("POST",), CALLER, handle_revoke_session),
+    Route(re.compile(r"/api/metrics"), GET_HEAD, "view_video", handle_metrics),
 ]
 
 
@@ -1043,6 +1056,15 @@ def route(path: str) -> tuple[Route, re.Match] | None:
         if m is not None:
             return r, m
     return None
+
+
+def route_class(path: str) -> str:
+    """The route `path` takes, named after its handler (`recordings`, `view`, `live`...),
+    `static` outside /api/, `unknown` for no route: a small fixed set, for metrics."""
+    if not path.startswith("/api/"):
+        return "static"
+    found = route(path)
+    return found[0].handler.__name__.removeprefix("handle_") if found else "unknown"
 
 
 def call(request: Request):

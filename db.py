@@ -65,6 +65,7 @@ import uuid as uuidlib
 import auth
 import clock
 import dir as dirmod
+import metrics
 import recording
 import retention
 
@@ -137,8 +138,9 @@ def lock_db_dir(db_dir: str, read_only: bool) -> int:
         os.close(fd)
         raise DbLocked(
             f"database directory {db_dir} is locked by another process; "
-            f"stop the running nvr (e.g. `systemctl stop nvr`) and try again, "
-            f"or use --read-only where the command offers it") from None
+            f"stop the running nvr (e.g. `systemctl stop nvr`) and try again (a running "
+            f"nvr holds it exclusively, so --read-only doesn't help; read-only commands "
+            f"only share it with each other)") from None
     return fd
 
 
@@ -571,6 +573,7 @@ class Database:
         self.on_flush: list = []
         # stream id -> callbacks for each frame the writer indexes (live view, live.py).
         self._live_listeners: dict[int, list] = {}
+        self.metrics = metrics.Metrics(clocks)  # what GET /api/metrics shows (metrics.py)
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -1155,7 +1158,13 @@ class Database:
         if self.read_only:
             raise DbError("can't flush in read-only mode")
         with self.locked(f"flush ({reason})"):
-            self._flush_locked(reason)
+            began = self.clocks.monotonic()
+            try:
+                self._flush_locked(reason)
+            except BaseException:
+                self.metrics.flush_errors.inc()
+                raise
+        self.metrics.flush.observe((self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
         for f in list(self.on_flush):
             f()
 
@@ -1277,18 +1286,24 @@ class Database:
     def collect_garbage(self, dir_id: int) -> int:
         """Unlinks this dir's garbage files, fsyncs the dir and marks them gone
         (§3.8 phase 2). The syncer does this after each flush; `config`
-        calls it after deletions. Returns how many files were collected."""
+        calls it after deletions. Returns how many files were collected: nonzero
+        means the next flush has garbage rows to delete (G4)."""
         with self.locked():
             d = self._get_dir(dir_id)
             ids = sorted(d.garbage_needs_unlink)
         if not ids:
             return 0
         if d.dir is None:
+            # A closed dir (`config`): opening it runs recovery, which collects the
+            # garbage itself (R2-R4). Those files count too: `nvr.py config` flushes
+            # only if this says something was collected, and a 0 here left the
+            # garbage rows behind (then `config dir delete` refused the dir).
             self.open_sample_file_dirs({dir_id})
             with self.locked():
-                ids = sorted(d.garbage_needs_unlink)  # recovery may have done it
-            if not ids:
-                return 0
+                left = sorted(d.garbage_needs_unlink)
+            if not left:
+                return len(ids)
+            ids = left
         dirmod.collect(d.dir, ids, self._dir_retry)
         self.delete_garbage(dir_id, ids)
         return len(ids)

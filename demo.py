@@ -8,8 +8,9 @@ without owning a camera, and a developer can exercise the whole pipeline on a
 laptop.
 
 How: `nvr.py run --demo` adds a camera named "demo" whose main stream has the
-URL `demo:`, and opens it through `DemoOpener(clocks, shutdown=...)`. The URL
-may carry the size and rate:
+URL `demo:` and whose sub stream `demo:320x180@15`, and opens them through
+`DemoOpener(clocks, shutdown=...)`. Any stream may have a demo URL (`nvr.py config
+stream add CAMERA TYPE --url demo:...`). The URL may carry the size and rate:
 
     demo:                   the opener's defaults (640x360 at 15 frames/s)
     demo:WIDTHxHEIGHT       e.g. demo:1280x720
@@ -153,6 +154,8 @@ class Mode:
     height: int
     fps: int
 
+
+DEFAULT_MODE = Mode(640, 360, 15)   # what a bare `demo:` gets from nvr.py's DemoOpener
 
 _URL_RE = re.compile(r"demo:(?:([0-9]+)x([0-9]+))?(?:@([0-9]+))?")
 _URL_SYNTAX = "demo:[WIDTHxHEIGHT][@FPS], e.g. demo: or demo:640x360@15"
@@ -431,8 +434,9 @@ class DemoOpener(stream.Opener):
     a source's `frames()` during its sleep (nvr.py passes the recorder's).
     """
 
-    def __init__(self, clocks: clock.Clocks, *, width: int = 640, height: int = 360,
-                 fps: int = 15, gop_sec: float = 1, bitrate: int | None = None,
+    def __init__(self, clocks: clock.Clocks, *, width: int = DEFAULT_MODE.width,
+                 height: int = DEFAULT_MODE.height, fps: int = DEFAULT_MODE.fps,
+                 gop_sec: float = 1, bitrate: int | None = None,
                  shutdown: threading.Event | None = None):
         self.clocks = clocks
         self.default = check_mode(Mode(width, height, fps), "demo opener")

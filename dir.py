@@ -363,6 +363,10 @@ class Fs:
     def list_names(self) -> list[str]:
         return sorted(os.listdir(self.fd))
 
+    def statvfs(self) -> os.statvfs_result:
+        """The filesystem's sizes (free space for metrics.py)."""
+        return os.fstatvfs(self.fd)
+
     def stat_size(self, name: str) -> int:
         return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_size
 
@@ -856,8 +860,11 @@ class Syncer:
         composite_id = save.composite_id
         name = f"{self.path}/{name_for(composite_id)}"
         if save.step == 2:
+            began = self.db.clocks.monotonic()
             try:
                 save.f.sync()  # S2: the frames are durable
+                self.db.metrics.fsync.observe(
+                    (self.db.clocks.monotonic() - began) / clock.NANOS_PER_SEC, self.path)
             except OSError as e:
                 # S2F: never retried (module docstring): a retry can succeed with
                 # the frames the failure dropped missing from the disk.
@@ -997,6 +1004,7 @@ class Syncer:
             return 0
         collect(self.dir, ids, self._retry)
         self.db.delete_garbage(self.dir_id, ids)
+        self.db.metrics.deleted.inc(len(ids), self.path)
         return len(ids)
 
     def initial_rotation(self) -> None:

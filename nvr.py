@@ -9,6 +9,7 @@ Subcommands (one `cmd_x(args) -> int` each, the exit status):
   upgrade  upgrade a Moonfire NVR or older nvr database to this schema
   sql      the sqlite3 shell on the database, holding its lock
   ts       convert between 90 kHz timestamps and readable times
+  test-stream  connect to an RTSP URL and report what nvr would record (streamtest.py)
 `nvr.py --version` prints nvr's version (api.VERSION, the API's serverVersion)
 and those of Python, PyAV, FFmpeg, SQLite and argon2-cffi.
 
@@ -166,6 +167,15 @@ def check_username(d: db.Database, name: str, user_id: int | None = None) -> str
 
 
 def check_rtsp_url(url: str) -> str:
+    """A camera URL to store: rtsp:// (or rtsps://) without credentials, or `demo:`
+    (demo.py's synthetic camera, e.g. `demo:320x180@15`)."""
+    if url.startswith("demo:"):
+        import demo   # PyAV's encoder: only for demo URLs
+        try:
+            demo.parse_url(url, demo.DEFAULT_MODE)
+        except stream.StreamError as e:
+            raise UsageError(f"bad URL: {e}") from None
+        return url
     m = re.fullmatch(r"rtsps?://([^/@]*@)?[^/]+(/.*)?", url)
     if not m:
         raise UsageError(f"bad URL {url!r}; expected rtsp://host[:port]/path")
@@ -213,6 +223,72 @@ def cmd_ts(args) -> int:
             print(recording.format_time(int(t)))
         else:
             print(recording.parse_time(t))
+    return 0
+
+
+def cmd_test_stream(args) -> int:
+    password = read_password(args) or ""
+    return _test_stream(args, args.url, args.username or "", password,
+                        args.rtsp_transport)
+
+
+def cmd_config_stream_test(args) -> int:
+    """`config stream test CAMERA TYPE`: the stored URL, transport and credentials.
+    The database is opened read-only (a shared lock), so not while `run` holds it."""
+    try:
+        d = db.Database.open_dir(args.db_dir, clock.RealClocks(), read_only=True)
+    except db.DbLocked:
+        raise UsageError(f"the database in {args.db_dir} is locked by the running nvr; "
+                         f"stop it, or test the URL itself: `nvr.py test-stream URL "
+                         f"--username U --password-stdin`") from None
+    try:
+        c = d.camera_by_name(args.camera)
+        sid = c.streams.get(args.type)
+        if sid is None:
+            raise UsageError(f"camera {c.short_name} has no {args.type} stream")
+        s = d.streams[sid]
+        url = s.config.get("url", "")
+        if not url:
+            raise UsageError(f"stream {c.short_name}/{args.type} has no URL; set one with "
+                             f"`nvr.py config stream edit {c.short_name} {args.type} --url URL`")
+        transport = s.config.get("rtspTransport", "tcp") or "default"
+        username, password = c.config.get("username", ""), c.config.get("password", "")
+    finally:
+        d.close()
+    return _test_stream(args, url, username, password, transport)
+
+
+def _test_stream(args, url: str, username: str, password: str, transport: str) -> int:
+    """Runs streamtest.run; prints the report (or with --json one object, whose
+    keys README's "Stream test" lists); writes --snapshot. Exit status 0 if recordable."""
+    import streamtest
+
+    def on_phase(phase: str) -> None:
+        if not args.json and sys.stderr.isatty():
+            print(f"{phase}...", file=sys.stderr, flush=True)
+
+    try:
+        r = streamtest.run(url, username=username, password=password,
+                                   transport=transport, on_phase=on_phase)
+    except streamtest.StreamTestError as e:
+        if args.json:
+            print(json.dumps(e.to_json(streamtest.LIMIT_SEC), indent=2))
+        else:
+            print(f"error: {e.message}", file=sys.stderr)
+            if e.detail:
+                print(f"detail: {e.detail}", file=sys.stderr)
+        return 1
+    if args.snapshot:
+        with open(args.snapshot, "wb") as f:
+            f.write(r.snapshot_jpeg)
+    if args.json:
+        d = r.to_json()
+        d["snapshotFile"] = args.snapshot
+        print(json.dumps(d, indent=2))
+    else:
+        print("\n".join(r.lines()))
+        if args.snapshot:
+            print(f"snapshot: {args.snapshot} ({r.display_width}x{r.display_height} JPEG)")
     return 0
 
 
@@ -767,16 +843,27 @@ class Recorder:
                          f"their files")
 
 
+DEMO_SUB_URL = "demo:320x180@15"
+
+
 def _demo_camera(d: db.Database) -> None:
-    """`run --demo`: a camera named "demo" recording the synthetic stream."""
-    for c in d.cameras.values():
-        if c.short_name == "demo":
-            return
+    """`run --demo`: a camera named "demo" recording the synthetic stream, main and sub
+    (a smaller picture: live view in clients that show only sub streams, as Moonfire's UI
+    does). A demo camera made before it had a sub stream gets one."""
+    cam = next((c for c in d.cameras.values() if c.short_name == "demo"), None)
+    if cam is not None and "sub" in cam.streams:
+        return
     if not d.dirs:
         raise UsageError("--demo needs a sample file dir; run `nvr.py init` first")
-    cid = d.add_camera("demo", {"description": "synthetic test pattern (nvr.py run --demo)"})
-    d.add_stream(cid, "main", {"mode": "record", "url": "demo:", "rtspTransport": "",
-                               "retainBytes": 1 << 30, "flushIfSec": 10},
+    if cam is None:
+        cid = d.add_camera("demo", {"description": "synthetic test pattern (nvr.py run --demo)"})
+        d.add_stream(cid, "main", {"mode": "record", "url": "demo:", "rtspTransport": "",
+                                   "retainBytes": 1 << 30, "flushIfSec": 10},
+                     min(d.dirs))
+    else:
+        cid = cam.id
+    d.add_stream(cid, "sub", {"mode": "record", "url": DEMO_SUB_URL, "rtspTransport": "",
+                              "retainBytes": 256 << 20, "flushIfSec": 10},
                  min(d.dirs))
 
 
@@ -1070,6 +1157,15 @@ def _add_password(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"read the {what} from the first line of standard input")
 
 
+def _add_stream_test_options(p: argparse.ArgumentParser, transport: bool = True) -> None:
+    if transport:
+        p.add_argument("--rtsp-transport", choices=("tcp", "udp", "default"), default="tcp",
+                       help="RTSP transport (default: tcp, as nvr records)")
+    p.add_argument("--snapshot", metavar="FILE.jpg", help="write a key frame as a JPEG here")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (README: Stream test) instead of the report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvr.py", description="nvr: a network video recorder for IP cameras.")
@@ -1106,6 +1202,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "database.")
     p.add_argument("times", nargs="+", metavar="TIME")
     p.set_defaults(func=cmd_ts)
+
+    p = sub.add_parser("test-stream", help="connect to an RTSP URL and report what nvr "
+                                           "would record (within 10 s)",
+                       description="Opens the stream as nvr records it and reports, within "
+                                   "10 s: codec, profile/level, size, pixel aspect ratio, "
+                                   "measured frame rate and bitrate, key frame interval, "
+                                   "whether a browser plays it; or why it can't be "
+                                   "recorded. Opens no database. Exit status 0 if "
+                                   "recordable.")
+    p.add_argument("url", metavar="URL", help="rtsp://host[:port]/path")
+    p.add_argument("--username", help="RTSP username")
+    _add_password(p, "RTSP password")
+    _add_stream_test_options(p)
+    p.set_defaults(func=cmd_test_stream)
 
     p = sub.add_parser("sql", help="the sqlite3 shell on the database, holding its lock",
                        description="Runs the sqlite3 shell on the database with the integrity "
@@ -1225,6 +1335,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = qs.add_parser("list", help="list streams")
     _add_db_dir(r)
     r.set_defaults(func=cmd_config_stream)
+    r = qs.add_parser("test", help="test a stored stream (test-stream with its URL, "
+                                   "transport and camera's credentials)",
+                      description="`nvr.py test-stream` for a stored stream. Opens the "
+                                  "database read-only, so not while nvr runs.")
+    _add_db_dir(r)
+    r.add_argument("camera", metavar="CAMERA")
+    r.add_argument("type", choices=db.STREAM_TYPES)
+    _add_stream_test_options(r, transport=False)
+    r.set_defaults(func=cmd_config_stream_test)
 
     q = csub.add_parser("user", help="users of the web interface")
     qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)

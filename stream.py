@@ -35,6 +35,10 @@ Credentials: the stream's URL has none; the camera's username and password
 are put into the URL handed to FFmpeg at open time only, percent-encoded, and
 never logged (logs show the URL without them).
 
+Metrics (metrics.py): each recorded frame adds to its stream's `StreamStats` (plain
+integers, this thread the only writer); each run counts its start, its connection
+attempt and its end's kind (`end_kind`: `StreamError.kind`, a fixed set).
+
 Local time (reference §3.4): each frame's local time is the wall clock at
 the session's open plus the monotonic time since, so a wall clock step during
 a run doesn't move frames; writer.py reconciles it with the camera's clock.
@@ -78,7 +82,28 @@ RTSP_OPTIONS = {"user_agent": "nvr", "allowed_media_types": "video"}
 
 
 class StreamError(Exception):
-    """The stream can't go on; the message becomes the run's end reason."""
+    """The stream can't go on; the message becomes the run's end reason, `kind` (one of
+    metrics.END_KINDS) the `reason` label its end is counted under."""
+
+    def __init__(self, message: str, kind: str = "bad_stream"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def end_kind(e: BaseException) -> str:
+    """The kind of a run's end by exception `e` (metrics.END_KINDS): a fixed set, so the
+    counter's label never holds free text (an FFmpeg message, a URL)."""
+    if isinstance(e, StreamError):
+        return e.kind
+    if isinstance(e, writermod.WriterError):
+        return e.kind
+    if isinstance(e, clock.ShutdownError):
+        return "shutdown"
+    if isinstance(e, codec.CodecError):
+        return "bad_stream"
+    if isinstance(e, OSError):
+        return "io_error"
+    return "error"
 
 
 # Errors that end a run without being a bug: logged without a traceback (logrepeat.py).
@@ -228,9 +253,9 @@ class PyAvSource(Source):
                 if data:
                     yield Frame(pts, pkt.is_keyframe, data)
         except av.error.ExitError:
-            raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s") from None
+            raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s", "stalled") from None
         except (av.error.FFmpegError, OSError) as e:
-            raise StreamError(f"reading the stream: {_describe(e)}") from None
+            raise StreamError(f"reading the stream: {_describe(e)}", "read_error") from None
 
     def _packets_with_pts(self):
         for pkt in self._packets:
@@ -308,10 +333,10 @@ class PyAvSource(Source):
                 yield f
                 self.holding = False
         except av.error.ExitError:
-            raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s") from None
+            raise StreamError(f"no frame for {FRAME_TIMEOUT_SEC} s", "stalled") from None
         except (av.error.FFmpegError, OSError) as e:
-            raise StreamError(f"reading the stream: {_describe(e)}") from None
-        raise StreamError("the camera ended the stream")
+            raise StreamError(f"reading the stream: {_describe(e)}", "read_error") from None
+        raise StreamError("the camera ended the stream", "camera_ended")
 
     def close(self) -> None:
         if self._watched:
@@ -569,6 +594,7 @@ class Streamer:
         self.password = c.config.get("password", "")
         self.thread: threading.Thread | None = None
         self.runs = 0  # sessions opened, for tests and logs
+        self.stats = db.metrics.stream(stream_id)  # metrics.py: its counts outlive us
         # A camera that is off for a day: its error once, then counts (logrepeat.py).
         self.repeats = logrepeat.RepeatLog(self.clocks, logger, expected=EXPECTED_ERRORS)
 
@@ -592,6 +618,7 @@ class Streamer:
         logger.info("%s: shutting down", self.name)
 
     def run_once(self) -> None:
+        self.stats.attempts += 1
         # While the stream fails, each attempt's "opening" would be one more line a second.
         logger.log(logging.DEBUG if self.repeats.failing(self.name) else logging.INFO,
                    "%s: opening %s", self.name, self.url)
@@ -617,13 +644,15 @@ class Streamer:
 
     def _record(self, src: Source) -> None:
         self.runs += 1
+        stats = self.stats
+        stats.runs += 1
         # Local time = wall time at open + monotonic time since (§3.4).
         realtime_at_open = self.clocks.realtime()
         monotonic_at_open = self.clocks.monotonic()
         w = writermod.Writer(self.db, self.stream_id, self.syncer, shutdown=self.shutdown,
                              rotate_offset_sec=self.rotate_offset_sec,
                              rotate_interval_sec=self.rotate_interval_sec)
-        reason = "NVR shutdown"
+        reason, kind = "NVR shutdown", "shutdown"
         # The per-frame loop: names bound once (it runs 30 times a second per camera).
         stopping, monotonic, to_90k = self.shutdown.is_set, self.clocks.monotonic, \
             recording.to_90k_from_ns
@@ -648,12 +677,21 @@ class Streamer:
                                 f.parameters.width, f.parameters.height,
                                 f.parameters.rfc6381_codec)
                     vse_id = self._insert_entry(f.parameters)
-                write(f.data, to_90k(local_offset_ns + monotonic()), f.pts_90k, f.is_key, vse_id)
+                now = monotonic()
+                # metrics.StreamStats: integer adds, and a window point once a second.
+                stats.frames += 1
+                stats.bytes += len(f.data)
+                stats.last_frame_ns = now
+                if now >= stats.roll_at_ns:
+                    stats.roll(now)
+                write(f.data, to_90k(local_offset_ns + now), f.pts_90k, f.is_key, vse_id)
         except BaseException as e:
             # At shutdown a read may end early (StallWatch.interrupt_all): that is why.
-            reason = "NVR shutdown" if stopping() else str(e) or type(e).__name__
+            if not stopping():
+                reason, kind = str(e) or type(e).__name__, end_kind(e)
             raise
         finally:
+            stats.ends[kind] += 1
             w.close(reason)
 
     def _insert_entry(self, p: codec.VideoParameters) -> int:

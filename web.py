@@ -877,6 +877,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 outcome = " (aborted mid-body)"
         ms = (srv.clocks.monotonic() - began) / 1e6
+        srv.db.metrics.request(api.route_class(req.path), self.status, self.body_bytes)
         logger.info("%s %s %s %s -> %d, %d body bytes, %.1f ms%s", req.request_id,
                     req.client, req.method, self.path, self.status, self.body_bytes, ms,
                     outcome)
@@ -1458,6 +1459,12 @@ class Server:
         # A query (cache buster) is ignored.
         return find_static(self.ui_dir, req.path, req.headers.get("Accept-Encoding"),
                            csp=self.ui_csp)
+
+    def open_counts(self) -> tuple[int, int]:
+        """(open connections, open live WebSockets), for metrics.py."""
+        with self._live:
+            sockets = len(self._live_wakers)
+        return sum(s.connection_count() for s in list(self._servers)), sockets
 
     def add_live(self, wake) -> None:
         """Registers a live connection's `wake()` (callable from any thread)."""

@@ -86,7 +86,12 @@ MAX_PTS_JUMP_90K = recording.MAX_RECORDING_WALL_DURATION_90K
 
 
 class WriterError(Exception):
-    """A stream problem that ends the run; the message becomes its end reason."""
+    """A stream problem that ends the run; the message becomes its end reason, `kind`
+    the `reason` label of its end's count (metrics.END_KINDS)."""
+
+    def __init__(self, message: str, kind: str = "bad_stream"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class _Recording:
@@ -262,10 +267,11 @@ class Writer:
         if duration_90k <= 0 and not run_ends:
             pts = cur.unindexed_pts_90k
             raise WriterError(f"pts not monotonically increasing; got {pts} then "
-                              f"{pts + duration_90k}")
+                              f"{pts + duration_90k}", "bad_timestamps")
         if duration_90k > MAX_PTS_JUMP_90K:
             pts = cur.unindexed_pts_90k
-            raise WriterError(f"excessive pts jump from {pts} to {pts + duration_90k}")
+            raise WriterError(f"excessive pts jump from {pts} to {pts + duration_90k}",
+                              "bad_timestamps")
         r = cur.r
         media = r.media_duration_90k + duration_90k
         local_start = cur.unindexed_local_90k - media  # this frame's candidate

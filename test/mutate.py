@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Mutation testing of nvr's crash-safety and codec code: do the tests notice a bug?
 
-    python3 test/mutate.py [--budget SEC] [--per-function N] [--only NAME] [--list]
-                           [--report PATH]
+    python3 test/mutate.py [--budget SEC] [--per-function N] [--only NAME ...] [--list]
+                           [--report PATH] [--match TEXT ...] [--tests ARGS] [--show]
 
 A small runner of our own (no dependency): for each target below (functions of one
 module, and the test files that should catch a bug in them) it makes mutants of those
@@ -29,6 +29,17 @@ Mutants are sampled deterministically (`--seed`), at most `--per-function` per f
 within `--budget` seconds in all, shared equally by the targets (time a target leaves
 unused goes to the next ones); a mutant whose tests exceed `--timeout` counts as
 killed (a hang is noticed). Each target's tests must pass unmutated first.
+
+To check that a new test kills one mutant (a survivor of an earlier run), pick it
+by its text and run just that test against it:
+
+    python3 test/mutate.py --match "stream_id << 32 -> stream_id >> 32" \
+        --tests "test/test_db.py::test_retention_of_one_stream_never_touches_another"
+
+`--match` (repeatable) takes every mutant whose "module function what" line (as
+`--list` prints it) contains the text, unsampled; `--tests` replaces the targets'
+test lists (the unmutated run first shows the test passes on the real code);
+`--list --show` prints each chosen mutant's changed lines.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import json
 import os
 import random
@@ -79,8 +91,8 @@ TARGETS = [
            ["test/test_mp4.py"]),
     Target("auth: sessions and CSRF", "auth.py",
            ["Session.check_csrf", "parse_session_cookie", "Auth.authenticate", "Auth._lookup",
-            "Auth.revoke", "Auth.make_session"],
-           ["test/test_api.py"]),
+            "Auth.revoke", "Auth._revoke", "Auth.make_session"],
+           ["test/test_api.py", "test/test_sessions.py"]),
     Target("upgrade: file operations", "upgrade/fsops.py",
            ["RealDir.write_atomic", "RealDir.rename", "RealDir.unlink", "RealDir.read"],
            ["test/test_upgrade.py"]),
@@ -257,27 +269,53 @@ def main() -> int:
     ap.add_argument("--per-function", type=int, default=6, help="mutants per function (6)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per mutant (300)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--only", help="targets whose name contains this")
+    ap.add_argument("--only", action="append", default=[],
+                    help="targets whose name contains this (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     ap.add_argument("--report", help="write the results as JSON there")
+    ap.add_argument("--match", action="append", default=[],
+                    help="only mutants whose 'module function what' contains this "
+                         "(repeatable; every match, unsampled)")
+    ap.add_argument("--tests", help="pytest arguments to run instead of the targets' "
+                                    "(space-separated)")
+    ap.add_argument("--show", action="store_true", help="with --list: each mutant's diff")
     opts = ap.parse_args()
 
-    targets = [t for t in TARGETS if not opts.only or opts.only in t.name]
+    targets = [t for t in TARGETS if not opts.only or any(o in t.name for o in opts.only)]
     rng = random.Random(opts.seed)
     plan: list[tuple[Target, list[Mutant]]] = []
     for t in targets:
         chosen = []
         every = mutants_of(t)
-        for fn in t.functions:
-            of_fn = [m for m in every if m.function == fn]
-            chosen += sorted(rng.sample(of_fn, min(len(of_fn), opts.per_function)),
-                             key=lambda m: m.line)
+        if opts.match:
+            chosen = [m for m in every if any(x in f"{m.module} {m.function} {m.what}"
+                                              for x in opts.match)]
+        else:
+            for fn in t.functions:
+                of_fn = [m for m in every if m.function == fn]
+                chosen += sorted(rng.sample(of_fn, min(len(of_fn), opts.per_function)),
+                                 key=lambda m: m.line)
+        if opts.match and not chosen:
+            continue
+        if opts.tests:
+            t = dataclasses.replace(t, tests=opts.tests.split())
         print(f"{t.name}: {len(every)} mutants, {len(chosen)} chosen", flush=True)
         plan.append((t, chosen))
+    if opts.match and not plan:
+        print(f"mutate.py: no mutant matches {opts.match}", file=sys.stderr)
+        return 2
     if opts.list:
         for t, ms in plan:
+            if opts.show:
+                with open(os.path.join(ROOT, t.module)) as f:
+                    original = f.read().splitlines()
             for m in ms:
                 print(f"  {t.module} {m.function} {m.what}")
+                if opts.show:
+                    for line in difflib.unified_diff(original, m.source.splitlines(),
+                                                     t.module, t.module, n=0, lineterm=""):
+                        if not line.startswith(("---", "+++")):
+                            print(f"    {line}")
         return 0
 
     began = time.monotonic()

@@ -105,3 +105,16 @@ def record(t, clip, clocks, *, stream_id=None, offset=0, frames=600, interval=3,
     drain(syncer)
     t.db.flush("test")
     return t.db.list_recordings_by_id(stream_id, 0, 1 << 31)
+
+
+def clip_writer(t, clip_path: str):
+    """A Writer of the test database's stream, and the clip's frames to give it by hand
+    (a growing recording, frame by frame): (writer, frames, sample entry id, syncer)."""
+    import writer
+    src = open_clip(clip_path)
+    p = src.parameters
+    vse = t.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec, p.sample_entry)
+    frames = list(src.frames_until_end())
+    src.close()
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    return writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event()), frames, vse, syncer

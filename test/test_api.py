@@ -152,6 +152,7 @@ def _matrix(site):
         ("GET", "/api/init/1.mp4", None, video),
         ("GET", "/api/init/1.mp4.txt", None, video),
         ("GET", "/api/signals", None, video),
+        ("GET", "/api/metrics", None, video),
         ("POST", "/api/signals", {}, admin),
         ("GET", "/api/users/", None, admin),
         ("POST", "/api/users/", {}, admin),

@@ -479,3 +479,140 @@ def test_a_failed_meta_rewrite_at_open_leaves_the_dir_openable(tmp_path, clocks)
     assert d.dirs[t.dir_id].dir.meta.last_complete_open == d.open
     d.close()
 
+
+
+# -- each of these kills a mutant that survived test/mutate.py (docs/testing.md) ---------
+
+def add_second_stream(t) -> int:
+    """A second camera's main stream, recording into the same dir: stream id 2."""
+    cam = t.db.add_camera("second-camera", {"description": "", "username": "", "password": ""})
+    return t.db.add_stream(cam, "main", dict(t.db.streams[t.stream_id].config), t.dir_id)
+
+
+def test_retention_of_one_stream_never_touches_another(testdb):
+    """Retention's query is bounded to the stream's own composite ids, [id << 32,
+    (id + 1) << 32). It was only ever tried with one stream: a lower bound of
+    `id >> 32` made stream 2's retention delete stream 1's oldest recordings, and an
+    upper bound of `(id + 1) << 33` let a stream that can't free enough itself go on
+    into the next streams' recordings."""
+    t = testdb
+    other = add_second_stream(t)
+    assert other == 2
+    start = t90k("2026-11-29T10:00:00Z")
+    ones, twos = [], []
+    for i in range(3):  # interleaved in time; each file is 8 blocks (32768 B)
+        ones.append(t.add_recording(start_90k=start + i * 90_000, run_offset=i))
+        twos.append(t.add_recording(start_90k=start + i * 90_000, run_offset=i,
+                                    stream_id=other))
+    t.db.flush("test")
+    # Stream 2 at a limit of one file: its own two oldest go, none of stream 1's.
+    rows = t.db.delete_oldest_recordings(other, retain_bytes=32768, dry_run=True)
+    assert [r.composite_id for r in rows] == twos[:2]
+    # Stream 1 over by far more than all it has: all of its own, and nothing beyond.
+    rows = t.db.delete_oldest_recordings(t.stream_id, extra_fs_bytes=1 << 40, dry_run=True)
+    assert [r.composite_id for r in rows] == ones
+    # For real: the rows and files of stream 2's two oldest only.
+    s2 = t.db.streams[other]
+    t.db.update_stream(other, config=dict(s2.config, retainBytes=32768))
+    assert [r.composite_id for r in t.db.delete_oldest_recordings(other)] == twos[:2]
+    t.db.flush("retention")
+    assert sorted(c for (c,) in t.db.conn.execute("select composite_id from garbage")) == \
+        twos[:2]
+    assert t.db.collect_garbage(t.dir_id) == 2
+    left = sorted(n for n in os.listdir(t.sample_dir) if n != "meta")
+    assert left == sorted(dirmod.name_for(c) for c in ones + twos[2:])
+    assert t.db.streams[t.stream_id].fs_bytes == 3 * 32768
+    assert t.db.streams[other].fs_bytes == 32768
+
+
+def test_open_row_duration_counts_from_this_open(tmp_path, clocks):
+    """The `open` row's duration is the monotonic time since this open. The other test
+    of it opened the database at monotonic time 0, where `now + opened` (a mutant that
+    survived) equals `now - opened`."""
+    clocks.sleep(1000)  # the machine has been up a while
+    t = make_testdb(tmp_path, clocks)
+    clocks.sleep(5)
+    t.db.flush("test")
+    start, end, duration = t.db.conn.execute(
+        "select start_time_90k, end_time_90k, duration_90k from open where id = ?",
+        (t.db.open.id,)).fetchone()
+    assert (end - start, duration) == (5 * 90_000, 5 * 90_000)
+    t.db.close()
+
+
+def test_collected_garbage_is_collected_once(testdb):
+    """Collecting moves each id from "needs unlink" to "unlinked"; the next collection
+    has nothing to do and says so (0). Leaving the id in "needs unlink" as well (a
+    mutant that survived) unlinked it again at every later collection, and the count
+    it returned was never checked."""
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(2)]
+    t.db.flush("test")
+    assert t.db.collect_garbage(t.dir_id) == 0  # nothing yet
+    assert t.db.delete_camera(t.camera_id) == 2
+    t.db.flush("delete")
+    d = t.db.dirs[t.dir_id]
+    assert d.garbage_needs_unlink == set(ids)
+    assert t.db.collect_garbage(t.dir_id) == 2
+    assert d.garbage_needs_unlink == set() and d.garbage_unlinked == set(ids)
+    assert t.db.collect_garbage(t.dir_id) == 0  # nothing left to collect
+    t.db.flush("gc")
+    assert d.garbage_unlinked == set() and d.garbage_needs_unlink == set()
+    assert t.db.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+
+
+def test_collect_garbage_on_a_closed_dir_counts_what_recovery_collected(tmp_path, clocks):
+    """`nvr.py config` deletes recordings with the dir closed: `collect_garbage` opens
+    it, and the open's recovery (R2-R4) unlinks the garbage and fsyncs the dir once.
+    Nothing is left for G2-G3 (no second unlink or fsync), but those files were
+    collected, and the count says so: `config` flushes the garbage rows away only if it
+    is nonzero. It returned 0, so `config stream delete --yes` (which has no later
+    flush) left the rows, and `config dir delete` then refused the emptied dir ("still
+    has garbage to collect"). This branch was untested: three mutants of it survived."""
+    t = make_testdb(tmp_path, clocks)
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(2)]
+    t.db.flush("test")
+    t.db.close()
+    d = db.Database.open_dir(t.db_dir, clocks, fs_factory=FaultyFs.factory("sync", times=0))
+    assert d.dirs[t.dir_id].dir is None  # as `nvr.py config` has it
+    assert d.delete_camera(t.camera_id) == 2
+    d.flush("config camera delete")
+    assert d.collect_garbage(t.dir_id) == 2
+    x = d.dirs[t.dir_id]
+    fs = x.dir.fs  # opened by collect_garbage, through the factory
+    assert os.listdir(t.sample_dir) == ["meta"]
+    assert fs.calls["unlink"] == 2  # R2, once each
+    assert fs.calls["sync"] == 1    # R4 alone: no G3 with nothing left to collect
+    assert x.garbage_needs_unlink == set() and x.garbage_unlinked == set(ids)
+    d.flush("garbage collected")  # as `config` does when the count is nonzero
+    assert d.conn.execute("select count(*) from garbage").fetchone()[0] == 0
+    assert d.collect_garbage(t.dir_id) == 0
+    d.close()
+    d = db.Database.open_dir(t.db_dir, clocks)
+    assert d.dirs[t.dir_id].garbage_needs_unlink == set()
+    d.delete_sample_file_dir(t.dir_id)  # no stream uses it, no garbage: it can go
+    d.close()
+
+
+def test_flush_logs_what_it_deleted_and_collected(testdb, caplog):
+    """The flush's log line is the operator's record of what retention deleted and what
+    garbage went: it must say the bytes deleted and the files collected. Two mutants of
+    its counters (`deleted_bytes -=`, `gced -=`) survived: nothing read the line back
+    after a deletion."""
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    ids = [t.add_recording(start_90k=start + i * 90_000, run_offset=i) for i in range(3)]
+    t.db.flush("test")
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, retainBytes=32768))
+    assert [r.composite_id for r in t.db.delete_oldest_recordings(t.stream_id)] == ids[:2]
+    with caplog.at_level(logging.INFO, logger="db"):
+        t.db.flush("retention")
+        assert t.db.collect_garbage(t.dir_id) == 2
+        t.db.flush("gc")
+    assert [r.getMessage() for r in caplog.records if r.name == "db"] == [
+        "flush (retention): added 0 recording(s) (none) of 0 B, deleted 2 (1/0, 1/1) of "
+        "60870 B, GCed 0",
+        "flush (gc): added 0 recording(s) (none) of 0 B, deleted 0 (none) of 0 B, GCed 2"]

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 
 import pytest
 
@@ -580,3 +581,38 @@ def test_faulty_fs_fails_the_nth_calls(tmp_path):
     fs.sync()
     assert fs.calls["sync"] == 4 and fs.path == str(tmp_path)
     fs.close()
+
+
+# -- each of these kills a mutant that survived test/mutate.py (docs/testing.md) ---------
+
+@pytest.mark.parametrize("error,raised", [
+    (BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable"), DirError),
+    (eio(), OSError),
+])
+def test_a_failed_lock_closes_the_dir_fd(error, raised):
+    """O1's flock failing (another process holds the dir, or any other error) closes the
+    dir's fd before raising. Without the close (two mutants that survived) each refused
+    open leaked an fd: `nvr.py run` retrying a dir held by another nvr would run out."""
+    fs = FakeFs("/fake")
+    fs.expect("lock", True, error=error)
+    with pytest.raises(raised) as e:
+        SampleFileDir.open("/fake", DirMeta(DB, DIR, O1), fs_factory=fs.factory)
+    assert e.type is raised  # DirError is no OSError: the other failure isn't turned into it
+    fs.assert_done()
+    assert fs.closed
+
+
+def test_complete_open_on_a_read_only_dir_is_refused_and_writes_nothing(made):
+    """A read-only open (`nvr.py check`) must never write meta, whichever procedure is
+    called on it. The other test of this tried only begin_open; complete_open without its
+    check (a mutant that survived) rewrote meta of a dir whose in_progress_open matched."""
+    path, uuid = made
+    with SampleFileDir.open(path, DirMeta(DB, uuid, O1)) as d:
+        d.begin_open(O2)  # O3, then a crash before O4: the database still says O1
+    before = read_meta(path)
+    assert dirmod.decode_meta(before) == DirMeta(DB, uuid, O1, O2)
+    with SampleFileDir.open(path, DirMeta(DB, uuid, O1), read_only=True) as d:
+        with pytest.raises(ValueError, match=re.escape(f"sample file dir {path} is open read-only")):
+            d.complete_open(O2)
+        assert d.meta == DirMeta(DB, uuid, O1, O2)
+    assert read_meta(path) == before

@@ -41,7 +41,7 @@ import writer
 from clips import make_clip
 from conftest import DUMMY_VSE, START_NS, make_testdb
 from mp4 import Mp4Error, NotFound, SegmentSpec
-from replay import drain, open_clip, record
+from replay import clip_writer, drain, record
 
 T0_90K = recording.to_90k_from_ns(START_NS)  # 2026-11-29T04:00:00-08:00
 SEC = 90_000
@@ -1195,13 +1195,7 @@ def test_growing_recording(tmp_path, clocks):
     """A recording being written is served up to its length when the file was built."""
     t = make_testdb(tmp_path, clocks, zone=ZONE)
     clip = make_clip(str(tmp_path / "clip.mp4"), frames=90, gop=30)
-    src = open_clip(clip)
-    p = src.parameters
-    vse = t.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec, p.sample_entry)
-    frames = list(src.frames_until_end())
-    src.close()
-    syncer = dirmod.Syncer(t.db, t.dir_id)
-    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w, frames, vse, syncer = clip_writer(t, clip)
 
     def write(i):
         f = frames[i]
@@ -1233,13 +1227,7 @@ def test_live_segments_of_a_growing_recording(tmp_path, clocks):
     the segments from a key frame on decodes to every frame, in order."""
     t = make_testdb(tmp_path, clocks, zone=ZONE)
     clip = make_clip(str(tmp_path / "clip.mp4"), frames=90, gop=30)
-    src = open_clip(clip)
-    p = src.parameters
-    vse = t.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec, p.sample_entry)
-    frames = list(src.frames_until_end())
-    src.close()
-    syncer = dirmod.Syncer(t.db, t.dir_id)
-    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w, frames, vse, syncer = clip_writer(t, clip)
     indexed = []  # (composite id, media start, media end, is_key, key_state) per frame
     t.db.subscribe_live(t.stream_id, lambda *a: indexed.append(a))
     live = []

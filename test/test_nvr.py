@@ -179,6 +179,10 @@ def test_config_refused_while_locked(tmp_path):
     try:
         r = nvr("config", "camera", "list", cwd=cwd, ok=False)
         assert r.returncode == 1 and "is locked by another process" in r.stderr
+        # A running nvr holds it exclusively: --read-only is refused too, and the
+        # message doesn't send the user there (it used to).
+        r = nvr("sql", "--read-only", cwd=cwd, ok=False)
+        assert r.returncode == 1 and "--read-only doesn't help" in r.stderr
     finally:
         os.close(fd)
 
@@ -203,7 +207,8 @@ def test_sql_holds_the_lock_and_runs_queries(tmp_path):
     assert r.stdout.strip() == "1"
 
 
-SUBCOMMANDS = ["run", "init", "config", "check", "upgrade", "sql", "ts", "login", "sessions"]
+SUBCOMMANDS = ["run", "init", "config", "check", "upgrade", "sql", "ts", "login", "sessions",
+               "test-stream"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
@@ -598,3 +603,35 @@ def test_version_names_nvr_python_pyav_ffmpeg_sqlite_and_argon2():
     assert lines[4] == f"SQLite {sqlite3.sqlite_version}"
     assert lines[5] == f"argon2-cffi {importlib.metadata.version('argon2-cffi')}"
     assert len(lines) == 6
+
+
+def test_demo_camera_has_main_and_sub_and_demo_urls_are_accepted(tmp_path):
+    """--demo makes main and sub streams (Moonfire's UI shows live view of sub streams
+    only); an older demo camera with only a main stream gets its sub; `demo:` URLs go
+    through `config stream add` like rtsp:// ones, checked by demo.py's rules."""
+    import db as dbmod
+    import clock
+    import nvr as nvrmod
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    d = dbmod.Database.open_dir(os.path.join(cwd, "nvr-data", "db"), clock.RealClocks())
+    try:
+        nvrmod._demo_camera(d)
+        (cam,) = [c for c in d.cameras.values() if c.short_name == "demo"]
+        urls = {t: d.streams[i].config["url"] for t, i in cam.streams.items()}
+        assert urls == {"main": "demo:", "sub": "demo:320x180@15"}
+        assert all(d.streams[i].record for i in cam.streams.values())
+        d.delete_stream(cam.streams["sub"])
+        nvrmod._demo_camera(d)   # an older demo camera: the sub comes back, main stays
+        cam = d.cameras[cam.id]
+        assert sorted(cam.streams) == ["main", "sub"]
+        nvrmod._demo_camera(d)   # and nothing more
+        assert len(d.streams) == 2
+    finally:
+        d.close()
+    nvr("config", "camera", "add", "fake", cwd=cwd)
+    nvr("config", "stream", "add", "fake", "main", "--url", "demo:1280x720@30", cwd=cwd)
+    assert "demo:1280x720@30" in nvr("config", "stream", "list", cwd=cwd).stdout
+    r = nvr("config", "stream", "add", "fake", "sub", "--url", "demo:99x99", cwd=cwd, ok=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "bad URL: demo:99x99: size 99x99 is not allowed" in r.stderr

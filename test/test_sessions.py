@@ -591,3 +591,57 @@ def test_every_new_route_is_documented():
         doc = f.read()
     for path in ("GET /api/users/<id>/sessions", "POST /api/users/<id>/sessions/<sid>/revoke"):
         assert path in doc
+
+
+# -- kills a mutant that survived test/mutate.py (docs/testing.md) ---------------------
+
+def test_revoking_a_session_saves_its_last_use(tmp_path, clocks):
+    """A session's uses are written lazily, at the next flush, and only while it is
+    dirty; revoking it writes them in the revocation's transaction and marks it clean.
+    Without that write (a mutant that survived: nothing read the usage back after a
+    revocation) the uses since the last flush were lost for good: who used a session
+    last, and when, is what an admin looks at after revoking a stolen one."""
+    t = make_testdb(tmp_path, clocks)
+    uid = t.db.add_user("alice", password_hash=auth.hash_password(PASSWORDS["alice"]),
+                        permissions=auth.Permissions(view_video=True))
+    a = auth.Auth(t.db)
+    cookie, s = a.make_session(uid, auth.Client(), flags=0)
+    client = auth.Client(addr="192.0.2.7", user_agent="ua-test/1")
+    for _ in range(3):
+        clocks.advance(10**9)
+        a.authenticate(cookie, client)
+    last_use = clocks.realtime() // 10**9
+    clocks.advance(10**9)
+    assert a.revoke(s.hash, auth.REVOKED_LOGOUT, client)
+    q = ("select use_count, last_use_time_sec, last_use_user_agent, last_use_peer_addr, "
+         "revocation_reason from user_session where session_id_hash = ?")
+    want = (3, last_use, "ua-test/1", auth.pack_addr("192.0.2.7"), auth.REVOKED_LOGOUT)
+    assert t.db.conn.execute(q, (s.hash,)).fetchone() == want  # committed with the revocation
+    t.db.flush("test")
+    assert t.db.conn.execute(q, (s.hash,)).fetchone() == want
+    t.db.close()
+
+
+def test_revoking_is_once_and_says_whether_it_did(tmp_path, clocks):
+    """`revoke` of an unknown or already revoked session does nothing and returns False
+    (logout, `nvr.py sessions revoke` and the API count on it); the first revocation's
+    reason and time stay. `revoke_user_sessions` of a user with none left revokes 0.
+    Three mutants survived here: `or` -> `and` (an unknown session raised, a revoked one
+    was revoked again, its original reason overwritten), `return False` -> `True`, and
+    `_revoke`'s `return 0` -> `1` for no sessions."""
+    t = make_testdb(tmp_path, clocks)
+    uid = t.db.add_user("alice", password_hash=auth.hash_password(PASSWORDS["alice"]),
+                        permissions=auth.Permissions(view_video=True))
+    a = auth.Auth(t.db)
+    _, s = a.make_session(uid, auth.Client(), flags=0)
+    assert a.revoke(b"\0" * len(s.hash), auth.REVOKED_LOGOUT) is False  # no such session
+    assert a.revoke(s.hash, auth.REVOKED_BY_ADMIN, detail="by admin") is True
+    q = ("select revocation_reason, revocation_reason_detail, revocation_time_sec "
+         "from user_session where session_id_hash = ?")
+    first = t.db.conn.execute(q, (s.hash,)).fetchone()
+    assert first[:2] == (auth.REVOKED_BY_ADMIN, "by admin")
+    clocks.advance(10**9)
+    assert a.revoke(s.hash, auth.REVOKED_LOGOUT) is False  # already revoked
+    assert t.db.conn.execute(q, (s.hash,)).fetchone() == first
+    assert a.revoke_user_sessions(uid, auth.REVOKED_PASSWORD_CHANGE) == 0
+    t.db.close()

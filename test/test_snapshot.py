@@ -22,11 +22,10 @@ import clock
 import mp4
 import recording
 import snapshot
-import writer
 import dir as dirmod
 from clips import make_clip
 from conftest import START_NS, make_testdb
-from replay import drain, open_clip, record
+from replay import clip_writer, drain, record
 
 SEC = 90_000
 FRAME = 3000        # 30 fps
@@ -316,13 +315,7 @@ def test_growing_recording_and_latest(tmp_path):
     clocks = clock.SimulatedClocks(START_NS)
     t = make_testdb(tmp_path, clocks, zone=ZONE)
     clip = make_clip(str(tmp_path / "clip.mp4"), frames=90, gop=30)
-    src = open_clip(clip)
-    p = src.parameters
-    vse = t.db.insert_video_sample_entry(p.width, p.height, p.rfc6381_codec, p.sample_entry)
-    frames = list(src.frames_until_end())
-    src.close()
-    syncer = dirmod.Syncer(t.db, t.dir_id)
-    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w, frames, vse, syncer = clip_writer(t, clip)
     t0 = recording.to_90k_from_ns(START_NS)
     stills = snapshot.Stills(t.db, workers=1)
     try:
@@ -430,9 +423,6 @@ def test_http_latest_jpg(recorded, http):
 def _record_camera(tmp_path, url: str, *, until_recordings: int, stream_type="main"):
     """Records the camera through a Streamer (real time, 1 s rotation) until it has
     `until_recordings` finished recordings and a growing one; returns (t, syncer, stop)."""
-    import time
-
-    import db as dbmod
     import stream
     t = make_testdb(tmp_path, clock.RealClocks(), zone=ZONE)
     t.db.update_stream(t.stream_id, config={**t.db.streams[t.stream_id].config, "url": url})

@@ -33,6 +33,7 @@ import fcntl
 import fractions
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -1403,3 +1404,90 @@ def test_injected_eio_mid_upgrade_is_one_line_naming_the_version(
     assert_schema(conn, 8)
     assert sorted(os.listdir(s.sample_dir)) == sorted(
         ["meta"] + [composite_name(c) for c in s.files])
+
+
+# ---------------- each of these kills a mutant that survived test/mutate.py (docs/testing.md)
+
+class ClosingCalls(RecordingCalls):
+    """RecordingCalls that also keeps the fds opened through the seam and not closed."""
+
+    def __init__(self, trace: list):
+        super().__init__(trace)
+        self.open_fds: dict[int, str] = {}
+        self.closes = 0
+
+    def open(self, path, flags, mode=0o777, *, dir_fd=None):
+        fd = super().open(path, flags, mode, dir_fd=dir_fd)
+        self.open_fds[fd] = self.paths[fd]
+        return fd
+
+    def close(self, fd):
+        self.closes += 1
+        self.open_fds.pop(fd)
+        super().close(fd)
+
+
+def test_every_fd_the_upgrade_opens_is_closed(tmp_path):
+    """Each file and dir the upgrade opens through the seam (the temporary files of
+    write_atomic, the sample dir, the backup's fsyncs) is closed again. The fd of
+    write_atomic's temporary file was never checked: dropping its close (a mutant that
+    survived) leaked an fd per meta file written."""
+    s = seed_v0(tmp_path)
+    calls = ClosingCalls([])
+    assert upgrade.run(step_args(s, no_vacuum=True), calls=calls) == 0
+    opened = [e[1] for e in calls.trace if e[0] in ("open", "create")]
+    sample = os.path.realpath(s.sample_dir)
+    assert opened.count(os.path.join(sample, "meta.tmp")) == 2  # 1 -> 2 and 4 -> 5
+    assert calls.open_fds == {}
+    assert calls.closes == len(opened)
+
+
+def test_realdir_rename_of_a_missing_file_says_so(tmp_path):
+    """`Dir.rename` returns False, changing nothing, when `old` doesn't exist; 2 -> 3
+    relies on it to count a sample file missing under both names. Returning True (a
+    mutant that survived: no test renamed a file that was gone) made such a file pass
+    as renamed."""
+    (tmp_path / "a").write_bytes(b"x")
+    with upgrade.fsops.RealFiles().open_dir(str(tmp_path)) as d:
+        assert d.rename("a", "b") is True
+        assert d.rename("a", "c") is False
+        assert d.unlink("b") is True
+        assert d.unlink("b") is False
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_sample_file_missing_at_2_to_3_is_reported(tmp_path, caplog):
+    """A sample file gone from the dir between 1 -> 2 and 2 -> 3 (under its uuid and its
+    new name alike) is logged and noted, not counted as renamed."""
+    s = seed_v0(tmp_path)
+    conn = open_db(s)
+    args = step_args(s)
+    upgrade.run_steps(conn, args, 2, quiet=True)
+    cid, (uuid_name, _) = sorted(s.files.items())[0]
+    os.unlink(os.path.join(s.sample_dir, uuid_name))
+    with caplog.at_level(logging.WARNING):
+        notes = upgrade.run_step(conn, args, 2)
+    assert notes == [f"{len(s.files) - 1} sample files renamed to composite ids",
+                     "1 sample files are missing (see the log); `nvr.py check` will report "
+                     "their recordings"]
+    assert [r.getMessage() for r in caplog.records if r.name == "upgrade.v2_to_v3"] == [
+        f"sample file {uuid_name} of recording {cid >> 32}/{cid & 0xFFFFFFFF} is missing "
+        f"from {os.path.abspath(s.sample_dir)}"]
+    assert version(conn) == 3
+    conn.close()
+
+
+def test_write_atomic_makes_a_private_file_and_leaves_no_temporary(tmp_path):
+    """The meta file the upgrade writes is 0600 like every file in a sample file dir
+    (dir.py M1), whatever the umask lets through; a mutant of the mode (0o600 -> 0o601,
+    others may execute it) survived."""
+    old = os.umask(0o022)
+    try:
+        with upgrade.fsops.RealFiles().open_dir(str(tmp_path)) as d:
+            d.write_atomic("meta", b"new")
+            d.write_atomic("meta", b"newer")  # over the old one
+    finally:
+        os.umask(old)
+    assert os.listdir(tmp_path) == ["meta"]
+    assert (tmp_path / "meta").read_bytes() == b"newer"
+    assert os.stat(tmp_path / "meta").st_mode & 0o777 == 0o600

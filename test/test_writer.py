@@ -8,6 +8,7 @@ follow from reference §3.3-§3.4; the comments derive them.
 """
 
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -843,3 +844,160 @@ def test_a_crash_between_a_failed_fsync_and_the_flush_leaves_an_abandoned_file(
     assert os.listdir(t.sample_dir) == ["meta"]
     assert d.streams[t.stream_id].cum_recordings == 0
     d.close()
+
+
+# -- each of these kills a mutant that survived test/mutate.py (docs/testing.md) ---------
+
+class HalfWrites:
+    """A real `dir.Fs` whose sample files take at most half (rounded up) of each
+    write(2), as a regular file may near a full disk or on a signal."""
+
+    def __init__(self, real):
+        self.real = real
+        self.writes = 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def create_file(self, name):
+        f = self.real.create_file(name)
+        real_write = f.write
+
+        def write(data):
+            self.writes += 1
+            return real_write(memoryview(data)[:(len(data) + 1) // 2])
+        f.write = write
+        return f
+
+
+def test_short_writes_are_completed_and_the_hash_is_the_files(tmp_path, clocks):
+    """A frame's first write(2) taking less than all of it goes on with the rest, and the
+    stored blake2b is that of the file's bytes. The writer's tests never made a short
+    write on the fast path nor compared the stored hash with the file: a mutant that
+    dropped the rest of a short write (frames lost) and one that never fed the hasher
+    (every stored hash wrong) both survived."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    fs = sfd.fs = HalfWrites(sfd.fs)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    frames = [bytes([65 + i]) * (100 + i) for i in range(4)]
+    for i, data in enumerate(frames):
+        w.write(data, T0_90K + i * 3000, i * 3000, i == 0, t.vse_id)
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    assert fs.writes > len(frames)  # the writes were short
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    with open(os.path.join(t.sample_dir, dirmod.name_for(r.composite_id)), "rb") as f:
+        contents = f.read()
+    assert contents == b"".join(frames) and r.sample_file_bytes == len(contents)
+    (stored,) = t.db.conn.execute("select sample_file_blake2b_32 from recording_integrity "
+                                  "where composite_id = ?", (r.composite_id,)).fetchone()
+    assert stored == hashlib.blake2b(contents, digest_size=32).digest()
+    sfd.fs = fs.real
+    t.db.close()
+
+
+def test_shutdown_while_creating_the_file_abandons_the_recording(tmp_path, clocks):
+    """S1's create failing (a full disk) while shutdown is set gives up: the recording
+    added for it is abandoned, not left growing. Left growing (a mutant that survived,
+    this path being untested), every flush stopped at it and the stream could start no
+    other recording ("already growing a recording")."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    fs = sfd.fs = FaultyFs.wrapping(sfd.fs, "create_file", err=errno.ENOSPC)
+    shutdown = threading.Event()
+    shutdown.set()
+    w = writer.Writer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown),
+                      shutdown=shutdown)
+    with pytest.raises(clock.ShutdownError):
+        w.write(b"k" * 100, T0_90K, 0, True, t.vse_id)
+    w.close("NVR shutdown")
+    assert fs.calls["create_file"] == 1
+    s = t.db.streams[t.stream_id]
+    (r,) = s.uncommitted
+    assert r.abandoned and not r.growing and r.file_gone
+    t.db.flush("NVR shutdown")
+    assert s.cum_recordings == 1 and not s.uncommitted  # its id is used up, no row
+    # The next run of the stream records as usual.
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 1)
+    drain(syncer)
+    t.db.flush("test")
+    assert [r.recording_id for r in t.db.list_recordings_by_id(t.stream_id, 0, 10)] == [1]
+    sfd.fs = fs.real
+    t.db.close()
+
+
+def test_a_frame_of_one_tick_is_indexed(tmp_path, clocks):
+    """Any pts increase is a valid frame duration, the smallest being one 90 kHz tick;
+    only 0 or less ends the run. Nothing tried a duration of 1: refusing it (a mutant,
+    `<= 1`, that survived) would have ended the run on a camera's legal timestamps."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w.write(b"k", T0_90K, 0, True, t.vse_id)
+    w.write(b"n", T0_90K + 1, 1, False, t.vse_id)
+    w.write(b"n", T0_90K + 3001, 3001, False, t.vse_id)
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert [f.duration_90k for f in frames_of(t, r.composite_id)] == [1, 3000, 0]
+    assert r.media_duration_90k == 3001
+    t.db.close()
+
+
+def test_a_plan_satisfied_by_another_flush_makes_no_flush(tmp_path, clocks):
+    """A planned flush whose recording another flush (another dir's syncer, say) already
+    committed is dropped, not carried out. test_a_flush_satisfies_other_plans checked the
+    plan was gone and the time, not that no flush happened: a mutant of the check
+    (`& 0x100000000` for `& 0xFFFFFFFF`: never satisfied) flushed again and survived."""
+    t = make_testdb(tmp_path, clocks)
+    flushes = []
+    t.db.on_flush.append(lambda: flushes.append(clocks.monotonic()))
+    s = t.db.streams[t.stream_id]
+    t.db.update_stream(t.stream_id, config=dict(s.config, flushIfSec=100))
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    write_run(t, syncer, 0)
+    assert syncer.iter()  # the save: a flush planned 100 s after the recording's start
+    assert syncer.planned
+    t.db.flush("another dir's syncer")
+    assert s.cum_recordings == 1 and len(flushes) == 1
+    assert syncer.iter()  # the plan's time: satisfied, dropped
+    assert not syncer.planned and len(flushes) == 1
+    assert syncer.queue.empty()
+    t.db.close()
+
+
+def test_a_camera_clock_1000_ppm_fast_is_corrected_by_exactly_500_ppm(tmp_path, clocks):
+    """The clamp of a recording's wall time is media // 2000 (500 ppm), worked by hand
+    here for one long recording: test_500_ppm_clamp's 3-second ones can't tell // 2000
+    from // 2001 (a mutant that survived). One key frame a second by local time, the
+    camera's pts 90,090 apart (1000 ppm fast). Recording 0 (frames 0-120, a run's first,
+    rotating past T0 + 120 s) starts at its least-delayed frame, T0 - 90,090 - 120 * 90,
+    and lasts its media time, 121 * 90,090: it ends at T0 + 120 s exactly. Recording 1
+    (frames 121-180, rotating past T0 + 180 s) starts there; its least-delayed frame, 180,
+    gives a local start of T0 + 180 s - 60 * 90,090 = T0 + 119.94 s, 5,400 ticks early:
+    past the clamp, so wall = media - media // 2000."""
+    t = make_testdb(tmp_path, clocks)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event(),
+                      rotate_interval_sec=60)
+    for i in range(182):
+        w.write(b"k" * 10, T0_90K + i * SEC, i * 90_090, True, t.vse_id)
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    r0, r1, r2 = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    assert (r0.video_samples, r1.video_samples, r2.video_samples) == (121, 60, 1)
+    assert r0.start_time_90k == T0_90K - 90_090 - 120 * 90
+    assert r0.end_time_90k == T0_90K + 120 * SEC == r1.start_time_90k
+    media = 60 * 90_090
+    assert r1.media_duration_90k == media
+    assert r1.wall_duration_90k == media - media // 2000 == media - 2702
+    (delta,) = t.db.conn.execute("select local_time_delta_90k from recording_integrity "
+                                 "where composite_id = ?", (r1.composite_id,)).fetchone()
+    assert delta == -5400
+    t.db.close()

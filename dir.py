@@ -371,9 +371,10 @@ class Fs:
         return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_size
 
     def free_space(self) -> tuple[int, int]:
-        """(available bytes, total bytes) of the dir's filesystem: statvfs's f_bavail,
-        what an unprivileged writer may still use, and f_blocks, in f_frsize units."""
-        st = os.fstatvfs(self.fd)
+        """(available bytes, total bytes) of the dir's filesystem, for retention.py's
+        free-space floor: statvfs's f_bavail, what an unprivileged writer may still
+        use, and f_blocks, in f_frsize units."""
+        st = self.statvfs()
         return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
     def lock(self, exclusive: bool) -> None:

@@ -118,3 +118,17 @@ def clip_writer(t, clip_path: str):
     src.close()
     syncer = dirmod.Syncer(t.db, t.dir_id)
     return writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event()), frames, vse, syncer
+
+
+def start_run(streamer, errors: list, *, catch=(stream.StreamError,),
+              name: str | None = None) -> threading.Thread:
+    """Starts `streamer.run_once()` on a thread of its own; the exception of `catch` that
+    ends the run is appended to `errors` (the test looks at it). Returns the thread."""
+    def run():
+        try:
+            streamer.run_once()
+        except catch as e:
+            errors.append(e)
+    th = threading.Thread(target=run, name=name)
+    th.start()
+    return th

@@ -295,6 +295,22 @@ def test_run_with_a_bad_config_says_which_key(tmp_path):
     assert r.returncode == 1 and "unknown key 'dbdir'; known keys: dbDir, uiDir, binds" in r.stderr
 
 
+def run_after_hand_edit(tmp_path, table: str, key: str, value: str):
+    """`nvr.py run` after a config JSON key of every `table` row (stream, sample_file_dir)
+    was set by hand (as with `nvr.py sql`) on a database with one recorded stream."""
+    cwd = str(tmp_path)
+    nvr("init", cwd=cwd)
+    nvr("config", "camera", "add", "gate", cwd=cwd)
+    nvr("config", "stream", "add", "gate", "main", "--url", "rtsp://192.0.2.10/main",
+        "--record", "--dir", "1", "--retain-bytes", "1G", cwd=cwd)
+    conn = sqlite3.connect(os.path.join(cwd, "nvr-data", "db", "db"))
+    with conn:
+        conn.execute(f"update {table} set config = json_set(config, '$.{key}', json(?))",
+                     (value,))
+    conn.close()
+    return nvr("run", cwd=cwd, ok=False)
+
+
 @pytest.mark.parametrize("key,value,fix", [
     ("flushIfSec", '"120"', "--flush-if-sec N"),
     ("flushIfSec", "1.5", "--flush-if-sec N"),
@@ -303,22 +319,12 @@ def test_run_with_a_bad_config_says_which_key(tmp_path):
 def test_run_refuses_a_hand_edited_stream_number_naming_the_fix(tmp_path, key, value, fix):
     """A recorded stream's flushIfSec or retainBytes that isn't a whole number (edited
     with `nvr.py sql`) made the syncer fail after every recording, forever."""
-    cwd = str(tmp_path)
-    nvr("init", cwd=cwd)
-    nvr("config", "camera", "add", "gate", cwd=cwd)
-    nvr("config", "stream", "add", "gate", "main", "--url", "rtsp://192.0.2.10/main",
-        "--record", "--dir", "1", "--retain-bytes", "1G", cwd=cwd)
-    conn = sqlite3.connect(os.path.join(cwd, "nvr-data", "db", "db"))
-    with conn:
-        conn.execute(f"update stream set config = json_set(config, '$.{key}', json(?))",
-                     (value,))
-    conn.close()
-    r = nvr("run", cwd=cwd, ok=False)
+    r = run_after_hand_edit(tmp_path, "stream", key, value)
     assert r.returncode == 1, r.stderr
     assert (f"stream gate main: {key} is {value}, not a whole number from 0 up; set it "
             f"with `nvr.py config stream edit gate main {fix}`") in r.stderr
     assert "Traceback" not in r.stderr
-    assert nvr("check", cwd=cwd).stdout.endswith("check: clean\n")
+    assert nvr("check", cwd=str(tmp_path)).stdout.endswith("check: clean\n")
 
 
 def test_run_goes_on_with_a_stale_notify_socket(tmp_path):

@@ -536,20 +536,8 @@ def test_cli_sets_age_limits_and_floors(tmp_path):
     ("sample_file_dir", "freeSpaceFloorBytes", "-5",
      "config dir edit 1 --free-space-floor SIZE|N%|default")])
 def test_run_refuses_a_hand_edited_limit_naming_the_fix(tmp_path, table, key, value, fix):
-    import sqlite3
-
-    from test_nvr import nvr
-    cwd = str(tmp_path)
-    nvr("init", cwd=cwd)
-    nvr("config", "camera", "add", "gate", cwd=cwd)
-    nvr("config", "stream", "add", "gate", "main", "--url", "rtsp://192.0.2.10/main",
-        "--record", "--dir", "1", "--retain-bytes", "1G", cwd=cwd)
-    conn = sqlite3.connect(os.path.join(cwd, "nvr-data", "db", "db"))
-    with conn:
-        conn.execute(f"update {table} set config = json_set(config, '$.{key}', json(?))",
-                     (value,))
-    conn.close()
-    r = nvr("run", cwd=cwd, ok=False)
+    from test_nvr import run_after_hand_edit
+    r = run_after_hand_edit(tmp_path, table, key, value)
     assert r.returncode == 1, r.stderr
     assert f"{key} is {value}, not a " in r.stderr and f"`nvr.py {fix}`" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

@@ -25,7 +25,7 @@ import snapshot
 import dir as dirmod
 from clips import make_clip
 from conftest import START_NS, make_testdb
-from replay import clip_writer, drain, record
+from replay import clip_writer, drain, record, start_run
 
 SEC = 90_000
 FRAME = 3000        # 30 fps
@@ -430,14 +430,7 @@ def _record_camera(tmp_path, url: str, *, until_recordings: int, stream_type="ma
     s = stream.Streamer(t.db, t.stream_id, syncer, stream.PyAvOpener(),
                         shutdown=threading.Event(), rotate_interval_sec=1)
     errors = []
-
-    def run():
-        try:
-            s.run_once()
-        except stream.StreamError as e:
-            errors.append(e)
-    th = threading.Thread(target=run, name="s-still-main")
-    th.start()
+    th = start_run(s, errors, name="s-still-main")
     deadline = time.monotonic() + 60
     while True:   # polled: the writer has no event to wait on
         unc = t.db.streams[t.stream_id].uncommitted

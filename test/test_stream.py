@@ -414,7 +414,7 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
     watch can't find PyAV's timeout field)."""
     import time
     import clock
-    from replay import drain
+    from replay import drain, start_run
     monkeypatch.setattr(stream, "FRAME_TIMEOUT_SEC", 4)
     monkeypatch.setattr(stream.StallWatch, "TICK_SEC", 0.25)
     if watch != "stall watch":
@@ -428,14 +428,7 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
         s = stream.Streamer(t.db, t.stream_id, syncer, opener,
                             shutdown=threading.Event(), rotate_interval_sec=60)
         errors = []
-
-        def run():
-            try:
-                s.run_once()
-            except stream.StreamError as e:
-                errors.append(e)
-        th = threading.Thread(target=run)
-        th.start()
+        th = start_run(s, errors)
         _wait_until_recording(t, 10)
         paused_at = time.monotonic()
         rtsp_camera.pause("main")
@@ -460,8 +453,7 @@ def test_a_stalled_camera_ends_the_run_and_a_new_one_follows(tmp_path, rtsp_came
         assert rows[-1].flags & db.FLAG_TRAILING_ZERO
         assert rows[-1].end_reason == "no frame for 4 s"
         # The next run (a new RTSP session) records again.
-        th = threading.Thread(target=run)
-        th.start()
+        th = start_run(s, errors)
         n = len(rows)
         _wait_until_recording(t, 5, "the next run didn't record")
         s.shutdown.set()
@@ -674,10 +666,9 @@ def test_a_camera_with_audio_whose_ntp_clock_steps_records_one_unbroken_run(
     times it by the RTP clock: one run, every frame exactly 1/15 s. The "before" case
     opens every track, as nvr did: FFmpeg then times packets from the sender reports,
     and the step ends the run (and before it, frame durations jitter by a few ticks)."""
-    import time
     import clock
     from camera import SenderReportProxy, Stream
-    from replay import drain
+    from replay import drain, start_run
     if tracks != "video only":
         monkeypatch.setattr(stream, "RTSP_OPTIONS", {"user_agent": "nvr"})
     cam = make_rtsp_camera([Stream("av", "h264", 320, 240, fps=15, kbps=300, gop=15,
@@ -692,14 +683,7 @@ def test_a_camera_with_audio_whose_ntp_clock_steps_records_one_unbroken_run(
         s = stream.Streamer(t.db, t.stream_id, syncer, opener,
                             shutdown=threading.Event(), rotate_interval_sec=60)
         errors = []
-
-        def run():
-            try:
-                s.run_once()
-            except Exception as e:  # noqa: BLE001 (the test looks at it)
-                errors.append(e)
-        th = threading.Thread(target=run)
-        th.start()
+        th = start_run(s, errors, catch=Exception)   # the test looks at what ended it
         _wait_until_recording(t, 15)   # a second, and sender reports of both tracks
         proxy.step(-10)
         if tracks == "video only":

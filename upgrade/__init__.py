@@ -329,14 +329,9 @@ def _check_db_writable(db_dir: str, db_path: str) -> None:
     """Refuses, before anything changes, a database or directory this process
     can't write: the backup, SQLite's journal and the vacuum go there."""
     for path, what in ((db_dir, "database directory"), (db_path, "database file")):
-        if os.access(path, os.W_OK):
+        why = fsops.why_not_writable(path)
+        if why is None:
             continue
-        try:
-            ro_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-        except OSError:
-            ro_fs = False
-        why = "its filesystem is mounted read-only" if ro_fs else (
-            f"user {os.geteuid()} has no write permission")
         raise UpgradeError(f"{what} {path} is not writable ({why}); the upgrade writes the "
                            f"database, its backup and SQLite's journal in {db_dir}. Run as the "
                            f"user that owns it (e.g. sudo -u moonfire-nvr) or remount it "

@@ -146,16 +146,24 @@ def _open_locked(path: str, lock: int, calls: Calls | None = None) -> int:
     return fd
 
 
-def check_writable(path: str) -> None:
-    """Refuses a dir this process can't create, rename and unlink files in."""
-    if os.access(path, os.W_OK | os.X_OK):
-        return
+def why_not_writable(path: str, mode: int = os.W_OK, *, there: str = "") -> str | None:
+    """None if this process may write `path` (`mode` for os.access), else why not: a
+    read-only mount, or the user's permissions (`there` is added to that phrase)."""
+    if os.access(path, mode):
+        return None
     try:
         read_only_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         read_only_fs = False
-    why = "its filesystem is mounted read-only" if read_only_fs else (
-        f"user {os.geteuid()} has no write permission there")
+    return "its filesystem is mounted read-only" if read_only_fs else (
+        f"user {os.geteuid()} has no write permission{there}")
+
+
+def check_writable(path: str) -> None:
+    """Refuses a dir this process can't create, rename and unlink files in."""
+    why = why_not_writable(path, os.W_OK | os.X_OK, there=" there")
+    if why is None:
+        return
     raise UpgradeError(f"sample file dir {path} is not writable ({why}); the upgrade writes "
                        f"its meta file and renames or deletes sample files there. Remount it "
                        f"read-write or run as the user that owns it (e.g. sudo -u "

@@ -164,15 +164,23 @@ class Permissions:
     read_camera_configs: bool = False
     update_signals: bool = False
     admin_users: bool = False
+    configure_cameras: bool = False
+    protect_recordings: bool = False
 
-    # (field number, attribute, JSON name), in field order.
+    # (field number, attribute, JSON name), in field order. Moonfire's message has
+    # fields 1-4; nvr's own start at 100, so a Moonfire release adding a field can't
+    # collide with them, and Moonfire (which skips unknown fields) reads ours as absent.
+    # configureCameras: cameras, streams and sample file dirs (configapi.py, #14).
+    # protectRecordings: protected ranges that retention never deletes (#17).
     FIELDS = ((1, "view_video", "viewVideo"),
               (2, "read_camera_configs", "readCameraConfigs"),
               (3, "update_signals", "updateSignals"),
-              (4, "admin_users", "adminUsers"))
+              (4, "admin_users", "adminUsers"),
+              (100, "configure_cameras", "configureCameras"),
+              (101, "protect_recordings", "protectRecordings"))
 
     def encode(self) -> bytes:
-        return b"".join(bytes([field << 3, 1]) for field, attr, _ in self.FIELDS
+        return b"".join(_varint(field << 3) + b"\x01" for field, attr, _ in self.FIELDS
                         if getattr(self, attr))
 
     @classmethod
@@ -217,7 +225,7 @@ class Permissions:
 
     @classmethod
     def all(cls) -> "Permissions":
-        return cls(True, True, True, True)
+        return cls(*(True for _ in cls.FIELDS))
 
     def __and__(self, other: "Permissions") -> "Permissions":
         return Permissions(*(getattr(self, a) and getattr(other, a) for _, a, _ in self.FIELDS))
@@ -227,6 +235,15 @@ def effective_permissions(session: "Session", user) -> Permissions:
     """What a request with `session` may do: the session's permissions, but never more
     than its user's today (a demoted user's sessions lose the permission at once)."""
     return session.permissions & user.permissions
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _read_varint(b: bytes, i: int) -> tuple[int, int]:

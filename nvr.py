@@ -1347,7 +1347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = csub.add_parser("user", help="users of the web interface")
     qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
-    perm_help = ("comma-separated viewVideo, readCameraConfigs, updateSignals, adminUsers; "
+    perm_help = ("comma-separated viewVideo, readCameraConfigs, updateSignals, adminUsers, "
+                 "configureCameras, protectRecordings; "
                  "or all, none")
     for action in ("add", "edit"):
         r = qs.add_parser(action, help=f"{action} a user")

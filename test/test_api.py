@@ -701,7 +701,8 @@ def test_users_crud_and_preconditions(site, cookies):
     assert carol == {"id": uid, "username": "carol", "disabled": False,
                      "preferences": {"theme": "dark"}, "password": "(censored)",
                      "permissions": {"viewVideo": False, "readCameraConfigs": False,
-                                     "updateSignals": False, "adminUsers": False}}
+                                     "updateSignals": False, "adminUsers": False,
+                                     "configureCameras": False, "protectRecordings": False}}
     me = site.login("carol")
     csrf = site.csrf(me)
     patch = lambda body, cookie=me: site.req(f"/api/users/{uid}", method="PATCH",  # noqa
@@ -760,7 +761,8 @@ def test_top_level(site, cookies):
     j = json.loads(body)
     assert j["timeZoneName"] == ZONE
     assert j["permissions"] == {"viewVideo": True, "readCameraConfigs": False,
-                                "updateSignals": False, "adminUsers": False}
+                                "updateSignals": False, "adminUsers": False,
+                                     "configureCameras": False, "protectRecordings": False}
     assert j["user"]["name"] == "viewer" and len(j["user"]["session"]["csrf"]) == 32
     cam, = j["cameras"]
     assert cam["uuid"] == site.camera_uuid and cam["shortName"] == "test-camera"

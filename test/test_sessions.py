@@ -126,7 +126,8 @@ def test_a_demoted_admin_loses_adminusers_at_once(site):
     assert site.permissions(alice)["adminUsers"] is True
     assert patch_user(site, admin, "alice", {"permissions": {"viewVideo": True}}) == 204
     assert site.permissions(alice) == {"viewVideo": True, "readCameraConfigs": False,
-                                       "updateSignals": False, "adminUsers": False}
+                                       "updateSignals": False, "adminUsers": False,
+                                     "configureCameras": False, "protectRecordings": False}
     listed = json.loads(site.req(f"/api/users/{site.ids['alice']}/sessions", cookie=admin)[2])
     assert listed["sessions"][0]["permissions"] == site.permissions(alice)
     status, text = site.change("POST", "/api/users/", alice, {"user": {
@@ -645,3 +646,17 @@ def test_revoking_is_once_and_says_whether_it_did(tmp_path, clocks):
     assert t.db.conn.execute(q, (s.hash,)).fetchone() == first
     assert a.revoke_user_sessions(uid, auth.REVOKED_PASSWORD_CHANGE) == 0
     t.db.close()
+
+
+def test_permissions_protobuf_keeps_moonfire_bytes_and_our_fields_past_its_own(monkeypatch):
+    """Moonfire's four fields encode as before (view_video alone is X'0801', as its
+    upgrade writes); nvr's own fields (100, 101) take two-byte varint keys, round-trip,
+    and a decoder that doesn't know them (Moonfire's four fields only) skips them."""
+    assert auth.Permissions(view_video=True).encode() == bytes.fromhex("0801")
+    ours = auth.Permissions(view_video=True, configure_cameras=True, protect_recordings=True)
+    blob = ours.encode()
+    assert blob == bytes.fromhex("0801" "a00601" "a80601")
+    assert auth.Permissions.decode(blob) == ours
+    assert auth.Permissions.decode(auth.Permissions.all().encode()) == auth.Permissions.all()
+    monkeypatch.setattr(auth.Permissions, "FIELDS", auth.Permissions.FIELDS[:4])
+    assert auth.Permissions.decode(blob) == auth.Permissions(view_video=True)

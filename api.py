@@ -49,6 +49,7 @@ import metrics
 import mp4
 import recording
 import snapshot
+import storage
 
 logger = logging.getLogger(__name__)
 
@@ -1007,6 +1008,13 @@ def handle_metrics(request: Request, m: re.Match):
                     {"Cache-Control": "no-store"})
 
 
+def handle_storage(request: Request, m: re.Match):
+    """`GET /api/storage` (viewVideo): per stream and per dir, what is kept, under which
+    limits, for how long, and what retention last deleted (storage.py; docs/api.md)."""
+    request.params(())
+    return Response.json(storage.report(request.server.db))
+
+
 # ---------------------------------------------------------------------------------------
 # The route table
 
@@ -1047,6 +1055,7 @@ ROUTES: list[Route] = [
     Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})/sessions/(?P<sid>[0-9a-f]{16})/revoke"),
           ("POST",), CALLER, handle_revoke_session),
     Route(re.compile(r"/api/metrics"), GET_HEAD, "view_video", handle_metrics),
+    Route(re.compile(r"/api/storage"), GET_HEAD, "view_video", handle_storage),
 ]
 
 

@@ -377,6 +377,12 @@ class Stream:
     # Committed recordings queued for deletion (ListRow), oldest first.
     to_delete: list = dataclasses.field(default_factory=list)
     fs_bytes_to_delete: int = 0
+    # Which rule queued each of `to_delete` (composite id -> "bytes" | "age" | "floor").
+    to_delete_rule: dict = dataclasses.field(default_factory=dict)
+    # What the flushes of this process deleted, by rule (retention.Deletion): in memory
+    # only, for the Storage page; empty again after a restart.
+    last_deletions: dict = dataclasses.field(default_factory=dict)
+    last_deletion: "retention.Deletion | None" = None
 
     @property
     def record(self) -> bool:
@@ -1104,7 +1110,8 @@ class Database:
             plan = retention.plan_stream(self._rows_not_queued(s), over_bytes=over,
                                          cutoff_90k=cutoff)
             if not dry_run:
-                self._queue_deletion(s, plan)
+                self._queue_deletion(s, plan[:plan.by_bytes], "bytes")
+                self._queue_deletion(s, plan[plan.by_bytes:], "age")
             return plan
 
     def _rows_not_queued(self, s: Stream):
@@ -1117,8 +1124,12 @@ class Database:
             yield ListRow(r[0], r[1], r[2], r[3], r[3] + r[4], r[5], r[6], r[7], r[8],
                           r[9], r[10], r[11])
 
-    def _queue_deletion(self, s: Stream, rows: list[ListRow]) -> None:
+    def _queue_deletion(self, s: Stream, rows: list[ListRow], rule: str = "bytes") -> None:
+        """Queues `rows` for the next flush; `rule` ("bytes", "age", "floor") is kept
+        for the Storage page's "last deleted by" (`Stream.last_deletion`)."""
         s.to_delete.extend(rows)
+        for r in rows:
+            s.to_delete_rule[r.composite_id] = rule
         s.fs_bytes_to_delete += sum(round_up(r.sample_file_bytes) for r in rows)
 
     def enforce_free_space_floor(self, dir_id: int, free_bytes: int,
@@ -1138,7 +1149,7 @@ class Database:
             p.rows = retention.plan_floor({s.id: self._rows_not_queued(s) for s in streams},
                                           floor - free_bytes - pending)
             for s in streams:
-                self._queue_deletion(s, [r for sid, r in p.rows if sid == s.id])
+                self._queue_deletion(s, [r for sid, r in p.rows if sid == s.id], "floor")
             return p
 
     def delete_garbage(self, dir_id: int, composite_ids) -> None:
@@ -1264,6 +1275,7 @@ class Database:
                 self._add_to_totals(s, r.start_time_90k, r.wall_duration_90k,
                                     r.sample_file_bytes, 1)
             if s.to_delete:
+                self._note_deletion(s, now_90k)
                 d = self.dirs[s.sample_file_dir_id]
                 for row in s.to_delete:
                     self._add_to_totals(s, row.start_time_90k, row.wall_duration_90k,
@@ -1272,6 +1284,7 @@ class Database:
                     d.garbage_fs_bytes[row.composite_id] = round_up(row.sample_file_bytes)
                     self._video_index_cache.pop(row.composite_id, None)
                 s.to_delete.clear()
+                s.to_delete_rule.clear()
                 s.fs_bytes_to_delete = 0
                 self._recompute_range(s)
         for d in self.dirs.values():
@@ -1282,6 +1295,23 @@ class Database:
                     len(deleted), ", ".join(deleted) or "none", deleted_bytes, gced,
                     f", abandoned {len(abandoned)} to garbage ({', '.join(abandoned)})"
                     if abandoned else "")
+
+    def _note_deletion(self, s: Stream, now_90k: int) -> None:
+        """Remembers what this flush deleted from `s`, per rule (`Stream.last_deletions`);
+        `last_deletion` is the rule that deleted the most rows (ties: bytes, age, floor)."""
+        counts: dict[str, list[int]] = {}
+        for row in s.to_delete:
+            c = counts.setdefault(s.to_delete_rule.get(row.composite_id, "bytes"), [0, 0])
+            c[0] += 1
+            c[1] += row.sample_file_bytes
+        best = None
+        for rule in retention.RULES:
+            if rule in counts:
+                dl = retention.Deletion(rule, now_90k, *counts[rule])
+                s.last_deletions[rule] = dl
+                if best is None or dl.count > best.count:
+                    best = dl
+        s.last_deletion = best
 
     def collect_garbage(self, dir_id: int) -> int:
         """Unlinks this dir's garbage files, fsyncs the dir and marks them gone

@@ -86,6 +86,24 @@ def expired(end_90k: int, cutoff_90k: int | None) -> bool:
     return cutoff_90k is not None and end_90k < cutoff_90k
 
 
+# The rules, as the Storage page names them (`Deletion.rule`), in the order a tie picks.
+RULES = ("bytes", "age", "floor")
+
+
+@dataclasses.dataclass(frozen=True)
+class Deletion:
+    """What one flush deleted from a stream by one rule (db.py `Stream.last_deletions`,
+    kept in memory: a restart forgets it)."""
+    rule: str          # "bytes" (retainBytes), "age" (retainDays), "floor" (free space)
+    time_90k: int      # the flush's wall time
+    count: int         # recordings
+    bytes: int         # their sample file bytes
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "timeSec": self.time_90k / 90_000, "time90k": self.time_90k,
+                "count": self.count, "bytes": self.bytes}
+
+
 class Plan(list):
     """What one retention pass of a stream queues: the rows, oldest first (a list, as
     `Database.delete_oldest_recordings` has always returned), and how many of them

@@ -219,7 +219,8 @@ export function render(main, ctx) {
       const dur = rec.endTime90k - rec.startTime90k;
       const open = () => openPlayer({
         url: api.viewUrl(s.camera.uuid, s.type, rec, st.trim ? {start90k: start, end90k: end, ts: st.ts} : {ts: st.ts}),
-        title: s.label, start90k: start, end90k: end, entry});
+        title: s.label, start90k: start, end90k: end, entry,
+        keep: ctx.top.permissions?.protectRecordings ? {cameraUuid: s.camera.uuid, streamType: s.type} : undefined});
       body.append(h('tr', {class: 'clickable', tabindex: '0', role: 'button',
           'aria-label': `Play ${s.label} from ${fmt(start)} to ${fmt(end)}`,
           dataset: {startId: String(rec.startId), endId: String(rec.endId ?? rec.startId),

@@ -6,12 +6,16 @@
 // instant (a `view.mp4` trimmed to start there, to the end of its row); a click on a
 // gap zooms to it. Hovering or dragging over a span shows the picture there (the key
 // frame at or before that instant, `still.jpg?key=true`).
+// Protected ranges (`GET /api/protections`, protect.js) are drawn over their lanes (a
+// camera-wide one over each of the camera's lanes), labelled; the player opened here
+// offers "Keep this clip" to protectRecordings, and the new range is drawn at once.
 // State in the URL: #/timeline?start=YYYY-MM-DD&end=YYYY-MM-DD&v0=<90k>&v1=<90k>.
 
 import * as api from './api.js';
 import {h, icon, replace, showError, snackbar} from './dom.js';
 import {allStreams, daysWithVideo, fetchRecordings} from './model.js';
 import {openPlayer} from './player.js';
+import * as protect from './protect.js';
 import {TICKS, dayOf90k, dayTime90k, duration90k, nextDay, offsetMs, parseDay, timeOf90k,
         dateTime90k, to90k, toMs, today} from './time.js';
 
@@ -37,6 +41,7 @@ export function render(main, ctx) {
   if (nextDay(start, MAX_RANGE_DAYS) <= end) start = nextDay(end, 1 - MAX_RANGE_DAYS);
   let r0, r1, v0, v1;
   let lanes = [];   // [{s, rows, spans, gaps, track}]
+  let protections = [];  // GET /api/protections over [r0, r1)
   let loadAbort = null;
 
   const startInput = h('input', {type: 'date', value: start, 'aria-label': 'First day',
@@ -68,6 +73,7 @@ export function render(main, ctx) {
       h('div', {class: 'tl-legend'},
         h('span', null, h('span', {class: 'swatch', style: {background: 'var(--span)'}}), 'recorded (click to play from there)'),
         h('span', null, h('span', {class: 'swatch', style: {background: 'var(--gap)'}}), 'gap, labelled with why the recording before it ended'),
+        h('span', null, h('span', {class: 'swatch protected'}), 'protected from retention (kept clips)'),
         h('span', null, `Times in ${ctx.top.timeZoneName}. Drag to pan, Ctrl+wheel to zoom.`))));
 
   /** Loads the range [start, end]; then shows all of it, or (`fit`) where its video is. */
@@ -122,8 +128,11 @@ export function render(main, ctx) {
     // Every stream that records or has video in the range (days only count committed video).
     const shown = streams.filter(s => s.stream.record || Object.keys(s.stream.days || {}).some(d => d >= start && d <= end));
     try {
-      const results = await Promise.all(shown.map(s => fetchRecordings(s, r0, r1, ROW_SPLIT, signal)));
+      const [results, prots] = await Promise.all([
+        Promise.all(shown.map(s => fetchRecordings(s, r0, r1, ROW_SPLIT, signal))),
+        protect.list({startTime90k: r0, endTime90k: r1}, {signal})]);
       lanes = shown.map((s, i) => buildLane(s, results[i].recordings || [], results[i].videoSampleEntries || {}));
+      protections = prots || [];
     } catch (e) {
       if (e.name !== 'AbortError') showError(e, 'Timeline');
       return;
@@ -147,6 +156,16 @@ export function render(main, ctx) {
     p.delete('v1');
     drawLanes();
     commitView();
+  }
+
+  /** Fetches the range's protections again and redraws (after "Keep this clip"). */
+  async function reloadProtections() {
+    try {
+      protections = (await protect.list({startTime90k: r0, endTime90k: r1})) || [];
+      draw();
+    } catch (e) {
+      showError(e, 'Protections');
+    }
   }
 
   function drawLanes() {
@@ -190,6 +209,16 @@ export function render(main, ctx) {
           style: {left: pct(Math.max(g.start, v0)), width: len(g.start, g.end)},
           dataset: {start90k: String(g.start), end90k: String(g.end), reason: g.reason}},
           wide ? h('span', {class: 'tl-gap-label'}, text) : null));
+      }
+      for (const p of protectionsOf(lane.s, protections)) {
+        if (p.endTime90k <= v0 || p.startTime90k >= v1) continue;
+        const wide = (Math.min(p.endTime90k, v1) - Math.max(p.startTime90k, v0)) * px > 48;
+        const text = `Protected: ${p.label} (${dateTime90k(p.startTime90k)} – ${timeOf90k(p.endTime90k)}` +
+          `${p.streamType ? '' : ', every stream of the camera'}; by ${p.createdBy})`;
+        kids.push(h('div', {class: 'tl-protected', role: 'img', title: text, 'aria-label': text,
+          style: {left: pct(Math.max(p.startTime90k, v0)), width: len(p.startTime90k, p.endTime90k)},
+          dataset: {protectionId: String(p.id), start90k: String(p.startTime90k), end90k: String(p.endTime90k)}},
+          wide ? h('span', {class: 'tl-protected-label'}, p.label) : null));
       }
       lane.track.replaceChildren(...kids);
     }
@@ -237,7 +266,10 @@ export function render(main, ctx) {
       const t0 = Math.max(Math.round(t), row.startTime90k);
       openPlayer({url: api.viewUrl(lane.s.camera.uuid, lane.s.type, row, {start90k: t0}),
                   title: lane.s.label, start90k: t0, end90k: row.endTime90k,
-                  entry: lane.entries[row.videoSampleEntryId]});
+                  entry: lane.entries[row.videoSampleEntryId],
+                  keep: ctx.top.permissions?.protectRecordings
+                    ? {cameraUuid: lane.s.camera.uuid, streamType: lane.s.type} : undefined,
+                  onKept: () => reloadProtections()});
       return;
     }
     const g = lane.gaps.find(g => g.start <= t && t < g.end);
@@ -350,6 +382,12 @@ export function render(main, ctx) {
     hidePreview();
     if (previewUrl) URL.revokeObjectURL(previewUrl);
   };
+}
+
+/** The protections drawn over stream `s`'s lane: its own and its camera's. */
+export function protectionsOf(s, protections) {
+  return protections.filter(p => p.cameraUuid === s.camera.uuid &&
+                                 (p.streamType === null || p.streamType === undefined || p.streamType === s.type));
 }
 
 /** A lane: the stream's rows by time, merged into spans (one per run, split where

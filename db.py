@@ -1,6 +1,6 @@
 """The database: the one read-write SQLite connection and the in-memory state.
 
-Files: `<db dir>/db` is the SQLite database (schema.sql, version 8). The
+Files: `<db dir>/db` is the SQLite database (schema.sql, version 9). The
 database holds password hashes, session hashes and camera passwords, so it is
 private to the user running nvr whatever the umask: `init` creates the directory
 0700 and the file 0600, and SQLite gives the `-wal`/`-shm`/`-journal` files the
@@ -77,7 +77,7 @@ def breaks_log_lines(name: str) -> bool:
     separator: names go into log lines, which such characters could split or forge."""
     return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 DB_FILENAME = "db"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 

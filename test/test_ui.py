@@ -16,7 +16,12 @@ What is checked, each in the browser the way a person would use it:
   recording (the test camera's bars scroll 4 px a frame, so frames are distinct);
 - the timeline shows the gap with the end reason of the run before it, and a click
   plays from the clicked instant;
-- the storage page's figures are those of the `/api/` answer it got;
+- the storage page's figures are those of the `/api/storage` answer it got, and a new
+  server's first minutes of video show as uncommitted bytes (not 0 B);
+- setting a stream's byte limit on the storage page (with the confirmation when it
+  deletes recordings now);
+- "Keep this clip" in the player, the protected range drawn on the timeline, listed on
+  the storage page, its label edited, and removed;
 - an admin adds a user who then logs in; a non-admin sees no Users page and gets 403;
 - live view plays, and reconnects by itself after the server restarts (last: it
   restarts the module's server);
@@ -531,32 +536,45 @@ def test_storage_page_shows_the_api_figures(tab, server):
     tab.goto()
     tab.login("admin")
     pg = tab.page
-    with pg.expect_response(lambda r: r.url == server.base + "api/") as resp:
+    with pg.expect_response(lambda r: r.url == server.base + "api/storage") as resp:
         tab.goto("#/storage")
-    top = resp.value.json()
+    rep = resp.value.json()
     pg.wait_for_selector("table[aria-label='Storage per stream'] tbody tr")
-    fields = ("fsBytes", "retainBytes", "totalSampleFileBytes", "totalDuration90k",
-              "minStartTime90k", "maxEndTime90k")
-    streams = [s for c in top["cameras"] for s in c["streams"].values()]
+    fields = ("committedFsBytes", "uncommittedBytes", "retainBytes", "retainDays",
+              "daysAtBytesLimit", "daysKept", "recentBitrateBps", "oldestStartTime90k",
+              "protectedBytes")
+    streams = rep["streams"]
     assert len(streams) == 2
     for s in streams:
         row = pg.locator(f'.storage-table tbody tr[data-stream-id="{s["id"]}"]')
         shown = row.locator("td[data-field]").evaluate_all(
             "tds => Object.fromEntries(tds.map(t => [t.dataset.field, t.dataset.value]))")
         for f in fields:
-            assert shown[f] == str(s[f]), (f, shown[f], s[f])
-        assert s["fsBytes"] > 0 and s["totalDuration90k"] > 0
-        days = s["retainBytes"] / (s["fsBytes"] / (s["totalDuration90k"] / TICKS)) / 86400
-        assert float(shown["historyDays"]) == pytest.approx(days, rel=1e-9)
-        text = row.locator('td[data-field="historyDays"]').inner_text()
-        assert text == (f"{days:.0f} days" if days >= 10 else f"{days:.1f} days")
-        mbps = s["totalSampleFileBytes"] * 8 / (s["totalDuration90k"] / TICKS) / 1e6
-        assert row.locator('td[data-field="bitrate"]').inner_text() == f"{mbps:.2f} Mbps"
+            want = "" if s[f] is None else str(s[f])
+            assert shown[f] == want, (f, shown[f], s[f])
+        assert s["committedFsBytes"] > 0 and s["recentBitrateBps"] > 0
+        # Recording with --flush-if-sec 0: the growing recording is uncommitted, shown so.
+        assert s["uncommittedBytes"] > 0
+        assert "uncommitted" in row.locator('td[data-field="uncommittedBytes"]').inner_text()
+        days = s["daysAtBytesLimit"]
+        assert days == pytest.approx(s["retainBytes"] / s["recentBytesPerSec"] / 86400)
+        text = row.locator('td[data-field="daysAtBytesLimit"]').inner_text()
+        assert text == (f"{days:.0f} days" if days >= 10 else f"{days:.1f} days" if days >= 1
+                        else f"{days * 24:.1f} hours")
+        assert row.locator('td[data-field="recentBitrateBps"]').inner_text() == \
+            f"{s['recentBitrateBps'] / 1e6:.2f} Mbps"
         assert row.locator('td[data-field="retainBytes"]').inner_text() == "1.00 GiB"
-        assert row.locator('td[data-field="minStartTime90k"]').inner_text() == \
-            zoned(s["minStartTime90k"]).strftime("%Y-%m-%d %H:%M:%S")
-    total = pg.locator(".storage-table tfoot td[data-field='fsBytes']").get_attribute("data-value")
-    assert int(total) == sum(s["fsBytes"] for s in streams)
+        assert row.locator('td[data-field="retainDays"]').inner_text() == "none"
+        assert row.locator('td[data-field="oldestStartTime90k"]').inner_text() == \
+            zoned(s["oldestStartTime90k"]).strftime("%Y-%m-%d %H:%M:%S")
+        assert row.locator('td[data-field="lastDeletion"]').inner_text() == "nothing yet"
+    (d,) = rep["dirs"]
+    drow = pg.locator(f'table[aria-label="Storage per directory"] tr[data-dir-id="{d["id"]}"]')
+    for f in ("totalBytes", "freeBytes", "floorBytes", "usedBytes"):
+        assert drow.locator(f'td[data-field="{f}"]').get_attribute("data-value") == str(d[f])
+    assert d["usedBytes"] == sum(s["committedFsBytes"] + s["uncommittedFsBytes"] for s in streams)
+    assert drow.locator('td[data-field="belowFloor"]').inner_text() == \
+        ("below the floor" if d["belowFloor"] else "ok")
     tab.screenshot("storage")
     # The skip link moves focus to the page, not to a route named "main".
     tab.goto("#/")
@@ -573,6 +591,48 @@ def test_storage_page_shows_the_api_figures(tab, server):
     tab.goto("#/nowhere")
     pg.wait_for_selector("#main[data-page='not-found']")
     assert pg.locator("#main").inner_text().startswith("There is no page /nowhere.")
+
+
+def test_storage_shows_uncommitted_bytes_right_after_start(browser, server, tmp_path):
+    """A new server's first recordings wait up to flushIfSec (120 s here, the default)
+    for their flush: the Storage page shows them as uncommitted while the database has
+    no recording yet (it showed 0 B for two minutes)."""
+    cwd = str(tmp_path)
+    srv = Server(cwd, server.camera)
+    nvr("init", cwd=cwd)
+    nvr("config", "camera", "add", "cam1", cwd=cwd)
+    nvr("config", "stream", "add", "cam1", "main", "--url", server.camera.url("main"),
+        "--record", "--dir", "1", "--retain-bytes", "1G", cwd=cwd)
+    nvr("config", "user", "add", "admin", "--password-stdin", "--permissions", "all",
+        cwd=cwd, stdin=USERS["admin"][0] + "\n")
+    srv.start()
+    t = Page(browser, srv)
+    try:
+        t.goto("#/storage")
+        t.login("admin")
+        pg = t.page
+        row = pg.locator('.storage-table tbody tr[data-stream-id="1"]')
+        row.wait_for()
+
+        def uncommitted():
+            with pg.expect_response(lambda r: r.url == srv.base + "api/storage") as resp:
+                pg.get_by_role("button", name="Refresh").click()
+            rep = resp.value.json()
+            pg.wait_for_selector("#main [aria-live]:not([aria-busy])")
+            v = row.locator('td[data-field="uncommittedBytes"]').get_attribute("data-value")
+            return (rep, int(v)) if v and int(v) > 0 else None
+        rep, shown = wait_for("video of the first recording", uncommitted, interval=0.5)
+        assert srv.rows(1) == []  # nothing committed yet
+        (s,) = rep["streams"]
+        assert (s["committedBytes"], s["uncommittedBytes"]) == (0, shown)
+        assert row.locator('td[data-field="committedFsBytes"]').get_attribute("data-value") == "0"
+        chip = row.locator('td[data-field="uncommittedBytes"] .chip')
+        assert chip.inner_text().endswith(" uncommitted") and chip.inner_text().startswith("+")
+        t.screenshot("storage-uncommitted")
+        assert not t.unexpected_errors(), t.errors
+    finally:
+        t.context.close()
+        srv.stop()
 
 
 def test_admin_adds_edits_and_deletes_a_user_who_can_log_in(tab, server):

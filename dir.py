@@ -927,10 +927,20 @@ class Syncer:
                           for sid, ids in per_stream.items()))
             self._plan_retention_flush("free space below the floor")
         if short and not self.floor_short:
-            logger.warning("%s: free space stays below the floor of %d B (%s) with every "
-                           "recording of the dir deleted or on its way; something else fills "
-                           "the disk, or the floor is too high (`nvr.py config dir edit "
-                           "--free-space-floor`)", self.path, p.floor_bytes, self._floor_setting())
+            if getattr(p, "kept_protected", 0):
+                # Issue #17: a full disk resolves by itself unless what is left is protected.
+                logger.warning("%s: free space stays below the floor of %d B (%s): every "
+                               "recording of the dir left is protected (%d of %d B); they are "
+                               "kept, and recording stalls when the disk is full. Shorten or "
+                               "remove protections (`nvr.py protect list`), or free space",
+                               self.path, p.floor_bytes, self._floor_setting(),
+                               p.kept_protected, p.kept_protected_bytes)
+            else:
+                logger.warning("%s: free space stays below the floor of %d B (%s) with every "
+                               "recording of the dir deleted or on its way; something else "
+                               "fills the disk, or the floor is too high (`nvr.py config dir "
+                               "edit --free-space-floor`)", self.path, p.floor_bytes,
+                               self._floor_setting())
         elif not short and self.floor_short:
             logger.info("%s: free space is back above the floor", self.path)
         self.floor_short = short

@@ -70,13 +70,6 @@ def _recent_rate(db: dbmod.Database, s: dbmod.Stream) -> tuple[int, int, int]:
     return fs, nbytes, dur
 
 
-def protected_bytes(db: dbmod.Database, stream_id: int) -> int:
-    """The sample file bytes of the stream's recordings that a protection covers
-    (db.py's protection API; 0 on a database without it)."""
-    fn = getattr(db, "protected_bytes", None)
-    return int(fn(stream_id)) if fn is not None else 0
-
-
 def stream_json(db: dbmod.Database, s: dbmod.Stream, now_90k: int) -> dict:
     """One stream's figures; under the database lock.
 
@@ -105,7 +98,7 @@ def stream_json(db: dbmod.Database, s: dbmod.Stream, now_90k: int) -> dict:
     if limits.bytes is not None and per_sec:
         days_bytes = limits.bytes / per_sec / 86400
     kept = [d for d in (days_bytes, limits.days) if d is not None]
-    prot = protected_bytes(db, s.id)
+    prot = db.protected_bytes(s.id)
     return {
         "id": s.id,
         "cameraId": cam.id,

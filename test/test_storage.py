@@ -187,6 +187,32 @@ def test_one_flush_deleting_by_two_rules_reports_the_larger(t):
     assert got["lastDeletion"]["rule"] == "bytes"  # a tie: the order of retention.RULES
 
 
+def test_protected_bytes_and_a_protection_over_the_byte_limit(t):
+    """Protected bytes per stream and dir; when they alone exceed the byte limit the
+    report says so (retention keeps them, so the stream holds more than its limit), and
+    the last deletion is of the unprotected ones only."""
+    d = t.db
+    for i in range(4):
+        t.add_recording(start_90k=NOW_90K + i * 60 * SEC)  # 1 s each, a minute apart
+    d.flush("test")
+    sizes = [retention.round_up(r.sample_file_bytes)
+             for r in d.list_recordings_by_id(t.stream_id, 0, 99)]
+    # Recordings 1 and 2 (the range overlaps both, and ends before 3 starts).
+    d.add_protection(t.camera_id, None, NOW_90K + 60 * SEC + SEC // 2, NOW_90K + 121 * SEC,
+                     "incident", "test")
+    s = stream_of(storage.report(d), t.stream_id)
+    assert (s["protectedBytes"], s["protectedOverLimit"]) == (sizes[1] + sizes[2], False)
+    assert storage.report(d)["dirs"][0]["protectedBytes"] == sizes[1] + sizes[2]
+    set_config(t, retainBytes=sizes[1])  # less than what is protected
+    plan = d.delete_oldest_recordings(t.stream_id)
+    assert [r.recording_id for r in plan] == [0, 3]
+    d.flush("test")
+    s = stream_of(storage.report(d), t.stream_id)
+    assert (s["protectedBytes"], s["protectedOverLimit"]) == (sizes[1] + sizes[2], True)
+    assert s["committedFsBytes"] == sizes[1] + sizes[2] > s["retainBytes"]
+    assert {k: s["lastDeletion"][k] for k in ("rule", "count")} == {"rule": "bytes", "count": 2}
+
+
 def test_dirs_free_space_against_the_floor(t, clocks):
     t.add_recording(start_90k=NOW_90K)
     t.db.flush("test")

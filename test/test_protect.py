@@ -1,0 +1,330 @@
+"""Protected footage (issue 17 items 3, 5, 6): time ranges no retention rule deletes.
+
+The rules are in retention.py (`Protected`, the plans passing protected rows over), the
+rows and the deletion queues in db.py, the CLI in nvr.py (`protect ...`), the API in
+api.py (`/api/protections`). Time is simulated (`clocks`); the free space the floor sees
+comes through test_retention's `SpaceFs`; the loop-mounted ext4 test fills a real disk.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+
+import pytest
+
+import check
+import db
+import dir as dirmod
+import recording
+import retention
+import writer
+from conftest import START_NS, make_testdb
+from test_retention import (DAY, NOW_90K, SEC, InlineSyncer, NoStallClocks, SpaceFs, feed,
+                            ids, inline, loop_stream, pump, reopen_with_space, set_config,
+                            small_ext4)  # noqa: F401 (a fixture)
+
+MIN = 60 * SEC
+
+
+def minutes(t, n: int, stream_id=None, first: int = 0) -> list[int]:
+    """n recordings of 1 s, one a minute from NOW_90K + first minutes."""
+    return [t.add_recording(start_90k=NOW_90K + (first + i) * MIN, stream_id=stream_id)
+            for i in range(n)]
+
+
+def size_of_one(t) -> int:
+    s = t.db.streams[t.stream_id]
+    return s.fs_bytes // len(ids(t))
+
+
+# -- the rule ------------------------------------------------------------------------
+
+def test_overlap_is_half_open_and_merging_changes_no_answer():
+    p = retention.Protected([(100, 200), (150, 250), (300, 400), (250, 260)])
+    assert p.ranges == [(100, 260), (300, 400)]
+    for start, end, covered in [
+            (0, 100, False), (0, 101, True),        # ends at the start / just after it
+            (260, 300, False), (259, 300, True),    # starts at the end / just before it
+            (399, 400, True), (400, 500, False),
+            (100, 100, True), (260, 260, False),    # zero duration: one tick
+            (299, 299, False), (300, 300, True), (0, 1000, True)]:
+        assert p.covers(start, end) is covered, (start, end)
+        # The same answer from the ranges one by one.
+        assert any(a < max(end, start + 1) and b > start for a, b in
+                   [(100, 200), (150, 250), (300, 400), (250, 260)]) is covered
+    assert not retention.NOTHING_PROTECTED.covers(0, 1 << 40)
+
+
+# -- retention skips protected recordings ----------------------------------------------
+
+def test_byte_limit_passes_over_a_protection_spanning_recordings(testdb):
+    t = testdb
+    minutes(t, 6)
+    t.db.flush("test")
+    size = size_of_one(t)
+    # From the middle of recording 1 to the middle of recording 2.
+    pid = t.db.add_protection(t.camera_id, t.stream_id, NOW_90K + MIN + SEC // 2,
+                              NOW_90K + 2 * MIN + SEC // 2, "spanning", "alice")
+    set_config(t, retainBytes=3 * size)
+    plan = t.db.delete_oldest_recordings(t.stream_id)
+    assert [r.recording_id for r in plan] == [0, 3, 4]
+    assert (plan.by_bytes, plan.kept_protected, plan.kept_protected_bytes) == (3, 2, 2 * size)
+    t.db.flush("test")
+    assert ids(t) == [1, 2, 5]
+    assert t.db.protected_bytes(t.stream_id) == 2 * size == t.db.protection_bytes(pid)
+    # Without the protection, the same limit takes the oldest: 1 and 2 go at the next pass
+    # (only to meet the limit again: 3 recordings fit).
+    t.db.delete_protection(pid)
+    minutes(t, 1, first=6)
+    assert [r.recording_id for r in t.db.delete_oldest_recordings(t.stream_id)] == [1]
+
+
+def test_a_camera_protection_covers_every_stream_of_the_camera(testdb):
+    t = testdb
+    sub = t.db.add_stream(t.camera_id, "sub", dict(t.db.streams[t.stream_id].config), t.dir_id)
+    other_cam = t.db.add_camera("other", {})
+    other = t.db.add_stream(other_cam, "main", dict(t.db.streams[t.stream_id].config),
+                            t.dir_id)
+    for sid in (t.stream_id, sub, other):
+        minutes(t, 3, stream_id=sid)
+    t.db.flush("test")
+    t.db.add_protection(t.camera_id, None, NOW_90K, NOW_90K + MIN, "all of camera", "cli")
+    for sid in (t.stream_id, sub, other):
+        set_config(t, sid, retainBytes=0, retainDays=None)  # delete everything unprotected
+        t.db.delete_oldest_recordings(sid)
+    t.db.flush("test")
+    assert ids(t) == [0] and ids(t, sub) == [0] and ids(t, other) == []
+
+
+def test_protected_alone_over_the_byte_limit_deletes_nothing_and_warns_once(testdb, caplog):
+    t = testdb
+    minutes(t, 4)
+    t.db.flush("test")
+    size = size_of_one(t)
+    t.db.add_protection(t.camera_id, t.stream_id, NOW_90K, NOW_90K + 2 * MIN, "incident",
+                        "alice")
+    set_config(t, retainBytes=size)  # 2 protected recordings alone exceed it
+    with caplog.at_level(logging.INFO, logger="db"):
+        assert [r.recording_id for r in t.db.delete_oldest_recordings(t.stream_id)] == [2, 3]
+        t.db.flush("test")
+        for _ in range(5):  # more passes while it lasts: counted, not logged each time
+            plan = t.db.delete_oldest_recordings(t.stream_id)
+            assert plan == [] and plan.kept_protected == 2 and plan.short_bytes == size
+    assert ids(t) == [0, 1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"test-camera-main: protected recordings (2 of {2 * size} B) alone exceed retainBytes "
+        f"({size} B) by {size} B; they are kept. Raise retainBytes, or shorten or remove "
+        f"protections (`nvr.py protect list`)"]
+    # Raised limit: one line says it is over.
+    caplog.clear()
+    set_config(t, retainBytes=10 * size)
+    with caplog.at_level(logging.INFO, logger="db"):
+        assert t.db.delete_oldest_recordings(t.stream_id) == []
+        assert t.db.delete_oldest_recordings(t.stream_id) == []
+    assert [r.getMessage().startswith("test-camera-main: back within retainBytes after")
+            for r in caplog.records] == [True]
+
+
+def test_age_limit_passes_over_protected_recordings(testdb):
+    t = testdb
+    set_config(t, retainBytes=0, retainDays=1)
+    # Five 1 s recordings, a minute apart, all past the limit but the last.
+    for i in range(5):
+        t.add_recording(start_90k=NOW_90K - DAY - 4 * MIN + i * MIN)
+    t.db.flush("test")
+    t.db.add_protection(t.camera_id, t.stream_id, NOW_90K - DAY - 3 * MIN,
+                        NOW_90K - DAY - 3 * MIN + 1, "one tick", "bob")
+    plan = t.db.delete_oldest_recordings(t.stream_id)
+    # 0, 2 and 3 expired and unprotected; 1 protected (the age prefix goes on past it);
+    # 4 ends within the day.
+    assert [r.recording_id for r in plan] == [0, 2, 3]
+    assert (plan.by_age, plan.kept_protected) == (3, 1)
+    t.db.flush("test")
+    assert ids(t) == [1, 4]
+
+
+def test_a_protection_added_while_a_deletion_is_queued_keeps_it(testdb, caplog):
+    """Retention queued recordings (in memory, for the next flush); a protection added
+    before that flush takes the ones it covers off the queue, and the flush keeps them.
+    An edit that grows a protection does the same."""
+    t = testdb
+    minutes(t, 6)
+    t.db.flush("test")
+    size = size_of_one(t)
+    set_config(t, retainBytes=2 * size)
+    assert [r.recording_id for r in t.db.delete_oldest_recordings(t.stream_id)] == [0, 1, 2, 3]
+    s = t.db.streams[t.stream_id]
+    assert s.fs_bytes_to_delete == 4 * size
+    with caplog.at_level(logging.INFO, logger="db"):
+        pid = t.db.add_protection(t.camera_id, None, NOW_90K + MIN, NOW_90K + MIN + 1, "late",
+                                  "alice")
+    assert [r.recording_id for r in s.to_delete] == [0, 2, 3]
+    assert s.fs_bytes_to_delete == 3 * size
+    assert "protection 1 ('late'): 1 recording(s) queued for deletion are kept" in caplog.text
+    t.db.update_protection(pid, end_90k=NOW_90K + 2 * MIN + 1)  # now covers 2 as well
+    assert [r.recording_id for r in s.to_delete] == [0, 3]
+    assert s.fs_bytes_to_delete == 2 * size
+    t.db.flush("test")
+    assert ids(t) == [1, 2, 4, 5]
+    assert sorted(t.db.dirs[t.dir_id].garbage_needs_unlink) == [
+        t.stream_id << 32 | 0, t.stream_id << 32 | 3]
+
+
+def test_protections_survive_a_restart_between_queue_and_flush(tmp_path, clocks):
+    """The queue is memory only; the protection is in SQLite. Queued, then nvr stops
+    before the flush; the protection added (offline) before the next start holds."""
+    t = make_testdb(tmp_path, clocks)
+    minutes(t, 4)
+    t.db.flush("test")
+    size = size_of_one(t)
+    set_config(t, retainBytes=2 * size)
+    assert [r.recording_id for r in t.db.delete_oldest_recordings(t.stream_id)] == [0, 1]
+    t.db.close()  # no flush: the queue is gone
+    t.db = db.Database.open_dir(t.db_dir, clocks)
+    t.db.add_protection(t.camera_id, t.stream_id, NOW_90K, NOW_90K + SEC, "after", "cli")
+    t.db.close()
+    t.db = db.Database.open_dir(t.db_dir, clocks)
+    t.db.open_sample_file_dirs()
+    assert [(p.label, p.created_by, p.created_time_90k) for p in t.db.list_protections()] == [
+        ("after", "cli", recording.to_90k_from_ns(clocks.realtime()))]
+    dirmod.Syncer(t.db, t.dir_id).initial_rotation()
+    assert ids(t) == [0, 3]  # 0 protected; 1 and 2 went to meet the limit
+    t.db.close()
+
+
+def test_floor_across_streams_passes_over_protected_and_warns_once_when_all_are(
+        tmp_path, clocks, caplog):
+    t = make_testdb(tmp_path, clocks)
+    d = t.db
+    sub = d.add_stream(t.camera_id, "sub", dict(d.streams[t.stream_id].config), t.dir_id)
+    # main at 0, 2, 4, 6 min; sub at 1, 3, 5, 7 min.
+    for i in range(4):
+        t.add_recording(start_90k=NOW_90K + 2 * i * MIN)
+        t.add_recording(start_90k=NOW_90K + (2 * i + 1) * MIN, stream_id=sub)
+    d.flush("test")
+    size = d.streams[t.stream_id].fs_bytes // 4
+    # The first three minutes of both streams (main 0 and 2, sub 1), and sub's 5 min.
+    d.add_protection(t.camera_id, None, NOW_90K, NOW_90K + 3 * MIN, "first minutes", "cli")
+    d.add_protection(t.camera_id, sub, NOW_90K + 5 * MIN, NOW_90K + 6 * MIN, "sub", "cli")
+    d.update_sample_file_dir(t.dir_id, {"freeSpaceFloorBytes": 10 * size})
+    d = reopen_with_space(t, clocks, 7 * size + 100, 1000 * size)  # 3 recordings short
+    syncer = inline(dirmod.Syncer(d, t.dir_id))
+    assert syncer.enforce_floor()
+    queued = sorted((r.start_time_90k, sid) for s in d.streams.values() for r in s.to_delete
+                    for sid in [s.id])
+    # The oldest unprotected by start time: sub 3 min, main 4 min, main 6 min.
+    assert queued == [(NOW_90K + 3 * MIN, sub), (NOW_90K + 4 * MIN, t.stream_id),
+                      (NOW_90K + 6 * MIN, t.stream_id)]
+    pump(syncer)
+    assert ids(t) == [0, 1] and ids(t, sub) == [0, 2, 3]
+    # The disk fills again: sub's 7 min goes, then only protected ones are left.
+    SpaceFs.space[0] = 0
+    with caplog.at_level(logging.INFO, logger="dir"):
+        syncer.enforce_floor()
+        pump(syncer)
+        syncer.enforce_floor()
+        syncer.enforce_floor()
+    assert ids(t) == [0, 1] and ids(t, sub) == [0, 2]
+    lines = [r.getMessage() for r in caplog.records if "stays below" in r.getMessage()]
+    assert lines == [
+        f"{t.sample_dir}: free space stays below the floor of {10 * size} B ({10 * size} B): "
+        f"every recording of the dir left is protected (4 of {4 * size} B); they are kept, "
+        f"and recording stalls when the disk is full. Shorten or remove protections "
+        f"(`nvr.py protect list`), or free space"]
+    d.close()
+
+
+# -- the database API -------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,message", [
+    (dict(end_90k=NOW_90K), "must be after start"),
+    (dict(end_90k=NOW_90K - 1), "must be after start"),
+    (dict(start_90k=0), "is not after 1970"),
+    (dict(label="x" * 257), "label is 257 characters; at most 256"),
+    (dict(label="a\nb"), "label has a control character or line break"),
+    (dict(stream_id=99), "camera test-camera has no stream with id 99"),
+    (dict(camera_id=99), "no camera with id 99"),
+])
+def test_bad_protections_are_refused_naming_the_problem(testdb, change, message):
+    args = dict(camera_id=testdb.camera_id, stream_id=testdb.stream_id, start_90k=NOW_90K,
+                end_90k=NOW_90K + SEC, label="ok", created_by="cli")
+    args.update(change)
+    with pytest.raises(db.DbError, match=message):
+        testdb.db.add_protection(**args)
+    assert testdb.db.protections == {}
+    assert testdb.db.conn.execute("select count(*) from protection").fetchone()[0] == 0
+
+
+def test_protections_are_edited_listed_and_go_with_their_stream(testdb, clocks):
+    t = testdb
+    d = t.db
+    sub = d.add_stream(t.camera_id, "sub", dict(d.streams[t.stream_id].config), t.dir_id)
+    a = d.add_protection(t.camera_id, t.stream_id, NOW_90K, NOW_90K + MIN, "a", "alice")
+    b = d.add_protection(t.camera_id, None, NOW_90K - MIN, NOW_90K, "b", "bob")
+    c = d.add_protection(t.camera_id, sub, NOW_90K + MIN, NOW_90K + 2 * MIN, "c", "cli")
+    assert [p.id for p in d.list_protections()] == [b, a, c]
+    assert [p.id for p in d.list_protections(stream_id=t.stream_id)] == [b, a]
+    assert [p.id for p in d.list_protections(start_90k=NOW_90K)] == [a, c]  # b ends there
+    assert [p.id for p in d.list_protections(end_90k=NOW_90K + MIN)] == [b, a]
+    clocks.advance(5 * 10**9)
+    p = d.update_protection(a, label="renamed", start_90k=NOW_90K + SEC)
+    assert (p.label, p.start_time_90k, p.end_time_90k) == ("renamed", NOW_90K + SEC,
+                                                           NOW_90K + MIN)
+    assert p.updated_time_90k == p.created_time_90k + 5 * SEC
+    with pytest.raises(db.DbError, match="must be after start"):
+        d.update_protection(a, end_90k=NOW_90K)
+    assert d.get_protection(a).end_time_90k == NOW_90K + MIN  # unchanged
+    assert d.conn.execute("select label, start_time_90k from protection where id = ?",
+                          (a,)).fetchone() == ("renamed", NOW_90K + SEC)
+    with pytest.raises(db.DbError, match="no protection with id 99"):
+        d.delete_protection(99)
+    # Deleting the sub stream deletes its protection; the camera's stays.
+    d.delete_stream(sub)
+    assert sorted(d.protections) == [a, b]
+    d.delete_camera(t.camera_id)
+    assert d.protections == {}
+    assert d.conn.execute("select count(*) from protection").fetchone()[0] == 0
+
+
+# -- a real disk filling up --------------------------------------------------------------
+
+def test_a_protected_range_survives_a_small_ext4_disk_filling(tmp_path, small_ext4):
+    """A byte limit (1 GiB) larger than the 64 MiB disk, through the real Writer and
+    Syncer: the floor deletes the oldest recordings as the disk fills, recording goes on
+    (no write waits for space), and the protected recordings 3-5 survive while their
+    neighbours on both sides are deleted."""
+    clocks = NoStallClocks(START_NS)
+    t = make_testdb(tmp_path, clocks)
+    dir_id, sid = loop_stream(t, small_ext4, {"freeSpaceFloorBytes": 8 << 20})
+    syncer = inline(dirmod.Syncer(t.db, dir_id))
+    w = writer.Writer(t.db, sid, InlineSyncer(syncer), shutdown=threading.Event(),
+                      rotate_interval_sec=3)
+    feed(w, t.vse_id, 30 * 3 * 8)  # recordings 0-7, ~3 s each
+    rows = {r.recording_id: r for r in t.db.list_recordings_by_id(sid, 0, 8)}
+    cam = t.db.streams[sid].camera_id
+    # From inside recording 3 to inside recording 5.
+    t.db.add_protection(cam, sid, rows[3].start_time_90k + SEC,
+                        rows[5].start_time_90k + SEC, "incident", "cli")
+    frames = 30 * 3 * 70  # ~70 recordings more, ~2.9 MB each: about 3 times the disk
+    feed(w, t.vse_id, frames, first=30 * 3 * 8)
+    w.close("end of test")
+    pump(syncer)
+    t.db.flush("test")
+    left = ids(t, sid)
+    assert left[:3] == [3, 4, 5]                 # kept
+    assert 2 not in left and 6 not in left       # their neighbours went
+    assert left[-1] >= 70 and left[3:] == list(range(left[3], left[-1] + 1))
+    free, total = t.db.dirs[dir_id].dir.fs.free_space()
+    assert (30 * 3 * 78) * 32 * 1024 > 3 * total and free >= 4 << 20
+    assert t.db.protected_bytes(sid) == sum(retention.round_up(r.sample_file_bytes)
+                                            for r in rows.values() if 3 <= r.recording_id <= 5)
+    path = os.path.join(small_ext4, "sample")
+    assert sorted(os.listdir(path)) == sorted(["meta"] + [dirmod.name_for(sid << 32 | i)
+                                                         for i in left])
+    t.db.close()
+    out = io.StringIO()
+    assert check.run(t.db_dir, check.Options(verify_hashes=True), out) == 0, out.getvalue()

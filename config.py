@@ -313,7 +313,8 @@ def _name_free(d: dbmod.Database, name: str, camera_id: int | None = None) -> No
 
 @dataclasses.dataclass
 class Doomed:
-    """Recordings a change would delete: committed rows plus those not yet committed."""
+    """Recordings a change would delete: committed rows plus those not yet committed,
+    and their sizes (sample_file_bytes, as `config stream list` counts)."""
     count: int = 0
     bytes: int = 0
 
@@ -329,8 +330,8 @@ def recordings_of(d: dbmod.Database, stream_ids) -> Doomed:
             n = d.conn.execute("select count(*) from recording where stream_id = ?",
                                (sid,)).fetchone()[0]
             out.count += n + len(s.uncommitted)
-            out.bytes += s.fs_bytes + sum(dbmod.round_up(r.sample_file_bytes)
-                                          for r in s.uncommitted)
+            out.bytes += s.sample_file_bytes + sum(r.sample_file_bytes
+                                                   for r in s.uncommitted)
     return out
 
 
@@ -507,7 +508,7 @@ def edit_stream(d: dbmod.Database, rec, camera_id: int, type_: str, changes: dic
                               f"recordings (their files live in the old dir); delete them "
                               f"first, or the stream", 409)
         plan = d.delete_oldest_recordings(s.id, config=config, dry_run=True)
-        doomed = Doomed(len(plan), sum(dbmod.round_up(r.sample_file_bytes) for r in plan))
+        doomed = Doomed(len(plan), sum(r.sample_file_bytes for r in plan))
         if doomed.count and not delete_recordings:
             raise ConfigError(f"the new limit deletes {doomed.describe()} now; "
                               f"{names.confirm} to go ahead", 409)
@@ -516,8 +517,7 @@ def edit_stream(d: dbmod.Database, rec, camera_id: int, type_: str, changes: dic
             deleted = Doomed()
             if doomed.count:
                 rows = d.delete_oldest_recordings(s.id)
-                deleted = Doomed(len(rows), sum(dbmod.round_up(r.sample_file_bytes)
-                                                for r in rows))
+                deleted = Doomed(len(rows), sum(r.sample_file_bytes for r in rows))
         if deleted.count:
             # Lowering a limit deletes at once what no longer fits (reference §3.8).
             d.flush("config: lower retention")

@@ -894,3 +894,133 @@ def test_live_view_plays_and_reconnects_after_a_restart(tab, server):
     pg.wait_for_function("() => !document.querySelector('#main .page-message')",
                          timeout=30_000)
     assert pg.locator("#main").get_attribute("data-page") == "timeline"
+
+
+def test_keep_this_clip_drawn_on_the_timeline_listed_edited_and_removed(tab, server):
+    """Protected footage in the UI: the player's "Keep this clip" protects the range it
+    shows (every stream of the camera), the timeline draws it over both lanes, the
+    Storage page lists it with its protected bytes, edits its label and removes it."""
+    tab.goto()
+    tab.login("admin")
+    pg = tab.page
+    pg.wait_for_selector("table.recordings tbody tr.clickable")
+    row = pg.locator(f'table.recordings[data-stream-id="{server.main_id}"] tbody tr.clickable').last
+    start90k, end90k = int(row.get_attribute("data-start90k")), int(row.get_attribute("data-end90k"))
+    row.click()
+    player = pg.locator("dialog.player")
+    player.get_by_role("button", name="Keep this clip").click()
+    dialog = pg.locator("dialog.protect-dialog")
+    dialog.get_by_label("Label").fill("gate incident")
+    assert dialog.get_by_label("Every stream of this camera (main and sub)").is_checked()
+    dialog.get_by_role("button", name="Save").click()
+    kept = player.locator("button.keep-clip[data-protection-id]")
+    kept.wait_for()
+    pid = int(kept.get_attribute("data-protection-id"))
+    assert kept.is_disabled() and kept.inner_text().strip() == "Kept"
+    (p,) = [p for p in tab.api("/api/protections")["protections"] if p["id"] == pid]
+    assert (p["cameraUuid"], p["streamType"], p["startTime90k"], p["endTime90k"], p["label"],
+            p["createdBy"]) == (server.camera_uuid(), None, start90k, end90k, "gate incident",
+                                "admin")
+    assert p["protectedBytes"] > 0
+    tab.screenshot("player-kept")
+    pg.get_by_role("button", name="Close player").click()
+    # The timeline draws it over each lane of the camera, where it is.
+    day = zoned(start90k).strftime("%Y-%m-%d")
+    tab.goto(f"#/timeline?start={day}&end={day}")
+    for sid in (server.main_id, server.sub_id):
+        band = pg.locator(f'.tl-track[data-stream-id="{sid}"] .tl-protected[data-protection-id="{pid}"]')
+        band.wait_for()
+        assert (int(band.get_attribute("data-start90k")), int(band.get_attribute("data-end90k"))) \
+            == (start90k, end90k)
+        assert "gate incident" in band.get_attribute("title")
+    tab.screenshot("timeline-protected")
+    # Listed on the Storage page, with the stream's protected bytes; the label edited.
+    tab.goto("#/storage")
+    listed = pg.locator(f'table[aria-label="Protections"] tr[data-protection-id="{pid}"]')
+    listed.wait_for()
+    assert listed.locator("th").inner_text() == "gate incident"
+    assert listed.locator('td[data-field="startTime90k"]').get_attribute("data-value") == str(start90k)
+    rep = tab.api("/api/storage")
+    main = [s for s in rep["streams"] if s["id"] == server.main_id][0]
+    assert main["protectedBytes"] > 0
+    prot_cell = pg.locator(f'.storage-table tr[data-stream-id="{server.main_id}"] '
+                           f'td[data-field="protectedBytes"]')
+    assert int(prot_cell.get_attribute("data-value")) > 0
+    tab.screenshot("storage-protections")
+    listed.get_by_role("button", name="Edit the label of gate incident").click()
+    dialog = pg.locator("dialog.protect-dialog")
+    dialog.get_by_label("Label").fill("gate incident, police report 17")
+    dialog.get_by_role("button", name="Save").click()
+    pg.wait_for_function(
+        "id => document.querySelector(`tr[data-protection-id='${id}'] th`)?.textContent"
+        " === 'gate incident, police report 17'", arg=pid)
+    (p,) = [p for p in tab.api("/api/protections")["protections"] if p["id"] == pid]
+    assert p["label"] == "gate incident, police report 17"
+    # Removed: gone from the list and the API.
+    listed.get_by_role("button", name="Remove gate incident, police report 17").click()
+    pg.locator("dialog").get_by_role("button", name="Remove").click()
+    listed.wait_for(state="detached")
+    assert all(p["id"] != pid for p in tab.api("/api/protections")["protections"])
+
+
+def test_setting_a_streams_limits_on_the_storage_page(tab, server):
+    """configureCameras sets a stream's limits inline. A byte limit that deletes
+    recordings now asks first (the server's 409 message); cancelled, nothing changes;
+    confirmed, the oldest go and the page says the byte limit deleted them. Last in the
+    module: it deletes most of the sub stream's recordings."""
+    tab.goto("#/storage")
+    tab.login("admin")
+    pg = tab.page
+    sid = server.sub_id
+    row = pg.locator(f'.storage-table tbody tr[data-stream-id="{sid}"]')
+    row.wait_for()
+    before = server.rows(sid)
+    assert len(before) >= 3
+    # An age limit and a larger byte limit: saved without a question.
+    row.get_by_role("button", name="Set the limits of cam1 sub").click()
+    editor = pg.locator(f'tr.limit-editor[data-stream-id="{sid}"]')
+    editor.get_by_label("Byte limit").fill("2 GiB")
+    editor.get_by_label("Age limit in days").fill("30")
+    editor.get_by_role("button", name="Save").click()
+    editor.wait_for(state="detached")
+    pg.wait_for_function(
+        "sid => document.querySelector(`.storage-table tr[data-stream-id='${sid}'] "
+        "td[data-field='retainBytes']`)?.dataset.value === String(2 ** 31)", arg=sid)
+    assert row.locator('td[data-field="retainDays"]').get_attribute("data-value") == "30"
+    assert row.locator('td[data-field="retainDays"]').inner_text() == "30 days"
+    cfg = tab.api("/api/config/")
+    (sub,) = [s for c in cfg["cameras"] for s in c["streams"].values() if s["id"] == sid]
+    assert (sub["retainBytes"], sub["retainDays"]) == (2 ** 31, 30)
+    # Bad input is named, not sent.
+    row.get_by_role("button", name="Set the limits of cam1 sub").click()
+    editor.get_by_label("Byte limit").fill("lots")
+    editor.get_by_role("button", name="Save").click()
+    assert "give a size like" in editor.locator(".form-error").inner_text()
+    # A limit of one recording's size deletes the others now: the server asks first.
+    sample_dir = tab.api("/api/storage")["dirs"][0]["path"]
+    size = os.path.getsize(os.path.join(sample_dir, f"{sid:08x}{before[-1][0]:08x}"))
+    limit = -(-size // 4096) * 4096 * 2
+    editor.get_by_label("Byte limit").fill(str(limit))
+    editor.get_by_role("button", name="Save").click()
+    confirm = pg.locator("dialog", has_text="Delete recordings of cam1 sub?")
+    confirm.wait_for()
+    assert re.search(r"the new limit deletes \d+ recording", confirm.inner_text()), \
+        confirm.inner_text()
+    assert "deleteRecordings" not in confirm.inner_text()  # the API's wording, not the UI's
+    tab.screenshot("storage-limit-confirm")
+    confirm.get_by_role("button", name="Cancel").click()
+    assert len(server.rows(sid)) >= len(before)  # nothing deleted
+    assert tab.api("/api/storage")["streams"][1]["retainBytes"] == 2 ** 31
+    editor.get_by_role("button", name="Save").click()
+    confirm.wait_for()
+    confirm.get_by_role("button", name="Delete and save").click()
+    editor.wait_for(state="detached")
+    pg.wait_for_function(
+        "([sid, v]) => document.querySelector(`.storage-table tr[data-stream-id='${sid}'] "
+        "td[data-field='retainBytes']`)?.dataset.value === String(v)", arg=[sid, limit])
+    rep = [s for s in tab.api("/api/storage")["streams"] if s["id"] == sid][0]
+    assert rep["lastDeletion"]["rule"] == "bytes" and rep["lastDeletion"]["count"] >= 1
+    assert row.locator('td[data-field="lastDeletion"]').get_attribute("data-value") == "bytes"
+    assert row.locator('td[data-field="lastDeletion"]').inner_text().startswith("byte limit, ")
+    assert len(server.rows(sid)) < len(before)
+    tab.screenshot("storage-limit-set")

@@ -184,7 +184,10 @@ export function render(main, ctx) {
           await api.patch(url, change);
         } catch (e) {
           if (e.status !== 409) throw e;
-          const text = e.message.replace(/^PATCH \S+: 409 [^:]*: /, '');
+          // The server's one line says how many and how big; its "set deleteRecordings:
+          // true to go ahead" is the button here.
+          const text = e.message.replace(/^PATCH \S+: 409 [^:]*: /, '')
+            .replace(/;\s*set deleteRecordings: true[^;]*$/, '.') + ' Delete them and save the new limits?';
           if (!await confirmDialog(`Delete recordings of ${label(s)}?`, text,
                                    {confirmLabel: 'Delete and save', danger: true})) return;
           await api.patch(url, {...change, deleteRecordings: true});

@@ -968,6 +968,7 @@ def test_setting_a_streams_limits_on_the_storage_page(tab, server):
     recordings now asks first (the server's 409 message); cancelled, nothing changes;
     confirmed, the oldest go and the page says the byte limit deleted them. Last in the
     module: it deletes most of the sub stream's recordings."""
+    tab.allow(r"status of 409")  # the confirmation the page asks for, twice
     tab.goto("#/storage")
     tab.login("admin")
     pg = tab.page

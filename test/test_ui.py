@@ -560,7 +560,8 @@ def test_storage_page_shows_the_api_figures(tab, server):
         assert days == pytest.approx(s["retainBytes"] / s["recentBytesPerSec"] / 86400)
         text = row.locator('td[data-field="daysAtBytesLimit"]').inner_text()
         assert text == (f"{days:.0f} days" if days >= 10 else f"{days:.1f} days" if days >= 1
-                        else f"{days * 24:.1f} hours")
+                        else f"{days * 24:.1f} hours" if days * 24 >= 1
+                        else f"{days * 1440:.0f} minutes")
         assert row.locator('td[data-field="recentBitrateBps"]').inner_text() == \
             f"{s['recentBitrateBps'] / 1e6:.2f} Mbps"
         assert row.locator('td[data-field="retainBytes"]').inner_text() == "1.00 GiB"

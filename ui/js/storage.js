@@ -40,7 +40,8 @@ export function parseBytes(text) {
 }
 
 export const fmtDays = d => d === null || d === undefined ? '—'
-  : d >= 10 ? `${d.toFixed(0)} days` : d >= 1 ? `${d.toFixed(1)} days` : `${(d * 24).toFixed(1)} hours`;
+  : d >= 10 ? `${d.toFixed(0)} days` : d >= 1 ? `${d.toFixed(1)} days`
+  : d * 24 >= 1 ? `${(d * 24).toFixed(1)} hours` : `${(d * 1440).toFixed(0)} minutes`;
 
 const RULE_TEXT = {bytes: 'byte limit', age: 'age limit', floor: 'free-space floor'};
 
@@ -138,12 +139,12 @@ export function render(main, ctx) {
           : h('span', {class: 'muted'}, 'nothing yet'), 'nowrap'),
         cell('protectedBytes', s.protectedBytes,
              h('span', {class: s.protectedOverLimit ? 'chip warn' : null}, bytes(s.protectedBytes))),
-        canEdit ? h('td', null, h('button', {type: 'button', class: 'button small', 'aria-expanded': String(editing === s.id),
-            'aria-label': `Set the limits of ${label(s)}`,
-            onclick: () => { editing = editing === s.id ? null : s.id; redraw(); }}, icon('edit'), ' Limits')) : null));
+        canEdit ? h('td', null, h('button', {type: 'button', class: 'icon-button', 'aria-expanded': String(editing === s.id),
+            'aria-label': `Set the limits of ${label(s)}`, title: 'Set the limits',
+            onclick: () => { editing = editing === s.id ? null : s.id; redraw(); }}, icon('edit'))) : null));
       if (canEdit && editing === s.id) rows.push(limitEditor(s, label));
     }
-    const heads = ['Stream', 'On disk', 'Uncommitted', 'Byte limit', '', 'Age limit', 'Days at byte limit',
+    const heads = ['Stream', 'On disk', 'Uncommitted', 'Byte limit', '', 'Age limit', 'Byte limit keeps',
                    'Keeps', 'Recent rate', 'Oldest', 'Last deleted by', 'Protected'];
     if (canEdit) heads.push('');
     // Narrow screens: one card per stream instead of the wide table (no editing there).
@@ -158,7 +159,7 @@ export function render(main, ctx) {
         h('dt', null, 'Oldest'), h('dd', null, s.oldestStartTime90k === null ? '—' : dateTime90k(s.oldestStartTime90k)),
         h('dt', null, 'Last deleted by'), h('dd', null, s.lastDeletion ? RULE_TEXT[s.lastDeletion.rule] : 'nothing yet'),
         h('dt', null, 'Protected'), h('dd', null, bytes(s.protectedBytes))))));
-    return [h('div', {class: 'card table-wrap storage-table'}, h('table', {'aria-label': 'Storage per stream'},
+    return [h('div', {class: 'card table-wrap storage-table'}, h('table', {'aria-label': 'Storage per stream', class: 'storage-streams'},
       h('thead', null, h('tr', null, heads.map((x, i) => h('th', {class: [1, 2, 3, 5, 6, 7, 8, 11].includes(i) ? 'num' : null}, x)))),
       h('tbody', null, rows))), cards];
   }

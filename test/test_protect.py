@@ -328,3 +328,209 @@ def test_a_protected_range_survives_a_small_ext4_disk_filling(tmp_path, small_ex
     t.db.close()
     out = io.StringIO()
     assert check.run(t.db_dir, check.Options(verify_hashes=True), out) == 0, out.getvalue()
+
+
+# -- the API ---------------------------------------------------------------------------------
+
+class Api:
+    """A server on the test database, and requests to it as a logged-in user."""
+
+    def __init__(self, t):
+        import auth
+        import nvr
+        import web
+        self.t = t
+        self.srv = web.Server(t.db, nvr.Config("unused", None,
+                                               [nvr.Bind(("ipv4", "127.0.0.1:0"))]))
+        self.srv.start()
+        self.port = self.srv.addresses[0][1]
+        self.cookies = {}
+        for name, perms in (("keeper", auth.Permissions(view_video=True,
+                                                        protect_recordings=True)),
+                            ("viewer", auth.Permissions(view_video=True))):
+            uid = t.db.add_user(name, permissions=perms)
+            cookie, session = self.srv.auth.make_session(uid, auth.Client(),
+                                                         flags=auth.FLAG_HTTP_ONLY)
+            self.cookies[name] = (cookie, session.csrf)
+
+    def req(self, method, path, body=None, who="keeper", csrf=True):
+        import http.client
+        import json
+        cookie, token = self.cookies[who]
+        h = {"Cookie": f"s={cookie}"}
+        data = None
+        if body is not None:
+            body = dict(body, csrf=token) if csrf else body
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            c.request(method, path, body=data, headers=h)
+            r = c.getresponse()
+            text = r.read()
+        finally:
+            c.close()
+        ctype = r.getheader("Content-Type") or ""
+        return r.status, (json.loads(text) if "json" in ctype else text.decode())
+
+
+@pytest.fixture
+def protect_api(testdb):
+    a = Api(testdb)
+    yield a
+    a.srv.stop()
+
+
+def test_api_adds_lists_edits_and_removes_protections(protect_api, caplog):
+    a, t = protect_api, protect_api.t
+    import uuid as uuidlib
+    cam = str(uuidlib.UUID(bytes=t.db.cameras[t.camera_id].uuid))
+    minutes(t, 3)
+    t.db.flush("test")
+    size = size_of_one(t)
+    with caplog.at_level(logging.INFO, logger="protectapi"):
+        status, body = a.req("POST", "/api/protections", {
+            "cameraUuid": cam, "streamType": "main", "startTime90k": NOW_90K,
+            "endTime90k": NOW_90K + MIN + 1, "label": "break-in"})
+    assert status == 201, body
+    pid = body["id"]
+    assert "protection 1 added by user 'keeper'" in caplog.text
+    status, body = a.req("POST", "/api/protections", {
+        "cameraUuid": cam, "startTime90k": NOW_90K + 2 * MIN, "endTime90k": NOW_90K + 3 * MIN,
+        "label": ""})
+    assert status == 201, body
+    whole = body["id"]
+    status, body = a.req("GET", f"/api/protections?cameraUuid={cam}&streamType=main",
+                         who="viewer")
+    assert status == 200
+    assert body == {"protections": [
+        {"id": pid, "cameraUuid": cam, "streamType": "main", "startTime90k": NOW_90K,
+         "endTime90k": NOW_90K + MIN + 1, "label": "break-in", "createdBy": "keeper",
+         "createdTime90k": NOW_90K, "updatedTime90k": NOW_90K, "protectedBytes": 2 * size},
+        {"id": whole, "cameraUuid": cam, "streamType": None, "startTime90k": NOW_90K + 2 * MIN,
+         "endTime90k": NOW_90K + 3 * MIN, "label": "", "createdBy": "keeper",
+         "createdTime90k": NOW_90K, "updatedTime90k": NOW_90K, "protectedBytes": size}]}
+    # Time filters: overlapping [start, end); times as the rest of the API takes them.
+    status, body = a.req("GET", f"/api/protections?startTime90k={NOW_90K + MIN + 1}")
+    assert [p["id"] for p in body["protections"]] == [whole]
+    status, body = a.req("PATCH", f"/api/protections/{pid}",
+                         {"label": "kept", "endTime90k": NOW_90K + 1})
+    assert status == 200, body
+    assert (body["label"], body["endTime90k"], body["protectedBytes"]) == \
+        ("kept", NOW_90K + 1, size)
+    assert t.db.get_protection(pid).label == "kept"
+    status, body = a.req("DELETE", f"/api/protections/{pid}", {})
+    assert (status, body) == (204, "")
+    assert sorted(t.db.protections) == [whole]
+    assert a.req("DELETE", f"/api/protections/{pid}", {}) == (
+        404, f"no protection with id {pid}; `nvr.py protect list` shows them")
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"startTime90k": NOW_90K, "endTime90k": NOW_90K + 1, "label": "x"}, 400,
+     "cameraUuid is required"),
+    ({"cameraUuid": "CAM", "startTime90k": NOW_90K, "endTime90k": NOW_90K, "label": "x"}, 400,
+     "must be after start"),
+    ({"cameraUuid": "CAM", "startTime90k": "today", "endTime90k": NOW_90K, "label": "x"}, 400,
+     "startTime90k must be an integer (90 kHz units since 1970), not str"),
+    ({"cameraUuid": "CAM", "startTime90k": NOW_90K, "endTime90k": NOW_90K + 1, "label": "\n"},
+     400, "label has a control character or line break"),
+    ({"cameraUuid": "CAM", "streamType": "sub", "startTime90k": NOW_90K,
+      "endTime90k": NOW_90K + 1, "label": "x"}, 404, "camera CAM has no sub stream"),
+    ({"cameraUuid": "CAM", "streamType": "other", "startTime90k": NOW_90K,
+      "endTime90k": NOW_90K + 1, "label": "x"}, 400,
+     "streamType must be null or one of main, sub, ext"),
+    ({"cameraUuid": "00000000-0000-0000-0000-000000000000", "startTime90k": NOW_90K,
+      "endTime90k": NOW_90K + 1, "label": "x"}, 404,
+     "no camera 00000000-0000-0000-0000-000000000000"),
+    ({"cameraUuid": "CAM", "startTime90k": NOW_90K, "endTime90k": NOW_90K + 1, "label": "x",
+      "keep": True}, 400, "unknown key(s) 'keep' in the request body"),
+])
+def test_api_refuses_bad_protections_in_one_line(protect_api, body, status, message):
+    import uuid as uuidlib
+    t = protect_api.t
+    cam = str(uuidlib.UUID(bytes=t.db.cameras[t.camera_id].uuid))
+    body = {k: (cam if v == "CAM" else v) for k, v in body.items()}
+    got, text = protect_api.req("POST", "/api/protections", body)
+    assert got == status and message.replace("CAM", cam) in text and "\n" not in text, text
+    assert t.db.protections == {}
+
+
+def test_api_protections_need_protect_recordings_and_csrf(protect_api):
+    a, t = protect_api, protect_api.t
+    pid = t.db.add_protection(t.camera_id, None, NOW_90K, NOW_90K + 1, "x", "cli")
+    for method, path, body in [("POST", "/api/protections", {}),
+                               ("PATCH", f"/api/protections/{pid}", {"label": "y"}),
+                               ("DELETE", f"/api/protections/{pid}", {})]:
+        status, text = a.req(method, path, body, who="viewer")
+        assert status == 403 and "protectRecordings" in text, (method, text)
+        status, text = a.req(method, path, body, csrf=False)
+        assert status == 400 and text.startswith("missing csrf"), (method, text)
+    assert t.db.get_protection(pid).label == "x"
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def test_cli_protect_add_list_edit_remove(tmp_path, clocks, capsys):
+    import nvr
+    t = make_testdb(tmp_path, clocks, zone="UTC")
+    minutes(t, 3)
+    t.db.flush("test")
+    size = size_of_one(t)
+    t.db.close()
+
+    def run(*argv):
+        status = nvr.main(["protect", *argv, "--db-dir", t.db_dir])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    start = recording.format_time(NOW_90K, "UTC")
+    status, out, err = run("add", "test-camera/main", "--start", start,
+                           "--end", str(NOW_90K + MIN + 1), "--label", "break-in")
+    assert status == 0, err
+    assert out == (f"added protection 1\ttest-camera/main\t{start}\t"
+                   f"{recording.format_time(NOW_90K + MIN + 1, 'UTC')}\t'break-in'\tby=cli\t"
+                   f"protected={nvr.format_size(2 * size)}\n")
+    assert run("add", "test-camera", "--start", "2026-01-01", "--end", "2026-01-02",
+               "--label", "whole camera")[0] == 0
+    status, out, _ = run("list")
+    assert status == 0 and [line.split("\t")[:2] for line in out.splitlines()] == [
+        ["2", "test-camera"], ["1", "test-camera/main"]]  # by start time
+    status, out, _ = run("edit", "1", "--label", "renamed", "--end", str(NOW_90K + 1))
+    assert status == 0 and "'renamed'" in out and f"protected={nvr.format_size(size)}" in out
+    for argv, message in [
+            (("edit", "1"), "nothing to change: give --start, --end and/or --label"),
+            (("edit", "1", "--end", start), "must be after start"),
+            (("add", "nope", "--start", start, "--end", start, "--label", "x"),
+             "no camera named 'nope'"),
+            (("add", "test-camera/sub", "--start", start, "--end", start, "--label", "x"),
+             "camera test-camera has no 'sub' stream (it has main)"),
+            (("add", "test-camera", "--start", "yesterday", "--end", start, "--label", "x"),
+             "--start: invalid time 'yesterday'"),
+            (("remove", "9"), "no protection with id 9")]:
+        status, out, err = run(*argv)
+        assert status == 1 and err.startswith("error: ") and message in err, (argv, err)
+        assert len(err.splitlines()) == 1 and out == ""
+    status, out, _ = run("remove", "1")
+    assert status == 0 and out.startswith("removed protection 1 ('renamed')")
+    d = db.Database.open_dir(t.db_dir, clocks, read_only=True)
+    assert [(p.id, p.label, p.created_by) for p in d.list_protections()] == [
+        (2, "whole camera", "cli")]
+    d.close()
+
+
+def test_cli_protect_while_nvr_runs_names_the_api(tmp_path, clocks, capsys):
+    import nvr
+    t = make_testdb(tmp_path, clocks)
+    t.db.close()
+    fd = db.lock_db_dir(t.db_dir, read_only=False)  # as `run` holds it
+    try:
+        status = nvr.main(["protect", "add", "test-camera", "--start", "1", "--end", "2",
+                           "--label", "x", "--db-dir", t.db_dir])
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: the database in {t.db_dir} is in use by a running nvr; "
+                          f"protect footage there instead: the web UI's player")
+    assert "/api/protections" in err

@@ -555,7 +555,8 @@ def test_storage_page_shows_the_api_figures(tab, server):
         assert s["committedFsBytes"] > 0 and s["recentBitrateBps"] > 0
         # Recording with --flush-if-sec 0: the growing recording is uncommitted, shown so.
         assert s["uncommittedBytes"] > 0
-        assert "uncommitted" in row.locator('td[data-field="uncommittedBytes"]').inner_text()
+        assert row.locator('td[data-field="uncommittedBytes"] .chip.uncommitted').inner_text() \
+            .startswith("+")
         days = s["daysAtBytesLimit"]
         assert days == pytest.approx(s["retainBytes"] / s["recentBytesPerSec"] / 86400)
         text = row.locator('td[data-field="daysAtBytesLimit"]').inner_text()
@@ -628,7 +629,8 @@ def test_storage_shows_uncommitted_bytes_right_after_start(browser, server, tmp_
         assert (s["committedBytes"], s["uncommittedBytes"]) == (0, shown)
         assert row.locator('td[data-field="committedFsBytes"]').get_attribute("data-value") == "0"
         chip = row.locator('td[data-field="uncommittedBytes"] .chip')
-        assert chip.inner_text().endswith(" uncommitted") and chip.inner_text().startswith("+")
+        assert chip.inner_text().startswith("+") and "not yet committed" in chip.get_attribute("title")
+        assert pg.locator(".storage-table thead th").nth(2).inner_text() == "Uncommitted"
         t.screenshot("storage-uncommitted")
         assert not t.unexpected_errors(), t.errors
     finally:

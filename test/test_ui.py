@@ -562,7 +562,8 @@ def test_storage_page_shows_the_api_figures(tab, server):
         text = row.locator('td[data-field="daysAtBytesLimit"]').inner_text()
         assert text == (f"{days:.0f} days" if days >= 10 else f"{days:.1f} days" if days >= 1
                         else f"{days * 24:.1f} hours" if days * 24 >= 1
-                        else f"{days * 1440:.0f} minutes")
+                        else f"{days * 1440:.0f} minutes" if days * 1440 >= 1
+                        else f"{days * 86400:.0f} seconds")
         assert row.locator('td[data-field="recentBitrateBps"]').inner_text() == \
             f"{s['recentBitrateBps'] / 1e6:.2f} Mbps"
         assert row.locator('td[data-field="retainBytes"]').inner_text() == "1.00 GiB"
@@ -1028,3 +1029,35 @@ def test_setting_a_streams_limits_on_the_storage_page(tab, server):
     assert row.locator('td[data-field="lastDeletion"]').inner_text().startswith("byte limit, ")
     assert len(server.rows(sid)) < len(before)
     tab.screenshot("storage-limit-set")
+    # Warnings. Protected footage past the byte limit: a protection over the sub stream's
+    # next minute keeps its new recordings, so protected bytes pass the small limit.
+    csrf = tab.api("/api/")["user"]["session"]["csrf"]
+    now90k = int(time.time() * TICKS)
+    status, body = tab.fetch("/api/protections", "POST", {
+        "csrf": csrf, "cameraUuid": server.camera_uuid(), "streamType": "sub",
+        "startTime90k": now90k, "endTime90k": now90k + 120 * TICKS, "label": "keep sub"})
+    assert status == 201, body
+
+    def warning(kind):
+        pg.get_by_role("button", name="Refresh").click()
+        pg.wait_for_selector("#main [aria-live]:not([aria-busy])")
+        w = pg.locator(f'.warnings li[data-warning="{kind}"]')
+        return w.count() and w.first.inner_text()
+    text = wait_for("the protected-over-limit warning", lambda: warning("protected-over-limit"),
+                    interval=0.5)
+    assert text.startswith("cam1 sub: protected recordings") and "exceed its byte limit" in text
+    sub = [s for s in tab.api("/api/storage")["streams"] if s["id"] == sid][0]
+    assert sub["protectedOverLimit"] and sub["protectedBytes"] > sub["retainBytes"]
+    # A dir below its floor (a floor of the whole filesystem: always below).
+    d = tab.api("/api/storage")["dirs"][0]
+    status, body = tab.fetch(f"/api/config/dirs/{d['id']}", "PATCH", {
+        "csrf": csrf, "freeSpaceFloorBytes": d["totalBytes"]})
+    assert status == 200, body
+    text = wait_for("the below-floor warning", lambda: warning("below-floor"), interval=0.5)
+    assert text.startswith(f"{d['path']}: free space ") and "is below its floor of" in text
+    drow = pg.locator(f'table[aria-label="Storage per directory"] tr[data-dir-id="{d["id"]}"]')
+    assert drow.locator('td[data-field="belowFloor"]').inner_text() == "below the floor"
+    tab.screenshot("storage-warnings")
+    status, body = tab.fetch(f"/api/config/dirs/{d['id']}", "PATCH", {
+        "csrf": csrf, "freeSpaceFloorBytes": None, "freeSpaceFloorPercent": None})
+    assert status == 200, body

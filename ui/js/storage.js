@@ -41,7 +41,8 @@ export function parseBytes(text) {
 
 export const fmtDays = d => d === null || d === undefined ? '—'
   : d >= 10 ? `${d.toFixed(0)} days` : d >= 1 ? `${d.toFixed(1)} days`
-  : d * 24 >= 1 ? `${(d * 24).toFixed(1)} hours` : `${(d * 1440).toFixed(0)} minutes`;
+  : d * 24 >= 1 ? `${(d * 24).toFixed(1)} hours` : d * 1440 >= 1 ? `${(d * 1440).toFixed(0)} minutes`
+  : `${(d * 86400).toFixed(0)} seconds`;
 
 const RULE_TEXT = {bytes: 'byte limit', age: 'age limit', floor: 'free-space floor'};
 

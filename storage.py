@@ -17,7 +17,8 @@ Per stream (JSON field names in the docstring of `stream_json`):
 - the oldest and newest committed recording;
 - the last deletion (retention.Deletion, by rule and the latest overall): kept in memory
   by db.py's flush, so it starts empty at every restart;
-- protected bytes (recordings overlapping a protection: db.py's protection API) and
+- protected bytes (committed recordings overlapping a protection, in whole blocks as
+  retention counts: db.py `protected_bytes`) and
   whether they alone exceed the byte limit (then retention deletes nothing protected and
   the stream holds more than its limit).
 
@@ -77,7 +78,6 @@ def stream_json(db: dbmod.Database, s: dbmod.Stream, now_90k: int) -> dict:
      "sampleFileDirId",
      "retainBytes": int | null (null: no byte limit), "retainDays": float | null,
      "committedBytes", "committedFsBytes" (whole 4 KiB blocks, what retention counts),
-     "committedRecordings"?: not given (a count would need a scan),
      "uncommittedBytes", "uncommittedFsBytes", "uncommittedRecordings" (written, not yet
         flushed, including the growing one), "queuedForDeletionBytes",
      "totalDuration90k" (committed),
@@ -86,7 +86,7 @@ def stream_json(db: dbmod.Database, s: dbmod.Stream, now_90k: int) -> dict:
      "daysAtBytesLimit" | null, "daysAtAgeLimit" | null, "daysKept" | null,
      "lastDeletion": {"rule", "timeSec", "time90k", "count", "bytes"} | null,
      "lastDeletionByRule": {"bytes"?, "age"?, "floor"?: same shape},
-     "protectedBytes", "protectedOverLimit": bool}
+     "protectedBytes" (whole blocks), "protectedOverLimit": bool}
     """
     limits = retention.stream_limits(s.config)
     cam = db.cameras[s.camera_id]

@@ -213,6 +213,23 @@ def test_protected_bytes_and_a_protection_over_the_byte_limit(t):
     assert {k: s["lastDeletion"][k] for k in ("rule", "count")} == {"rule": "bytes", "count": 2}
 
 
+def test_last_deletion_counts_only_what_the_flush_deleted(t):
+    """A protection added while a deletion is queued takes its rows off the queue
+    (h3-protect): the last deletion counts the rows the flush did delete."""
+    d = t.db
+    for i in range(4):
+        t.add_recording(start_90k=NOW_90K + i * 60 * SEC)
+    d.flush("test")
+    set_config(t, retainBytes=1)
+    assert [r.recording_id for r in d.delete_oldest_recordings(t.stream_id)] == [0, 1, 2, 3]
+    d.add_protection(t.camera_id, t.stream_id, NOW_90K + 60 * SEC, NOW_90K + 61 * SEC,
+                     "late", "test")
+    d.flush("test")
+    s = stream_of(storage.report(d), t.stream_id)
+    assert {k: s["lastDeletion"][k] for k in ("rule", "count")} == {"rule": "bytes", "count": 3}
+    assert [r.recording_id for r in d.list_recordings_by_id(t.stream_id, 0, 99)] == [1]
+
+
 def test_dirs_free_space_against_the_floor(t, clocks):
     t.add_recording(start_90k=NOW_90K)
     t.db.flush("test")

@@ -213,7 +213,12 @@ def test_floor_across_streams_passes_over_protected_and_warns_once_when_all_are(
     d.update_sample_file_dir(t.dir_id, {"freeSpaceFloorBytes": 10 * size})
     d = reopen_with_space(t, clocks, 7 * size + 100, 1000 * size)  # 3 recordings short
     syncer = inline(dirmod.Syncer(d, t.dir_id))
-    assert syncer.enforce_floor()
+    with caplog.at_level(logging.INFO, logger="dir"):
+        assert syncer.enforce_floor()
+    assert caplog.records[-1].getMessage().endswith(
+        f"deleting the 3 oldest recording(s) of the dir ({3 * size} B: stream {sub} 1; "
+        f"stream {t.stream_id} 2-3); 4 protected passed over")  # 0, 1, 2 and 5 min
+    caplog.clear()
     queued = sorted((r.start_time_90k, sid) for s in d.streams.values() for r in s.to_delete
                     for sid in [s.id])
     # The oldest unprotected by start time: sub 3 min, main 4 min, main 6 min.

@@ -114,6 +114,7 @@ def test_protected_alone_over_the_byte_limit_deletes_nothing_and_warns_once(test
             plan = t.db.delete_oldest_recordings(t.stream_id)
             assert plan == [] and plan.kept_protected == 2 and plan.short_bytes == size
     assert ids(t) == [0, 1]
+    assert t.db.protected_over_limit(t.stream_id)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         f"test-camera-main: protected recordings (2 of {2 * size} B) alone exceed retainBytes "
@@ -127,6 +128,7 @@ def test_protected_alone_over_the_byte_limit_deletes_nothing_and_warns_once(test
         assert t.db.delete_oldest_recordings(t.stream_id) == []
     assert [r.getMessage().startswith("test-camera-main: back within retainBytes after")
             for r in caplog.records] == [True]
+    assert not t.db.protected_over_limit(t.stream_id)
 
 
 def test_age_limit_passes_over_protected_recordings(testdb):

@@ -1373,6 +1373,11 @@ class Database:
         return retention.Protected((p.start_time_90k, p.end_time_90k)
                                    for p in self.protections.values() if p.applies_to(s))
 
+    def protected_over_limit(self, stream_id: int) -> bool:
+        """Whether the stream's last retention pass found its protected recordings alone
+        over its retainBytes (and so deleted nothing protected): for the Storage page."""
+        return self._retention_repeats.failing(("protected over retainBytes", stream_id))
+
     def _note_protected_over_limit(self, s: Stream, plan: retention.Plan | None) -> None:
         """Logs (logrepeat.py: once, then counted) while protected recordings alone keep
         `s` over its retainBytes, and once when that ends. The lock is held."""

@@ -114,6 +114,7 @@ def test_protected_alone_over_the_byte_limit_deletes_nothing_and_warns_once(test
             plan = t.db.delete_oldest_recordings(t.stream_id)
             assert plan == [] and plan.kept_protected == 2 and plan.short_bytes == size
     assert ids(t) == [0, 1]
+    assert t.db.protected_over_limit(t.stream_id)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         f"test-camera-main: protected recordings (2 of {2 * size} B) alone exceed retainBytes "
@@ -127,6 +128,7 @@ def test_protected_alone_over_the_byte_limit_deletes_nothing_and_warns_once(test
         assert t.db.delete_oldest_recordings(t.stream_id) == []
     assert [r.getMessage().startswith("test-camera-main: back within retainBytes after")
             for r in caplog.records] == [True]
+    assert not t.db.protected_over_limit(t.stream_id)
 
 
 def test_age_limit_passes_over_protected_recordings(testdb):
@@ -213,7 +215,12 @@ def test_floor_across_streams_passes_over_protected_and_warns_once_when_all_are(
     d.update_sample_file_dir(t.dir_id, {"freeSpaceFloorBytes": 10 * size})
     d = reopen_with_space(t, clocks, 7 * size + 100, 1000 * size)  # 3 recordings short
     syncer = inline(dirmod.Syncer(d, t.dir_id))
-    assert syncer.enforce_floor()
+    with caplog.at_level(logging.INFO, logger="dir"):
+        assert syncer.enforce_floor()
+    assert caplog.records[-1].getMessage().endswith(
+        f"deleting the 3 oldest recording(s) of the dir ({3 * size} B: stream {sub} 1; "
+        f"stream {t.stream_id} 2-3); 4 protected passed over")  # 0, 1, 2 and 5 min
+    caplog.clear()
     queued = sorted((r.start_time_90k, sid) for s in d.streams.values() for r in s.to_delete
                     for sid in [s.id])
     # The oldest unprotected by start time: sub 3 min, main 4 min, main 6 min.
@@ -534,3 +541,95 @@ def test_cli_protect_while_nvr_runs_names_the_api(tmp_path, clocks, capsys):
     assert err.startswith(f"error: the database in {t.db_dir} is in use by a running nvr; "
                           f"protect footage there instead: the web UI's player")
     assert "/api/protections" in err
+
+
+# -- a real run: GStreamer camera, `nvr.py run`, a small disk ------------------------------------
+
+def unix_request(path: str, method: str, url: str, body: dict | None = None):
+    """One HTTP request over nvr's Unix socket bind; returns (status, parsed body)."""
+    import http.client
+    import json
+    import socket
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(10)
+            self.sock.connect(path)
+
+    c = Conn("localhost")
+    try:
+        c.request(method, url, body=None if body is None else json.dumps(body).encode(),
+                  headers={"Content-Type": "application/json"} if body is not None else {})
+        r = c.getresponse()
+        text = r.read()
+    finally:
+        c.close()
+    return r.status, json.loads(text) if text.startswith(b"{") else text.decode()
+
+
+def test_real_run_keeps_a_protected_range_while_a_small_disk_fills(
+        tmp_path, small_ext4, rtsp_camera):
+    """`nvr.py run` records the GStreamer camera (3 s rotation) into a loop-mounted ext4
+    that a ballast file has nearly filled, with a byte limit (1 GiB) far over the disk.
+    Recordings 1-2 are protected through the API (privileged Unix socket) while it runs.
+    The free-space floor deletes the oldest recordings as the disk fills, recording goes
+    on, and 1-2 survive while 0 and 3, 4 (their neighbours) are deleted."""
+    import sqlite3
+    from test_run import Nvr, nvr as nvr_cli, wait_for
+    cwd = str(tmp_path)
+    nvr_cli("init", cwd=cwd)
+    sample = os.path.join(small_ext4, "sample")
+    nvr_cli("config", "dir", "add", sample, "--free-space-floor", "2M", cwd=cwd)
+    nvr_cli("config", "camera", "add", "cam", cwd=cwd)
+    nvr_cli("config", "stream", "add", "cam", "main", "--url", rtsp_camera.url("main"),
+            "--record", "--dir", "2", "--retain-bytes", "1G", "--flush-if-sec", "0", cwd=cwd)
+    sock = os.path.join(cwd, "nvr.sock")
+    with open(os.path.join(cwd, "nvr.toml"), "w") as f:
+        f.write(f'dbDir = "nvr-data/db"\n[[binds]]\nunix = "{sock}"\n'
+                f'ownUidIsPrivileged = true\n')
+    # Leave the floor plus about 10 recordings' worth (1 Mbit/s: ~375 kB per 3 s).
+    st = os.statvfs(small_ext4)
+    ballast = (st.f_bavail * st.f_frsize) - (2 << 20) - (4 << 20)
+    with open(os.path.join(small_ext4, "ballast"), "wb") as f:
+        f.truncate(0)
+        for _ in range(ballast // (1 << 20)):
+            f.write(bytes(1 << 20))
+        os.fsync(f.fileno())
+    db_path = os.path.join(cwd, "nvr-data/db/db")
+
+    def rows():
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            return conn.execute("select composite_id & 4294967295, start_time_90k from "
+                                "recording where stream_id = 1 order by composite_id"
+                                ).fetchall()
+        finally:
+            conn.close()
+
+    n = Nvr(cwd)
+    n.start()
+    try:
+        wait_for("recordings 0-2 committed", lambda: len(rows()) >= 3 and rows()[0][0] == 0)
+        starts = dict(rows())
+        status, body = unix_request(sock, "POST", "/api/protections", {
+            "cameraUuid": next(iter(unix_request(sock, "GET", "/api/")[1]["cameras"]))["uuid"],
+            "streamType": "main", "startTime90k": starts[1] + SEC // 2,
+            "endTime90k": starts[2] + SEC // 2, "label": "keep 1-2"})
+        assert status == 201, body
+        wait_for("recordings 0, 3 and 4 deleted by the floor, recording going on",
+                 lambda: (lambda ids: 0 not in ids and 3 not in ids and 4 not in ids
+                          and ids[-1] >= 12)([r[0] for r in rows()]), timeout=120)
+        status, body = unix_request(sock, "GET", "/api/protections")
+        assert status == 200 and body["protections"][0]["createdBy"] == "cli"
+        assert body["protections"][0]["protectedBytes"] > 0
+    finally:
+        assert n.stop() == 0, n.log_text()[-3000:]
+    left = [r[0] for r in rows()]
+    assert left[:2] == [1, 2], left
+    log = n.log_text()
+    assert "below the floor" in log and "Traceback" not in log, log[-3000:]
+    assert "No space left on device" not in log, log[-3000:]  # the writer never waited
+    out = io.StringIO()
+    assert check.run(os.path.join(cwd, "nvr-data/db"), check.Options(), out) == 0, \
+        out.getvalue()

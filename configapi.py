@@ -18,8 +18,8 @@ Camera passwords are write-only: no response carries one (`passwordSet` instead)
 the stream test's answer names the URL without credentials.
 
 Imports go one way: this module uses api.py's request/response types; api.py doesn't
-know it. web.py routes /api/ through `api.call(request, ROUTES)`, where `routes()`
-here is api.ROUTES plus this module's.
+know it. web.py routes /api/ through `api.call(request, configapi.routes())`: api.ROUTES
+plus this module's ROUTES.
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ def stream_json(d: dbmod.Database, s: dbmod.Stream, status: dict | None) -> dict
             "record": s.record, "sampleFileDirId": s.sample_file_dir_id,
             "retainBytes": s.retain_bytes, "retainDays": s.retain_days,
             "flushIfSec": s.flush_if_sec, "fsBytes": s.fs_bytes,
+            # No recorder (read-only, or not recording it yet): recorder.py's "off".
             "status": status or recordermod._off_status()}
 
 

@@ -194,6 +194,30 @@ def test_recording_off_stops_and_a_stopped_stream_can_be_deleted(setup):
     rec.stop_stream(setup.main, "again")  # no-op: not running
 
 
+def test_stop_stream_ends_a_silent_cameras_read_at_once(setup):
+    """A per-stream stop interrupts that stream's read (StallWatch.interrupt), as
+    shutdown interrupts all: a camera gone silent doesn't hold it up for the 30 s frame
+    timeout. The other stream goes on."""
+    d, rec = setup.d, setup.rec
+    for sid in (setup.main, setup.sub):
+        wait_recordings(d, sid, 1, frames=5)
+    sub_streamer = rec.streamers[setup.sub]
+    setup.cam.pause("main")
+    try:
+        time.sleep(1.5)  # the camera silent (not a synchronisation: a stall's length)
+        began = time.monotonic()
+        rec.stop_stream(setup.main, "stopped by test")
+        took = time.monotonic() - began
+    finally:
+        setup.cam.resume("main")
+    assert took < 10  # ~0.2 s; the frame timeout would be 30 s
+    assert rows_of(d, setup.main)[-1].end_reason == "stopped by test"
+    n = len(rows_of(d, setup.sub))
+    rows = wait_recordings(d, setup.sub, n + 1)
+    assert rec.streamers[setup.sub] is sub_streamer
+    assert_one_unbroken_run(rows)
+
+
 def test_stop_dir_stops_its_streams_and_syncer_and_reconcile_starts_them_again(setup):
     d, rec, dir_id = setup.d, setup.rec, setup.t.dir_id
     for sid in (setup.main, setup.sub):

@@ -485,3 +485,66 @@ def test_camera_added_records_while_the_other_keeps_its_run(tmp_path, make_rtsp_
         rec.stop()
         d.close()
         recording.set_server_zone(None)
+
+
+def test_dir_move_and_stream_delete_while_recording(tmp_path, make_rtsp_camera):
+    """A recording dir moved through the API: its stream's run ends ("sample file dir
+    moving to ..."), the dir is reopened at the new path and recording goes on there;
+    then the stream deleted (confirmed): stopped, committed, its files collected."""
+    cam = make_rtsp_camera([Stream("main", "h264", 320, 240, fps=15, kbps=300, gop=15)],
+                           clip_seconds=4)
+    clocks = clock.RealClocks()
+    t = make_testdb(tmp_path, clocks)
+    d = t.db
+    d.update_stream(t.stream_id, config=dict(d.streams[t.stream_id].config,
+                                             url=cam.url("main"), flushIfSec=0))
+    d.add_user("admin", password_hash=auth.hash_password(PASSWORDS["admin"]),
+               permissions=auth.Permissions.all())
+    rec = nvr.Recorder(d, lambda s: stream.PyAvOpener(), shutdown=threading.Event(),
+                       rotate_interval_sec=2)
+    srv = web.Server(d, nvr.Config("unused", None, [nvr.Bind(("ipv4", "127.0.0.1:0"))]),
+                     recorder=rec)
+    rec.start()
+    srv.start()
+    site = ConfigSite(t, clocks, srv)
+
+    def wait(what, pred, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    def files(path):
+        return [n for n in os.listdir(path) if dirmod.parse_name(n) is not None]
+
+    try:
+        site.cookies = {"admin": site.login("admin")}
+        wait("it records", lambda: d.streams[t.stream_id].cum_recordings >= 1)
+        new = tmp_path / "moved"
+        os.rename(t.sample_dir, new)   # the disk, mounted elsewhere
+        before = d.streams[t.stream_id].cum_recordings
+        st, j = site.call("PATCH", f"/api/config/dirs/{t.dir_id}", {"path": str(new)},
+                          who="admin")
+        assert (st, j["path"], j["open"]) == (200, str(new), True), j
+        with d.locked():
+            reasons = [r for (r,) in d.conn.execute(
+                "select end_reason from recording where stream_id = ? and end_reason "
+                "is not null", (t.stream_id,))]
+        assert reasons == [f"sample file dir moving to {new}"]
+        wait("it records at the new path",
+             lambda: d.streams[t.stream_id].cum_recordings >= before + 2)
+        assert rec.status()[t.stream_id]["runs"] == 2
+        assert len(files(new)) >= d.streams[t.stream_id].cum_recordings - 1
+        st, text = site.call("DELETE", f"/api/config/cameras/{t.camera_id}/streams/main", {},
+                             who="admin")
+        assert st == 409 and "set deleteRecordings: true" in text
+        st, j = site.call("DELETE", f"/api/config/cameras/{t.camera_id}/streams/main",
+                          {"deleteRecordings": True}, who="admin")
+        assert st == 200 and j["deletedRecordings"] >= before + 2, j
+        wait("its files are collected", lambda: files(new) == [], timeout=10)
+        assert rec.status() == {}
+    finally:
+        srv.stop()
+        rec.stop()
+        d.close()
+        recording.set_server_zone(None)

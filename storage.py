@@ -20,7 +20,8 @@ Per stream (JSON field names in the docstring of `stream_json`):
 - protected bytes (committed recordings overlapping a protection, in whole blocks as
   retention counts: db.py `protected_bytes`) and
   whether they alone exceed the byte limit (then retention deletes nothing protected and
-  the stream holds more than its limit).
+  the stream holds more than its limit; also true while the last retention pass found it
+  so, `Database.protected_over_limit`, as the log says).
 
 Per dir: the filesystem's total and available bytes (statvfs through dir.py's `Fs` seam,
 read outside the database lock), the bytes nvr's streams hold there (committed and
@@ -127,7 +128,9 @@ def stream_json(db: dbmod.Database, s: dbmod.Stream, now_90k: int) -> dict:
         "lastDeletion": s.last_deletion.to_json() if s.last_deletion else None,
         "lastDeletionByRule": {k: v.to_json() for k, v in sorted(s.last_deletions.items())},
         "protectedBytes": prot,
-        "protectedOverLimit": limits.bytes is not None and prot > limits.bytes,
+        # Either measure: the bytes now, or the last retention pass (which logged it).
+        "protectedOverLimit": limits.bytes is not None and (
+            prot > limits.bytes or db.protected_over_limit(s.id)),
     }
 
 

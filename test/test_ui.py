@@ -707,6 +707,17 @@ def test_non_admin_sees_no_users_page_and_gets_403(tab, server):
     tab.goto("#/users")
     assert "adminUsers" in pg.get_by_role("alert").filter(has_text="adminUsers").inner_text()
     tab.screenshot("users-non-admin")
+    # Without protectRecordings and configureCameras: no "Keep this clip", no limit editing,
+    # but the Storage figures and the protections list are there to see (viewVideo).
+    tab.goto("#/")
+    pg.locator("table.recordings tbody tr.clickable").first.click()
+    pg.locator("dialog.player a[download]").wait_for()
+    assert pg.locator("dialog.player button.keep-clip").count() == 0
+    pg.get_by_role("button", name="Close player").click()
+    tab.goto("#/storage")
+    pg.locator(".storage-table tbody tr[data-stream-id]").first.wait_for()
+    pg.get_by_role("heading", name="Protections").wait_for()
+    assert pg.get_by_role("button", name=re.compile("^Set the limits")).count() == 0
 
 
 def test_phone_layout_and_dark_theme(browser, server):

@@ -995,6 +995,9 @@ def test_setting_a_streams_limits_on_the_storage_page(tab, server):
     # An age limit and a larger byte limit: saved without a question.
     row.get_by_role("button", name="Set the limits of cam1 sub").click()
     editor = pg.locator(f'tr.limit-editor[data-stream-id="{sid}"]')
+    # Prefilled exactly (saved unchanged, nothing would change).
+    assert editor.get_by_label("Byte limit").input_value() == "1 GiB"
+    assert editor.get_by_label("Age limit in days").input_value() == ""
     editor.get_by_label("Byte limit").fill("2 GiB")
     editor.get_by_label("Age limit in days").fill("30")
     editor.get_by_role("button", name="Save").click()

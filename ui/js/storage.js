@@ -39,6 +39,15 @@ export function parseBytes(text) {
   return Math.round(Number(m[1]) * UNITS[m[2].toUpperCase()]);
 }
 
+/** `n` bytes as the limit editor shows it: exact (a whole number of the largest binary
+ *  unit that divides it, or plain bytes), so saving unchanged text changes nothing. */
+export function exactBytes(n) {
+  for (const [unit, size] of [['TiB', 1024 ** 4], ['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]]) {
+    if (n >= size && n % size === 0) return `${n / size} ${unit}`;
+  }
+  return String(n);
+}
+
 export const fmtDays = d => d === null || d === undefined ? '—'
   : d >= 10 ? `${d.toFixed(0)} days` : d >= 1 ? `${d.toFixed(1)} days`
   : d * 24 >= 1 ? `${(d * 24).toFixed(1)} hours` : d * 1440 >= 1 ? `${(d * 1440).toFixed(0)} minutes`
@@ -168,7 +177,7 @@ export function render(main, ctx) {
 
   function limitEditor(s, label) {
     const bytesIn = h('input', {type: 'text', name: 'retainBytes', 'aria-label': 'Byte limit', size: '10',
-                                value: s.retainBytes ? bytes(s.retainBytes).replace(/\.00 /, ' ') : '',
+                                value: s.retainBytes ? exactBytes(s.retainBytes) : '',
                                 placeholder: 'e.g. 100 GiB'});
     const daysIn = h('input', {type: 'number', name: 'retainDays', 'aria-label': 'Age limit in days', min: '0',
                                step: 'any', value: s.retainDays ?? '', placeholder: 'none'});
@@ -221,7 +230,7 @@ export function render(main, ctx) {
         h('thead', null, h('tr', null, ['Directory', 'Streams', 'Size', 'Free', 'Floor', '', 'Used by nvr',
           'Protected'].map((x, i) => h('th', {class: i >= 2 && i !== 5 ? 'num' : null}, x)))),
         h('tbody', null, dirs.map(d => h('tr', {dataset: {dirId: String(d.id)}},
-          h('th', {scope: 'row', class: 'nowrap'}, d.path, d.open ? null : h('span', {class: 'chip'}, 'not open')),
+          h('th', {scope: 'row', class: 'dir-path'}, d.path, d.open ? null : h('span', {class: 'chip'}, 'not open')),
           h('td', null, d.streamIds.map(id => streams.find(s => s.id === id)).filter(Boolean).map(label).join(', ') || '—'),
           cell('totalBytes', d.totalBytes, bytes(d.totalBytes)),
           cell('freeBytes', d.freeBytes, bytes(d.freeBytes)),

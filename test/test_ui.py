@@ -596,6 +596,21 @@ def test_storage_page_shows_the_api_figures(tab, server):
     assert pg.locator("#main").inner_text().startswith("There is no page /nowhere.")
 
 
+def test_storage_page_reads_and_writes_sizes_exactly(tab, server):
+    """The limit editor's size parsing (binary units, as the CLI's) and its exact prefill."""
+    tab.goto()
+    got = tab.page.evaluate("""async () => {
+        const m = await import('/js/storage.js');
+        return {parse: ['500M', '1.5 GiB', '2g', '1000000', ' 7 kib ', '', 'lots', '5 PB', '1e9']
+                         .map(t => m.parseBytes(t)),
+                exact: [2 ** 31, 3 * 2 ** 20, 1000, 4096 * 3].map(n => m.exactBytes(n)),
+                days: [30, 2.5, 0.12, 0.01, 0.0001].map(d => m.fmtDays(d))};
+    }""")
+    assert got["parse"] == [500 << 20, 3 << 29, 2 << 30, 1_000_000, 7 << 10, 0, None, None, None]
+    assert got["exact"] == ["2 GiB", "3 MiB", "1000", "12 KiB"]
+    assert got["days"] == ["30 days", "2.5 days", "2.9 hours", "14 minutes", "9 seconds"]
+
+
 def test_storage_shows_uncommitted_bytes_right_after_start(browser, server, tmp_path):
     """A new server's first recordings wait up to flushIfSec (120 s here, the default)
     for their flush: the Storage page shows them as uncommitted while the database has

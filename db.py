@@ -1334,12 +1334,14 @@ class Database:
         `s` over its retainBytes, and once when that ends. The lock is held."""
         key = ("protected over retainBytes", s.id)
         name = f"{self.cameras[s.camera_id].short_name}-{s.type}"
-        if plan is not None and plan.short_bytes > 0 and plan.kept_protected:
+        # Still over with every unprotected recording queued: what is left is protected.
+        # (Not `plan.kept_protected`: a pass before the flush starts after the queued rows,
+        # so it sees none of the protected ones among them.)
+        if plan is not None and plan.short_bytes > 0 and self._protected(s):
             self._retention_repeats.failed(key, ProtectedOverLimit(
-                f"protected recordings ({plan.kept_protected} of {plan.kept_protected_bytes} B) "
-                f"alone exceed retainBytes ({s.retain_bytes} B) by {plan.short_bytes} B; they are "
-                f"kept. Raise retainBytes, or shorten or remove protections (`nvr.py protect "
-                f"list`)"), name)
+                f"protected recordings alone exceed retainBytes ({s.retain_bytes} B) by "
+                f"{plan.short_bytes} B; they are kept. Raise retainBytes, or shorten or remove "
+                f"protections (`nvr.py protect list`)"), name)
         else:
             self._retention_repeats.cleared(key, f"{name}: back within retainBytes")
 

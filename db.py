@@ -456,6 +456,7 @@ class FloorPass:
     rows: list                    # (stream id, ListRow) queued, oldest first
     kept_protected: int = 0       # protected recordings the pass passed over...
     kept_protected_bytes: int = 0  # ...and their size in whole blocks
+    protected_bytes: int = 0      # when still short: the dir's protected video (blocks)
 
     @property
     def freed_bytes(self) -> int:
@@ -1380,6 +1381,12 @@ class Database:
             p.kept_protected_bytes = p.rows.kept_protected_bytes
             for s in streams:
                 self._queue_deletion(s, [r for sid, r in p.rows if sid == s.id])
+            if free_bytes + pending + p.freed_bytes < floor:
+                # Short with every unprotected recording on its way: what protected video
+                # is left (all of it, not only what this pass saw) for dir.py's warning.
+                p.protected_bytes = sum(round_up(n) for s in streams for n in
+                                        self._protected_rows(s.id, self._protected(s).ranges)
+                                        .values())
             return p
 
     def delete_garbage(self, dir_id: int, composite_ids) -> None:

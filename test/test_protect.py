@@ -242,7 +242,7 @@ def test_floor_across_streams_passes_over_protected_and_warns_once_when_all_are(
     lines = [r.getMessage() for r in caplog.records if "stays below" in r.getMessage()]
     assert lines == [
         f"{t.sample_dir}: free space stays below the floor of {10 * size} B ({10 * size} B): "
-        f"every recording of the dir left is protected (4 of {4 * size} B); they are kept, "
+        f"every recording of the dir left is protected ({4 * size} B); they are kept, "
         f"and recording stalls when the disk is full. Shorten or remove protections "
         f"(`nvr.py protect list`), or free space"]
     d.close()

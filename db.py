@@ -469,6 +469,7 @@ class FloorPass:
     rows: list                    # (stream id, ListRow) queued, oldest first
     kept_protected: int = 0       # protected recordings the pass passed over...
     kept_protected_bytes: int = 0  # ...and their size in whole blocks
+    protected_bytes: int = 0      # when still short: the dir's protected video (blocks)
 
     @property
     def freed_bytes(self) -> int:
@@ -1385,12 +1386,14 @@ class Database:
         `s` over its retainBytes, and once when that ends. The lock is held."""
         key = ("protected over retainBytes", s.id)
         name = f"{self.cameras[s.camera_id].short_name}-{s.type}"
-        if plan is not None and plan.short_bytes > 0 and plan.kept_protected:
+        # Still over with every unprotected recording queued: what is left is protected.
+        # (Not `plan.kept_protected`: a pass before the flush starts after the queued rows,
+        # so it sees none of the protected ones among them.)
+        if plan is not None and plan.short_bytes > 0 and self._protected(s):
             self._retention_repeats.failed(key, ProtectedOverLimit(
-                f"protected recordings ({plan.kept_protected} of {plan.kept_protected_bytes} B) "
-                f"alone exceed retainBytes ({s.retain_bytes} B) by {plan.short_bytes} B; they are "
-                f"kept. Raise retainBytes, or shorten or remove protections (`nvr.py protect "
-                f"list`)"), name)
+                f"protected recordings alone exceed retainBytes ({s.retain_bytes} B) by "
+                f"{plan.short_bytes} B; they are kept. Raise retainBytes, or shorten or remove "
+                f"protections (`nvr.py protect list`)"), name)
         else:
             self._retention_repeats.cleared(key, f"{name}: back within retainBytes")
 
@@ -1433,6 +1436,12 @@ class Database:
             p.kept_protected_bytes = p.rows.kept_protected_bytes
             for s in streams:
                 self._queue_deletion(s, [r for sid, r in p.rows if sid == s.id], "floor")
+            if free_bytes + pending + p.freed_bytes < floor:
+                # Short with every unprotected recording on its way: what protected video
+                # is left (all of it, not only what this pass saw) for dir.py's warning.
+                p.protected_bytes = sum(round_up(n) for s in streams for n in
+                                        self._protected_rows(s.id, self._protected(s).ranges)
+                                        .values())
             return p
 
     def delete_garbage(self, dir_id: int, composite_ids) -> None:

@@ -943,14 +943,14 @@ class Syncer:
                 if getattr(p, "kept_protected", 0) else "")
             self._plan_retention_flush("free space below the floor")
         if short and not self.floor_short:
-            if getattr(p, "kept_protected", 0):
+            if getattr(p, "protected_bytes", 0):
                 # Issue #17: a full disk resolves by itself unless what is left is protected.
                 logger.warning("%s: free space stays below the floor of %d B (%s): every "
-                               "recording of the dir left is protected (%d of %d B); they are "
+                               "recording of the dir left is protected (%d B); they are "
                                "kept, and recording stalls when the disk is full. Shorten or "
                                "remove protections (`nvr.py protect list`), or free space",
                                self.path, p.floor_bytes, self._floor_setting(),
-                               p.kept_protected, p.kept_protected_bytes)
+                               p.protected_bytes)
             else:
                 logger.warning("%s: free space stays below the floor of %d B (%s) with every "
                                "recording of the dir deleted or on its way; something else "

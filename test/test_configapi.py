@@ -199,6 +199,10 @@ def test_refused_changes_change_nothing(site, tmp_path):
          "needs a retention limit: set retainBytes"),
         ("POST", "/api/config/cameras", {"shortName": "x", "streams": {
             "main": {"url": "rtsp://u:p@h/1"}}}, 400, "don't put credentials in the URL"),
+        ("POST", "/api/config/cameras", {"shortName": "x", "streams": {
+            "main": {"url": "rtsp://h/1"}, "sub": {"url": "rtsp://h/2",
+                                                  "sampleFileDirId": 42}}}, 400,
+         "sampleFileDirId: no sample file dir with id 42"),
         ("POST", "/api/config/cameras", {"shortName": "x", "color": "red"}, 400,
          "unknown key(s) 'color'"),
         ("PATCH", f"/api/config/cameras/{cid}", {"shortName": ""}, 400,

@@ -967,6 +967,25 @@ def test_keep_this_clip_drawn_on_the_timeline_listed_edited_and_removed(tab, ser
             == (start90k, end90k)
         assert "gate incident" in band.get_attribute("title")
     tab.screenshot("timeline-protected")
+    # Kept from the timeline's player, this stream only: drawn at once, on its lane alone.
+    pg.locator(f'.tl-track[data-stream-id="{server.sub_id}"] .tl-span').last.click()
+    player.get_by_role("button", name="Keep this clip").click()
+    dialog = pg.locator("dialog.protect-dialog")
+    dialog.get_by_label("Label").fill("sub only")
+    dialog.get_by_label("Every stream of this camera (main and sub)").uncheck()
+    dialog.get_by_role("button", name="Save").click()
+    kept = player.locator("button.keep-clip[data-protection-id]")
+    kept.wait_for()
+    pid2 = int(kept.get_attribute("data-protection-id"))
+    pg.get_by_role("button", name="Close player").click()
+    pg.locator(f'.tl-track[data-stream-id="{server.sub_id}"] '
+               f'.tl-protected[data-protection-id="{pid2}"]').wait_for()
+    assert pg.locator(f'.tl-protected[data-protection-id="{pid2}"]').count() == 1
+    (p2,) = [p for p in tab.api("/api/protections")["protections"] if p["id"] == pid2]
+    assert p2["streamType"] == "sub" and p2["label"] == "sub only"
+    status, body = tab.fetch(f"/api/protections/{pid2}", "DELETE",
+                             {"csrf": tab.api("/api/")["user"]["session"]["csrf"]})
+    assert status == 204, body
     # Listed on the Storage page, with the stream's protected bytes; the label edited.
     tab.goto("#/storage")
     listed = pg.locator(f'table[aria-label="Protections"] tr[data-protection-id="{pid}"]')

@@ -46,6 +46,7 @@ import clock
 import db
 import dir as dirmod
 import logrepeat
+import recorder
 import recording
 import retention
 import signals as signalsmod
@@ -736,112 +737,10 @@ def sd_notify(message: str) -> None:
             _sd_notify_warned = True
 
 
-def check_recorded_stream_config(d: db.Database, s) -> None:
-    """UsageError naming the fix if a recorded stream's numbers aren't whole numbers
-    from 0 up (a database edited by hand with `nvr.py sql`): the syncer would fail on
-    them after every recording, forever ("abc"), or misread them (a negative
-    retainBytes deletes every recording; `int()` would take "120", 1.5 or true)."""
-    name = f"{d.cameras[s.camera_id].short_name} {s.type}"
-    options = {"flushIfSec": "--flush-if-sec N", "retainBytes": "--retain-bytes SIZE",
-               "retainDays": "--retain-days N"}
-    v = s.config.get("flushIfSec", 0)
-    problem = None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        problem = "flushIfSec", "not a whole number from 0 up"
-    problem = problem or retention.stream_config_problem(s.config)
-    if problem:
-        key, what = problem
-        raise UsageError(f"stream {name}: {key} is {json.dumps(s.config.get(key))}, {what}; "
-                         f"set it with `nvr.py config stream edit {name} {options[key]}`")
-
-
-def check_dir_config(x: db.SampleFileDir) -> None:
-    """UsageError naming the fix if a dir's free-space floor was edited by hand into
-    something retention can't use (retention.py)."""
-    problem = retention.dir_config_problem(x.config)
-    if problem:
-        key, what = problem
-        raise UsageError(f"sample file dir {x.path}: {key} is {json.dumps(x.config.get(key))}, "
-                         f"{what}; set it with `nvr.py config dir edit {x.id} "
-                         f"--free-space-floor SIZE|N%|default`")
-
-
-class Recorder:
-    """What `run` starts and stops: syncers, then streamers (reference §1.5)."""
-
-    def __init__(self, d: db.Database, opener, *, shutdown: threading.Event,
-                 rotate_interval_sec: int = 60):
-        self.db = d
-        self.shutdown = shutdown
-        self.syncers: dict[int, dirmod.Syncer] = {}
-        self.streamers: list = []
-        recorded = [s for s in sorted(d.streams.values(), key=lambda s: s.id)
-                    if s.record and s.sample_file_dir_id is not None and s.config.get("url")]
-        for s in recorded:
-            check_recorded_stream_config(d, s)
-        for dir_id in sorted({s.sample_file_dir_id for s in recorded}):
-            check_dir_config(d.dirs[dir_id])
-        for s in recorded:
-            if s.sample_file_dir_id not in self.syncers:
-                sy = dirmod.Syncer(d, s.sample_file_dir_id, shutdown=self.shutdown,
-                                   check_every_sec=dirmod.RETENTION_CHECK_SEC)
-                sy.initial_rotation()
-                self.syncers[s.sample_file_dir_id] = sy
-        for i, s in enumerate(recorded):
-            o = opener(s)
-            self.streamers.append(stream.Streamer(
-                d, s.id, self.syncers[s.sample_file_dir_id], o, shutdown=self.shutdown,
-                rotate_offset_sec=rotate_interval_sec * i // len(recorded),
-                rotate_interval_sec=rotate_interval_sec))
-
-    def start(self) -> None:
-        for sy in self.syncers.values():
-            sy.start()
-        for st in self.streamers:
-            st.start()
-
-    def stop(self) -> None:
-        """Ends every run ("NVR shutdown"), makes the last recordings durable,
-        flushes, collects garbage, flushes again."""
-        self.shutdown.set()
-        stream.stall_watch.interrupt_all()  # a silent camera's read ends now, not in 30 s
-        for st in self.streamers:
-            st.join()
-        for sy in self.syncers.values():
-            sy.stop()
-        self._final_flush("NVR shutdown")
-        collected = 0
-        for sy in self.syncers.values():
-            # Shutdown is set, so an I/O error (EIO on unlink or fsync) gives up at once
-            # rather than retrying. The garbage rows stay; the next start's recovery
-            # (dir.py R2) unlinks their files. The other dirs and the flush go on.
-            try:
-                collected += sy.collect_garbage()
-            except clock.ShutdownError as e:
-                logger.warning("%s: garbage not collected at shutdown (%s); start-up "
-                               "recovery will collect it at the next start", sy.path, e)
-        if collected:
-            self._final_flush("NVR shutdown: garbage collected")
-
-    FINAL_FLUSH_TRIES = 3
-
-    def _final_flush(self, reason: str) -> None:
-        """A flush at shutdown, tried a few times a second apart (a SQLite error on the
-        database's disk may pass); then a one-line DbError saying what it costs, rather
-        than a traceback or waiting forever."""
-        for attempt in range(1, self.FINAL_FLUSH_TRIES + 1):
-            try:
-                self.db.flush(reason)
-                return
-            except sqlite3.Error as e:
-                error = e
-                logger.warning("flush (%s) failed, try %d of %d: %s", reason, attempt,
-                               self.FINAL_FLUSH_TRIES, e)
-                if attempt < self.FINAL_FLUSH_TRIES:
-                    self.db.clocks.sleep(1)
-        raise db.DbError(f"the shutdown flush failed ({error}); the recordings made since "
-                         f"the last flush weren't committed, and the next start deletes "
-                         f"their files")
+# The running system moved to recorder.py; these names stay for old callers.
+Recorder = recorder.Recorder
+check_recorded_stream_config = recorder.check_recorded_stream_config
+check_dir_config = recorder.check_dir_config
 
 
 DEMO_SUB_URL = "demo:320x180@15"
@@ -1088,7 +987,7 @@ def cmd_run(args) -> int:
             return stream.PyAvOpener()
         rec = None
         if not args.read_only:
-            rec = Recorder(d, opener, shutdown=rec_shutdown,
+            rec = recorder.Recorder(d, opener, shutdown=rec_shutdown,
                            rotate_interval_sec=args.rotate_interval_sec)
             rec.start()
             logger.info("recording %d stream(s)", len(rec.streamers))
@@ -1097,7 +996,7 @@ def cmd_run(args) -> int:
         try:
             srv = web.Server(d, config, clocks=clocks,
                              auth_=auth.Auth(d, config.session_limits),
-                             signals=signalsmod.Signals(d))
+                             signals=signalsmod.Signals(d), recorder=rec)
             srv.start()  # raises web.BindError (nothing left open) if a bind fails
         except web.BindError as e:
             if rec is not None:

@@ -1396,8 +1396,11 @@ class Server:
     def __init__(self, db, config, *, clocks: clock.Clocks | None = None,
                  connection_timeout_sec: float = DEFAULT_CONNECTION_TIMEOUT_SEC,
                  auth_: auth.Auth | None = None, signals=None, live_options=None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, recorder=None):
         self.db = db
+        # recorder.Recorder while `run` records (None read-only and in tests that don't
+        # record): the configuration API applies changes through it.
+        self.recorder = recorder
         self.limits = limits or Limits()
         self.binds = list(config.binds)
         self.ui_dir = getattr(config, "ui_dir", None) or DEFAULT_UI_DIR

@@ -133,8 +133,11 @@ export function render(main, ctx) {
         cell('lastFrameAgeSec', st.lastFrameAgeSec,
              st.lastFrameAgeSec !== null && st.lastFrameAgeSec !== undefined ? `${duration(st.lastFrameAgeSec)} ago` : '—'),
         cell('runs', st.runs, String(st.runs ?? 0)),
+        // The error the State cell already shows (failing, reconnecting): only its time.
         cell('lastError', st.lastError, st.lastError
-          ? [st.lastError, st.lastErrorSec ? h('div', {class: 'muted small'}, at(st.lastErrorSec)) : null]
+          ? [detail ? null : st.lastError,
+             st.lastErrorSec ? h('div', {class: detail ? null : 'muted small'},
+                                 detail ? `at ${at(st.lastErrorSec)}` : at(st.lastErrorSec)) : null]
           : '—', 'last-error'));
     });
     return h('div', {class: 'card'}, h('h2', null, 'Streams'),

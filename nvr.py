@@ -32,7 +32,6 @@ import shlex
 import shutil
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import tomllib

@@ -837,6 +837,65 @@ def test_system_page_follows_a_stream_failing_and_recovering(tab, server):
     assert main_row.locator(".state-error").count() == 0
 
 
+def test_system_page_says_each_state_and_flags_rates_off_the_expected(tab, server):
+    """The System page's wording for every state and its flags, from a crafted answer of
+    the real server's (the recorder's states are the real test's above): a first attempt
+    is "Connecting", one after a run "Reconnecting" with the last error; a frame rate more
+    than 25 % off the expected one and a bitrate over twice it are flagged; a dir below
+    its floor says so; a failed flush is shown with its error."""
+    tab.goto("#/system")
+    tab.login("viewer")
+    pg = tab.page
+    pg.locator("table.system-streams tr[data-state]").first.wait_for(timeout=30_000)
+    doc = tab.api("/api/system")
+    main, sub = ({**s} for s in doc["streams"][:2])
+    now = doc["nowSec"]
+    status = dict(doc["streams"][0]["status"])
+    main["status"] = {**status, "state": "recording", "fps": 10.0,
+                      "bitrateBps": 9 * main["expected"]["bitrateBps"]}
+    main["expected"] = {**main["expected"], "fps": 30.0, "fpsFrom": "sps"}
+    sub["status"] = {**status, "state": "connecting", "sinceSec": now - 5, "runs": 3,
+                     "lastError": "rtsp://cam/sub: can't open: Connection refused",
+                     "lastErrorSec": now - 5}
+    first = {**sub, "id": 99, "cameraShortName": "zz-new", "status": {
+        **status, "state": "connecting", "runs": 0, "lastError": None, "lastErrorSec": None}}
+    off = {**sub, "id": 98, "cameraShortName": "zz-off", "record": False,
+           "status": {**status, "state": "off", "sinceSec": None, "runs": 0,
+                      "lastError": None, "lastErrorSec": None}}
+    d = {**doc["dirs"][0], "freeBytes": 1, "freeSpaceFloorBytes": 2}
+    crafted = {**doc, "streams": [main, sub, first, off], "dirs": [d],
+               "lastFlushError": {"timeSec": now - 2, "reason": "retention",
+                                  "durationSec": 0.003, "error": "disk I/O error"},
+               "flushErrors": 1}
+    pg.route("**/api/system", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(crafted)))
+    pg.get_by_role("button", name="Refresh").click()
+    row = lambda i: pg.locator(f'table.system-streams tr[data-stream-id="{i}"]')  # noqa: E731
+    row(99).wait_for()
+    assert row(99).locator(".state-text").inner_text().startswith("Connecting")
+    assert row(99).locator(".state-error").count() == 0
+    assert row(server.sub_id).locator(".state-text").inner_text().startswith("Reconnecting since ")
+    assert row(server.sub_id).locator(".state-error").inner_text() == \
+        "Last error: rtsp://cam/sub: can't open: Connection refused"
+    assert row(98).locator(".state-text").inner_text() == "Off (not recorded)"
+    fps = row(server.main_id).locator('td[data-field="fps"]')
+    assert "off" in fps.get_attribute("class").split()
+    assert fps.get_attribute("title") == \
+        "measured 10 fps is more than 25 % off the expected 30 (SPS)"
+    bps = row(server.main_id).locator('td[data-field="bitrateBps"]')
+    assert "off" in bps.get_attribute("class").split()
+    assert "under half or over twice" in bps.get_attribute("title")
+    assert pg.locator("table.system-dirs .bar.full").count() == 1
+    assert "below the floor" in pg.locator("table.system-dirs").inner_text()
+    assert pg.locator('dd[data-field="lastFlushError"]').inner_text().endswith(
+        "retention: disk I/O error · 1 since start")
+    tab.screenshot("system-crafted")
+    # The real answer again.
+    pg.unroute("**/api/system")
+    pg.get_by_role("button", name="Refresh").click()
+    row(99).wait_for(state="detached")
+
+
 def test_live_view_plays_and_reconnects_after_a_restart(tab, server):
     """Last: it restarts the module's server."""
     uuid = server.camera_uuid()

@@ -17,8 +17,11 @@ import {TICKS, dateTime90k} from './time.js';
 
 export const REFRESH_MS = 3000;
 
-// A measured rate this far (as a fraction) from the expected one is flagged.
-const TOLERANCE = 0.25;
+// A measured frame rate this far (as a fraction) from the expected one is flagged; a
+// bitrate under half or over twice the expected one (a variable bitrate swings with the
+// scene, so the 10 s measurement strays further from the day's average than fps does).
+const FPS_TOLERANCE = 0.25;
+const BITRATE_FACTOR = 2;
 
 const at = sec => dateTime90k(Math.round(sec * TICKS));
 
@@ -56,9 +59,14 @@ export function describeState(st, doc) {
   }
 }
 
-function off(measured, expected) {
+function fpsOffBy(measured, expected) {
   return measured !== null && measured !== undefined && expected > 0 &&
-    Math.abs(measured - expected) > TOLERANCE * expected;
+    Math.abs(measured - expected) > FPS_TOLERANCE * expected;
+}
+
+function bitrateOffBy(measured, expected) {
+  return measured !== null && measured !== undefined && expected > 0 &&
+    (measured * BITRATE_FACTOR < expected || measured > expected * BITRATE_FACTOR);
 }
 
 export function render(main, ctx) {
@@ -109,6 +117,13 @@ export function render(main, ctx) {
              text);
   }
 
+  /** A measured rate's cell; `warning` (or null) becomes its title and flags it. */
+  function rateCell(field, value, warning, text) {
+    const td = cell(field, value, text);
+    if (warning) { td.title = warning; td.classList.add('off'); }
+    return td;
+  }
+
   function streamsCard(doc) {
     if (!doc.streams.length) return h('div', {class: 'card'}, h('h2', null, 'Streams'),
                                       h('p', {class: 'muted'}, 'There are no streams.'));
@@ -116,8 +131,8 @@ export function render(main, ctx) {
       const st = s.status, ex = s.expected;
       const [headline, detail] = describeState(st, doc);
       const live = st.state === 'recording';
-      const fpsOff = live && off(st.fps, ex.fps);
-      const bpsOff = live && off(st.bitrateBps, ex.bitrateBps);
+      const fpsOff = live && fpsOffBy(st.fps, ex.fps);
+      const bpsOff = live && bitrateOffBy(st.bitrateBps, ex.bitrateBps);
       const expectFps = ex.fps !== null ? `expected ${fmtFps(ex.fps)} (${ex.fpsFrom === 'sps' ? 'SPS' : 'last day'})` : '';
       const expectBps = ex.bitrateBps !== null ? `expected ${fmtMbps(ex.bitrateBps)} (last day)` : '';
       return h('tr', {dataset: {streamId: String(s.id), state: st.state}},
@@ -126,9 +141,9 @@ export function render(main, ctx) {
           h('span', {class: `chip state-${st.state}`}, st.state),
           ' ', h('span', {class: 'state-text'}, headline),
           detail ? h('div', {class: 'state-error' + (st.state === 'failing' ? ' error' : ' muted')}, detail) : null),
-        cell('fps', st.fps, [live ? `${fmtFps(st.fps)} fps` : '—',
+        rateCell('fps', st.fps, fpsOff ? `measured ${fmtFps(st.fps)} fps is more than ${FPS_TOLERANCE * 100} % off the ${expectFps}` : null, [live ? `${fmtFps(st.fps)} fps` : '—',
              expectFps ? h('div', {class: 'muted small' + (fpsOff ? ' warn' : '')}, expectFps) : null]),
-        cell('bitrateBps', st.bitrateBps, [live ? `${fmtMbps(st.bitrateBps)} Mbps` : '—',
+        rateCell('bitrateBps', st.bitrateBps, bpsOff ? `measured ${fmtMbps(st.bitrateBps)} Mbps is under half or over twice the ${expectBps}` : null, [live ? `${fmtMbps(st.bitrateBps)} Mbps` : '—',
              expectBps ? h('div', {class: 'muted small' + (bpsOff ? ' warn' : '')}, expectBps) : null]),
         cell('lastFrameAgeSec', st.lastFrameAgeSec,
              st.lastFrameAgeSec !== null && st.lastFrameAgeSec !== undefined ? `${duration(st.lastFrameAgeSec)} ago` : '—'),

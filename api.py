@@ -8,7 +8,7 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   (built by mp4.py), still.jpg and latest.jpg (snapshot.py), live.m4s (handed to
   live.py), signals, users and their sessions (listing and revoking; what ends a
   session, and what a session may do, is auth.py's), `/api/request`, `/api/metrics`
-  (metrics.py's text).
+  (metrics.py's text), `/api/system` (system.py's document).
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   Every body is parsed by `parse_json_body` (UTF-8, no lone surrogates, finite numbers,
@@ -49,6 +49,7 @@ import metrics
 import mp4
 import recording
 import snapshot
+import system
 
 logger = logging.getLogger(__name__)
 
@@ -1007,6 +1008,15 @@ def handle_metrics(request: Request, m: re.Match):
                     {"Cache-Control": "no-store"})
 
 
+def handle_system(request: Request, m: re.Match):
+    """How nvr is doing, for the System page (system.py; docs/api.md). viewVideo, as
+    /api/metrics: the same facts, for a person. It names no credentials (the recorder's
+    errors never hold them) and no install paths."""
+    request.params(())
+    return Response.json(system.report(request.server, VERSION),
+                         **{"Cache-Control": "no-store"})
+
+
 # ---------------------------------------------------------------------------------------
 # The route table
 
@@ -1047,6 +1057,7 @@ ROUTES: list[Route] = [
     Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})/sessions/(?P<sid>[0-9a-f]{16})/revoke"),
           ("POST",), CALLER, handle_revoke_session),
     Route(re.compile(r"/api/metrics"), GET_HEAD, "view_video", handle_metrics),
+    Route(re.compile(r"/api/system"), GET_HEAD, "view_video", handle_system),
 ]
 
 

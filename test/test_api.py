@@ -153,6 +153,7 @@ def _matrix(site):
         ("GET", "/api/init/1.mp4.txt", None, video),
         ("GET", "/api/signals", None, video),
         ("GET", "/api/metrics", None, video),
+        ("GET", "/api/system", None, video),
         ("POST", "/api/signals", {}, admin),
         ("GET", "/api/users/", None, admin),
         ("POST", "/api/users/", {}, admin),

@@ -6,6 +6,7 @@
 //   #/live      live.js      live view grid
 //   #/timeline  timeline.js  lanes of recorded spans and gaps
 //   #/storage   storage.js   bytes used against retention limits
+//   #/system    system.js    how nvr is doing: streams' states, disks, flushes, versions
 //   #/users     users.js     user administration (adminUsers only)
 // A page module exports `render(main, ctx)`, which may return a cleanup function run
 // when the page is left. `ctx` has the /api/ answer (`top`), the hash's query
@@ -20,6 +21,7 @@ const PAGES = {
   '/live': {name: 'live', title: 'Live', load: () => import('./live.js')},
   '/timeline': {name: 'timeline', title: 'Timeline', load: () => import('./timeline.js')},
   '/storage': {name: 'storage', title: 'Storage', load: () => import('./storage.js')},
+  '/system': {name: 'system', title: 'System', load: () => import('./system.js')},
   '/users': {name: 'users', title: 'Users', load: () => import('./users.js')},
 };
 

@@ -175,8 +175,11 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+MAX_BYTES = 2 ** 63 - 1   # SQLite's integers (and Moonfire's i64)
+
+
 def _whole(names: Names, key: str, v, what: str = "a whole number from 0 up") -> int:
-    if not _is_int(v) or v < 0:
+    if not _is_int(v) or not 0 <= v <= MAX_BYTES:
         raise ConfigError(f"{names.fields[key]} must be {what}, not {v!r}")
     return v
 

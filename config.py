@@ -178,7 +178,7 @@ def _is_int(v) -> bool:
 MAX_BYTES = 2 ** 63 - 1   # SQLite's integers (and Moonfire's i64)
 
 
-def _whole(names: Names, key: str, v, what: str = "a whole number from 0 up") -> int:
+def _whole(names: Names, key: str, v, what: str = f"a whole number from 0 to {MAX_BYTES}") -> int:
     if not _is_int(v) or not 0 <= v <= MAX_BYTES:
         raise ConfigError(f"{names.fields[key]} must be {what}, not {v!r}")
     return v

@@ -338,6 +338,17 @@ def recordings_of(d: dbmod.Database, stream_ids) -> Doomed:
     return out
 
 
+def _all_committed(d: dbmod.Database, stream_ids) -> None:
+    """Before deleting streams (under the database lock): their recordings must all be
+    committed, as `rec.stop_stream` leaves them unless its flush failed. Checked for all
+    first, so db.py's deletes can't fail half way with memory changed."""
+    for sid in stream_ids:
+        if d.streams[sid].uncommitted:
+            raise ConfigError(f"stream {d.cameras[d.streams[sid].camera_id].short_name}/"
+                              f"{d.streams[sid].type} still has recordings not committed "
+                              f"(a flush failed? see the log); try again", 409)
+
+
 def _collect_garbage(d: dbmod.Database, rec) -> None:
     """Step 4's second half: unlink the garbage files of dirs no syncer looks after
     (all of them when nvr isn't running). A running dir's syncer collects after the
@@ -449,6 +460,7 @@ def delete_camera(d: dbmod.Database, rec, camera_id: int, *, delete_recordings: 
                 for sid in sids:   # 2. the last recordings committed first
                     rec.stop_stream(sid, "stream deleted")
             with d.locked("config: delete camera"), d.transaction():
+                _all_committed(d, sids)
                 n = d.delete_camera(camera_id)
         except BaseException:   # re-raises: a SQLite error; what stopped starts again
             _reconcile(rec)
@@ -546,6 +558,7 @@ def delete_stream(d: dbmod.Database, rec, camera_id: int, type_: str, *,
             if rec is not None:
                 rec.stop_stream(s.id, "stream deleted")
             with d.locked("config: delete stream"), d.transaction():
+                _all_committed(d, [s.id])
                 n = d.delete_stream(s.id)
         except BaseException:   # re-raises: a SQLite error; what stopped starts again
             _reconcile(rec)

@@ -80,7 +80,7 @@ def open_add_camera(tab, name, url, username=CAMERA_USER, password=CAMERA_PASSWO
     pg = tab.page
     pg.get_by_role("button", name="+ Add camera").click()
     d = pg.get_by_role("dialog", name="Add camera")
-    d.get_by_label("Name").fill(name)
+    d.get_by_label("Name", exact=True).fill(name)
     d.get_by_label("RTSP URL").fill(url)
     d.get_by_label("Username").fill(username)
     d.get_by_label("Password", exact=True).fill(password)

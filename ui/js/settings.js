@@ -201,7 +201,7 @@ export function render(main, ctx) {
   function fillStatus(tr, st) {
     const cell = f => tr.querySelector(`[data-field="${f}"]`);
     const state = st.state || 'off';
-    replace(cell('state'), h('span', {class: `chip state state-${state}`, dataset: {state}}, STATE_LABEL[state] || state));
+    replace(cell('state'), h('span', {class: `chip state state-${state}`}, STATE_LABEL[state] || state));
     cell('state').dataset.state = state;
     replace(cell('lastFrame'), st.lastFrameAgeSec === null || st.lastFrameAgeSec === undefined
       ? '—' : `${fmtSpan(st.lastFrameAgeSec)} ago`);
@@ -255,8 +255,9 @@ export function render(main, ctx) {
       replace(cell(f), bytes(d[f]));
       cell(f).dataset.value = d[f] ?? '';
     }
-    replace(cell('floor'), d.freeSpaceFloor ?? '', d.freeSpaceFloorBytes !== undefined && d.freeSpaceFloorBytes !== null
-      ? h('span', {class: 'muted'}, ` (${bytes(d.freeSpaceFloorBytes)})`) : null);
+    replace(cell('floor'), d.freeSpaceFloor ?? bytes(d.freeSpaceFloorBytes));
+    cell('floor').title = d.freeSpaceFloorBytes === undefined || d.freeSpaceFloorBytes === null ? ''
+      : `${bytes(d.freeSpaceFloorBytes)} kept free now`;
   }
 
   function dirDialog(prior) {
@@ -488,7 +489,14 @@ export function render(main, ctx) {
       r.detail ? h('p', {class: 'muted settings-note'}, `Details: ${r.detail}`) : null);
   }
 
-  /** Inputs of a stream's settings (STREAM_IN); `s` is the stream being edited or null. */
+  /** The RTSP transport select (STREAM_IN's rtspTransport; "" stored means default). */
+  function transportSelect(s) {
+    return h('label', null, 'RTSP transport', h('select', {name: 'rtspTransport'},
+      TRANSPORTS.map(([v, label]) => h('option', {value: v, selected: (s ? s.rtspTransport || 'default' : 'tcp') === v}, label))));
+  }
+
+  /** Inputs of a stream's settings (STREAM_IN) but its URL and transport; `s` is the
+   *  stream being edited or null. */
   function streamFields(s, {typeChoices = null} = {}) {
     const dirs = cfg.dirs;
     const defaultDir = s?.sampleFileDirId ?? (dirs.length === 1 ? dirs[0].id : null);
@@ -505,9 +513,7 @@ export function render(main, ctx) {
       h('label', null, 'Keep at most (days)', h('input', {name: 'retainDays', type: 'number', min: '0', step: 'any',
         value: s?.retainDays ?? '', placeholder: 'no age limit'})),
       h('label', null, 'Commit within (seconds)', h('input', {name: 'flushIfSec', type: 'number', min: '0', step: '1',
-        value: s?.flushIfSec ?? '', placeholder: 'default'})),
-      h('label', null, 'RTSP transport', h('select', {name: 'rtspTransport'},
-        TRANSPORTS.map(([v, label]) => h('option', {value: v, selected: (s?.rtspTransport || (s ? 'default' : 'tcp')) === v}, label)))));
+        value: s?.flushIfSec ?? '', placeholder: 'default'})));
     let bitrate = s?.status?.bitrateBps ?? null;
     const updateHint = () => {
       const b = parseSize(el.querySelector('[name=retainBytes]').value);
@@ -549,6 +555,7 @@ export function render(main, ctx) {
       h('label', null, 'Description', h('input', {name: 'description', autocomplete: 'off'})),
       h('label', null, 'RTSP URL', h('input', {name: 'url', required: true, autocomplete: 'off', autocapitalize: 'none',
         placeholder: 'rtsp://192.168.1.10:554/stream1', spellcheck: 'false'})),
+      transportSelect(null),
       credentialFields(null),
       testPanel(() => {
         const url = form.url.value.trim();
@@ -601,6 +608,7 @@ export function render(main, ctx) {
       h('h2', null, title),
       h('label', null, 'RTSP URL', h('input', {name: 'url', required: true, autocomplete: 'off', autocapitalize: 'none',
         value: s?.url ?? '', spellcheck: 'false'})),
+      transportSelect(s),
       h('p', {class: 'muted settings-note'}, 'The camera\'s login (Edit camera) is used.'),
       testPanel(() => {
         const url = form.url.value.trim();

@@ -613,9 +613,11 @@ export function render(main, ctx) {
       testPanel(() => {
         const url = form.url.value.trim();
         if (!url) throw new Error('Give the RTSP URL to test.');
-        // The stored credentials; the URL typed here overrides the stored one.
-        return {cameraId: cam.id, streamType: s ? type : form.streamType.value, url,
-                rtspTransport: form.rtspTransport.value};
+        // The camera's stored credentials, through one of its streams (this one, or for a
+        // new stream an existing one); the URL and transport typed here override its own.
+        const via = s ? type : STREAM_TYPES.find(t => cam.streams?.[t]);
+        return via ? {cameraId: cam.id, streamType: via, url, rtspTransport: form.rtspTransport.value}
+                   : {url, rtspTransport: form.rtspTransport.value};
       }, r => fields.setBitrate(r?.ok ? r.bitrateBps : (s?.status?.bitrateBps ?? null))),
       fields.el,
       err,

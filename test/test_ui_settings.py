@@ -203,6 +203,40 @@ def test_stream_test_failures_and_h265(tab, server, case):
     assert not panel.locator("img").count()
 
 
+def test_edit_stream_lower_limit_confirmed_and_camera_renamed(tab, server):
+    tab.goto("#/settings")
+    tab.login("admin")
+    pg = tab.page
+    sub = stream_of(config(tab), "cam1", "sub")
+    wait_for("2 committed cam1 sub recordings", lambda: len(server.rows(sub["id"])) >= 2)
+    # A limit below what the stream holds deletes recordings: the server asks (409) and
+    # the page shows its message; confirming sends deleteRecordings.
+    tab.allow(r"status of 409")
+    pg.get_by_role("button", name="Edit stream cam1 sub").click()
+    d = pg.get_by_role("dialog", name="Edit stream cam1 sub")
+    d.get_by_label("Keep at most (bytes)").fill("4K")
+    d.get_by_role("button", name="Save").click()
+    confirm = pg.get_by_role("dialog", name="Delete recordings?")
+    confirm.wait_for()
+    assert re.search(r"the new limit deletes \d+ recording", confirm.inner_text()), \
+        confirm.inner_text()
+    confirm.get_by_role("button", name="Delete recordings").click()
+    d.wait_for(state="detached")
+    assert stream_of(config(tab), "cam1", "sub")["retainBytes"] == 4096
+    pg.locator(f'tr[data-stream-id="{sub["id"]}"]').filter(has_text="keep 4.00 KiB").wait_for()
+    # Rename the camera; the password field left empty keeps the stored password.
+    pg.get_by_role("button", name="Edit camera cam1").click()
+    d = pg.get_by_role("dialog", name="Edit camera cam1")
+    assert d.get_by_label("Password", exact=True).input_value() == ""
+    d.get_by_label("Name", exact=True).fill("porch")
+    d.get_by_role("button", name="Save").click()
+    d.wait_for(state="detached")
+    pg.locator('.camera-card[data-short-name="porch"]').wait_for()
+    cam = next(c for c in config(tab)["cameras"] if c["id"] == 1)
+    assert cam["shortName"] == "porch" and cam["passwordSet"] is True
+    assert cam["streams"]["sub"]["status"]["state"] == "recording"
+
+
 def test_sample_file_dir_add_move_delete(tab, server, tmp_path):
     tab.goto("#/settings")
     tab.login("admin")

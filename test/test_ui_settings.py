@@ -156,6 +156,8 @@ def test_add_camera_test_save_and_it_records(tab, server):
     # cam1's stream wasn't disturbed: still its first run.
     after = stream_of(config(tab), "cam1", "sub")
     assert after["status"]["state"] == "recording" and after["status"]["runs"] == 1
+    rows = server.rows(1)   # one run, recording after recording: no gap, no end reason
+    assert [r[1] for r in rows] == list(range(len(rows))) and not any(r[4] for r in rows), rows
 
     # Delete the camera: it has recordings, so the server asks (409) and the page shows
     # its message before sending deleteRecordings.

@@ -478,7 +478,9 @@ export function render(main, ctx) {
         row('frameRate', 'Frame rate', r.frameRate === null ? '—' : `${fmtFps(r.frameRate)} fps`),
         row('bitrate', 'Bitrate', fmtRate(r.bitrateBps)),
         row('gop', 'Key frames', gop),
-        row('browser', 'Plays in a browser', `${r.browser}${r.browserNote ? ` (${r.browserNote})` : ''}`)),
+        row('browser', 'Plays in a browser', r.browser)),
+      r.browserNote ? h('p', {class: 'muted settings-note', dataset: {field: 'browserNote'}},
+                        `Browser playback: ${r.browserNote}.`) : null,
       (r.warnings || []).map(w => h('p', {class: 'form-error'}, `Warning: ${w}`)),
       h('p', {class: 'muted settings-note'}, `Tested in ${Number(r.elapsedSec).toFixed(1)} s.`));
   }

@@ -15,7 +15,9 @@ What is checked, the way a person would do it:
 - the same form with a wrong password shows the classified 401 message; with a closed
   port the "refused the connection" message; the H.265 mount says the browser "depends";
 - deleting a camera with recordings: the server's 409 message (how many recordings) is
-  shown, and confirming deletes it;
+  shown, and confirming deletes it; the same for a stream's limit lowered below what it
+  holds; a stream's Test and a new stream's use the camera's stored login; a camera
+  renamed with the password field left empty keeps its password;
 - a sample file dir is added, moved (its directory renamed on disk, the new path given)
   and deleted;
 - an admin revokes another user's session from the Users page; that browser's next
@@ -206,7 +208,7 @@ def test_stream_test_failures_and_h265(tab, server, case):
     assert not panel.locator("img").count()
 
 
-def test_edit_stream_lower_limit_confirmed_and_camera_renamed(tab, server):
+def test_edit_stream_camera_and_add_a_stream(tab, server):
     tab.goto("#/settings")
     tab.login("admin")
     pg = tab.page
@@ -217,6 +219,8 @@ def test_edit_stream_lower_limit_confirmed_and_camera_renamed(tab, server):
     tab.allow(r"status of 409")
     pg.get_by_role("button", name="Edit stream cam1 sub").click()
     d = pg.get_by_role("dialog", name="Edit stream cam1 sub")
+    # Its Test uses the stored URL's override and the camera's stored login.
+    assert run_test(d).locator('.test-ok dd[data-field="size"]').inner_text() == "320×240"
     d.get_by_label("Keep at most (bytes)").fill("4K")
     d.get_by_role("button", name="Save").click()
     confirm = pg.get_by_role("dialog", name="Delete recordings?")
@@ -238,6 +242,17 @@ def test_edit_stream_lower_limit_confirmed_and_camera_renamed(tab, server):
     cam = next(c for c in config(tab)["cameras"] if c["id"] == 1)
     assert cam["shortName"] == "porch" and cam["passwordSet"] is True
     assert cam["streams"]["sub"]["status"]["state"] == "recording"
+    # A second stream for it: tested with the camera's stored login, added, recording.
+    pg.get_by_role("button", name="Add a stream to porch").click()
+    d = pg.get_by_role("dialog", name="Add a stream to porch")
+    d.get_by_label("RTSP URL").fill(server.camera.url("main"))
+    assert d.get_by_label("Type").input_value() == "main"
+    assert run_test(d).locator('.test-ok dd[data-field="size"]').inner_text() == "640×360"
+    d.get_by_role("button", name="Add").click()
+    d.wait_for(state="detached")
+    main = stream_of(config(tab), "porch", "main")
+    pg.locator(f'tr[data-stream-id="{main["id"]}"] [data-field="state"][data-state="recording"]') \
+        .wait_for(timeout=60_000)
 
 
 def test_sample_file_dir_add_move_delete(tab, server, tmp_path):

@@ -18,6 +18,8 @@ What is checked, the way a person would do it:
   shown, and confirming deletes it; the same for a stream's limit lowered below what it
   holds; a stream's Test and a new stream's use the camera's stored login; a camera
   renamed with the password field left empty keeps its password;
+- the status refreshes in place (the same row, a longer run) and, when nvr can't be
+  reached, says it isn't live;
 - a sample file dir is added, moved (its directory renamed on disk, the new path given)
   and deleted;
 - an admin revokes another user's session from the Users page; that browser's next
@@ -253,6 +255,30 @@ def test_edit_stream_camera_and_add_a_stream(tab, server):
     main = stream_of(config(tab), "porch", "main")
     pg.locator(f'tr[data-stream-id="{main["id"]}"] [data-field="state"][data-state="recording"]') \
         .wait_for(timeout=60_000)
+
+
+def test_status_refreshes_in_place_and_says_when_it_cannot(tab, server):
+    tab.goto("#/settings")
+    tab.login("admin")
+    pg = tab.page
+    row = pg.locator('tr[data-stream-id="1"]')
+    row.locator('[data-field="state"][data-state="recording"]').wait_for()
+    run0 = row.locator('[data-field="run"]').inner_text()
+    row.evaluate("r => { r.dataset.marker = 'same element'; }")
+    # The run's length grows with each refresh (every 3 s), in the same row: the page
+    # isn't redrawn under the person using it.
+    pg.wait_for_function("""([run0]) => { const c = document.querySelector(
+        'tr[data-stream-id="1"] [data-field="run"]'); return c && c.innerText !== run0; }""",
+        arg=[run0], timeout=15_000)
+    assert row.get_attribute("data-marker") == "same element"
+    # nvr unreachable: the page says its status is no longer live, then recovers.
+    tab.allow(r"net::ERR_FAILED")
+    pg.route("**/api/config/", lambda route: route.abort())
+    stale = pg.locator(".settings-stale")
+    stale.wait_for(timeout=15_000)
+    assert "not being updated" in stale.inner_text()
+    pg.unroute("**/api/config/")
+    stale.wait_for(state="hidden", timeout=15_000)
 
 
 def test_sample_file_dir_add_move_delete(tab, server, tmp_path):

@@ -82,9 +82,10 @@ const reasonOf = e => e.reason ?? e.message;
 export function render(main, ctx) {
   const canConfigure = !!ctx.top.permissions?.configureCameras;
   const body = h('div', {class: 'settings'});
+  const stale = h('p', {class: 'form-error settings-stale', role: 'status', hidden: true});
   main.append(h('div', {class: 'toolbar'}, h('h1', {style: {margin: 0, flex: 1}}, 'Settings'),
     h('button', {type: 'button', class: 'button primary', hidden: !canConfigure,
-                 onclick: () => cameraWizard()}, '+ Add camera')), body);
+                 onclick: () => cameraWizard()}, '+ Add camera')), stale, body);
   if (!canConfigure) {
     body.append(h('div', {class: 'page-message', role: 'alert'},
       'Only users with the configureCameras permission can see this page.'));
@@ -94,24 +95,32 @@ export function render(main, ctx) {
   let cfg = null;          // the last GET /api/config/ answer
   let shape = null;        // its configuration without status and free space
   let loading = false;
+  let again = false;
   let timer = null;
 
   async function load({quiet = false} = {}) {
-    if (loading) return;
+    // One request at a time; a load asked for meanwhile (after a save) runs after it, so
+    // the page never stays on an answer from before the change.
+    if (loading) { again = true; return; }
     loading = true;
     if (!quiet) body.setAttribute('aria-busy', 'true');
     try {
       const next = await api.get('/api/config/', {signal: ctx.signal});
       const nextShape = shapeOf(next);
       cfg = next;
+      stale.hidden = true;
       if (nextShape !== shape) { shape = nextShape; draw(); } else updateLive();
     } catch (e) {
       if (e.name === 'AbortError') return;
+      // The status below is as of the last answer: say so rather than show it as live.
+      stale.hidden = !cfg;
+      stale.textContent = `The status below is not being updated: ${e.message}`;
       if (!quiet || !cfg) showError(e, 'Settings');
       if (!cfg) replace(body, h('div', {class: 'page-message form-error'}, e.message));
     } finally {
       loading = false;
       body.removeAttribute('aria-busy');
+      if (again && !ctx.signal.aborted) { again = false; load({quiet: true}); }
     }
   }
 

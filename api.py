@@ -578,7 +578,12 @@ def _camera_json(db: dbmod.Database, c: dbmod.Camera, *, days: bool, config: boo
     out = {"uuid": _uuid_text(c.uuid), "id": c.id, "shortName": c.short_name,
            "description": c.config.get("description", "")}
     if config:
-        out["config"] = c.config
+        # Camera passwords are write-only in every response (the configuration API
+        # sets them): "(censored)" when one is stored, as Moonfire answers for a
+        # user's password; Moonfire itself returns the camera's password here.
+        out["config"] = dict(c.config)
+        if c.config.get("password"):
+            out["config"]["password"] = "(censored)"
     out["streams"] = {t: _stream_json(db, db.streams[sid], days=days, config=config)
                       for t, sid in sorted(c.streams.items())}
     return out

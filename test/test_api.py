@@ -793,9 +793,17 @@ def test_top_level(site, cookies):
     assert j["signals"][0]["shortName"] == "motion"
     assert j["signals"][0]["cameras"] == {site.camera_uuid: "direct"}
     assert {s["value"] for s in j["signalTypes"][0]["states"]} == {1, 2}
-    # cameraConfigs (readCameraConfigs) adds configs, with the camera password.
-    j = json.loads(site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2])
-    assert "password" in j["cameras"][0]["config"]
+    # cameraConfigs (readCameraConfigs) adds configs; the camera password stays write-only.
+    cam = site.db.cameras[j["cameras"][0]["id"]]
+    assert cam.config["password"] == ""  # none stored: "" as stored
+    assert json.loads(site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2])[
+        "cameras"][0]["config"]["password"] == ""
+    site.db.update_camera(cam.id, config={**cam.config, "password": "s3cret-camera-pw"})
+    raw = site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2]
+    j = json.loads(raw)
+    assert j["cameras"][0]["config"]["password"] == "(censored)"
+    assert b"s3cret-camera-pw" not in raw
+    site.db.update_camera(cam.id, config={**cam.config, "password": ""})
     assert j["cameras"][0]["streams"]["main"]["config"]["url"] == "rtsp://127.0.0.1:8554/test"
     assert "days" not in j["cameras"][0]["streams"]["main"]
     # One camera.

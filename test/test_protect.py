@@ -636,3 +636,24 @@ def test_real_run_keeps_a_protected_range_while_a_small_disk_fills(
     out = io.StringIO()
     assert check.run(os.path.join(cwd, "nvr-data/db"), check.Options(), out) == 0, \
         out.getvalue()
+
+
+def test_check_finds_a_hand_edited_protection(tmp_path, clocks):
+    t = make_testdb(tmp_path, clocks)
+    other_cam = t.db.add_camera("other", {})
+    pid = t.db.add_protection(t.camera_id, t.stream_id, NOW_90K, NOW_90K + 1, "ok", "cli")
+    t.db.flush("test")
+    t.db.close()
+    out = io.StringIO()
+    assert check.run(t.db_dir, check.Options(), out) == 0, out.getvalue()
+    import sqlite3
+    conn = sqlite3.connect(os.path.join(t.db_dir, "db"))
+    conn.execute("update protection set camera_id = ?, label = 'a' || char(10) || 'b'",
+                 (other_cam,))
+    conn.commit()
+    conn.close()
+    out = io.StringIO()
+    assert check.run(t.db_dir, check.Options(), out) == 1
+    assert (f"protection {pid}: stream {t.stream_id} is camera {t.camera_id}'s, not camera "
+            f"{other_cam}'s; `nvr.py protect remove {pid}` and add it again") in out.getvalue()
+    assert "label has a control character or line break" in out.getvalue()

@@ -484,6 +484,8 @@ class AggregatedRow:
 
 # A protection's label: what the API and CLI accept (schema.sql checks the length).
 MAX_PROTECTION_LABEL_CHARS = 256
+# Protected ranges lie within 1970..9999 (times past that can't even be formatted).
+MAX_PROTECTION_TIME_90K = 253402300800 * recording.TIME_UNITS_PER_SEC  # 10000-01-01Z
 
 
 @dataclasses.dataclass
@@ -999,6 +1001,8 @@ class Database:
             raise DbError("start and end must be 90 kHz times (integers)")
         if start_90k <= 0:
             raise DbError(f"start {start_90k} is not after 1970")
+        if end_90k > MAX_PROTECTION_TIME_90K:
+            raise DbError(f"end {end_90k} is after the year 9999")
         if end_90k <= start_90k:
             raise DbError(f"end ({recording.format_time(end_90k, self.zone)}) must be after "
                           f"start ({recording.format_time(start_90k, self.zone)})")

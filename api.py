@@ -8,7 +8,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   (built by mp4.py), still.jpg and latest.jpg (snapshot.py), live.m4s (handed to
   live.py), signals, users and their sessions (listing and revoking; what ends a
   session, and what a session may do, is auth.py's), `/api/request`, `/api/metrics`
-  (metrics.py's text), `/api/system` (system.py's document).
+  (metrics.py's text), `/api/system` (system.py's document). `/api/protections` is
+  routed here and answered by protectapi.py.
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   Every body is parsed by `parse_json_body` (UTF-8, no lone surrogates, finite numbers,
@@ -1063,6 +1064,27 @@ ROUTES: list[Route] = [
           ("POST",), CALLER, handle_revoke_session),
     Route(re.compile(r"/api/metrics"), GET_HEAD, "view_video", handle_metrics),
     Route(re.compile(r"/api/system"), GET_HEAD, "view_video", handle_system),
+]
+
+
+# Protected footage (issue #17): handlers in protectapi.py, which imports this module, so
+# it is imported when first called rather than here.
+def handle_protections(request: Request, m: re.Match):
+    import protectapi
+    return protectapi.handle_protections(request, m)
+
+
+def handle_protection(request: Request, m: re.Match):
+    import protectapi
+    return protectapi.handle_protection(request, m)
+
+
+# GET needs viewVideo, POST protectRecordings: checked in the handler.
+ROUTES += [
+    Route(re.compile(r"/api/protections"), ("GET", "HEAD", "POST"), CALLER,
+          handle_protections),
+    Route(re.compile(r"/api/protections/(?P<id>[0-9]{1,18})"), ("PATCH", "DELETE"),
+          "protect_recordings", handle_protection),
 ]
 
 

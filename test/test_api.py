@@ -106,7 +106,9 @@ def site(tmp_path_factory):
     srv = web.Server(t.db, nvr.Config("unused", None, binds), signals=sigs)
     srv.start()
     cam = t.db.cameras[t.camera_id]
-    yield Site(t, clocks, srv, sock_path, str(uuid.UUID(bytes=cam.uuid)), ids, sigs)
+    s = Site(t, clocks, srv, sock_path, str(uuid.UUID(bytes=cam.uuid)), ids, sigs)
+    s.protection_id = t.db.add_protection(t.camera_id, None, 1, 2, "api test", "cli")
+    yield s
     srv.stop()
     t.db.close()
     recording.set_server_zone(None)
@@ -179,6 +181,11 @@ def _matrix(site):
         ("PATCH", "/api/config/dirs/1", {}, admin),
         ("DELETE", "/api/config/dirs/1", {}, admin),
         ("POST", "/api/config/test-stream", {}, admin),
+        # Protections: listing is viewVideo; changes need protectRecordings (admin's).
+        ("GET", "/api/protections", None, video),
+        ("POST", "/api/protections", {}, admin),
+        ("PATCH", "/api/protections/1", {}, admin),
+        ("DELETE", "/api/protections/1", {}, admin),
     ]
     # HEAD wherever GET is allowed.
     rows += [("HEAD", p, b, e) for m, p, b, e in rows if m == "GET" and "live" not in p]
@@ -260,7 +267,12 @@ def test_csrf_missing_or_wrong_is_400_on_every_mutation(site, cookies):
                  ("POST", "/api/users/", {"user": {"username": "x"}}),
                  ("PATCH", f"/api/users/{vid}", {"update": {"preferences": {}}}),
                  ("DELETE", f"/api/users/{vid}", {}),
-                 ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {})]
+                 ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {}),
+                 ("POST", "/api/protections", {"cameraUuid": site.camera_uuid,
+                                               "startTime90k": 1, "endTime90k": 2,
+                                               "label": ""}),
+                 ("PATCH", f"/api/protections/{site.protection_id}", {"label": "x"}),
+                 ("DELETE", f"/api/protections/{site.protection_id}", {})]
     for method, path, body in mutations:
         status, _, text = site.req(path, method=method, body=body, cookie=cookies["admin"])
         assert (status, text.split(b":")[0]) == (400, b"missing csrf"), (method, path, text)

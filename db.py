@@ -27,9 +27,10 @@ abandoned one in it uses up its id, and one whose fsync failed gets a
 `garbage` row instead, dir.py S2F), stream counters, retention deletions
 moved to `garbage`, garbage rows whose files are unlinked, the `open` row's
 end time, and whatever the flush hooks write (auth usage). Configuration
-edits and protection edits are their own small transactions; config.py's
-operations (the `config` subcommands, the configuration API) join several into
-one (`transaction` inside another joins it). Recording ids are assigned in memory from `cum_recordings` without a transaction; a crash
+edits are their own small transactions, as are protection edits; config.py's operations (the
+`config` subcommands, the configuration API) join several into one (`transaction` inside
+another joins it). Recording ids
+are assigned in memory from `cum_recordings` without a transaction; a crash
 before the flush leaves files with ids >= `cum_recordings`, which start-up
 recovery unlinks (dir.py; invariants §3.7).
 
@@ -461,6 +462,28 @@ class ListRow:
         return self.composite_id & 0xFFFFFFFF
 
 
+@dataclasses.dataclass(frozen=True)
+class FlushInfo:
+    """The last flush, successful or failed (`Database.last_flush`,
+    `Database.last_flush_error`; GET /api/system shows them)."""
+    time_sec: float               # when it began, Unix seconds (Clocks.realtime)
+    reason: str                   # why it ran ("flush(reason)" in the log)
+    duration_sec: float           # how long it took (monotonic), lock wait excluded
+    error: str | None = None      # the failed one's error, one line
+
+
+@dataclasses.dataclass(frozen=True)
+class RecentTotals:
+    """A stream's recordings starting since some instant, committed and not
+    (`Database.recent_totals`): what system.py expects its frame rate and bitrate to be."""
+    recordings: int
+    video_samples: int
+    sample_file_bytes: int
+    wall_duration_90k: int
+    media_duration_90k: int
+    newest_video_sample_entry_id: int | None
+
+
 @dataclasses.dataclass
 class FloorPass:
     """One free-space floor pass of a dir (`Database.enforce_free_space_floor`)."""
@@ -498,6 +521,8 @@ class AggregatedRow:
 
 # A protection's label: what the API and CLI accept (schema.sql checks the length).
 MAX_PROTECTION_LABEL_CHARS = 256
+# Protected ranges lie within 1970..9999 (times past that can't even be formatted).
+MAX_PROTECTION_TIME_90K = 253402300800 * recording.TIME_UNITS_PER_SEC  # 10000-01-01Z
 
 
 @dataclasses.dataclass
@@ -637,6 +662,10 @@ class Database:
         # stream id -> callbacks for each frame the writer indexes (live view, live.py).
         self._live_listeners: dict[int, list] = {}
         self.metrics = metrics.Metrics(clocks)  # what GET /api/metrics shows (metrics.py)
+        # The last successful flush and the last failed one (FlushInfo; None until one
+        # happens), replaced whole after each: readers (GET /api/system) need no lock.
+        self.last_flush: FlushInfo | None = None
+        self.last_flush_error: FlushInfo | None = None
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -674,6 +703,18 @@ class Database:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    @property
+    def opened_monotonic(self) -> int:
+        """When this process opened the database (Clocks.monotonic ns): how long nvr
+        has been up (GET /api/system)."""
+        return self._open_monotonic
+
+    @property
+    def opened_90k(self) -> int:
+        """When this process opened the database, 90 kHz wall time (the `open` row's
+        start)."""
+        return self._open_start_90k
 
     @property
     def lock(self):
@@ -1032,8 +1073,9 @@ class Database:
         with self.locked(), transaction(self.conn):   # one transaction for all of it
             c = self._get_camera(camera_id)
             n = sum(self.delete_stream(sid) for sid in list(c.streams.values()))
-            self.conn.execute("delete from protection where camera_id = ?", (camera_id,))
-            self.conn.execute("delete from camera where id = ?", (camera_id,))
+            with transaction(self.conn):
+                self.conn.execute("delete from protection where camera_id = ?", (camera_id,))
+                self.conn.execute("delete from camera where id = ?", (camera_id,))
             for pid in [p.id for p in self.protections.values() if p.camera_id == camera_id]:
                 del self.protections[pid]
             del self.cameras[camera_id]
@@ -1050,6 +1092,8 @@ class Database:
             raise DbError("start and end must be 90 kHz times (integers)")
         if start_90k <= 0:
             raise DbError(f"start {start_90k} is not after 1970")
+        if end_90k > MAX_PROTECTION_TIME_90K:
+            raise DbError(f"end {end_90k} is after the year 9999")
         if end_90k <= start_90k:
             raise DbError(f"end ({recording.format_time(end_90k, self.zone)}) must be after "
                           f"start ({recording.format_time(start_90k, self.zone)})")
@@ -1463,12 +1507,18 @@ class Database:
             raise DbError("can't flush in read-only mode")
         with self.locked(f"flush ({reason})"):
             began = self.clocks.monotonic()
+            began_sec = self.clocks.realtime() / clock.NANOS_PER_SEC
             try:
                 self._flush_locked(reason)
-            except BaseException:
+            except BaseException as e:
                 self.metrics.flush_errors.inc()
+                self.last_flush_error = FlushInfo(
+                    began_sec, reason, (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC,
+                    (str(e) or type(e).__name__).splitlines()[0])
                 raise
-        self.metrics.flush.observe((self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
+        took = (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC
+        self.last_flush = FlushInfo(began_sec, reason, took)
+        self.metrics.flush.observe(took)
         for f in list(self.on_flush):
             f()
 
@@ -1685,6 +1735,34 @@ class Database:
                 ((stream_id << 32) | start_id, (stream_id << 32) | min(end_id, 0xFFFFFFFF)))
             rows += [r for r in self._uncommitted_rows(s) if start_id <= r.recording_id < end_id]
             return rows
+
+    def recent_totals(self, stream_id: int, since_90k: int) -> RecentTotals:
+        """Totals of the stream's recordings starting after `since_90k`, committed (one
+        aggregate over the `recording_cover` index) and uncommitted (growing included;
+        abandoned ones left out), and the sample entry of the newest."""
+        with self.locked("recent totals"):
+            s = self._get_stream(stream_id)
+            n, samples, nbytes, wall, media = self.conn.execute(
+                "select count(*), coalesce(sum(video_samples), 0), "
+                "coalesce(sum(sample_file_bytes), 0), coalesce(sum(wall_duration_90k), 0), "
+                "coalesce(sum(wall_duration_90k + media_duration_delta_90k), 0) "
+                "from recording where stream_id = ? and start_time_90k > ?",
+                (stream_id, since_90k)).fetchone()
+            newest = self.conn.execute(
+                "select video_sample_entry_id from recording where stream_id = ? "
+                "order by start_time_90k desc limit 1", (stream_id,)).fetchone()
+            newest = newest[0] if newest else None
+            for r in s.uncommitted:
+                if r.abandoned or r.video_samples == 0:
+                    continue
+                newest = r.video_sample_entry_id
+                if r.start_time_90k > since_90k:
+                    n += 1
+                    samples += r.video_samples
+                    nbytes += r.sample_file_bytes
+                    wall += r.wall_duration_90k
+                    media += r.media_duration_90k
+            return RecentTotals(n, samples, nbytes, wall, media, newest)
 
     def list_aggregated_recordings(self, stream_id: int, start_90k: int, end_90k: int,
                                    split_90k: int) -> list[AggregatedRow]:

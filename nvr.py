@@ -33,7 +33,6 @@ import shlex
 import shutil
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import tomllib
@@ -52,6 +51,7 @@ import recording
 import retention
 import signals as signalsmod
 import stream
+import system
 import upgrade
 import web
 
@@ -813,44 +813,18 @@ def warn_about_privacy(db_dir: str) -> None:
 
 def version_text() -> str:
     """`nvr.py --version`: nvr's version (api.VERSION, also the API's serverVersion)
-    and the versions of what it runs on, for bug reports."""
-    import importlib.metadata
-    import av
-    try:
-        argon2_version = importlib.metadata.version("argon2-cffi")
-    except importlib.metadata.PackageNotFoundError:
-        import argon2
-        argon2_version = getattr(argon2, "__version__", "unknown")
-    libs = ", ".join(f"{name} {'.'.join(map(str, v))}"
-                     for name, v in sorted(av.library_versions.items())
-                     if name in ("libavcodec", "libavformat", "libavutil"))
+    and the versions of what it runs on, for bug reports (system.versions, which
+    GET /api/system shows too), with where nvr and Python are installed."""
+    v = system.versions(api.VERSION)
+    libs = ", ".join(f"{name} {lv}" for name, lv in v["ffmpegLibraries"].items())
     return "\n".join([
-        f"nvr {api.VERSION} ({os.path.dirname(os.path.abspath(__file__))})",
-        f"Python {sys.version.split()[0]} ({sys.executable})",
-        f"PyAV {av.__version__}",
-        f"FFmpeg {_ffmpeg_version(av)} ({libs})",
-        f"SQLite {sqlite3.sqlite_version}",
-        f"argon2-cffi {argon2_version}",
+        f"nvr {v['nvr']} ({os.path.dirname(os.path.abspath(__file__))})",
+        f"Python {v['python']} ({sys.executable})",
+        f"PyAV {v['pyav']}",
+        f"FFmpeg {v['ffmpeg']} ({libs})",
+        f"SQLite {v['sqlite']}",
+        f"argon2-cffi {v['argon2Cffi']}",
     ])
-
-
-def _ffmpeg_version(av) -> str:
-    """FFmpeg's own version string ("5.1.6-0+deb12u1"): PyAV 12+ has it as
-    `av.ffmpeg_version_info`; for older PyAV, ask the libavutil it loaded."""
-    v = getattr(av, "ffmpeg_version_info", None)
-    if v:
-        return v
-    try:
-        import ctypes
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "/libavutil" in line}
-        for path in sorted(paths):
-            fn = ctypes.CDLL(path).av_version_info
-            fn.restype = ctypes.c_char_p
-            return fn().decode()
-    except (OSError, AttributeError, UnicodeDecodeError):
-        pass
-    return "unknown"
 
 
 class _VersionAction(argparse.Action):

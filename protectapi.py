@@ -38,9 +38,6 @@ from api import HttpError, Request, Response
 
 logger = logging.getLogger(__name__)
 
-_BODY_TIME_LIMIT = 2 ** 62  # as api's time parameters
-
-
 def _protection_json(db: dbmod.Database, p: dbmod.Protection) -> dict:
     c = db.cameras[p.camera_id]
     return {"id": p.id, "cameraUuid": api._uuid_text(c.uuid),
@@ -63,8 +60,8 @@ def _body_time(body: dict, key: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise HttpError(400, f"{key} must be an integer (90 kHz units since 1970), not "
                              f"{type(v).__name__}")
-    if not 0 < v <= _BODY_TIME_LIMIT:
-        raise HttpError(400, f"{key} must be after 1970 and at most 2^62")
+    if not 0 < v <= dbmod.MAX_PROTECTION_TIME_90K:
+        raise HttpError(400, f"{key} must be after 1970 and before the year 10000")
     return v
 
 

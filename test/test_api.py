@@ -157,6 +157,7 @@ def _matrix(site):
         ("GET", "/api/signals", None, video),
         ("GET", "/api/metrics", None, video),
         ("GET", "/api/storage", None, video),
+        ("GET", "/api/system", None, video),
         ("POST", "/api/signals", {}, admin),
         ("GET", "/api/users/", None, admin),
         ("POST", "/api/users/", {}, admin),
@@ -169,11 +170,6 @@ def _matrix(site):
         ("GET", f"/api/users/{aid}/sessions", None, admin),
         ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {}, R(401, 403, OK, OK)),
         ("POST", f"/api/users/{aid}/sessions/{'0' * 16}/revoke", {}, admin),
-        # Protections: listing is viewVideo; changes need protectRecordings (admin's).
-        ("GET", "/api/protections", None, video),
-        ("POST", "/api/protections", {}, admin),
-        ("PATCH", "/api/protections/1", {}, admin),
-        ("DELETE", "/api/protections/1", {}, admin),
         # The configuration API (configapi.py): configureCameras, which only admin has.
         ("GET", "/api/config/", None, admin),
         ("POST", "/api/config/cameras", {}, admin),
@@ -186,6 +182,11 @@ def _matrix(site):
         ("PATCH", "/api/config/dirs/1", {}, admin),
         ("DELETE", "/api/config/dirs/1", {}, admin),
         ("POST", "/api/config/test-stream", {}, admin),
+        # Protections: listing is viewVideo; changes need protectRecordings (admin's).
+        ("GET", "/api/protections", None, video),
+        ("POST", "/api/protections", {}, admin),
+        ("PATCH", "/api/protections/1", {}, admin),
+        ("DELETE", "/api/protections/1", {}, admin),
     ]
     # HEAD wherever GET is allowed.
     rows += [("HEAD", p, b, e) for m, p, b, e in rows if m == "GET" and "live" not in p]
@@ -805,9 +806,17 @@ def test_top_level(site, cookies):
     assert j["signals"][0]["shortName"] == "motion"
     assert j["signals"][0]["cameras"] == {site.camera_uuid: "direct"}
     assert {s["value"] for s in j["signalTypes"][0]["states"]} == {1, 2}
-    # cameraConfigs (readCameraConfigs) adds configs, with the camera password.
-    j = json.loads(site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2])
-    assert "password" in j["cameras"][0]["config"]
+    # cameraConfigs (readCameraConfigs) adds configs; the camera password stays write-only.
+    cam = site.db.cameras[j["cameras"][0]["id"]]
+    assert cam.config["password"] == ""  # none stored: "" as stored
+    assert json.loads(site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2])[
+        "cameras"][0]["config"]["password"] == ""
+    site.db.update_camera(cam.id, config={**cam.config, "password": "s3cret-camera-pw"})
+    raw = site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2]
+    j = json.loads(raw)
+    assert j["cameras"][0]["config"]["password"] == "(censored)"
+    assert b"s3cret-camera-pw" not in raw
+    site.db.update_camera(cam.id, config={**cam.config, "password": ""})
     assert j["cameras"][0]["streams"]["main"]["config"]["url"] == "rtsp://127.0.0.1:8554/test"
     assert "days" not in j["cameras"][0]["streams"]["main"]
     # One camera.

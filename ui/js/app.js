@@ -5,7 +5,7 @@
 //   #/          list.js      recordings per stream, calendar, player
 //   #/live      live.js      live view grid
 //   #/timeline  timeline.js  lanes of recorded spans and gaps
-//   #/storage   storage.js   bytes used against retention limits
+//   #/storage   storage.js   limits, days kept, uncommitted bytes, deletions, protections
 //   #/system    system.js    how nvr is doing: streams' states, disks, flushes, versions
 //   #/users     users.js     user administration (adminUsers only)
 //   #/settings  settings.js  cameras, streams, dirs while recording (configureCameras only)

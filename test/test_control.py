@@ -1,0 +1,293 @@
+"""The control socket (web.py) and the command line through it while nvr runs (ctl.py).
+
+In process: a web.Server with a control socket on a test database (mode, who may use
+it, stale and live sockets, a path too long). As processes: a real `nvr.py run`
+recording the GStreamer test camera, and `nvr.py sessions|config ...` run beside it,
+which must go through the socket (the database is locked), change things live, print
+what they print offline, and leave the recording run alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import api
+import auth
+import ctl
+import db
+import nvr
+import web
+from test_run import NVR, Nvr, nvr as run_nvr, wait_for
+
+
+def _config(*binds):
+    return nvr.Config(db_dir="unused", ui_dir=None, binds=list(binds))
+
+
+@pytest.fixture
+def control(testdb):
+    """A started Server with only the control socket in the test database's dir."""
+    servers = []
+
+    def start(path=None):
+        srv = web.Server(testdb.db, _config())
+        srv.control_path = path or web.control_socket_path(testdb.db_dir)
+        srv.start()
+        servers.append(srv)
+        return srv
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def test_socket_is_private_grants_everything_and_goes_away(testdb, control):
+    srv = control()
+    path = web.control_socket_path(testdb.db_dir)
+    st = os.stat(path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    c = ctl.Client(testdb.db_dir, "test")
+    text = c.call("GET", "/api/request")
+    assert "caller: privileged Unix peer" in text
+    assert json.loads(text.split("permissions: ")[1]) == auth.Permissions.all().to_json()
+    # Every permission: the users API (adminUsers) answers.
+    assert c.call("GET", "/api/users/") == {"users": []}
+    c.close()
+    srv.stop()
+    assert not os.path.exists(path)
+
+
+def _request(bind, peer_uid, cookie=None):
+    headers = {"Cookie": f"s={cookie}"} if cookie else {}
+    req = api.Request(method="GET", path="/api/", query=[], headers=headers, bind=bind,
+                      client="unix", request_id="r", server=None)
+    return web.resolve_caller(req, peer_uid)
+
+
+def test_peer_credentials_decide(testdb):
+    bind = web.ControlBind("x")
+    for uid in (os.geteuid(), 0):
+        assert _request(bind, uid).permissions == auth.Permissions.all()
+    for uid in (12345, None):
+        with pytest.raises(api.HttpError) as e:
+            _request(bind, uid)
+        assert e.value.status == 403 and "control socket answers only uid" in e.value.message
+
+
+def test_another_uid_gets_403(testdb):
+    """The peer check itself, past the 0600 mode (made 0666 here): `nobody` is refused.
+    (Debian's python: one nobody may run; this test's interpreter is under /root.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as nobody")
+    d = tempfile.mkdtemp(prefix="nvr-ctl-")
+    try:
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "control.sock")
+        srv = web.Server(testdb.db, _config())
+        srv.control_path = path
+        srv.start()
+        try:
+            os.chmod(path, 0o666)
+            script = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+                      "s.sendall(b'GET /api/users/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');"
+                      "print(s.recv(4096).decode())")
+            r = subprocess.run(["/usr/bin/python3", "-c", script, path], capture_output=True,
+                               text=True, timeout=30, cwd="/",
+                               preexec_fn=lambda: os.setuid(65534))
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.startswith("HTTP/1.1 403 "), r.stdout
+            assert "not uid 65534" in r.stdout
+            os.chmod(path, 0o600)   # as made: nobody can't even connect
+            r = subprocess.run(["/usr/bin/python3", "-c", script, path], capture_output=True,
+                               text=True, timeout=30, cwd="/",
+                               preexec_fn=lambda: os.setuid(65534))
+            assert r.returncode != 0 and "PermissionError" in r.stderr
+        finally:
+            srv.stop()
+    finally:
+        os.rmdir(d)
+
+
+def test_stale_socket_replaced_live_one_left(testdb, control, caplog):
+    path = web.control_socket_path(testdb.db_dir)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)   # a crash left it: bound, nobody listening
+    stale.close()
+    srv = control()
+    assert "privileged" in ctl.Client(testdb.db_dir, "t").call("GET", "/api/request")
+    srv.stop()
+    assert not os.path.exists(path)
+
+    live = socket.socket(socket.AF_UNIX)   # another process (a second --read-only run)
+    live.bind(path)
+    live.listen()
+    ino = os.stat(path).st_ino
+    with caplog.at_level(logging.WARNING, logger="web"):
+        srv = control()
+    assert f"no control socket: another process answers on {path}" in caplog.text
+    srv.stop()
+    assert os.stat(path).st_ino == ino   # theirs: neither replaced nor unlinked
+    live.close()
+    os.unlink(path)
+
+
+def test_path_too_long_warns_and_runs_without(testdb, control, caplog):
+    long_dir = os.path.join(testdb.db_dir, "x" * 120)
+    path = web.control_socket_path(long_dir)
+    with caplog.at_level(logging.WARNING, logger="web"):
+        srv = control(path)
+    (line,) = [r.getMessage() for r in caplog.records if "no control socket" in r.getMessage()]
+    assert path in line and "over the 107" in line and "web UI or the HTTP API" in line
+    assert srv.addresses == []   # nothing else configured; nothing listens
+    with pytest.raises(ctl.ControlError, match="over the 107 bytes a Unix socket path"):
+        ctl.Client(long_dir, "t").call("GET", "/api/")
+
+
+# ---------------------------------------------------------------------------------------
+# The command line as a process.
+
+def cli(*args, cwd, stdin=None):
+    return subprocess.run([sys.executable, NVR, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, input=stdin,
+                          env=dict(os.environ, NVR_LOG="WARNING", TZ="UTC"))
+
+
+def test_locked_without_a_socket_says_what_to_do(tmp_path):
+    cwd = str(tmp_path)
+    run_nvr("init", cwd=cwd)
+    fd = db.lock_db_dir(os.path.join(cwd, "nvr-data/db"), False)   # a run without a socket
+    try:
+        for args in (("sessions", "list"), ("config", "user", "list"),
+                     ("config", "camera", "edit", "x", "--description", "y")):
+            r = cli(*args, cwd=cwd)
+            assert r.returncode == 1 and r.stdout == ""
+            assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+            assert r.stderr.startswith("error: database directory nvr-data/db is locked by "
+                                       "another process, and its control socket "
+                                       "nvr-data/db/control.sock doesn't answer"), r.stderr
+            assert "use the web UI or the HTTP API" in r.stderr
+        r = cli("login", "admin", cwd=cwd)
+        assert r.returncode == 1 and "no API equivalent" in r.stderr and "POST /api/login" \
+            in r.stderr
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def running(tmp_path, rtsp_camera):
+    """nvr recording one stream of the test camera, with an admin user."""
+    cwd = str(tmp_path)
+    run_nvr("init", cwd=cwd)
+    run_nvr("config", "camera", "add", "cam1", "--description", "before", cwd=cwd)
+    run_nvr("config", "stream", "add", "cam1", "main", "--url", rtsp_camera.url("main"),
+            "--record", "--dir", "1", "--retain-bytes", "1G", "--flush-if-sec", "0", cwd=cwd)
+    run_nvr("config", "user", "add", "admin", "--password", "pw", "--permissions", "all",
+            cwd=cwd)
+    with open(os.path.join(cwd, "nvr.toml"), "w") as f:
+        f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n')
+    n = Nvr(cwd)
+    n.start()
+    wait_for("2 recordings", lambda: len(n.rows(1)) >= 2)
+    n.port = int(re.search(r"listening on ipv4 \('127.0.0.1', (\d+)\)", n.log_text()).group(1))
+    yield n
+    if n.proc.poll() is None:
+        n.proc.kill()
+        n.proc.wait()
+
+
+def _http(n, method, path, body=None, cookie=None):
+    c = http.client.HTTPConnection("127.0.0.1", n.port, timeout=30)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if cookie:
+        headers["Cookie"] = f"s={cookie}"
+    c.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, r.getheader("Set-Cookie"), data
+
+
+def _one_run(n, sid):
+    """The stream's recordings since nvr started are all of one run (no reconnect)."""
+    rows = n.rows(sid)
+    return [r for r in rows if r[1] == 0] == rows[:1]
+
+
+def test_sessions_and_users_while_recording(running):
+    n = running
+    status, set_cookie, _ = _http(n, "POST", "/api/login", {"username": "admin",
+                                                            "password": "pw"})
+    assert status == 204
+    cookie = re.match(r"s=([^;]+)", set_cookie).group(1)
+    assert _http(n, "GET", "/api/users/1", cookie=cookie)[0] == 200
+    r = cli("sessions", "list", cwd=n.cwd)
+    assert r.returncode == 0, r.stderr
+    head, line = r.stdout.splitlines()
+    assert head.startswith("ID\tUSER\tCREATED")
+    sid, user, *_, state, _ = line.split("\t")
+    assert (user, state) == ("admin", "valid")
+    recorded = len(n.rows(1))
+
+    r = cli("sessions", "revoke", sid[:10], cwd=n.cwd)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "revoked 1 session(s)\n", "")
+    # Dead at once: the next request with the cookie is unauthenticated.
+    assert _http(n, "GET", "/api/users/1", cookie=cookie)[0] == 401
+    r = cli("sessions", "list", cwd=n.cwd)
+    assert "\trevoked (revoked by an administrator)\t" in r.stdout
+
+    # config user: add (password from stdin, sent in the body), edit, list.
+    r = cli("config", "user", "add", "bob", "--password-stdin", cwd=n.cwd, stdin="bobpw\n")
+    assert (r.returncode, r.stdout) == (0, "added user 2: bob\n"), r.stderr
+    assert _http(n, "POST", "/api/login", {"username": "bob", "password": "bobpw"})[0] == 204
+    r = cli("config", "user", "edit", "bob", "--disable", cwd=n.cwd)
+    assert (r.returncode, r.stdout) == (0, "updated user 2: bob; revoked 1 session(s)\n"), \
+        r.stderr
+    assert _http(n, "POST", "/api/login", {"username": "bob", "password": "bobpw"})[0] == 401
+    online = {what: cli("config", "user", "list", cwd=n.cwd).stdout for what in ("users",)}
+    online["sessions"] = cli("sessions", "list", cwd=n.cwd).stdout
+
+    # Recording went on in the same run throughout.
+    wait_for("2 more recordings", lambda: len(n.rows(1)) >= recorded + 2)
+    assert _one_run(n, 1), n.rows(1)
+    assert n.stop() == 0
+    # The same lines as the command prints with nvr stopped (reading the database).
+    assert cli("config", "user", "list", cwd=n.cwd).stdout == online["users"]
+    assert cli("sessions", "list", cwd=n.cwd).stdout == online["sessions"]
+    assert "disabled" in online["users"].splitlines()[1]
+
+
+def test_read_only_run_refuses_revoke_in_one_line(tmp_path):
+    cwd = str(tmp_path)
+    run_nvr("init", cwd=cwd)
+    run_nvr("config", "user", "add", "admin", "--password", "pw", cwd=cwd)
+    run_nvr("login", "admin", cwd=cwd)   # a session to revoke
+    with open(os.path.join(cwd, "nvr.toml"), "w") as f:
+        f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n')
+    n = Nvr(cwd)
+    n.start("--read-only")
+    try:
+        sock = os.path.join(cwd, "nvr-data/db/control.sock")
+        wait_for("the control socket", lambda: os.path.exists(sock))
+        # A read-only run shares the lock: listing reads the database itself.
+        assert cli("sessions", "list", cwd=cwd).returncode == 0
+        for args in (("sessions", "revoke", "--user", "admin"),
+                     ("config", "user", "edit", "admin", "--disable")):
+            r = cli(*args, cwd=cwd)
+            assert (r.returncode, r.stdout) == (1, ""), r.stderr
+            assert r.stderr == ("error: this server runs with --read-only; that needs a "
+                                "writable database\n")
+    finally:
+        assert n.stop() == 0
+    assert not os.path.exists(sock)

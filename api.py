@@ -1050,26 +1050,29 @@ ROUTES: list[Route] = [
 ]
 
 
-def route(path: str) -> tuple[Route, re.Match] | None:
-    for r in ROUTES:
+def route(path: str, routes: list[Route] | None = None) -> tuple[Route, re.Match] | None:
+    """The route of `path` in `routes` (web.py passes configapi.routes(): these and the
+    configuration API's; default ROUTES)."""
+    for r in (ROUTES if routes is None else routes):
         m = r.pattern.fullmatch(path)
         if m is not None:
             return r, m
     return None
 
 
-def route_class(path: str) -> str:
+def route_class(path: str, routes: list[Route] | None = None) -> str:
     """The route `path` takes, named after its handler (`recordings`, `view`, `live`...),
     `static` outside /api/, `unknown` for no route: a small fixed set, for metrics."""
     if not path.startswith("/api/"):
         return "static"
-    found = route(path)
+    found = route(path, routes)
     return found[0].handler.__name__.removeprefix("handle_") if found else "unknown"
 
 
-def call(request: Request):
-    """Routes and authorizes `request` and runs its handler (see `Route`)."""
-    found = route(request.path)
+def call(request: Request, routes: list[Route] | None = None):
+    """Routes (in `routes`, default ROUTES) and authorizes `request` and runs its
+    handler (see `Route`)."""
+    found = route(request.path, routes)
     if found is None:
         raise HttpError(404, f"no such path: {request.path}")
     r, m = found

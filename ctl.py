@@ -44,6 +44,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -171,11 +172,23 @@ def run(args, cli, locked: str = "") -> int:
             return _stream_test(c, args, cli)
         return fn(c, args, cli)
     except ApiError as e:
-        if e.status == 409 and getattr(args, "yes", None) is False:
-            raise ControlError(f"{e.message} (add --yes to go ahead)") from None
-        raise
+        raise ControlError(cli_message(e.message)) from None
     finally:
         c.close()
+
+
+def cli_message(message: str) -> str:
+    """config.py's message for the API (config.API names) as it says it to the command
+    line (config.CLI): `retainBytes` is `--retain-bytes`, "set deleteRecordings: true"
+    is "add --yes". Only camelCase keys are renamed: url, path or password are also
+    plain words in a message."""
+    import config
+    for attr in ("confirm", "retention_hint", "dir_hint", "credentials_hint"):
+        message = message.replace(getattr(config.API, attr), getattr(config.CLI, attr))
+    for key, option in config.CLI.fields.items():
+        if key != key.lower():
+            message = re.sub(rf"\b{key}\b", option, message)
+    return message
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,16 +235,16 @@ def _camera(c: Client, args, cli) -> int:
                   f"\tuuid={cam['uuid']}")
         return 0
     if args.action == "add":
-        body = {"shortName": cli.check_name("camera name", args.name)}
-        body.update(cli._camera_config(args, {}))
+        body = {"shortName": args.name}
+        body.update(cli._camera_fields(args))
         r = c.call("POST", "/api/config/cameras", body)
         print(f"added camera {r['id']}: {args.name}")
         return 0
     cam = _camera_named(_config(c), args.name)
     if args.action == "edit":
-        body = cli._camera_config(args, {})
+        body = cli._camera_fields(args)
         if args.rename is not None:
-            body["shortName"] = cli.check_name("camera name", args.rename)
+            body["shortName"] = args.rename
         r = c.call("PATCH", f"/api/config/cameras/{cam['id']}", body)
         print(f"updated camera {cam['id']}: {(r or {}).get('shortName', cam['shortName'])}")
         return 0
@@ -242,21 +255,17 @@ def _camera(c: Client, args, cli) -> int:
 
 
 def _stream_in(args, cli) -> dict:
-    """STREAM_IN (docs/api.md) from the options given, checked as nvr.py checks them."""
-    config = cli._stream_config(args, {})
+    """STREAM_IN (docs/api.md) from the options given (nvr.py's _stream_changes but
+    --dir, which names a dir the server knows)."""
     body = {}
-    if "url" in config:
-        body["url"] = config["url"]
-    if args.record is not None:
-        body["record"] = args.record
-    if args.rtsp_transport is not None:
-        body["rtspTransport"] = args.rtsp_transport
-    if "retainBytes" in config:
-        body["retainBytes"] = config["retainBytes"]
-    if args.retain_days is not None:
-        body["retainDays"] = config.get("retainDays")   # null: no age limit
-    if "flushIfSec" in config:
-        body["flushIfSec"] = config["flushIfSec"]
+    for attr, key in (("url", "url"), ("record", "record"),
+                      ("rtsp_transport", "rtspTransport"), ("retain_days", "retainDays"),
+                      ("flush_if_sec", "flushIfSec")):
+        v = getattr(args, attr)
+        if v is not None:
+            body[key] = v
+    if args.retain_bytes is not None:
+        body["retainBytes"] = cli.parse_size(args.retain_bytes)
     return body
 
 
@@ -301,9 +310,9 @@ def _stream(c: Client, args, cli) -> int:
         body["deleteRecordings"] = True
     r = c.call("PATCH", url, body)
     print(f"updated stream {cam['streams'][args.type]['id']}: {name}")
-    n = (r or {}).get("deletedRecordings")
-    if n:
-        print(f"deleted {n} recording(s) to fit the new limit")
+    if r.get("deletedRecordings"):
+        print(f"deleted {r['deletedRecordings']} recording(s) "
+              f"({cli.format_size(r.get('deletedBytes', 0))}) to fit the new limit")
     return 0
 
 
@@ -383,10 +392,13 @@ def _dir(c: Client, args, cli) -> int:
         return 0
     d = _dir_named(conf, args.path)
     if args.action == "edit":
-        r = d
+        body = {}
         if args.free_space_floor is not None:
-            r = c.call("PATCH", f"/api/config/dirs/{d['id']}", _floor_body(args, cli)) or d
-        print(f"updated sample file dir {d['id']}: {d['path']} (free space floor "
+            body.update(_floor_body(args, cli))
+        if args.move_to is not None:
+            body["path"] = os.path.abspath(args.move_to)
+        r = c.call("PATCH", f"/api/config/dirs/{d['id']}", body) if body else d
+        print(f"updated sample file dir {d['id']}: {r['path']} (free space floor "
               f"{retention.describe_floor(r['config'])})")
         return 0
     # delete

@@ -162,7 +162,12 @@ def connect(db_dir: str, read_only: bool, create: bool = False) -> sqlite3.Conne
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection):
-    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception."""
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception. Inside another
+    transaction (config.py's operations, one transaction of several of this module's
+    edits) it joins that one: the outer one commits or rolls back everything."""
+    if conn.in_transaction:
+        yield conn
+        return
     conn.execute("begin immediate")
     try:
         yield conn
@@ -797,6 +802,44 @@ class Database:
         d.dir.close()
         del self.dirs[dir_id]
 
+    def move_sample_file_dir(self, dir_id: int, path: str) -> None:
+        """The dir's files are now at `path` (its disk mounted elsewhere). The caller
+        has stopped its writers and syncer (config.py). Closes the old handle, stores
+        the new path, then opens the dir there (dir.py O1-O6: O2 refuses a meta that
+        isn't this dir's). If the open fails, the old path is stored and opened again
+        and the error re-raised. Crash windows: after the path is stored and before
+        O3, the next start opens the new path, whose meta names the row's open (O2
+        passes); nothing else was written."""
+        if self.read_only:
+            raise DbError("can't move a sample file dir in read-only mode")
+        path = os.path.abspath(path)
+        with self.locked():
+            d = self._get_dir(dir_id)
+            old_path, was_open = d.path, d.dir is not None
+            if d.dir is not None:
+                d.dir.close()
+                d.dir = None
+
+        def store(p: str) -> None:
+            with self.locked(), transaction(self.conn):
+                cfg = dict(d.config, path=p)
+                self.conn.execute("update sample_file_dir set config = ? where id = ?",
+                                  (_dump(cfg), dir_id))
+                d.config, d.path = cfg, p
+
+        store(path)
+        try:
+            self.open_sample_file_dirs({dir_id})
+        except BaseException:  # re-raises, after going back to the old path
+            store(old_path)
+            try:
+                if was_open:
+                    self.open_sample_file_dirs({dir_id})
+            except (DbError, dirmod.DirError, OSError) as e:
+                logger.warning("sample file dir %s: can't open it again at its old path "
+                               "(%s)", old_path, e)
+            raise
+
     def _get_dir(self, dir_id: int) -> SampleFileDir:
         try:
             return self.dirs[dir_id]
@@ -920,11 +963,10 @@ class Database:
 
     def delete_camera(self, camera_id: int) -> int:
         """Deletes a camera, its streams and their recordings."""
-        with self.locked():
+        with self.locked(), transaction(self.conn):   # one transaction for all of it
             c = self._get_camera(camera_id)
             n = sum(self.delete_stream(sid) for sid in list(c.streams.values()))
-            with transaction(self.conn):
-                self.conn.execute("delete from camera where id = ?", (camera_id,))
+            self.conn.execute("delete from camera where id = ?", (camera_id,))
             del self.cameras[camera_id]
             return n
 

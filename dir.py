@@ -774,6 +774,16 @@ class Syncer:
     def flushed(self) -> None:
         self.queue.put(("flushed",))
 
+    def drain(self, timeout_sec: float) -> bool:
+        """Waits until the commands queued before this call are handled (a stopped
+        stream's last save: recorder.py), up to `timeout_sec`; whether they were. True
+        at once if the thread isn't running."""
+        if self.thread is None or not self.thread.is_alive():
+            return True
+        done = threading.Event()
+        self.queue.put(("drain", done))
+        return self.db.clocks.wait(done, timeout_sec)
+
     def start(self) -> None:
         self.db.on_flush.append(self.flushed)
         self.thread = threading.Thread(target=self._run, name=f"sync-{self.path}", daemon=True)
@@ -811,6 +821,9 @@ class Syncer:
             return True
         if cmd[0] == "stop":
             return False
+        if cmd[0] == "drain":
+            cmd[1].set()
+            return True
         self._handle(cmd)
         return True
 

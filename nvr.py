@@ -37,17 +37,18 @@ import sqlite3
 import sys
 import threading
 import tomllib
-import urllib.parse
 import uuid as uuidlib
 
 import api
 import auth
 import check
 import clock
+import config
 import ctl
 import db
 import dir as dirmod
 import logrepeat
+import recorder
 import recording
 import retention
 import signals as signalsmod
@@ -101,13 +102,6 @@ def parse_floor(s: str) -> dict:
                          f"of the filesystem (e.g. 3%), 0 for none, or default") from None
 
 
-def _floor_config(base: dict, args) -> dict:
-    config = {k: v for k, v in base.items()
-              if k not in ("freeSpaceFloorBytes", "freeSpaceFloorPercent")}
-    config.update(parse_floor(args.free_space_floor))
-    return config
-
-
 def format_size(n: int) -> str:
     for unit, div in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= div:
@@ -143,21 +137,9 @@ def read_password(args, if_empty: str = "") -> str | None:
     return password
 
 
-def check_name(what: str, name: str | None) -> str | None:
-    """A new camera short name (None: not given); user names have `check_username`.
-    Names go into log lines, so no control characters; a camera's also into
-    `CAMERA/TYPE` in logs and check's output, so no '/'."""
-    if name is None:
-        return None
-    if not name:
-        raise UsageError(f"the {what} must not be empty")
-    if db.breaks_log_lines(name):
-        raise UsageError(f"the {what} {name!r} must not contain control characters or "
-                         f"line breaks")
-    if what == "camera name" and "/" in name:
-        raise UsageError(f"the {what} {name!r} must not contain '/' (logs name streams "
-                         f"CAMERA/TYPE)")
-    return name
+# The rules of camera names and URLs are config.py's (shared with the API).
+check_name = config.check_name
+check_rtsp_url = config.check_rtsp_url
 
 
 def check_username(d: db.Database, name: str, user_id: int | None = None) -> str:
@@ -166,31 +148,6 @@ def check_username(d: db.Database, name: str, user_id: int | None = None) -> str
         return auth.check_username(name, d.users.values(), user_id=user_id)
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-def check_rtsp_url(url: str) -> str:
-    """A camera URL to store: rtsp:// (or rtsps://) without credentials, or `demo:`
-    (demo.py's synthetic camera, e.g. `demo:320x180@15`)."""
-    if url.startswith("demo:"):
-        import demo   # PyAV's encoder: only for demo URLs
-        try:
-            demo.parse_url(url, demo.DEFAULT_MODE)
-        except stream.StreamError as e:
-            raise UsageError(f"bad URL: {e}") from None
-        return url
-    m = re.fullmatch(r"rtsps?://([^/@]*@)?[^/]+(/.*)?", url)
-    if not m:
-        raise UsageError(f"bad URL {url!r}; expected rtsp://host[:port]/path")
-    if m.group(1):
-        raise UsageError("don't put credentials in the URL; give them to the camera with "
-                         "`config camera edit NAME --username U --password P`")
-    try:
-        urllib.parse.urlsplit(url).port   # brackets of an IPv6 literal, a numeric port
-    except ValueError as e:
-        raise UsageError(f"bad URL {url!r}: {e}; expected rtsp://host[:port]/path "
-                         f"(an IPv6 address in brackets: rtsp://[2001:db8::1]:554/path)") \
-            from None
-    return url
 
 
 # ---------------------------------------------------------------------------
@@ -346,13 +303,15 @@ def cmd_config_dir(args) -> int:
     d = _open(args)
     try:
         if args.action == "add":
-            config = _floor_config({}, args) if args.free_space_floor is not None else None
-            id_ = d.add_sample_file_dir(args.path, config)
+            floor = parse_floor(args.free_space_floor) if args.free_space_floor is not None \
+                else None
+            id_ = config.add_dir(d, None, args.path, floor, names=config.CLI)
             print(f"added sample file dir {id_}: {os.path.abspath(args.path)}")
         elif args.action == "edit":
             x = _find_dir(d, args.path)
-            if args.free_space_floor is not None:
-                d.update_sample_file_dir(x.id, _floor_config(x.config, args))
+            floor = parse_floor(args.free_space_floor) if args.free_space_floor is not None \
+                else None
+            config.edit_dir(d, None, x.id, path=args.move_to, floor=floor, names=config.CLI)
             print(f"updated sample file dir {x.id}: {x.path} (free space floor "
                   f"{retention.describe_floor(x.config)})")
         elif args.action == "list":
@@ -365,7 +324,7 @@ def cmd_config_dir(args) -> int:
                       f"\tfree_space_floor={retention.describe_floor(x.config)}")
         elif args.action == "delete":
             x = _find_dir(d, args.path)
-            d.delete_sample_file_dir(x.id)
+            config.delete_dir(d, None, x.id, names=config.CLI)
             print(f"deleted sample file dir {x.id}: {x.path} (its files were left in place)")
         _finish(d, f"config dir {args.action}")
     finally:
@@ -373,24 +332,25 @@ def cmd_config_dir(args) -> int:
     return 0
 
 
-def _camera_config(args, base: dict) -> dict:
-    config = dict(base)
+def _camera_fields(args) -> dict:
+    """config.CAMERA_KEYS given on the command line (a password never printed)."""
+    fields = {}
     for attr, key in (("description", "description"), ("onvif_base_url", "onvifBaseUrl"),
                       ("username", "username")):
         v = getattr(args, attr, None)
         if v is not None:
-            config[key] = v
+            fields[key] = v
     password = read_password(args)
     if password is not None:
-        config["password"] = password
-    return config
+        fields["password"] = password
+    return fields
 
 
 def cmd_config_camera(args) -> int:
     d = _open(args)
     try:
         if args.action == "add":
-            id_ = d.add_camera(check_name("camera name", args.name), _camera_config(args, {}))
+            id_ = config.add_camera(d, None, args.name, _camera_fields(args), names=config.CLI)
             print(f"added camera {id_}: {args.name}")
         elif args.action == "list":
             for c in sorted(d.cameras.values(), key=lambda c: c.id):
@@ -400,18 +360,15 @@ def cmd_config_camera(args) -> int:
                       f"\t{c.config.get('description', '')}\tuuid={uuidlib.UUID(bytes=c.uuid)}")
         elif args.action == "edit":
             c = d.camera_by_name(args.name)
-            d.update_camera(c.id, short_name=check_name("camera name", args.rename),
-                            config=_camera_config(args, c.config))
+            fields = _camera_fields(args)
+            if args.rename is not None:
+                fields["shortName"] = args.rename
+            config.edit_camera(d, None, c.id, fields, names=config.CLI)
             print(f"updated camera {c.id}: {c.short_name}")
         elif args.action == "delete":
             c = d.camera_by_name(args.name)
-            n = _count_recordings(d, c.streams.values())
-            if n and not args.yes:
-                raise UsageError(f"camera {c.short_name} has {n} recording(s); add --yes to "
-                                 f"delete it and them")
-            n = d.delete_camera(c.id)
-            d.flush(f"config camera delete {c.short_name}")
-            _collect_all_garbage(d)
+            n = config.delete_camera(d, None, c.id, delete_recordings=args.yes,
+                                     names=config.CLI)
             print(f"deleted camera {c.short_name} and {n} recording(s)")
         _finish(d, f"config camera {args.action}")
     finally:
@@ -419,45 +376,25 @@ def cmd_config_camera(args) -> int:
     return 0
 
 
-def _count_recordings(d: db.Database, stream_ids) -> int:
-    return sum(d.conn.execute("select count(*) from recording where stream_id = ?",
-                              (sid,)).fetchone()[0] for sid in stream_ids)
-
-
-def _collect_all_garbage(d: db.Database) -> None:
-    n = sum(d.collect_garbage(x.id) for x in list(d.dirs.values()) if x.garbage_needs_unlink)
-    if n:
-        d.flush("garbage collected")
-
-
-# A longer wait to commit only risks more on a power failure; one day is plenty.
-MAX_FLUSH_IF_SEC = 86400
-
-
-def _stream_config(args, base: dict) -> dict:
-    config = dict(base)
+def _stream_changes(d: db.Database, args) -> dict:
+    """config.STREAM_KEYS given on the command line."""
+    changes = {}
     if args.url is not None:
-        config["url"] = check_rtsp_url(args.url)
+        changes["url"] = args.url
     if args.record is not None:
-        config["mode"] = "record" if args.record else ""
+        changes["record"] = args.record
     if args.rtsp_transport is not None:
-        config["rtspTransport"] = "" if args.rtsp_transport == "default" else args.rtsp_transport
+        changes["rtspTransport"] = args.rtsp_transport
     if args.retain_bytes is not None:
-        config["retainBytes"] = parse_size(args.retain_bytes)
+        changes["retainBytes"] = parse_size(args.retain_bytes)
     if args.retain_days is not None:
-        days = args.retain_days
-        if not 0 <= days <= retention.MAX_RETAIN_DAYS:  # NaN fails this too
-            raise UsageError(f"--retain-days must be from 0 (no age limit) to "
-                             f"{retention.MAX_RETAIN_DAYS}, not {days:g}")
-        config.pop("retainDays", None)
-        if days:
-            config["retainDays"] = int(days) if days == int(days) else days
+        changes["retainDays"] = args.retain_days
     if args.flush_if_sec is not None:
-        if not 0 <= args.flush_if_sec <= MAX_FLUSH_IF_SEC:
-            raise UsageError(f"--flush-if-sec must be from 0 to {MAX_FLUSH_IF_SEC} (one day), "
-                             f"not {args.flush_if_sec}")
-        config["flushIfSec"] = args.flush_if_sec
-    return config
+        changes["flushIfSec"] = args.flush_if_sec
+    if args.dir is not None:
+        changes["sampleFileDirId"] = (None if args.dir == "none" and args.action == "edit"
+                                      else _find_dir(d, args.dir).id)
+    return changes
 
 
 def cmd_config_stream(args) -> int:
@@ -476,64 +413,26 @@ def cmd_config_stream(args) -> int:
             return 0
         c = d.camera_by_name(args.camera)
         if args.action == "add":
-            config = _stream_config(args, {"mode": "", "rtspTransport": "tcp", "retainBytes": 0,
-                                           "flushIfSec": 120 if args.type == "main" else 90})
-            if "url" not in config:
-                raise UsageError("--url is required")
-            dir_id = _find_dir(d, args.dir).id if args.dir else None
-            _check_recordable(config, dir_id)
-            id_ = d.add_stream(c.id, args.type, config, dir_id)
+            id_ = config.add_stream(d, None, c.id, args.type, _stream_changes(d, args),
+                                    names=config.CLI)
             print(f"added stream {id_}: {c.short_name}/{args.type}")
         else:
-            sid = c.streams.get(args.type)
-            if sid is None:
+            if args.type not in c.streams:
                 raise UsageError(f"camera {c.short_name} has no {args.type} stream")
-            s = d.streams[sid]
             if args.action == "delete":
-                n = _count_recordings(d, [sid])
-                if n and not args.yes:
-                    raise UsageError(f"stream {c.short_name}/{args.type} has {n} recording(s); "
-                                     f"add --yes to delete it and them")
-                d.delete_stream(sid)
-                d.flush(f"config stream delete {c.short_name}/{args.type}")
-                _collect_all_garbage(d)
+                n = config.delete_stream(d, None, c.id, args.type, delete_recordings=args.yes,
+                                         names=config.CLI)
                 print(f"deleted stream {c.short_name}/{args.type} and {n} recording(s)")
                 return 0
-            config = _stream_config(args, s.config)
-            dir_id = s.sample_file_dir_id
-            if args.dir is not None:
-                dir_id = None if args.dir == "none" else _find_dir(d, args.dir).id
-            _check_recordable(config, dir_id)
-            doomed = d.delete_oldest_recordings(sid, config=config, dry_run=True)
-            if doomed and not args.yes:
-                raise UsageError(
-                    f"the new limit deletes {len(doomed)} recording(s) "
-                    f"({format_size(sum(r.sample_file_bytes for r in doomed))}) now; "
-                    f"add --yes to go ahead")
-            d.update_stream(sid, config=config, sample_file_dir_id=dir_id)
-            print(f"updated stream {sid}: {c.short_name}/{args.type}")
-            if doomed:
-                # Lowering a limit deletes at once what no longer fits (reference §3.8).
-                rows = d.delete_oldest_recordings(sid)
-                d.flush("lower retention")
-                _collect_all_garbage(d)
-                print(f"deleted {len(rows)} recording(s) "
-                      f"({format_size(sum(r.sample_file_bytes for r in rows))}) "
-                      f"to fit the new limit")
+            r = config.edit_stream(d, None, c.id, args.type, _stream_changes(d, args),
+                                   delete_recordings=args.yes, names=config.CLI)
+            print(f"updated stream {r.stream_id}: {c.short_name}/{args.type}")
+            if r.deleted.count:
+                print(f"deleted {r.deleted.describe()} to fit the new limit")
         _finish(d, f"config stream {args.action}")
     finally:
         d.close()
     return 0
-
-
-def _check_recordable(config: dict, dir_id) -> None:
-    if config.get("mode") == "record":
-        if dir_id is None:
-            raise UsageError("a recording stream needs a sample file dir: add --dir PATH_OR_ID")
-        if not config.get("retainBytes") and not config.get("retainDays"):
-            # Moonfire #327: a zero limit deletes every recording as soon as it is made.
-            raise UsageError("a recording stream needs a retention limit: add --retain-bytes "
-                             "SIZE (e.g. 100G), --retain-days N (e.g. 30) or both")
 
 
 def cmd_config_user(args) -> int:
@@ -733,112 +632,10 @@ def sd_notify(message: str) -> None:
             _sd_notify_warned = True
 
 
-def check_recorded_stream_config(d: db.Database, s) -> None:
-    """UsageError naming the fix if a recorded stream's numbers aren't whole numbers
-    from 0 up (a database edited by hand with `nvr.py sql`): the syncer would fail on
-    them after every recording, forever ("abc"), or misread them (a negative
-    retainBytes deletes every recording; `int()` would take "120", 1.5 or true)."""
-    name = f"{d.cameras[s.camera_id].short_name} {s.type}"
-    options = {"flushIfSec": "--flush-if-sec N", "retainBytes": "--retain-bytes SIZE",
-               "retainDays": "--retain-days N"}
-    v = s.config.get("flushIfSec", 0)
-    problem = None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        problem = "flushIfSec", "not a whole number from 0 up"
-    problem = problem or retention.stream_config_problem(s.config)
-    if problem:
-        key, what = problem
-        raise UsageError(f"stream {name}: {key} is {json.dumps(s.config.get(key))}, {what}; "
-                         f"set it with `nvr.py config stream edit {name} {options[key]}`")
-
-
-def check_dir_config(x: db.SampleFileDir) -> None:
-    """UsageError naming the fix if a dir's free-space floor was edited by hand into
-    something retention can't use (retention.py)."""
-    problem = retention.dir_config_problem(x.config)
-    if problem:
-        key, what = problem
-        raise UsageError(f"sample file dir {x.path}: {key} is {json.dumps(x.config.get(key))}, "
-                         f"{what}; set it with `nvr.py config dir edit {x.id} "
-                         f"--free-space-floor SIZE|N%|default`")
-
-
-class Recorder:
-    """What `run` starts and stops: syncers, then streamers (reference §1.5)."""
-
-    def __init__(self, d: db.Database, opener, *, shutdown: threading.Event,
-                 rotate_interval_sec: int = 60):
-        self.db = d
-        self.shutdown = shutdown
-        self.syncers: dict[int, dirmod.Syncer] = {}
-        self.streamers: list = []
-        recorded = [s for s in sorted(d.streams.values(), key=lambda s: s.id)
-                    if s.record and s.sample_file_dir_id is not None and s.config.get("url")]
-        for s in recorded:
-            check_recorded_stream_config(d, s)
-        for dir_id in sorted({s.sample_file_dir_id for s in recorded}):
-            check_dir_config(d.dirs[dir_id])
-        for s in recorded:
-            if s.sample_file_dir_id not in self.syncers:
-                sy = dirmod.Syncer(d, s.sample_file_dir_id, shutdown=self.shutdown,
-                                   check_every_sec=dirmod.RETENTION_CHECK_SEC)
-                sy.initial_rotation()
-                self.syncers[s.sample_file_dir_id] = sy
-        for i, s in enumerate(recorded):
-            o = opener(s)
-            self.streamers.append(stream.Streamer(
-                d, s.id, self.syncers[s.sample_file_dir_id], o, shutdown=self.shutdown,
-                rotate_offset_sec=rotate_interval_sec * i // len(recorded),
-                rotate_interval_sec=rotate_interval_sec))
-
-    def start(self) -> None:
-        for sy in self.syncers.values():
-            sy.start()
-        for st in self.streamers:
-            st.start()
-
-    def stop(self) -> None:
-        """Ends every run ("NVR shutdown"), makes the last recordings durable,
-        flushes, collects garbage, flushes again."""
-        self.shutdown.set()
-        stream.stall_watch.interrupt_all()  # a silent camera's read ends now, not in 30 s
-        for st in self.streamers:
-            st.join()
-        for sy in self.syncers.values():
-            sy.stop()
-        self._final_flush("NVR shutdown")
-        collected = 0
-        for sy in self.syncers.values():
-            # Shutdown is set, so an I/O error (EIO on unlink or fsync) gives up at once
-            # rather than retrying. The garbage rows stay; the next start's recovery
-            # (dir.py R2) unlinks their files. The other dirs and the flush go on.
-            try:
-                collected += sy.collect_garbage()
-            except clock.ShutdownError as e:
-                logger.warning("%s: garbage not collected at shutdown (%s); start-up "
-                               "recovery will collect it at the next start", sy.path, e)
-        if collected:
-            self._final_flush("NVR shutdown: garbage collected")
-
-    FINAL_FLUSH_TRIES = 3
-
-    def _final_flush(self, reason: str) -> None:
-        """A flush at shutdown, tried a few times a second apart (a SQLite error on the
-        database's disk may pass); then a one-line DbError saying what it costs, rather
-        than a traceback or waiting forever."""
-        for attempt in range(1, self.FINAL_FLUSH_TRIES + 1):
-            try:
-                self.db.flush(reason)
-                return
-            except sqlite3.Error as e:
-                error = e
-                logger.warning("flush (%s) failed, try %d of %d: %s", reason, attempt,
-                               self.FINAL_FLUSH_TRIES, e)
-                if attempt < self.FINAL_FLUSH_TRIES:
-                    self.db.clocks.sleep(1)
-        raise db.DbError(f"the shutdown flush failed ({error}); the recordings made since "
-                         f"the last flush weren't committed, and the next start deletes "
-                         f"their files")
+# The running system moved to recorder.py; these names stay for old callers.
+Recorder = recorder.Recorder
+check_recorded_stream_config = recorder.check_recorded_stream_config
+check_dir_config = recorder.check_dir_config
 
 
 DEMO_SUB_URL = "demo:320x180@15"
@@ -1111,7 +908,7 @@ def cmd_run(args) -> int:
             return stream.PyAvOpener()
         rec = None
         if not args.read_only:
-            rec = Recorder(d, opener, shutdown=rec_shutdown,
+            rec = recorder.Recorder(d, opener, shutdown=rec_shutdown,
                            rotate_interval_sec=args.rotate_interval_sec)
             rec.start()
             logger.info("recording %d stream(s)", len(rec.streamers))
@@ -1120,7 +917,7 @@ def cmd_run(args) -> int:
         try:
             srv = web.Server(d, config, clocks=clocks,
                              auth_=auth.Auth(d, config.session_limits),
-                             signals=signalsmod.Signals(d))
+                             signals=signalsmod.Signals(d), recorder=rec)
             # `nvr.py config` and `nvr.py sessions` while we run (ctl.py).
             srv.control_path = web.control_socket_path(config.db_dir)
             srv.start()  # raises web.BindError (nothing left open) if a bind fails
@@ -1259,7 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = csub.add_parser("dir", help="sample file directories")
     qs = q.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, hlp in (("add", "create a new, empty sample file dir"),
-                        ("edit", "change a sample file dir's free-space floor"),
+                        ("edit", "change a sample file dir's free-space floor or path"),
                         ("delete", "forget an empty sample file dir no stream uses")):
         r = qs.add_parser(action, help=hlp)
         _add_db_dir(r)
@@ -1269,6 +1066,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="keep this much of its filesystem free, deleting the oldest "
                                 "recordings of its streams: a size (5G), a percentage (3%%), 0 "
                                 "for none, or default (2%%, at least 1 GiB, at most 10%%)")
+        if action == "edit":
+            r.add_argument("--move-to", metavar="NEW_PATH",
+                           help="the dir is now at NEW_PATH (its disk mounted elsewhere); "
+                                "its meta there must be this dir's")
         r.set_defaults(func=cmd_config_dir)
     r = qs.add_parser("list", help="list sample file dirs")
     _add_db_dir(r)
@@ -1320,7 +1121,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "allowed: 0.5 is 12 hours; 0 for no age limit)")
         r.add_argument("--flush-if-sec", type=int, metavar="SEC",
                        help="commit a finished recording to the database within this many "
-                            f"seconds, 0 to {MAX_FLUSH_IF_SEC} (default when added: 120 "
+                            f"seconds, 0 to {config.MAX_FLUSH_IF_SEC} (default when added: 120 "
                             f"main, 90 others)")
         if action == "edit":
             r.add_argument("--yes", action="store_true",
@@ -1427,8 +1228,8 @@ def main(argv=None) -> int:
             if args.command not in ("config", "sessions", "login"):
                 raise
             return ctl.run(args, sys.modules[__name__], locked=str(e).split(";")[0])
-    except (UsageError, db.DbError, dirmod.DirError, upgrade.UpgradeError, ValueError,
-            ctl.ControlError) as e:
+    except (UsageError, config.ConfigError, db.DbError, dirmod.DirError, upgrade.UpgradeError,
+            ValueError, ctl.ControlError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -50,6 +50,7 @@ import ctypes
 import dataclasses
 import fractions
 import logging
+import re
 import struct
 import threading
 import time
@@ -557,6 +558,16 @@ class StallWatch:
                     slot.value = 0.0
                     e[4] = True
 
+    def interrupt(self, source) -> None:
+        """Ends `source`'s read now, and the ones after (one stream stopped: recorder.py's
+        `stop_stream`); a no-op for a source not watched (opened with PyAV's own read
+        timeout, whose read ends within FRAME_TIMEOUT_SEC)."""
+        with self._lock:
+            e = self._entries.get(id(source))
+            if e is not None and e[0]() is source:
+                e[1].value = 0.0
+                e[4] = True
+
     def interrupt_all(self) -> None:
         """Ends every watched read now, and the ones after (shutdown): PyAV raises
         ExitError at FFmpeg's next poll."""
@@ -571,8 +582,42 @@ class StallWatch:
 stall_watch = StallWatch()
 
 
+# A stream with this many failed attempts in a row, or no frame for FRAME_TIMEOUT_SEC, is
+# "failing" in its status (recorder.py's status JSON); before that "connecting".
+FAILING_AFTER = 3
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def scrub(text: str, password: str = "") -> str:
+    """`text` as one line, without credentials: any `scheme://user:pass@` loses its
+    userinfo, and the camera's password (if long enough not to garble the rest) is
+    masked. Stream URLs are stored without credentials and PyAV's messages are cut
+    before the URL (`_describe`); this is the belt to those braces, for the status
+    JSON, which people paste into bug reports."""
+    line = " ".join(text.split())
+    line = _USERINFO.sub(r"\1", line)
+    if len(password) >= 4:
+        line = line.replace(password, "***")
+    return line
+
+
 class Streamer:
-    """Records one stream: connects, writes runs, reconnects after errors."""
+    """Records one stream: connects, writes runs, reconnects after errors.
+
+    `shutdown` ends this streamer (and gives up a write retrying a full disk).
+    recorder.py gives each streamer an event of its own, so that one stream can stop
+    alone: `stop(reason)` sets it, ends a read waiting on a silent camera at once
+    (`stall_watch.interrupt`), and the run's last recording gets `reason` as its
+    end reason ("configuration changed: url"); a stop by `shutdown` alone says "NVR
+    shutdown". `wait_stopped` returns once no run is writing (an open in progress
+    may still finish in the background: it then closes what it opened, unused).
+
+    Status (`status`, recorder.py's JSON): the state ("connecting" until a run's
+    first key frame, "recording", "failing" after FAILING_AFTER failed attempts in
+    a row), when it entered it, the run's start, and the last error, all in the
+    db's Clocks; the frame counts are metrics.StreamStats'.
+    """
 
     def __init__(self, db, stream_id: int, syncer, opener: Opener, *,
                  shutdown: threading.Event, rotate_offset_sec: int = 0,
@@ -583,20 +628,37 @@ class Streamer:
         self.syncer = syncer
         self.opener = opener
         self.shutdown = shutdown
+        self.stop_reason = "NVR shutdown"  # the end reason of a run ended by `shutdown`
         self.rotate_offset_sec = rotate_offset_sec
         self.rotate_interval_sec = rotate_interval_sec
         s = db.streams[stream_id]
         c = db.cameras[s.camera_id]
         self.name = f"{c.short_name}-{s.type}"
+        # The effective configuration, captured now (recorder.py compares it with the
+        # database's after a change): a change takes effect by a new Streamer.
         self.url = s.config.get("url", "")
         self.transport = s.config.get("rtspTransport", "tcp") or ""
         self.username = c.config.get("username", "")
         self.password = c.config.get("password", "")
+        self.sample_file_dir_id = s.sample_file_dir_id
         self.thread: threading.Thread | None = None
         self.runs = 0  # sessions opened, for tests and logs
         self.stats = db.metrics.stream(stream_id)  # metrics.py: its counts outlive us
         # A camera that is off for a day: its error once, then counts (logrepeat.py).
         self.repeats = logrepeat.RepeatLog(self.clocks, logger, expected=EXPECTED_ERRORS)
+        # `_cv` guards the phase ("idle", "opening", "running": a Writer may be open),
+        # the open source and the status below; never held across I/O.
+        self._cv = threading.Condition()
+        self._phase = "idle"
+        self._source: Source | None = None
+        now = self.clocks.realtime()
+        self.state = "connecting"
+        self.state_since_ns = now
+        self.started_ns = now             # the streamer's start: "no frame for 30 s" counts from it
+        self.run_start_ns: int | None = None   # realtime of the current run's first frame
+        self.failures_in_row = 0
+        self.last_error: str | None = None
+        self.last_error_ns: int | None = None
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name=f"s-{self.name}", daemon=True)
@@ -606,16 +668,110 @@ class Streamer:
         if self.thread is not None:
             self.thread.join(timeout)
 
+    def stop(self, reason: str) -> None:
+        """Ends this streamer: the current run ends with `reason` (its last recording's
+        end reason), a read waiting on the camera at once. Returns at once: then
+        `wait_stopped`."""
+        with self._cv:
+            if not self.shutdown.is_set():
+                self.stop_reason = reason
+            self.shutdown.set()
+            src = self._source
+        if src is not None:
+            stall_watch.interrupt(src)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """After `stop`: waits until the thread has ended, or is opening the camera (it
+        then closes what it opens, unused: an unreachable camera's open takes
+        OPEN_TIMEOUT_SEC). Either way no run is writing: the last recording is the
+        syncer's. Returns whether that happened within `timeout`."""
+        if self.thread is None:
+            return True
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._phase in ("opening", "ended"), timeout):
+                return False
+            ended = self._phase == "ended"
+        if ended:
+            self.thread.join()  # past its last line: logging
+        return True
+
+    def _set_phase(self, phase: str, source: Source | None = None) -> None:
+        with self._cv:
+            self._phase, self._source = phase, source
+            self._cv.notify_all()
+
+    # -- status ---------------------------------------------------------------------
+
+    def _set_state(self, state: str, now: int) -> None:
+        """Under `_cv`."""
+        if state != self.state:
+            self.state, self.state_since_ns = state, now
+
+    def _recording_started(self) -> None:
+        now = self.clocks.realtime()
+        with self._cv:
+            self.failures_in_row = 0
+            self.run_start_ns = now
+            self._set_state("recording", now)
+
+    def _failed(self, e: BaseException) -> None:
+        now = self.clocks.realtime()
+        with self._cv:
+            self.failures_in_row += 1
+            self.run_start_ns = None
+            self.last_error = scrub(str(e) or type(e).__name__, self.password)
+            self.last_error_ns = now
+            self._set_state("failing" if self.failures_in_row >= FAILING_AFTER
+                            else "connecting", now)
+
+    def status(self) -> dict:
+        """The status JSON of recorder.py (times: Unix seconds as floats)."""
+        real, mono = self.clocks.realtime(), self.clocks.monotonic()
+        stats = self.stats
+        last_ns = stats.last_frame_ns
+        last_real = None if last_ns is None else real - (mono - last_ns)
+        with self._cv:
+            state, since = self.state, self.state_since_ns
+            run_start, error, error_ns = self.run_start_ns, self.last_error, self.last_error_ns
+            started = self.started_ns
+        # No frame for FRAME_TIMEOUT_SEC (since the last one, or since this streamer
+        # started if none came since) is failing, whatever the attempts say.
+        quiet_from = started if last_real is None or last_real < started else last_real
+        silent_at = quiet_from + FRAME_TIMEOUT_SEC * clock.NANOS_PER_SEC
+        if state != "failing" and real >= silent_at:
+            state, since = "failing", silent_at
+        fps = bps = None
+        if last_ns is not None:
+            fps, bps = stats.rates(mono)
+
+        def sec(ns):
+            return None if ns is None else ns / clock.NANOS_PER_SEC
+        return {"state": state, "sinceSec": sec(since), "runStartSec": sec(run_start),
+                "lastFrameSec": sec(last_real),
+                "lastFrameAgeSec": None if last_real is None else sec(real - last_real),
+                "fps": fps, "bitrateBps": bps, "runs": stats.runs,
+                "lastError": error, "lastErrorSec": sec(error_ns)}
+
+    # -- the thread -------------------------------------------------------------------
+
     def run(self) -> None:
-        while not self.shutdown.is_set():
-            try:
-                self.run_once()
-            except Exception as e:  # any error ends the run; a bug's keeps its traceback
-                if self.shutdown.is_set() and isinstance(e, EXPECTED_ERRORS):
-                    break
-                self.repeats.failed(self.name, e, self.name, f"retrying every {RETRY_SEC} s")
-            self.clocks.wait(self.shutdown, RETRY_SEC)
-        logger.info("%s: shutting down", self.name)
+        try:
+            while not self.shutdown.is_set():
+                try:
+                    self.run_once()
+                except Exception as e:  # any error ends the run; a bug's keeps its traceback
+                    if self.shutdown.is_set() and isinstance(e, EXPECTED_ERRORS):
+                        break
+                    self._failed(e)
+                    self.repeats.failed(self.name, e, self.name,
+                                        f"retrying every {RETRY_SEC} s")
+                self.clocks.wait(self.shutdown, RETRY_SEC)
+        finally:
+            self._set_phase("ended")
+        if self.stop_reason == "NVR shutdown":
+            logger.info("%s: shutting down", self.name)
+        else:
+            logger.info("%s: stopped (%s)", self.name, self.stop_reason)
 
     def run_once(self) -> None:
         self.stats.attempts += 1
@@ -626,20 +782,31 @@ class Streamer:
         # Only a slow open that succeeds is worth a warning: a failed one (a camera that is
         # off takes OPEN_TIMEOUT_SEC to time out) is the error's to report.
         began = self.clocks.monotonic()
-        src = self.opener.open(self.url, username=self.username, password=self.password,
-                               transport=self.transport)
+        self._set_phase("opening")
+        try:
+            src = self.opener.open(self.url, username=self.username, password=self.password,
+                                   transport=self.transport)
+        finally:
+            self._set_phase("idle")
         took_ns = self.clocks.monotonic() - began
         if took_ns > OPEN_WARN_SEC * clock.NANOS_PER_SEC:
             logger.warning("%s: opening %s took %.3f s", self.name, self.url,
                            took_ns / clock.NANOS_PER_SEC)
-        if self.shutdown.is_set():
-            # Opened after Recorder.stop's StallWatch.interrupt_all: its reads weren't
-            # interrupted, and a silent camera would hold up shutdown.
+        with self._cv:
+            # Opened after `stop` (or Recorder.stop's StallWatch.interrupt_all): its reads
+            # weren't interrupted, and a silent camera would hold up the stop. Checked
+            # under `_cv`: either `stop` sees the source (and interrupts it) or we see
+            # the stop.
+            stopped = self.shutdown.is_set()
+            if not stopped:
+                self._phase, self._source = "running", src
+        if stopped:
             src.close()
             return
         try:
             self._record(src)
         finally:
+            self._set_phase("idle")
             src.close()
 
     def _record(self, src: Source) -> None:
@@ -652,7 +819,7 @@ class Streamer:
         w = writermod.Writer(self.db, self.stream_id, self.syncer, shutdown=self.shutdown,
                              rotate_offset_sec=self.rotate_offset_sec,
                              rotate_interval_sec=self.rotate_interval_sec)
-        reason, kind = "NVR shutdown", "shutdown"
+        reason, kind = self.stop_reason, "shutdown"
         # The per-frame loop: names bound once (it runs 30 times a second per camera).
         stopping, monotonic, to_90k = self.shutdown.is_set, self.clocks.monotonic, \
             recording.to_90k_from_ns
@@ -668,6 +835,7 @@ class Streamer:
                     if not f.is_key:
                         continue
                     seen_key = True
+                    self._recording_started()
                     failed = self.repeats.failing(self.name)
                     if not self.repeats.cleared(self.name, f"{self.name}: recording again"):
                         logger.log(logging.DEBUG if failed else logging.INFO,
@@ -686,11 +854,13 @@ class Streamer:
                     stats.roll(now)
                 write(f.data, to_90k(local_offset_ns + now), f.pts_90k, f.is_key, vse_id)
         except BaseException as e:
-            # At shutdown a read may end early (StallWatch.interrupt_all): that is why.
+            # At a stop a read may end early (StallWatch.interrupt): the stop is why.
             if not stopping():
                 reason, kind = str(e) or type(e).__name__, end_kind(e)
             raise
         finally:
+            if stopping():
+                reason = self.stop_reason  # set before the event: `stop`
             stats.ends[kind] += 1
             w.close(reason)
 

@@ -10,7 +10,8 @@ trusted proxy headers of `forwarded_client`), the static UI files (`find_static`
 HTTP semantics for an entity (a `mp4.VirtualFile` or a `StaticFile`): Range (RFC 9110
 §14), conditional requests (§13: If-None-Match, If-Modified-Since, If-Range), HEAD, and
 multipart/byteranges (§14.6). What each /api/ URL means, and the permission it needs, is
-api.py's (`api.ROUTES`); nothing here writes to the database or to sample files.
+api.py's (`api.ROUTES`) and, under /api/config/, configapi.py's (`configapi.routes()`
+is both); nothing here writes to the database or to sample files.
 
 Built on `http.server.ThreadingHTTPServer`, tamed (STYLE.md "http.server, tamed"):
 - `server_bind` skips `socket.getfqdn` (it can stall start-up on a box without DNS);
@@ -114,6 +115,7 @@ import uuid as uuidlib
 
 import api
 import auth
+import configapi
 import clock
 import mp4
 import snapshot
@@ -862,7 +864,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             apply_forward_headers(req)
             req.caller = resolve_caller(req, self.peer_uid())
             if req.path.startswith("/api/"):
-                result = api.call(req)
+                result = api.call(req, configapi.routes())
             else:
                 result = srv.static(req)
             if result is None:       # live.py took the connection over and is done with it
@@ -895,7 +897,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 outcome = " (aborted mid-body)"
         ms = (srv.clocks.monotonic() - began) / 1e6
-        srv.db.metrics.request(api.route_class(req.path), self.status, self.body_bytes)
+        srv.db.metrics.request(api.route_class(req.path, configapi.routes()), self.status,
+                               self.body_bytes)
         logger.info("%s %s %s %s -> %d, %d body bytes, %.1f ms%s", req.request_id,
                     req.client, req.method, self.path, self.status, self.body_bytes, ms,
                     outcome)
@@ -1453,8 +1456,11 @@ class Server:
     def __init__(self, db, config, *, clocks: clock.Clocks | None = None,
                  connection_timeout_sec: float = DEFAULT_CONNECTION_TIMEOUT_SEC,
                  auth_: auth.Auth | None = None, signals=None, live_options=None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, recorder=None):
         self.db = db
+        # recorder.Recorder while `run` records (None read-only and in tests that don't
+        # record): the configuration API applies changes through it.
+        self.recorder = recorder
         self.limits = limits or Limits()
         self.binds = list(config.binds)
         self.ui_dir = getattr(config, "ui_dir", None) or DEFAULT_UI_DIR

@@ -452,7 +452,7 @@ def test_stop_goes_on_when_a_dirs_garbage_collection_fails(tmp_path, clocks, cap
         rec.stop()
     fs.assert_done()
     sfd.fs = real
-    assert [r.getMessage() for r in caplog.records if r.name == "nvr"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "recorder"] == [
         f"{t.sample_dir}: garbage not collected at shutdown (unlink {t.sample_dir}/{a:016x}: "
         f"gave up on shutdown after: [Errno 5] I/O error); start-up recovery will collect it "
         f"at the next start"]

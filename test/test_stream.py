@@ -598,7 +598,7 @@ def test_shutdown_ends_a_read_from_a_silent_camera_at_once(tmp_path, rtsp_camera
             rtsp_camera.resume("main")
         # At once: ~0.3 s, against the 30 s frame timeout it would otherwise wait out.
         # 15 s leaves room for a loaded machine (3 s could flake).
-        assert not rec.streamers[0].thread.is_alive() and took < 15
+        assert not rec.streamers[t.stream_id].thread.is_alive() and took < 15
         rows = t.db.list_recordings_by_id(t.stream_id, 0, 1 << 31)
         assert rows[-1].end_reason == "NVR shutdown"
     finally:

@@ -291,3 +291,56 @@ def test_read_only_run_refuses_revoke_in_one_line(tmp_path):
     finally:
         assert n.stop() == 0
     assert not os.path.exists(sock)
+
+
+def _mask_used(text):
+    return re.sub(r"\tused=[^\t]*", "\tused=?", text)
+
+
+def test_config_while_recording(tmp_path, rtsp_camera):
+    """Camera and stream edits through the running nvr: live at once; a URL change
+    restarts that stream only; the lists print as they do offline."""
+    cwd = str(tmp_path)
+    run_nvr("init", cwd=cwd)
+    run_nvr("config", "camera", "add", "cam1", "--description", "before", cwd=cwd)
+    for typ in ("main", "sub"):
+        run_nvr("config", "stream", "add", "cam1", typ, "--url", rtsp_camera.url(typ),
+                "--record", "--dir", "1", "--retain-bytes", "1G", "--flush-if-sec", "0",
+                cwd=cwd)
+    with open(os.path.join(cwd, "nvr.toml"), "w") as f:
+        f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n'
+                'allowUnauthenticatedPermissions = { viewVideo = true }\n')
+    n = Nvr(cwd)
+    n.start()
+    try:
+        for sid in (1, 2):
+            wait_for(f"stream {sid}: 2 recordings", lambda: len(n.rows(sid)) >= 2)
+        n.port = int(re.search(r"listening on ipv4 \('127.0.0.1', (\d+)\)",
+                               n.log_text()).group(1))
+        r = cli("config", "camera", "edit", "cam1", "--description", "after", cwd=cwd)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "updated camera 1: cam1\n", "")
+        top = json.loads(_http(n, "GET", "/api/")[2])
+        assert [c["description"] for c in top["cameras"]] == ["after"]
+
+        before = {sid: len(n.rows(sid)) for sid in (1, 2)}
+        r = cli("config", "stream", "edit", "cam1", "main", "--url",
+                rtsp_camera.url("h265"), cwd=cwd)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "updated stream 1: cam1/main\n", "")
+        # The main stream's run ended for the change and a new one began...
+        rows = wait_for("a new run of stream 1", lambda: (
+            lambda rs: rs if any(x[1] == 0 for x in rs[before[1]:]) else None)(n.rows(1)))
+        new = next(i for i in range(before[1], len(rows)) if rows[i][1] == 0)
+        assert rows[new - 1][6] == "configuration changed: url", rows[new - 1]
+        # ...while the sub stream went on in its one run.
+        wait_for("stream 2: 2 more recordings", lambda: len(n.rows(2)) >= before[2] + 2)
+        assert _one_run(n, 2), n.rows(2)
+
+        online = {what: cli("config", what, "list", cwd=cwd) for what in
+                  ("camera", "stream", "dir")}
+        assert all(r.returncode == 0 and r.stderr == "" for r in online.values())
+        assert "url=" + rtsp_camera.url("h265") in online["stream"].stdout
+    finally:
+        assert n.stop() == 0
+    for what, r in online.items():
+        offline = cli("config", what, "list", cwd=cwd)
+        assert _mask_used(offline.stdout) == _mask_used(r.stdout), what

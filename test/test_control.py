@@ -335,6 +335,18 @@ def test_config_while_recording(tmp_path, rtsp_camera):
         wait_for("stream 2: 2 more recordings", lambda: len(n.rows(2)) >= before[2] + 2)
         assert _one_run(n, 2), n.rows(2)
 
+        # The stream test runs in nvr, with the stored URL and credentials; the report
+        # and the snapshot come back as offline.
+        tested = cli("config", "stream", "test", "cam1", "sub", "--snapshot", "snap.jpg",
+                     cwd=cwd)
+        assert tested.returncode == 0, tested.stderr
+        assert tested.stdout.splitlines()[-1] == "snapshot: snap.jpg (320x240 JPEG)"
+        probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                                "stream=codec_name,width,height", "-of", "csv=p=0",
+                                os.path.join(cwd, "snap.jpg")],
+                               capture_output=True, text=True, timeout=30)
+        assert probe.stdout.strip() == "mjpeg,320,240", probe.stderr
+
         online = {what: cli("config", what, "list", cwd=cwd) for what in
                   ("camera", "stream", "dir")}
         assert all(r.returncode == 0 and r.stderr == "" for r in online.values())
@@ -344,3 +356,16 @@ def test_config_while_recording(tmp_path, rtsp_camera):
     for what, r in online.items():
         offline = cli("config", what, "list", cwd=cwd)
         assert _mask_used(offline.stdout) == _mask_used(r.stdout), what
+    offline = cli("config", "stream", "test", "cam1", "sub", cwd=cwd)
+    # codec, size (measured figures and times differ from test to test)
+    assert offline.stdout.splitlines()[:2] == tested.stdout.splitlines()[:2]
+
+
+def test_messages_name_the_command_lines_options():
+    assert ctl.cli_message("flushIfSec must be from 0 to 86400 (one day), not -3") == \
+        "--flush-if-sec must be from 0 to 86400 (one day), not -3"
+    assert ctl.cli_message("camera x has 2 recording(s) (1.0 MiB); set deleteRecordings: "
+                           "true to delete it and them") == \
+        "camera x has 2 recording(s) (1.0 MiB); add --yes to delete it and them"
+    # Plain words stay: "url" and "path" are also prose.
+    assert ctl.cli_message("the path /x has no url") == "the path /x has no url"

@@ -172,7 +172,12 @@ def run(args, cli, locked: str = "") -> int:
             return _stream_test(c, args, cli)
         return fn(c, args, cli)
     except ApiError as e:
-        raise ControlError(cli_message(e.message)) from None
+        message = cli_message(e.message)
+        if e.status == 503 and "--read-only" in message:
+            # A read-only run can't write the database, not even a revocation; with it
+            # stopped, this command can.
+            message += "; stop it, and this command changes the database itself"
+        raise ControlError(message) from None
     finally:
         c.close()
 

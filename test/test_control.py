@@ -287,7 +287,8 @@ def test_read_only_run_refuses_revoke_in_one_line(tmp_path):
             r = cli(*args, cwd=cwd)
             assert (r.returncode, r.stdout) == (1, ""), r.stderr
             assert r.stderr == ("error: this server runs with --read-only; that needs a "
-                                "writable database\n")
+                                "writable database; stop it, and this command changes the "
+                                "database itself\n")
     finally:
         assert n.stop() == 0
     assert not os.path.exists(sock)

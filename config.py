@@ -442,11 +442,15 @@ def delete_camera(d: dbmod.Database, rec, camera_id: int, *, delete_recordings: 
         if doomed.count and not delete_recordings:
             raise ConfigError(f"camera {c.short_name} has {doomed.describe()}; "
                               f"{names.confirm} to delete it and them", 409)
-        if rec is not None:
-            for sid in sids:   # 2. the last recordings committed first
-                rec.stop_stream(sid, "stream deleted")
-        with d.locked("config: delete camera"), d.transaction():
-            n = d.delete_camera(camera_id)
+        try:
+            if rec is not None:
+                for sid in sids:   # 2. the last recordings committed first
+                    rec.stop_stream(sid, "stream deleted")
+            with d.locked("config: delete camera"), d.transaction():
+                n = d.delete_camera(camera_id)
+        except BaseException:   # re-raises: a SQLite error; what stopped starts again
+            _reconcile(rec)
+            raise
         if n:
             d.flush(f"config: camera {c.short_name} deleted")
             _collect_garbage(d, rec)
@@ -536,10 +540,14 @@ def delete_stream(d: dbmod.Database, rec, camera_id: int, type_: str, *,
         if doomed.count and not delete_recordings:
             raise ConfigError(f"stream {c.short_name}/{type_} has {doomed.describe()}; "
                               f"{names.confirm} to delete it and them", 409)
-        if rec is not None:
-            rec.stop_stream(s.id, "stream deleted")
-        with d.locked("config: delete stream"), d.transaction():
-            n = d.delete_stream(s.id)
+        try:
+            if rec is not None:
+                rec.stop_stream(s.id, "stream deleted")
+            with d.locked("config: delete stream"), d.transaction():
+                n = d.delete_stream(s.id)
+        except BaseException:   # re-raises: a SQLite error; what stopped starts again
+            _reconcile(rec)
+            raise
         if n:
             d.flush(f"config: stream {c.short_name}/{type_} deleted")
             _collect_garbage(d, rec)
@@ -635,9 +643,6 @@ def edit_dir(d: dbmod.Database, rec, dir_id: int, *, path: str | None = None,
         if new_path is not None:
             _path_free(d, new_path, dir_id)
             check_meta_at(d, x, new_path)
-        if cfg is not None:
-            d.update_sample_file_dir(dir_id, {k: v for k, v in x.config.items()
-                                              if k not in FLOOR_KEYS} | cfg)
         if new_path is not None:
             if rec is not None:
                 rec.stop_dir(dir_id, f"sample file dir moving to {new_path}")
@@ -647,6 +652,9 @@ def edit_dir(d: dbmod.Database, rec, dir_id: int, *, path: str | None = None,
                 _reconcile(rec)   # the old path is back: restart what stopped
                 raise ConfigError(f"can't move sample file dir {x.id} to {new_path}: "
                                   f"{e}; it stays at {x.path}") from None
+        if cfg is not None:   # after the move, which may still fail
+            d.update_sample_file_dir(dir_id, {k: v for k, v in x.config.items()
+                                              if k not in FLOOR_KEYS} | cfg)
     _reconcile(rec)
 
 
@@ -659,14 +667,15 @@ def delete_dir(d: dbmod.Database, rec, dir_id: int, *, names: Names = API) -> No
         if users:
             raise ConfigError(f"sample file dir {x.path} is used by stream(s) "
                               f"{', '.join(sorted(users))}; move or delete them first", 409)
-        if x.garbage_needs_unlink or x.garbage_unlinked:
-            if rec is None:
-                _collect_garbage(d, rec)
-            if x.garbage_needs_unlink or x.garbage_unlinked:
-                raise ConfigError(f"sample file dir {x.path} still has garbage to collect; "
-                                  f"try again in a minute", 409)
-        if rec is not None:
+        if rec is not None:   # no stream uses it: this stops only its syncer, if any
             rec.stop_dir(dir_id, "sample file dir deleted")
+        if x.garbage_needs_unlink or x.garbage_unlinked:
+            _collect_garbage(d, rec)
+            if x.garbage_unlinked:
+                d.flush("config: garbage collected")   # G4: the rows go
+            if x.garbage_needs_unlink or x.garbage_unlinked:
+                raise ConfigError(f"sample file dir {x.path} still has garbage to collect "
+                                  f"(an unlink failed: see the log); try again later", 409)
         try:
             d.delete_sample_file_dir(dir_id)
         except dirmod.DirError as e:

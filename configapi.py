@@ -18,8 +18,8 @@ Camera passwords are write-only: no response carries one (`passwordSet` instead)
 the stream test's answer names the URL without credentials.
 
 Imports go one way: this module uses api.py's request/response types; api.py doesn't
-know it. web.py routes /api/ through `api.call(request, ROUTES)`, where `routes()`
-here is api.ROUTES plus this module's.
+know it. web.py routes /api/ through `api.call(request, configapi.routes())`: api.ROUTES
+plus this module's ROUTES.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def stream_json(d: dbmod.Database, s: dbmod.Stream, status: dict | None) -> dict
             "record": s.record, "sampleFileDirId": s.sample_file_dir_id,
             "retainBytes": s.retain_bytes, "retainDays": s.retain_days,
             "flushIfSec": s.flush_if_sec, "fsBytes": s.fs_bytes,
+            # No recorder (read-only, or not recording it yet): recorder.py's "off".
             "status": status or recordermod._off_status()}
 
 

@@ -38,6 +38,8 @@ SQLite itself; a guard warns when it is held over 1 s (`Database.lock` is the
 raw lock without that guard, for writer.py's per-frame section). Locks rank below
 it: live.py's per-connection queue lock, taken inside `frame_indexed` callbacks
 with the database lock held; never take the database lock while holding one.
+recorder.py's locks rank above it: taken without it held (a change to the running
+system takes it briefly inside them, and waits for streamers that take it).
 
 Ownership: dir.py owns the sample file dirs' files and their meta procedures
 (this module calls them in order and owns the rows); retention.py decides which

@@ -23,6 +23,7 @@ import pytest
 import api
 import auth
 import clock
+import configapi
 import nvr
 import recording
 import signals as signalsmod
@@ -165,6 +166,18 @@ def _matrix(site):
         ("GET", f"/api/users/{aid}/sessions", None, admin),
         ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {}, R(401, 403, OK, OK)),
         ("POST", f"/api/users/{aid}/sessions/{'0' * 16}/revoke", {}, admin),
+        # The configuration API (configapi.py): configureCameras, which only admin has.
+        ("GET", "/api/config/", None, admin),
+        ("POST", "/api/config/cameras", {}, admin),
+        ("PATCH", "/api/config/cameras/1", {}, admin),
+        ("DELETE", "/api/config/cameras/1", {}, admin),
+        ("POST", "/api/config/cameras/1/streams/sub", {}, admin),
+        ("PATCH", "/api/config/cameras/1/streams/main", {}, admin),
+        ("DELETE", "/api/config/cameras/1/streams/main", {}, admin),
+        ("POST", "/api/config/dirs", {}, admin),
+        ("PATCH", "/api/config/dirs/1", {}, admin),
+        ("DELETE", "/api/config/dirs/1", {}, admin),
+        ("POST", "/api/config/test-stream", {}, admin),
     ]
     # HEAD wherever GET is allowed.
     rows += [("HEAD", p, b, e) for m, p, b, e in rows if m == "GET" and "live" not in p]
@@ -173,7 +186,7 @@ def _matrix(site):
 
 def test_permission_matrix_walks_every_route(site, cookies):
     rows = _matrix(site)
-    for r in api.ROUTES:
+    for r in configapi.routes():   # api.ROUTES and the configuration API's
         for method in r.methods:
             assert any(m == method and r.pattern.fullmatch(p.split("?")[0])
                        for m, p, _, _ in rows), \
@@ -938,7 +951,7 @@ def test_fuzz_never_500_never_hangs(site, cookies):
 
     # Every route of the table (the permission matrix's paths), and some that aren't.
     paths = sorted({p for _, p, _, _ in _matrix(site)})
-    for r in api.ROUTES:
+    for r in configapi.routes():
         assert any(r.pattern.fullmatch(p.split("?")[0]) for p in paths), r.pattern.pattern
     u = site.camera_uuid
     prefixes = paths + ["/", "/api/users/1", f"/api/cameras/{u}/main/view.mp4",

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -370,3 +371,29 @@ def test_messages_name_the_command_lines_options():
         "camera x has 2 recording(s) (1.0 MiB); add --yes to delete it and them"
     # Plain words stay: "url" and "path" are also prose.
     assert ctl.cli_message("the path /x has no url") == "the path /x has no url"
+
+
+def _fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_start_stop_with_control_socket_leaks_nothing(testdb, caplog):
+    """Started and stopped, or failing to bind (no such dir: a warning), the control
+    socket leaves no thread or file descriptor behind."""
+    good = web.control_socket_path(testdb.db_dir)
+    bad = web.control_socket_path(os.path.join(testdb.db_dir, "missing"))
+    for i in range(11):
+        for path in (good, bad):
+            srv = web.Server(testdb.db, _config())
+            srv.control_path = path
+            srv.start()
+            if path == good:
+                c = ctl.Client(testdb.db_dir, "t")
+                assert c.call("GET", "/api/users/") == {"users": []}
+                c.close()
+            srv.stop()
+        if i == 0:
+            baseline = _fds()
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("http")]
+    assert _fds() <= baseline
+    assert f"no control socket: can't listen on {bad}: No such file or directory" in caplog.text

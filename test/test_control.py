@@ -349,6 +349,12 @@ def test_config_while_recording(tmp_path, rtsp_camera):
                                capture_output=True, text=True, timeout=30)
         assert probe.stdout.strip() == "mjpeg,320,240", probe.stderr
 
+        # A change needing confirmation is refused, as offline, naming --yes.
+        r = cli("config", "stream", "delete", "cam1", "sub", cwd=cwd)
+        assert r.returncode == 1 and re.fullmatch(
+            r"error: stream cam1/sub has \d+ recording\(s\) \([0-9.]+ [KM]iB\); add --yes "
+            r"to delete it and them\n", r.stderr), r.stderr
+
         online = {what: cli("config", what, "list", cwd=cwd) for what in
                   ("camera", "stream", "dir")}
         assert all(r.returncode == 0 and r.stderr == "" for r in online.values())
@@ -397,3 +403,65 @@ def test_start_stop_with_control_socket_leaks_nothing(testdb, caplog):
         assert not [t.name for t in threading.enumerate() if t.name.startswith("http")]
     assert _fds() <= baseline
     assert f"no control socket: can't listen on {bad}: No such file or directory" in caplog.text
+
+
+CHANGES = [
+    (("config", "camera", "add", "cam2", "--description", "second", "--username", "u",
+      "--password-stdin"), "pw\n"),
+    (("config", "camera", "edit", "cam2", "--rename", "cam3", "--description", "edited"), None),
+    (("config", "dir", "add", "d2", "--free-space-floor", "3%"), None),
+    (("config", "dir", "edit", "d2", "--free-space-floor", "5G"), None),
+    (("config", "stream", "add", "cam3", "main", "--url", "rtsp://127.0.0.1:9/x", "--dir",
+      "d2", "--retain-bytes", "100M"), None),
+    (("config", "stream", "edit", "cam3", "main", "--retain-days", "2", "--flush-if-sec",
+      "30", "--rtsp-transport", "udp"), None),
+    (("config", "stream", "add", "cam3", "sub", "--url", "rtsp://u:p@x/y"), None),
+    (("config", "stream", "edit", "cam3", "main", "--flush-if-sec", "-3"), None),
+    (("config", "stream", "edit", "cam3", "main", "--record"), None),
+    (("config", "camera", "list"), None),
+    (("config", "stream", "list"), None),
+    (("config", "dir", "list"), None),
+    (("config", "user", "add", "ann", "--permissions", "viewVideo,adminUsers"), None),
+    (("config", "user", "edit", "ann", "--rename", "anne", "--password", "x"), None),
+    (("config", "user", "delete", "anne"), None),
+    (("config", "stream", "delete", "cam3", "main"), None),
+    (("config", "dir", "list"), None),
+    (("config", "camera", "delete", "cam3"), None),
+    (("config", "dir", "delete", "d2"), None),
+]
+
+
+def _changes(cwd):
+    out = []
+    for args, stdin in CHANGES:
+        r = cli(*args, cwd=cwd, stdin=stdin)
+        out.append((args, r.returncode,
+                    re.sub(r"uuid=[-0-9a-f]{36}", "uuid=U", r.stdout.replace(cwd, "CWD")),
+                    r.stderr.replace(cwd, "CWD")))
+    return out
+
+
+def test_changes_print_as_offline(tmp_path):
+    """The same commands, once through a running nvr and once with it stopped on a
+    fresh database: the same output, errors included, line for line."""
+    online_cwd, offline_cwd = str(tmp_path / "a"), str(tmp_path / "b")
+    for cwd in (online_cwd, offline_cwd):
+        os.mkdir(cwd)
+        run_nvr("init", cwd=cwd)
+        os.mkdir(os.path.join(cwd, "d2"))
+    with open(os.path.join(online_cwd, "nvr.toml"), "w") as f:
+        f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n')
+    n = Nvr(online_cwd)
+    n.start()
+    try:
+        wait_for("the control socket",
+                 lambda: os.path.exists(os.path.join(online_cwd, "nvr-data/db/control.sock")))
+        online = _changes(online_cwd)
+    finally:
+        assert n.stop() == 0
+    offline = _changes(offline_cwd)
+    for a, b in zip(online, offline):
+        assert a == b
+    # It did something: every change succeeded or was refused as planned.
+    assert [r[1] for r in online] == [0] * 6 + [1, 1, 0] + [0] * 10
+    assert "Traceback" not in "".join(r[3] for r in online)

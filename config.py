@@ -348,8 +348,7 @@ def _collect_garbage(d: dbmod.Database, rec) -> None:
 
 def _reconcile(rec) -> None:
     if rec is not None:
-        for sid, what in sorted(rec.reconcile().items()):
-            logger.info("config: stream %d %s", sid, what)
+        rec.reconcile()   # it logs what it started, stopped or restarted
 
 
 # ---------------------------------------------------------------------------

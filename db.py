@@ -25,7 +25,9 @@ abandoned one in it uses up its id, and one whose fsync failed gets a
 `garbage` row instead, dir.py S2F), stream counters, retention deletions
 moved to `garbage`, garbage rows whose files are unlinked, the `open` row's
 end time, and whatever the flush hooks write (auth usage). Configuration
-edits (`config` subcommands) are their own small transactions. Recording ids
+edits are their own small transactions; config.py's operations (the `config`
+subcommands, the configuration API) join several into one (`transaction` inside
+another joins it). Recording ids
 are assigned in memory from `cum_recordings` without a transaction; a crash
 before the flush leaves files with ids >= `cum_recordings`, which start-up
 recovery unlinks (dir.py; invariants §3.7).

@@ -199,6 +199,10 @@ def test_refused_changes_change_nothing(site, tmp_path):
          "needs a retention limit: set retainBytes"),
         ("POST", "/api/config/cameras", {"shortName": "x", "streams": {
             "main": {"url": "rtsp://u:p@h/1"}}}, 400, "don't put credentials in the URL"),
+        ("POST", "/api/config/cameras", {"shortName": "x", "streams": {
+            "main": {"url": "rtsp://h/1"}, "sub": {"url": "rtsp://h/2",
+                                                  "sampleFileDirId": 42}}}, 400,
+         "sampleFileDirId: no sample file dir with id 42"),
         ("POST", "/api/config/cameras", {"shortName": "x", "color": "red"}, 400,
          "unknown key(s) 'color'"),
         ("PATCH", f"/api/config/cameras/{cid}", {"shortName": ""}, 400,
@@ -548,3 +552,49 @@ def test_dir_move_and_stream_delete_while_recording(tmp_path, make_rtsp_camera):
         rec.stop()
         d.close()
         recording.set_server_zone(None)
+
+
+def test_fuzz_camera_and_stream_bodies_with_a_valid_csrf_never_500(site):
+    """Bodies that pass the CSRF check reach config.py's own checks: anything is a 2xx or
+    a 4xx, and GET /api/config/ stays strict JSON. (Dirs are left out: a random path
+    would create directories.)"""
+    from hypothesis import HealthCheck, given, settings
+    from test_api import _fuzz_strategies, _json_with_huge_numbers
+    st, text, value, _ = _fuzz_strategies()
+    cid = site.t.camera_id
+    csrf = site.csrf(site.cookies["configurer"])
+    keys = st.sampled_from(config.STREAM_KEYS + config.CAMERA_KEYS
+                           + ("streams", "deleteRecordings", "cameraId", "streamType"))
+    stream_in = st.fixed_dictionaries({}, optional={
+        "url": st.sampled_from(["rtsp://192.0.2.1/x", "demo:", "demo:1x1@0", "rtsp://[::1",
+                                "http://h/"]) | text,
+        "record": st.booleans() | value, "rtspTransport": st.sampled_from(
+            ["tcp", "udp", "default", ""]) | value,
+        "sampleFileDirId": st.sampled_from([site.t.dir_id, None]) | value,
+        "retainBytes": st.integers(min_value=-1, max_value=2 ** 70) | value,
+        "retainDays": st.floats() | value, "flushIfSec": st.integers() | value})
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(where=st.sampled_from(["POST cameras", "PATCH camera", "POST stream",
+                                  "PATCH stream", "DELETE stream"]),
+           body=st.dictionaries(keys, value, max_size=4), sin=stream_in,
+           typ=st.sampled_from(["main", "sub", "ext"]))
+    def one(where, body, sin, typ):
+        method, what = where.split()
+        path = {"cameras": "/api/config/cameras", "camera": f"/api/config/cameras/{cid}",
+                "stream": f"/api/config/cameras/{cid}/streams/{typ}"}[what]
+        if what == "stream" and method != "DELETE":
+            body = dict(sin)
+        elif what == "cameras":
+            body = dict(body, streams={typ: sin})
+        if method == "DELETE":
+            body = {k: v for k, v in body.items() if k == "deleteRecordings"}
+        data = _json_with_huge_numbers(dict(body, csrf=csrf))
+        status, _, text_ = site.req(path, method=method, body=data,
+                                    cookie=site.cookies["configurer"])
+        assert status < 500, (method, path, body, text_)
+
+    one()
+    status, _, body = site.req("/api/config/", cookie=site.cookies["configurer"])
+    assert status == 200
+    json.loads(body)

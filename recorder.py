@@ -41,7 +41,9 @@ takes it).
 
 Status (`status()`): every stream of the database, recorded or not, as the JSON of
 docs/api.md's configuration API (STATUS): "off" for one not recorded (its last run's
-end reason kept as lastError once stopped here), else its streamer's state.
+end reason kept as lastError once stopped here), else its streamer's state; a recorded
+stream that `reconcile` couldn't start (its dir can't be opened, a limit edited by hand
+into nonsense) is "failing" with that reason until a later `reconcile` starts it.
 """
 
 from __future__ import annotations
@@ -164,7 +166,9 @@ class Recorder:
         self._dir_stops: dict[int, threading.Event] = {}
         self.streamers: dict[int, stream.Streamer] = {}
         self._offsets: dict[int, int] = {}      # stream id -> rotation offset, kept on restart
-        self._stopped: dict[int, dict] = {}     # stream id -> its "off" status once stopped here
+        # Stream id -> its status without a streamer: "off" with the last run's end reason
+        # once stopped here, "failing" with why if reconcile couldn't start it.
+        self._stopped: dict[int, dict] = {}
         recorded = [s for s in sorted(d.streams.values(), key=lambda s: s.id)
                     if is_recorded(s)]
         for s in recorded:
@@ -242,6 +246,11 @@ class Recorder:
                 except (ConfigProblem, dirmod.DirError, db.DbError, OSError) as e:
                     logger.warning("%s-%s: not recording: %s", self._camera_name(s), s.type, e)
                     result[sid] = f"not started: {e}"
+                    now = self.db.clocks.realtime()
+                    with self._state:  # failing, saying why, until a reconcile starts it
+                        self._stopped[sid] = dict(
+                            _off_status(stream.scrub(str(e)), now, now,
+                                        self.db.metrics.stream(sid).runs), state="failing")
                     continue
                 result.setdefault(sid, "started")
             if result:
@@ -279,6 +288,8 @@ class Recorder:
         """Ends that stream's run with `reason`; returns once its last recording is
         committed (flushed). A no-op if it isn't running."""
         with self._ops:
+            if self.shutdown.is_set():
+                return  # `stop` ended every run (and may have closed the database)
             with self._state:
                 st = self.streamers.get(stream_id)
             if st is not None:
@@ -350,14 +361,15 @@ class Recorder:
             streamers = dict(self.streamers)
             stopped = dict(self._stopped)
         with self.db.locked("status"):
-            ids = sorted(self.db.streams)
+            recorded = {sid: is_recorded(s) for sid, s in self.db.streams.items()}
         out = {}
-        for sid in ids:
+        for sid in sorted(recorded):
             st = streamers.get(sid)
+            kept = stopped.get(sid)
             if st is not None:
                 out[sid] = st.status()
-            elif sid in stopped:
-                out[sid] = stopped[sid]
+            elif kept is not None and (kept["state"] == "off" or recorded[sid]):
+                out[sid] = kept
             else:
                 out[sid] = _off_status(runs=self.db.metrics.stream(sid).runs)
         return out

@@ -29,7 +29,8 @@ as `av.error.ExitError` after the read timeout.
 FRAME_TIMEOUT_SEC without a packet, while the stream waits on the camera, ends the run
 ("no frame for 30 s"): `StallWatch` times that itself and then interrupts the read
 through PyAV's timeout field, so the per-poll cost of PyAV's read timeout isn't paid
-while frames flow; shutdown interrupts every read at once.
+while frames flow; shutdown interrupts every read at once, and one stream's stop
+(`Streamer.stop`: recorder.py, a configuration change) that stream's read.
 
 Credentials: the stream's URL has none; the camera's username and password
 are put into the URL handed to FFmpeg at open time only, percent-encoded, and
@@ -661,6 +662,8 @@ class Streamer:
         self.last_error_ns: int | None = None
 
     def start(self) -> None:
+        with self._cv:
+            self.started_ns = self.state_since_ns = self.clocks.realtime()
         self.thread = threading.Thread(target=self.run, name=f"s-{self.name}", daemon=True)
         self.thread.start()
 

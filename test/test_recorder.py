@@ -326,6 +326,27 @@ def test_failed_attempts_make_it_failing_at_three(testdb, clocks):
     assert st.status()["state"] == "recording"
 
 
+def test_a_stream_reconcile_cant_start_is_failing_saying_why(testdb):
+    d = testdb.db
+    rec = recorder.Recorder(d, lambda s: stream.Opener(), shutdown=threading.Event())
+    try:
+        sub = d.add_stream(testdb.camera_id, "sub", {**cfg("rtsp://h/sub"), "flushIfSec": -1},
+                           testdb.dir_id)
+        why = ("stream test-camera sub: flushIfSec is -1, not a whole number from 0 up; set it "
+               "with `nvr.py config stream edit test-camera sub --flush-if-sec N`")
+        assert rec.reconcile() == {sub: f"not started: {why}"}
+        st = rec.status()[sub]
+        assert st["state"] == "failing" and st["lastError"] == why
+        d.update_stream(sub, config=cfg("rtsp://h/sub"))
+        assert rec.reconcile() == {sub: "started"}
+        assert rec.status()[sub]["state"] == "connecting"
+        d.update_stream(sub, config=cfg("rtsp://h/sub", mode=""))
+        assert rec.reconcile() == {sub: "stopped: recording turned off"}
+        assert rec.status()[sub]["state"] == "off"
+    finally:
+        rec.stop()
+
+
 def test_scrub():
     assert stream.scrub("open rtsp://a:b@1.2.3.4:554/x failed") == "open rtsp://1.2.3.4:554/x failed"
     assert stream.scrub("x rtsp://admin@h/ y") == "x rtsp://h/ y"

@@ -43,12 +43,11 @@ the one our proxy added), else the last `X-Forwarded-For`/`X-Forwarded-Proto` en
 else `X-Real-IP`. A TLS bind or a trusted `https` makes the request `secure` (the
 session cookie then gets `Secure`). Without that key, these headers are ignored.
 
-The control socket (`Server.control_path`, set before start(): `nvr.py run` sets
-`<dbDir>/control.sock`)
-is an implicit extra Unix bind for the command line while nvr runs (ctl.py is its client):
-made mode 0600 before it listens, it answers only peers whose SO_PEERCRED uid is ours
-or root's, with every permission (session cookies aren't looked at there); any other
-peer gets a 403 for every request. It is not a configured bind, so it never stops nvr
+The control socket (`Server.control_path`, set before start(); `nvr.py run` sets
+`<dbDir>/control.sock`) is an implicit extra Unix bind for the command line while nvr
+runs (ctl.py is its client): made mode 0600 before it listens, it answers only peers
+whose SO_PEERCRED uid is ours or root's, with every permission (session cookies aren't
+looked at there); any other peer gets a 403 for every request. It is not a configured bind, so it never stops nvr
 from starting: a path too long for a Unix socket (MAX_UNIX_PATH_BYTES), a socket another
 nvr (a second --read-only run of the same database) answers on, or an error binding is a
 one-line warning naming the web UI/API way, and nvr runs without it. A stale socket (a

@@ -8,7 +8,8 @@ What it owns (reference §5.1, §5.2, §5.5; docs/api.md is the user-facing refe
   (built by mp4.py), still.jpg and latest.jpg (snapshot.py), live.m4s (handed to
   live.py), signals, users and their sessions (listing and revoking; what ends a
   session, and what a session may do, is auth.py's), `/api/request`, `/api/metrics`
-  (metrics.py's text).
+  (metrics.py's text), `/api/system` (system.py's document). `/api/protections` is
+  routed here and answered by protectapi.py.
 - JSON bodies: only with `Content-Type: application/json` (optionally
   `; charset=utf-8`), an object, at most MAX_JSON_BODY_BYTES; unknown keys are errors.
   Every body is parsed by `parse_json_body` (UTF-8, no lone surrogates, finite numbers,
@@ -49,6 +50,7 @@ import metrics
 import mp4
 import recording
 import snapshot
+import system
 
 logger = logging.getLogger(__name__)
 
@@ -577,7 +579,12 @@ def _camera_json(db: dbmod.Database, c: dbmod.Camera, *, days: bool, config: boo
     out = {"uuid": _uuid_text(c.uuid), "id": c.id, "shortName": c.short_name,
            "description": c.config.get("description", "")}
     if config:
-        out["config"] = c.config
+        # Camera passwords are write-only in every response (the configuration API
+        # sets them): "(censored)" when one is stored, as Moonfire answers for a
+        # user's password; Moonfire itself returns the camera's password here.
+        out["config"] = dict(c.config)
+        if c.config.get("password"):
+            out["config"]["password"] = "(censored)"
     out["streams"] = {t: _stream_json(db, db.streams[sid], days=days, config=config)
                       for t, sid in sorted(c.streams.items())}
     return out
@@ -1007,6 +1014,15 @@ def handle_metrics(request: Request, m: re.Match):
                     {"Cache-Control": "no-store"})
 
 
+def handle_system(request: Request, m: re.Match):
+    """How nvr is doing, for the System page (system.py; docs/api.md). viewVideo, as
+    /api/metrics: the same facts, for a person. It names no credentials (the recorder's
+    errors never hold them) and no install paths."""
+    request.params(())
+    return Response.json(system.report(request.server, VERSION),
+                         **{"Cache-Control": "no-store"})
+
+
 # ---------------------------------------------------------------------------------------
 # The route table
 
@@ -1047,6 +1063,28 @@ ROUTES: list[Route] = [
     Route(re.compile(r"/api/users/(?P<id>[0-9]{1,18})/sessions/(?P<sid>[0-9a-f]{16})/revoke"),
           ("POST",), CALLER, handle_revoke_session),
     Route(re.compile(r"/api/metrics"), GET_HEAD, "view_video", handle_metrics),
+    Route(re.compile(r"/api/system"), GET_HEAD, "view_video", handle_system),
+]
+
+
+# Protected footage (issue #17): handlers in protectapi.py, which imports this module, so
+# it is imported when first called rather than here.
+def handle_protections(request: Request, m: re.Match):
+    import protectapi
+    return protectapi.handle_protections(request, m)
+
+
+def handle_protection(request: Request, m: re.Match):
+    import protectapi
+    return protectapi.handle_protection(request, m)
+
+
+# GET needs viewVideo, POST protectRecordings: checked in the handler.
+ROUTES += [
+    Route(re.compile(r"/api/protections"), ("GET", "HEAD", "POST"), CALLER,
+          handle_protections),
+    Route(re.compile(r"/api/protections/(?P<id>[0-9]{1,18})"), ("PATCH", "DELETE"),
+          "protect_recordings", handle_protection),
 ]
 
 

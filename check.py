@@ -17,6 +17,9 @@ What it checks (reference §7.1), in order:
 6. User names against today's rules (auth.py's `username_problem`, and unique
    regardless of case: `username_key`). A name stored before the rules still logs
    in, so it is a warning, not a problem: rename it with `nvr.py config user edit`.
+7. Protections (schema 9): a protection naming a stream names one of its own
+   camera's (the schema can't say so; a hand edit could break it, and retention
+   would then keep the wrong footage), and its label has no control characters.
 
 Repairs, each only with its flag (the database is then opened read-write):
 - `--delete-orphan-rows`: delete the rows of recordings whose file is missing.
@@ -159,6 +162,7 @@ class Checker:
         expected.close()
 
         self._check_usernames(conn)
+        self._check_protections(conn)
         db_uuid = conn.execute("select uuid from meta").fetchone()[0]
         cum = {sid: (dir_id, n) for sid, dir_id, n in conn.execute(
             "select id, sample_file_dir_id, cum_recordings from stream")}
@@ -177,6 +181,19 @@ class Checker:
                 self._check_dir(conn, dir_id, sfd, cum)
             finally:
                 sfd.close()
+
+    def _check_protections(self, conn) -> None:
+        for pid, camera_id, stream_id, stream_camera, label in conn.execute(
+                "select p.id, p.camera_id, p.stream_id, s.camera_id, p.label "
+                "from protection p left join stream s on p.stream_id = s.id order by p.id"):
+            if stream_id is not None and stream_camera != camera_id:
+                self.error(f"protection {pid}: stream {stream_id} is camera {stream_camera}'s, "
+                           f"not camera {camera_id}'s; `nvr.py protect remove {pid}` and add "
+                           f"it again")
+            problem = db.protection_label_problem(label)
+            if problem:
+                self.error(f"protection {pid}: {problem}; fix it with `nvr.py protect edit "
+                           f"{pid} --label TEXT`")
 
     def _check_usernames(self, conn) -> None:
         seen: dict[str, tuple[int, str]] = {}

@@ -971,6 +971,25 @@ def parameters_from_extradata(codec: str, extradata: bytes) -> VideoParameters:
     return params
 
 
+def parameters_from_sample_entry(entry: bytes) -> VideoParameters:
+    """Parameters from a stored avc1/hvc1 (or hev1) sample entry (`video_sample_entry.data`,
+    as `_sample_entry` builds it, or Moonfire's): its avcC/hvcC record parsed again, e.g.
+    for the SPS's frame rate (system.py). CodecError if it holds none."""
+    entry_type = entry[4:8]
+    codec = {b"avc1": "h264", b"avc3": "h264", b"hvc1": "h265", b"hev1": "h265"}.get(entry_type)
+    if codec is None:
+        raise CodecError(f"not an H.264/H.265 sample entry: {entry_type!r}")
+    pos = _VISUAL_SAMPLE_ENTRY.size
+    while pos + 8 <= len(entry):  # the child boxes (14496-12 §4.2)
+        size, box_type = _U32.unpack_from(entry, pos)[0], entry[pos + 4:pos + 8]
+        if size < 8 or pos + size > len(entry):
+            break
+        if box_type in (b"avcC", b"hvcC"):
+            return parameters_from_extradata(codec, entry[pos + 8:pos + size])
+        pos += size
+    raise CodecError(f"{entry_type.decode()} sample entry has no avcC/hvcC box")
+
+
 def parameters_from_frame(codec: str, data: bytes) -> VideoParameters | None:
     """Parameters from the parameter sets carried in an access unit (Annex B or 4-byte
     length-prefixed), or None if it doesn't carry a complete set."""

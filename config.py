@@ -175,8 +175,11 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _whole(names: Names, key: str, v, what: str = "a whole number from 0 up") -> int:
-    if not _is_int(v) or v < 0:
+MAX_BYTES = 2 ** 63 - 1   # SQLite's integers (and Moonfire's i64)
+
+
+def _whole(names: Names, key: str, v, what: str = f"a whole number from 0 to {MAX_BYTES}") -> int:
+    if not _is_int(v) or not 0 <= v <= MAX_BYTES:
         raise ConfigError(f"{names.fields[key]} must be {what}, not {v!r}")
     return v
 
@@ -335,6 +338,17 @@ def recordings_of(d: dbmod.Database, stream_ids) -> Doomed:
     return out
 
 
+def _all_committed(d: dbmod.Database, stream_ids) -> None:
+    """Before deleting streams (under the database lock): their recordings must all be
+    committed, as `rec.stop_stream` leaves them unless its flush failed. Checked for all
+    first, so db.py's deletes can't fail half way with memory changed."""
+    for sid in stream_ids:
+        if d.streams[sid].uncommitted:
+            raise ConfigError(f"stream {d.cameras[d.streams[sid].camera_id].short_name}/"
+                              f"{d.streams[sid].type} still has recordings not committed "
+                              f"(a flush failed? see the log); try again", 409)
+
+
 def _collect_garbage(d: dbmod.Database, rec) -> None:
     """Step 4's second half: unlink the garbage files of dirs no syncer looks after
     (all of them when nvr isn't running). A running dir's syncer collects after the
@@ -446,6 +460,7 @@ def delete_camera(d: dbmod.Database, rec, camera_id: int, *, delete_recordings: 
                 for sid in sids:   # 2. the last recordings committed first
                     rec.stop_stream(sid, "stream deleted")
             with d.locked("config: delete camera"), d.transaction():
+                _all_committed(d, sids)
                 n = d.delete_camera(camera_id)
         except BaseException:   # re-raises: a SQLite error; what stopped starts again
             _reconcile(rec)
@@ -543,6 +558,7 @@ def delete_stream(d: dbmod.Database, rec, camera_id: int, type_: str, *,
             if rec is not None:
                 rec.stop_stream(s.id, "stream deleted")
             with d.locked("config: delete stream"), d.transaction():
+                _all_committed(d, [s.id])
                 n = d.delete_stream(s.id)
         except BaseException:   # re-raises: a SQLite error; what stopped starts again
             _reconcile(rec)

@@ -1,6 +1,6 @@
 """The database: the one read-write SQLite connection and the in-memory state.
 
-Files: `<db dir>/db` is the SQLite database (schema.sql, version 8). The
+Files: `<db dir>/db` is the SQLite database (schema.sql, version 9). The
 database holds password hashes, session hashes and camera passwords, so it is
 private to the user running nvr whatever the umask: `init` creates the directory
 0700 and the file 0600, and SQLite gives the `-wal`/`-shm`/`-journal` files the
@@ -11,6 +11,8 @@ processes can never write one database (reference §2.1).
 
 What lives in memory (loaded at open, kept current by flushes):
 - sample file dirs, cameras, streams, video sample entries, users;
+- protections (schema 9's `protection` rows, a handful: retention consults them on
+  every pass, so they are kept in memory like the configuration);
 - per stream: committed totals (range, duration, bytes, filesystem bytes),
   day summaries in the server's time zone, the `cum_*` counters, the
   uncommitted recordings (written or being written, not yet in SQLite), and
@@ -25,8 +27,8 @@ abandoned one in it uses up its id, and one whose fsync failed gets a
 `garbage` row instead, dir.py S2F), stream counters, retention deletions
 moved to `garbage`, garbage rows whose files are unlinked, the `open` row's
 end time, and whatever the flush hooks write (auth usage). Configuration
-edits are their own small transactions; config.py's operations (the `config`
-subcommands, the configuration API) join several into one (`transaction` inside
+edits are their own small transactions, as are protection edits; config.py's operations (the
+`config` subcommands, the configuration API) join several into one (`transaction` inside
 another joins it). Recording ids
 are assigned in memory from `cum_recordings` without a transaction; a crash
 before the flush leaves files with ids >= `cum_recordings`, which start-up
@@ -69,6 +71,7 @@ import uuid as uuidlib
 import auth
 import clock
 import dir as dirmod
+import logrepeat
 import metrics
 import recording
 import retention
@@ -81,7 +84,7 @@ def breaks_log_lines(name: str) -> bool:
     separator: names go into log lines, which such characters could split or forge."""
     return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 DB_FILENAME = "db"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 
@@ -114,6 +117,11 @@ class DbError(Exception):
 
 class DbLocked(DbError):
     pass
+
+
+class ProtectedOverLimit(Exception):
+    """Not raised: what `Database` logs (logrepeat.py) while a stream's protected
+    recordings alone keep it over its retainBytes."""
 
 
 round_up = retention.round_up
@@ -448,6 +456,28 @@ class ListRow:
         return self.composite_id & 0xFFFFFFFF
 
 
+@dataclasses.dataclass(frozen=True)
+class FlushInfo:
+    """The last flush, successful or failed (`Database.last_flush`,
+    `Database.last_flush_error`; GET /api/system shows them)."""
+    time_sec: float               # when it began, Unix seconds (Clocks.realtime)
+    reason: str                   # why it ran ("flush(reason)" in the log)
+    duration_sec: float           # how long it took (monotonic), lock wait excluded
+    error: str | None = None      # the failed one's error, one line
+
+
+@dataclasses.dataclass(frozen=True)
+class RecentTotals:
+    """A stream's recordings starting since some instant, committed and not
+    (`Database.recent_totals`): what system.py expects its frame rate and bitrate to be."""
+    recordings: int
+    video_samples: int
+    sample_file_bytes: int
+    wall_duration_90k: int
+    media_duration_90k: int
+    newest_video_sample_entry_id: int | None
+
+
 @dataclasses.dataclass
 class FloorPass:
     """One free-space floor pass of a dir (`Database.enforce_free_space_floor`)."""
@@ -455,6 +485,9 @@ class FloorPass:
     free_bytes: int
     pending_bytes: int            # queued for deletion or garbage, not yet unlinked
     rows: list                    # (stream id, ListRow) queued, oldest first
+    kept_protected: int = 0       # protected recordings the pass passed over...
+    kept_protected_bytes: int = 0  # ...and their size in whole blocks
+    protected_bytes: int = 0      # when still short: the dir's protected video (blocks)
 
     @property
     def freed_bytes(self) -> int:
@@ -478,6 +511,41 @@ class AggregatedRow:
     growing: bool
     has_trailing_zero: bool
     end_reason: str | None
+
+
+# A protection's label: what the API and CLI accept (schema.sql checks the length).
+MAX_PROTECTION_LABEL_CHARS = 256
+# Protected ranges lie within 1970..9999 (times past that can't even be formatted).
+MAX_PROTECTION_TIME_90K = 253402300800 * recording.TIME_UNITS_PER_SEC  # 10000-01-01Z
+
+
+@dataclasses.dataclass
+class Protection:
+    """A protected range (schema.sql `protection`): retention deletes no recording of
+    `camera_id` (of `stream_id` only, unless None) overlapping [start, end)."""
+    id: int
+    camera_id: int
+    stream_id: int | None  # None: every stream of the camera
+    start_time_90k: int
+    end_time_90k: int
+    label: str
+    created_by: str        # a username, or "cli"
+    created_time_90k: int
+    updated_time_90k: int
+
+    def applies_to(self, s: "Stream") -> bool:
+        return self.camera_id == s.camera_id and self.stream_id in (None, s.id)
+
+
+def protection_label_problem(label) -> str | None:
+    """What is wrong with a protection label, or None."""
+    if not isinstance(label, str):
+        return "label must be a string"
+    if len(label) > MAX_PROTECTION_LABEL_CHARS:
+        return f"label is {len(label)} characters; at most {MAX_PROTECTION_LABEL_CHARS}"
+    if breaks_log_lines(label):
+        return "label has a control character or line break"
+    return None
 
 
 def _row_config(text: str | None) -> dict:
@@ -574,6 +642,11 @@ class Database:
         self.video_sample_entries: dict[int, VideoSampleEntry] = {}
         self._vse_to_insert: list[int] = []
         self.users: dict[int, User] = {}
+        self.protections: dict[int, Protection] = {}
+        # Streams whose protected recordings alone keep them over retainBytes: logged
+        # once, then counted (logrepeat.py), and once when it ends.
+        self._retention_repeats = logrepeat.RepeatLog(clocks, logger,
+                                                      expected=(ProtectedOverLimit,))
         self._video_index_cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         # Called inside each flush transaction with the cursor (auth.py's session usage and
         # failure counts, signals.py's changes).
@@ -583,6 +656,10 @@ class Database:
         # stream id -> callbacks for each frame the writer indexes (live view, live.py).
         self._live_listeners: dict[int, list] = {}
         self.metrics = metrics.Metrics(clocks)  # what GET /api/metrics shows (metrics.py)
+        # The last successful flush and the last failed one (FlushInfo; None until one
+        # happens), replaced whole after each: readers (GET /api/system) need no lock.
+        self.last_flush: FlushInfo | None = None
+        self.last_flush_error: FlushInfo | None = None
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -620,6 +697,18 @@ class Database:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    @property
+    def opened_monotonic(self) -> int:
+        """When this process opened the database (Clocks.monotonic ns): how long nvr
+        has been up (GET /api/system)."""
+        return self._open_monotonic
+
+    @property
+    def opened_90k(self) -> int:
+        """When this process opened the database, 90 kHz wall time (the `open` row's
+        start)."""
+        return self._open_start_90k
 
     @property
     def lock(self):
@@ -668,6 +757,10 @@ class Database:
                 "password_failure_count, permissions from user"):
             self.users[row[0]] = User(row[0], row[1], _row_config(row[2]), row[3], row[4], row[5],
                                       auth.Permissions.decode(row[6]))
+        for row in c.execute(
+                "select id, camera_id, stream_id, start_time_90k, end_time_90k, label, "
+                "created_by, created_time_90k, updated_time_90k from protection"):
+            self.protections[row[0]] = Protection(*row)
         # Totals and day summaries of every committed recording.
         for stream_id, start, wall, nbytes in c.execute(
                 "select stream_id, start_time_90k, wall_duration_90k, sample_file_bytes "
@@ -960,7 +1053,11 @@ class Database:
                         "select composite_id from recording where stream_id = ?", (stream_id,))]
                     self.conn.execute("delete from recording where stream_id = ?", (stream_id,))
                     self.dirs[s.sample_file_dir_id].garbage_needs_unlink.update(ids)
+                # Its own protections go with its recordings (its camera's stay).
+                self.conn.execute("delete from protection where stream_id = ?", (stream_id,))
                 self.conn.execute("delete from stream where id = ?", (stream_id,))
+            for pid in [p.id for p in self.protections.values() if p.stream_id == stream_id]:
+                del self.protections[pid]
             del self.streams[stream_id]
             del self.cameras[s.camera_id].streams[s.type]
             return n
@@ -970,9 +1067,165 @@ class Database:
         with self.locked(), transaction(self.conn):   # one transaction for all of it
             c = self._get_camera(camera_id)
             n = sum(self.delete_stream(sid) for sid in list(c.streams.values()))
-            self.conn.execute("delete from camera where id = ?", (camera_id,))
+            with transaction(self.conn):
+                self.conn.execute("delete from protection where camera_id = ?", (camera_id,))
+                self.conn.execute("delete from camera where id = ?", (camera_id,))
+            for pid in [p.id for p in self.protections.values() if p.camera_id == camera_id]:
+                del self.protections[pid]
             del self.cameras[camera_id]
             return n
+
+    # -- protections ------------------------------------------------------------
+
+    def _check_protection(self, camera_id: int, stream_id: int | None, start_90k: int,
+                          end_90k: int, label) -> None:
+        c = self._get_camera(camera_id)
+        if stream_id is not None and stream_id not in c.streams.values():
+            raise DbError(f"camera {c.short_name} has no stream with id {stream_id}")
+        if not (isinstance(start_90k, int) and isinstance(end_90k, int)):
+            raise DbError("start and end must be 90 kHz times (integers)")
+        if start_90k <= 0:
+            raise DbError(f"start {start_90k} is not after 1970")
+        if end_90k > MAX_PROTECTION_TIME_90K:
+            raise DbError(f"end {end_90k} is after the year 9999")
+        if end_90k <= start_90k:
+            raise DbError(f"end ({recording.format_time(end_90k, self.zone)}) must be after "
+                          f"start ({recording.format_time(start_90k, self.zone)})")
+        problem = protection_label_problem(label)
+        if problem:
+            raise DbError(problem)
+
+    def _unqueue_protected(self, p: Protection) -> int:
+        """Takes recordings `p` protects out of the deletion queues (retention planned
+        them before it existed; the next flush must not delete them). Lock held."""
+        n = 0
+        for s in self.streams.values():
+            if not s.to_delete or not p.applies_to(s):
+                continue
+            kept = retention.Protected([(p.start_time_90k, p.end_time_90k)])
+            gone = [r for r in s.to_delete if kept.covers_row(r)]
+            if gone:
+                s.to_delete = [r for r in s.to_delete if not kept.covers_row(r)]
+                s.fs_bytes_to_delete -= sum(round_up(r.sample_file_bytes) for r in gone)
+                n += len(gone)
+        if n:
+            logger.info("protection %d (%r): %d recording(s) queued for deletion are kept",
+                        p.id, p.label, n)
+        return n
+
+    def add_protection(self, camera_id: int, stream_id: int | None, start_90k: int,
+                       end_90k: int, label: str, created_by: str) -> int:
+        """Protects [start, end) of one stream of the camera (or of all, stream_id None)
+        from retention, in one transaction; recordings it covers that retention had
+        queued are taken off the queue. Returns its id."""
+        if self.read_only:
+            raise DbError("can't add a protection in read-only mode")
+        with self.locked():
+            self._check_protection(camera_id, stream_id, start_90k, end_90k, label)
+            now = recording.to_90k_from_ns(self.clocks.realtime())
+            with transaction(self.conn):
+                id_ = self.conn.execute(
+                    "insert into protection (camera_id, stream_id, start_time_90k, "
+                    "end_time_90k, label, created_by, created_time_90k, updated_time_90k) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (camera_id, stream_id, start_90k, end_90k, label, created_by, now, now)
+                ).lastrowid
+            p = self.protections[id_] = Protection(id_, camera_id, stream_id, start_90k,
+                                                   end_90k, label, created_by, now, now)
+            self._unqueue_protected(p)
+            return id_
+
+    def update_protection(self, protection_id: int, *, label: str | None = None,
+                          start_90k: int | None = None, end_90k: int | None = None
+                          ) -> Protection:
+        """Edits a protection's label and/or range, in one transaction; returns it.
+        A range that grows keeps what it now covers off the deletion queue."""
+        if self.read_only:
+            raise DbError("can't edit a protection in read-only mode")
+        with self.locked():
+            old = self.get_protection(protection_id)
+            new = dataclasses.replace(
+                old, label=old.label if label is None else label,
+                start_time_90k=old.start_time_90k if start_90k is None else start_90k,
+                end_time_90k=old.end_time_90k if end_90k is None else end_90k,
+                updated_time_90k=recording.to_90k_from_ns(self.clocks.realtime()))
+            self._check_protection(new.camera_id, new.stream_id, new.start_time_90k,
+                                   new.end_time_90k, new.label)
+            with transaction(self.conn):
+                self.conn.execute(
+                    "update protection set start_time_90k = ?, end_time_90k = ?, label = ?, "
+                    "updated_time_90k = ? where id = ?",
+                    (new.start_time_90k, new.end_time_90k, new.label, new.updated_time_90k,
+                     protection_id))
+            self.protections[protection_id] = new
+            self._unqueue_protected(new)
+            return new
+
+    def delete_protection(self, protection_id: int) -> None:
+        """Removes a protection; retention may then delete what it kept (at its next
+        pass: the stream's next recording or the syncer's periodic check)."""
+        if self.read_only:
+            raise DbError("can't remove a protection in read-only mode")
+        with self.locked():
+            self.get_protection(protection_id)
+            with transaction(self.conn):
+                self.conn.execute("delete from protection where id = ?", (protection_id,))
+            del self.protections[protection_id]
+
+    def get_protection(self, protection_id: int) -> Protection:
+        try:
+            return self.protections[protection_id]
+        except KeyError:
+            raise DbError(f"no protection with id {protection_id}; `nvr.py protect list` "
+                          f"shows them") from None
+
+    def list_protections(self, *, camera_id: int | None = None, stream_id: int | None = None,
+                         start_90k: int | None = None, end_90k: int | None = None
+                         ) -> list[Protection]:
+        """Protections by start time: of the camera; that apply to the stream (its own and
+        its camera's); overlapping [start, end) (either bound may be None)."""
+        with self.locked():
+            s = self._get_stream(stream_id) if stream_id is not None else None
+            out = [p for p in self.protections.values()
+                   if (camera_id is None or p.camera_id == camera_id)
+                   and (s is None or p.applies_to(s))
+                   and (start_90k is None or p.end_time_90k > start_90k)
+                   and (end_90k is None or p.start_time_90k < end_90k)]
+            return sorted(out, key=lambda p: (p.start_time_90k, p.id))
+
+    def _protected_rows(self, stream_id: int, ranges) -> dict[int, int]:
+        """composite id -> sample_file_bytes of the stream's committed recordings that
+        overlap any of `ranges` (a retention.Protected's): index range queries on
+        recording_cover, 5 minutes early as listing does. Lock held."""
+        out: dict[int, int] = {}
+        for start, end in ranges:
+            for cid, nbytes in self.conn.execute(
+                    "select composite_id, sample_file_bytes from recording where stream_id = ? "
+                    "and start_time_90k > ? and start_time_90k < ? and "
+                    "max(start_time_90k + wall_duration_90k, start_time_90k + 1) > ?",
+                    (stream_id, start - _LOOKBACK_90K, end, start)):
+                out[cid] = nbytes
+        return out
+
+    def protected_bytes(self, stream_id: int) -> int:
+        """What the stream's protected committed recordings take, in whole 4096-byte
+        blocks as retainBytes counts (what retention can't delete)."""
+        with self.locked("protected bytes"):
+            s = self._get_stream(stream_id)
+            return sum(round_up(n) for n in
+                       self._protected_rows(s.id, self._protected(s).ranges).values())
+
+    def protection_bytes(self, protection_id: int) -> int:
+        """What the committed recordings one protection covers take (whole blocks), over
+        the streams it applies to."""
+        with self.locked("protected bytes"):
+            p = self.get_protection(protection_id)
+            total = 0
+            for s in self.streams.values():
+                if p.applies_to(s):
+                    total += sum(round_up(n) for n in self._protected_rows(
+                        s.id, [(p.start_time_90k, p.end_time_90k)]).values())
+            return total
 
     # -- users -----------------------------------------------------------------
 
@@ -1146,12 +1399,41 @@ class Database:
                 if s.range_90k is None or s.range_90k[0] >= cutoff:
                     cutoff = None  # every end is at or after the oldest start: none expired
             if over <= 0 and cutoff is None:
+                if not dry_run:
+                    self._note_protected_over_limit(s, None)
                 return retention.Plan()
             plan = retention.plan_stream(self._rows_not_queued(s), over_bytes=over,
-                                         cutoff_90k=cutoff)
+                                         cutoff_90k=cutoff, protected=self._protected(s))
             if not dry_run:
                 self._queue_deletion(s, plan)
+                self._note_protected_over_limit(s, plan if limit is not None else None)
             return plan
+
+    def _protected(self, s: Stream) -> retention.Protected:
+        """The protected ranges that apply to stream `s`. Call with the lock held."""
+        return retention.Protected((p.start_time_90k, p.end_time_90k)
+                                   for p in self.protections.values() if p.applies_to(s))
+
+    def protected_over_limit(self, stream_id: int) -> bool:
+        """Whether the stream's last retention pass found its protected recordings alone
+        over its retainBytes (and so deleted nothing protected): for the Storage page."""
+        return self._retention_repeats.failing(("protected over retainBytes", stream_id))
+
+    def _note_protected_over_limit(self, s: Stream, plan: retention.Plan | None) -> None:
+        """Logs (logrepeat.py: once, then counted) while protected recordings alone keep
+        `s` over its retainBytes, and once when that ends. The lock is held."""
+        key = ("protected over retainBytes", s.id)
+        name = f"{self.cameras[s.camera_id].short_name}-{s.type}"
+        # Still over with every unprotected recording queued: what is left is protected.
+        # (Not `plan.kept_protected`: a pass before the flush starts after the queued rows,
+        # so it sees none of the protected ones among them.)
+        if plan is not None and plan.short_bytes > 0 and self._protected(s):
+            self._retention_repeats.failed(key, ProtectedOverLimit(
+                f"protected recordings alone exceed retainBytes ({s.retain_bytes} B) by "
+                f"{plan.short_bytes} B; they are kept. Raise retainBytes, or shorten or remove "
+                f"protections (`nvr.py protect list`)"), name)
+        else:
+            self._retention_repeats.cleared(key, f"{name}: back within retainBytes")
 
     def _rows_not_queued(self, s: Stream):
         """The stream's committed recordings after those queued, oldest (by id) first,
@@ -1182,9 +1464,18 @@ class Database:
             if floor - free_bytes - pending <= 0:
                 return p
             p.rows = retention.plan_floor({s.id: self._rows_not_queued(s) for s in streams},
-                                          floor - free_bytes - pending)
+                                          floor - free_bytes - pending,
+                                          {s.id: self._protected(s) for s in streams})
+            p.kept_protected = p.rows.kept_protected
+            p.kept_protected_bytes = p.rows.kept_protected_bytes
             for s in streams:
                 self._queue_deletion(s, [r for sid, r in p.rows if sid == s.id])
+            if free_bytes + pending + p.freed_bytes < floor:
+                # Short with every unprotected recording on its way: what protected video
+                # is left (all of it, not only what this pass saw) for dir.py's warning.
+                p.protected_bytes = sum(round_up(n) for s in streams for n in
+                                        self._protected_rows(s.id, self._protected(s).ranges)
+                                        .values())
             return p
 
     def delete_garbage(self, dir_id: int, composite_ids) -> None:
@@ -1205,12 +1496,18 @@ class Database:
             raise DbError("can't flush in read-only mode")
         with self.locked(f"flush ({reason})"):
             began = self.clocks.monotonic()
+            began_sec = self.clocks.realtime() / clock.NANOS_PER_SEC
             try:
                 self._flush_locked(reason)
-            except BaseException:
+            except BaseException as e:
                 self.metrics.flush_errors.inc()
+                self.last_flush_error = FlushInfo(
+                    began_sec, reason, (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC,
+                    (str(e) or type(e).__name__).splitlines()[0])
                 raise
-        self.metrics.flush.observe((self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
+        took = (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC
+        self.last_flush = FlushInfo(began_sec, reason, took)
+        self.metrics.flush.observe(took)
         for f in list(self.on_flush):
             f()
 
@@ -1408,6 +1705,34 @@ class Database:
                 ((stream_id << 32) | start_id, (stream_id << 32) | min(end_id, 0xFFFFFFFF)))
             rows += [r for r in self._uncommitted_rows(s) if start_id <= r.recording_id < end_id]
             return rows
+
+    def recent_totals(self, stream_id: int, since_90k: int) -> RecentTotals:
+        """Totals of the stream's recordings starting after `since_90k`, committed (one
+        aggregate over the `recording_cover` index) and uncommitted (growing included;
+        abandoned ones left out), and the sample entry of the newest."""
+        with self.locked("recent totals"):
+            s = self._get_stream(stream_id)
+            n, samples, nbytes, wall, media = self.conn.execute(
+                "select count(*), coalesce(sum(video_samples), 0), "
+                "coalesce(sum(sample_file_bytes), 0), coalesce(sum(wall_duration_90k), 0), "
+                "coalesce(sum(wall_duration_90k + media_duration_delta_90k), 0) "
+                "from recording where stream_id = ? and start_time_90k > ?",
+                (stream_id, since_90k)).fetchone()
+            newest = self.conn.execute(
+                "select video_sample_entry_id from recording where stream_id = ? "
+                "order by start_time_90k desc limit 1", (stream_id,)).fetchone()
+            newest = newest[0] if newest else None
+            for r in s.uncommitted:
+                if r.abandoned or r.video_samples == 0:
+                    continue
+                newest = r.video_sample_entry_id
+                if r.start_time_90k > since_90k:
+                    n += 1
+                    samples += r.video_samples
+                    nbytes += r.sample_file_bytes
+                    wall += r.wall_duration_90k
+                    media += r.media_duration_90k
+            return RecentTotals(n, samples, nbytes, wall, media, newest)
 
     def list_aggregated_recordings(self, stream_id: int, start_90k: int, end_90k: int,
                                    split_90k: int) -> list[AggregatedRow]:

@@ -918,7 +918,8 @@ class Syncer:
         if plan:
             why = [f"{n} {what}" for n, what in (
                 (getattr(plan, "by_bytes", 0), "over retainBytes"),
-                (getattr(plan, "by_age", 0), "older than retainDays")) if n]
+                (getattr(plan, "by_age", 0), "older than retainDays"),
+                (getattr(plan, "kept_protected", 0), "protected passed over")) if n]
             logger.info("%s: retention will delete %d recording(s) of stream %d (%s)",
                         self.path, len(plan), stream_id, ", ".join(why))
 
@@ -935,17 +936,29 @@ class Syncer:
                 per_stream.setdefault(sid, []).append(row.recording_id)
             logger.info(
                 "%s: free space %d B is below the floor of %d B (%s; %d B already on its way): "
-                "deleting the %d oldest recording(s) of the dir (%d B: %s)", self.path,
+                "deleting the %d oldest recording(s) of the dir (%d B: %s)%s", self.path,
                 p.free_bytes, p.floor_bytes, self._floor_setting(), p.pending_bytes,
                 len(p.rows), p.freed_bytes,
                 "; ".join(f"stream {sid} {ids[0]}" + (f"-{ids[-1]}" if len(ids) > 1 else "")
-                          for sid, ids in per_stream.items()))
+                          for sid, ids in per_stream.items()),
+                f"; {p.kept_protected} protected passed over"
+                if getattr(p, "kept_protected", 0) else "")
             self._plan_retention_flush("free space below the floor")
         if short and not self.floor_short:
-            logger.warning("%s: free space stays below the floor of %d B (%s) with every "
-                           "recording of the dir deleted or on its way; something else fills "
-                           "the disk, or the floor is too high (`nvr.py config dir edit "
-                           "--free-space-floor`)", self.path, p.floor_bytes, self._floor_setting())
+            if getattr(p, "protected_bytes", 0):
+                # Issue #17: a full disk resolves by itself unless what is left is protected.
+                logger.warning("%s: free space stays below the floor of %d B (%s): every "
+                               "recording of the dir left is protected (%d B); they are "
+                               "kept, and recording stalls when the disk is full. Shorten or "
+                               "remove protections (`nvr.py protect list`), or free space",
+                               self.path, p.floor_bytes, self._floor_setting(),
+                               p.protected_bytes)
+            else:
+                logger.warning("%s: free space stays below the floor of %d B (%s) with every "
+                               "recording of the dir deleted or on its way; something else "
+                               "fills the disk, or the floor is too high (`nvr.py config dir "
+                               "edit --free-space-floor`)", self.path, p.floor_bytes,
+                               self._floor_setting())
         elif not short and self.floor_short:
             logger.info("%s: free space is back above the floor", self.path)
         self.floor_short = short

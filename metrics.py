@@ -135,6 +135,12 @@ class Histogram(Family):
             v[i] += 1
             v[-1] += value
 
+    def count(self, *label_values) -> int:
+        """Observations so far (the _count sample)."""
+        with self._lock:
+            v = self._values.get(label_values)
+            return sum(v[:-1]) if v else 0
+
     def collect(self) -> Family:
         f = Family(self.name, self.kind, self.help, self.labels)
         with self._lock:
@@ -231,38 +237,49 @@ class StreamStats:
 # ---------------------------------------------------------------------------------------
 # Process
 
-def process_families() -> list[Family]:
-    """CPU seconds, RSS, threads and open files of this process (Linux /proc/self).
-    Names follow Prometheus' client libraries (process_*)."""
-    out = []
+def process_facts() -> dict:
+    """CPU seconds, RSS, threads and open files of this process (Linux /proc/self), and
+    the open files limit: {"cpu_sec", "rss_bytes", "threads", "open_fds", "max_fds"}.
+    The /proc figures are missing where /proc isn't Linux's. GET /api/metrics (below) and
+    GET /api/system (system.py) show them."""
     t = os.times()
-    f = Family("process_cpu_seconds_total", "counter",
-               "User and system CPU time spent by the nvr process, in seconds.")
-    f.add(t.user + t.system)
-    out.append(f)
+    out = {"cpu_sec": t.user + t.system}
     try:
         with open("/proc/self/statm", "rb") as fh:
             rss_pages = int(fh.read().split()[1])
-        f = Family("process_resident_memory_bytes", "gauge", "Resident set size in bytes.")
-        f.add(rss_pages * os.sysconf("SC_PAGE_SIZE"))
-        out.append(f)
+        out["rss_bytes"] = rss_pages * os.sysconf("SC_PAGE_SIZE")
         with open("/proc/self/stat", "rb") as fh:
             stat = fh.read()
         # Field 20, num_threads (proc(5)); comm (field 2) may hold spaces: after its ")".
-        threads = int(stat[stat.rindex(b")") + 2:].split()[17])
-        f = Family("process_threads", "gauge",
-                   "Threads of the process (nvr's own and FFmpeg's).")
-        f.add(threads)
-        out.append(f)
-        fds = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
-        f = Family("process_open_fds", "gauge", "Open file descriptors.")
-        f.add(fds)
-        out.append(f)
+        out["threads"] = int(stat[stat.rindex(b")") + 2:].split()[17])
+        out["open_fds"] = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
     except (OSError, ValueError, IndexError):
         pass  # not Linux: only the CPU time
-    f = Family("process_max_fds", "gauge", "The limit on open file descriptors (RLIMIT_NOFILE).")
-    f.add(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    out.append(f)
+    out["max_fds"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return out
+
+
+_PROCESS_FAMILIES = (
+    ("cpu_sec", "process_cpu_seconds_total", "counter",
+     "User and system CPU time spent by the nvr process, in seconds."),
+    ("rss_bytes", "process_resident_memory_bytes", "gauge", "Resident set size in bytes."),
+    ("threads", "process_threads", "gauge", "Threads of the process (nvr's own and FFmpeg's)."),
+    ("open_fds", "process_open_fds", "gauge", "Open file descriptors."),
+    ("max_fds", "process_max_fds", "gauge",
+     "The limit on open file descriptors (RLIMIT_NOFILE)."),
+)
+
+
+def process_families() -> list[Family]:
+    """`process_facts` as families; names follow Prometheus' client libraries
+    (process_*)."""
+    facts = process_facts()
+    out = []
+    for key, name, kind, help_ in _PROCESS_FAMILIES:
+        if key in facts:
+            f = Family(name, kind, help_)
+            f.add(facts[key])
+            out.append(f)
     return out
 
 

@@ -11,6 +11,7 @@ Subcommands (one `cmd_x(args) -> int` each, the exit status):
   sql      the sqlite3 shell on the database, holding its lock
   ts       convert between 90 kHz timestamps and readable times
   test-stream  connect to an RTSP URL and report what nvr would record (streamtest.py)
+  protect  add/list/edit/remove protected footage (ranges retention never deletes)
 `nvr.py --version` prints nvr's version (api.VERSION, the API's serverVersion)
 and those of Python, PyAV, FFmpeg, SQLite and argon2-cffi.
 
@@ -33,7 +34,6 @@ import shlex
 import shutil
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import tomllib
@@ -53,6 +53,7 @@ import recording
 import retention
 import signals as signalsmod
 import stream
+import system
 import upgrade
 import web
 
@@ -810,44 +811,18 @@ def warn_about_privacy(db_dir: str) -> None:
 
 def version_text() -> str:
     """`nvr.py --version`: nvr's version (api.VERSION, also the API's serverVersion)
-    and the versions of what it runs on, for bug reports."""
-    import importlib.metadata
-    import av
-    try:
-        argon2_version = importlib.metadata.version("argon2-cffi")
-    except importlib.metadata.PackageNotFoundError:
-        import argon2
-        argon2_version = getattr(argon2, "__version__", "unknown")
-    libs = ", ".join(f"{name} {'.'.join(map(str, v))}"
-                     for name, v in sorted(av.library_versions.items())
-                     if name in ("libavcodec", "libavformat", "libavutil"))
+    and the versions of what it runs on, for bug reports (system.versions, which
+    GET /api/system shows too), with where nvr and Python are installed."""
+    v = system.versions(api.VERSION)
+    libs = ", ".join(f"{name} {lv}" for name, lv in v["ffmpegLibraries"].items())
     return "\n".join([
-        f"nvr {api.VERSION} ({os.path.dirname(os.path.abspath(__file__))})",
-        f"Python {sys.version.split()[0]} ({sys.executable})",
-        f"PyAV {av.__version__}",
-        f"FFmpeg {_ffmpeg_version(av)} ({libs})",
-        f"SQLite {sqlite3.sqlite_version}",
-        f"argon2-cffi {argon2_version}",
+        f"nvr {v['nvr']} ({os.path.dirname(os.path.abspath(__file__))})",
+        f"Python {v['python']} ({sys.executable})",
+        f"PyAV {v['pyav']}",
+        f"FFmpeg {v['ffmpeg']} ({libs})",
+        f"SQLite {v['sqlite']}",
+        f"argon2-cffi {v['argon2Cffi']}",
     ])
-
-
-def _ffmpeg_version(av) -> str:
-    """FFmpeg's own version string ("5.1.6-0+deb12u1"): PyAV 12+ has it as
-    `av.ffmpeg_version_info`; for older PyAV, ask the libavutil it loaded."""
-    v = getattr(av, "ffmpeg_version_info", None)
-    if v:
-        return v
-    try:
-        import ctypes
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "/libavutil" in line}
-        for path in sorted(paths):
-            fn = ctypes.CDLL(path).av_version_info
-            fn.restype = ctypes.c_char_p
-            return fn().decode()
-    except (OSError, AttributeError, UnicodeDecodeError):
-        pass
-    return "unknown"
 
 
 class _VersionAction(argparse.Action):
@@ -859,6 +834,85 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(version_text())
         parser.exit()
+
+
+# `protect`: protected footage (issue #17; db.py's protections, retention.py).
+
+def _protect_open(args) -> db.Database:
+    """Opens the database for `protect`; while `run` holds it, says how to do it there.
+    (The lock is a flock: an nvr that is running refuses a second writer.)"""
+    try:
+        return db.Database.open_dir(args.db_dir, clock.RealClocks(),
+                                    read_only=args.action == "list")
+    except db.DbLocked:
+        raise UsageError(
+            f"the database in {args.db_dir} is in use by a running nvr; protect footage "
+            f"there instead: the web UI's player (\"keep this clip\") or the API "
+            f"(POST/GET/PATCH/DELETE /api/protections, permission protectRecordings; "
+            f"docs/api.md)") from None
+
+
+def _parse_camera_stream(d: db.Database, spec: str) -> tuple[db.Camera, int | None]:
+    """`CAMERA` (every stream of it) or `CAMERA/TYPE` (camera names have no '/')."""
+    name, _, type_ = spec.partition("/")
+    c = d.camera_by_name(name)
+    if not type_:
+        return c, None
+    if type_ not in c.streams:
+        raise UsageError(f"camera {c.short_name} has no {type_!r} stream (it has "
+                         f"{', '.join(sorted(c.streams)) or 'none'})")
+    return c, c.streams[type_]
+
+
+def _parse_protect_time(what: str, s: str | None) -> int | None:
+    if s is None:
+        return None
+    try:
+        return recording.parse_time(s)
+    except ValueError as e:
+        raise UsageError(f"--{what}: {e}") from None
+
+
+def _describe_protection(d: db.Database, p: db.Protection) -> str:
+    c = d.cameras[p.camera_id]
+    where = c.short_name if p.stream_id is None else \
+        f"{c.short_name}/{d.streams[p.stream_id].type}"
+    return (f"{p.id}\t{where}\t{recording.format_time(p.start_time_90k)}\t"
+            f"{recording.format_time(p.end_time_90k)}\t{p.label!r}\tby={p.created_by}"
+            f"\tprotected={format_size(d.protection_bytes(p.id))}")
+
+
+def cmd_protect(args) -> int:
+    """`protect add|list|edit|remove`: protected ranges, offline (`run` not holding the
+    database; it says where to go if it is). Times as `ts` takes them."""
+    d = _protect_open(args)
+    try:
+        if args.action == "add":
+            c, stream_id = _parse_camera_stream(d, args.camera)
+            start = _parse_protect_time("start", args.start)
+            end = _parse_protect_time("end", args.end)
+            id_ = d.add_protection(c.id, stream_id, start, end, args.label, "cli")
+            print(f"added protection {_describe_protection(d, d.get_protection(id_))}")
+        elif args.action == "list":
+            c = d.camera_by_name(args.camera) if args.camera else None
+            for p in d.list_protections(camera_id=c.id if c else None):
+                print(_describe_protection(d, p))
+        elif args.action == "edit":
+            if args.start is None and args.end is None and args.label is None:
+                raise UsageError("nothing to change: give --start, --end and/or --label")
+            p = d.update_protection(args.id, label=args.label,
+                                    start_90k=_parse_protect_time("start", args.start),
+                                    end_90k=_parse_protect_time("end", args.end))
+            print(f"updated protection {_describe_protection(d, p)}")
+        elif args.action == "remove":
+            p = d.get_protection(args.id)
+            d.delete_protection(args.id)
+            print(f"removed protection {p.id} ({p.label!r}); retention may delete what it "
+                  f"kept from the next recording or check on")
+        _finish(d, f"protect {args.action}")
+    finally:
+        d.close()
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -1210,6 +1264,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("id", nargs="?", metavar="ID")
     r.add_argument("--user", metavar="USERNAME", help="revoke all of this user's sessions")
     r.set_defaults(func=cmd_sessions)
+
+    times = ("YYYY-mm-dd[THH:MM[:SS[:FFFFF]]][Z|+-HH:MM] (local zone if none; as `nvr.py "
+             "ts` takes them) or 90 kHz units")
+    p = sub.add_parser("protect", help="protected footage: time ranges retention never deletes",
+                       description="Protects a time range of one stream (CAMERA/TYPE) or of "
+                                   "every stream of a camera (CAMERA): recordings overlapping "
+                                   "it are never deleted by retainBytes, retainDays or the "
+                                   "free-space floor. nvr must not be running (the web UI and "
+                                   "/api/protections do this while it runs).")
+    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    r = psub.add_parser("add", help="protect a range of a camera's footage")
+    _add_db_dir(r)
+    r.add_argument("camera", metavar="CAMERA[/TYPE]",
+                   help="a camera (all its streams) or one stream: driveway/main")
+    r.add_argument("--start", required=True, metavar="TIME", help=f"range start: {times}")
+    r.add_argument("--end", required=True, metavar="TIME", help="range end (exclusive)")
+    r.add_argument("--label", required=True, metavar="TEXT",
+                   help=f"what it is for (up to {db.MAX_PROTECTION_LABEL_CHARS} characters)")
+    r.set_defaults(func=cmd_protect)
+    r = psub.add_parser("list", help="list protections: id, camera[/type], start, end, "
+                                     "label, creator, bytes they keep")
+    _add_db_dir(r)
+    r.add_argument("--camera", metavar="CAMERA", help="only this camera's")
+    r.set_defaults(func=cmd_protect)
+    r = psub.add_parser("edit", help="change a protection's range or label")
+    _add_db_dir(r)
+    r.add_argument("id", type=int, metavar="ID")
+    r.add_argument("--start", metavar="TIME", help=f"new start: {times}")
+    r.add_argument("--end", metavar="TIME", help="new end")
+    r.add_argument("--label", metavar="TEXT", help="new label")
+    r.set_defaults(func=cmd_protect)
+    r = psub.add_parser("remove", help="remove a protection (retention may then delete what "
+                                       "it kept)")
+    _add_db_dir(r)
+    r.add_argument("id", type=int, metavar="ID")
+    r.set_defaults(func=cmd_protect)
     return parser
 
 

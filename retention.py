@@ -17,6 +17,15 @@ Three limits decide it, each deleting oldest first; whichever bites first wins:
   garbage but not yet unlinked, when below the floor, is raised above it by deleting the
   oldest recordings among all the dir's streams, by start time (`plan_floor`).
 
+Protected footage (issue #17; db.py's `protection` rows, schema.sql) is never deleted by
+any of the three: a recording overlapping a protection of its stream, or of its camera
+with no stream named (`Protected.covers`: half-open, start before the protection's end
+and end after its start), is passed over, and the rules take the oldest *unprotected*
+recordings instead, so each takes a prefix of the unprotected rows. The plans count what
+they skipped (`kept_protected`), so that when only protected recordings are left over a
+limit the caller says so (db.py logs it once per episode, logrepeat.py's rules; dir.py's
+floor warning names protected recordings) rather than deleting them.
+
 A stream with a `retainDays` and a `retainBytes` of 0 (or none) has no byte limit.
 Without `retainDays`, a `retainBytes` of 0 deletes every recording, as in Moonfire (which
 is how a stream that no longer records is emptied); `nvr.py config` refuses a recording
@@ -35,6 +44,7 @@ at once: the disk is short of space and can't wait for `flushIfSec`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import math
@@ -86,32 +96,85 @@ def expired(end_90k: int, cutoff_90k: int | None) -> bool:
     return cutoff_90k is not None and end_90k < cutoff_90k
 
 
+# -- protected footage --------------------------------------------------------------
+
+class Protected:
+    """The protected ranges that apply to one stream, merged: `covers(start, end)` says
+    whether a recording [start, end) overlaps any of them (binary search).
+
+    Overlap is half-open: the recording starts before the range's end and ends after
+    its start. A recording of zero duration (a run's only frame) counts as one 90 kHz
+    tick, so one at a range's start is protected and one at its end is not. With that,
+    merging ranges that overlap or touch changes no answer."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()):
+        merged: list[list[int]] = []
+        for start, end in sorted(ranges):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self.ranges = [(a, b) for a, b in merged]
+        self._starts = [a for a, _ in self.ranges]
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def covers(self, start_90k: int, end_90k: int) -> bool:
+        end_90k = max(end_90k, start_90k + 1)
+        # The last range starting before the recording's end is the one to check: the
+        # ranges are sorted and apart, so if an earlier one reached past the recording's
+        # start, this one (starting after that) would overlap it as well.
+        i = bisect.bisect_left(self._starts, end_90k) - 1
+        return i >= 0 and self.ranges[i][1] > start_90k
+
+    def covers_row(self, row) -> bool:
+        return bool(self.ranges) and self.covers(row.start_time_90k, row.end_time_90k)
+
+
+NOTHING_PROTECTED = Protected()
+
+
 class Plan(list):
     """What one retention pass of a stream queues: the rows, oldest first (a list, as
-    `Database.delete_oldest_recordings` has always returned), and how many of them
-    each limit asked for (a row both limits want counts for bytes)."""
+    `Database.delete_oldest_recordings` has always returned), how many of them
+    each limit asked for (a row both limits want counts for bytes), and what it kept
+    because it is protected: `kept_protected` rows of `kept_protected_bytes` (whole
+    blocks) that a limit would have taken, and `short_bytes`, what the byte limit is
+    still over when every unprotected row is taken (0: it is met)."""
 
     def __init__(self, rows=()):
         super().__init__(rows)
         self.by_bytes = 0
         self.by_age = 0
+        self.kept_protected = 0
+        self.kept_protected_bytes = 0
+        self.short_bytes = 0
 
 
-def plan_stream(rows: Iterable, *, over_bytes: int, cutoff_90k: int | None) -> Plan:
+def plan_stream(rows: Iterable, *, over_bytes: int, cutoff_90k: int | None,
+                protected: Protected = NOTHING_PROTECTED) -> Plan:
     """`rows`: the stream's committed recordings not yet queued, oldest (by id) first,
-    each with `sample_file_bytes` and `end_time_90k` (db.ListRow). Takes the longest
-    prefix in which each row is needed to bring usage down by `over_bytes` (when > 0)
-    or is past the age limit."""
+    each with `sample_file_bytes`, `start_time_90k` and `end_time_90k` (db.ListRow).
+    Takes the longest prefix of the unprotected rows in which each row is needed to
+    bring usage down by `over_bytes` (when > 0) or is past the age limit; protected
+    rows are passed over (and counted) wherever they are."""
     plan = Plan()
     for row in rows:
+        wanted = over_bytes > 0 or expired(row.end_time_90k, cutoff_90k)
+        if not wanted:
+            break
+        if protected.covers_row(row):
+            plan.kept_protected += 1
+            plan.kept_protected_bytes += round_up(row.sample_file_bytes)
+            continue
         if over_bytes > 0:
             plan.by_bytes += 1
             over_bytes -= round_up(row.sample_file_bytes)
-        elif expired(row.end_time_90k, cutoff_90k):
-            plan.by_age += 1
         else:
-            break
+            plan.by_age += 1
         plan.append(row)
+    plan.short_bytes = max(0, over_bytes)
     return plan
 
 
@@ -140,18 +203,37 @@ def describe_floor(dir_config: dict) -> str:
     return "default"
 
 
-def plan_floor(streams: dict[int, Iterable], need_bytes: int) -> list[tuple[int, object]]:
-    """`streams`: stream id -> its rows not yet queued, oldest (by id) first. Returns
+class FloorPlan(list):
+    """(stream id, row) pairs the floor queues, oldest first, and the protected rows
+    it passed over on the way (`kept_protected`, `kept_protected_bytes`)."""
+
+    def __init__(self, rows=()):
+        super().__init__(rows)
+        self.kept_protected = 0
+        self.kept_protected_bytes = 0
+
+
+def plan_floor(streams: dict[int, Iterable], need_bytes: int,
+               protected: dict[int, Protected] | None = None) -> FloorPlan:
+    """`streams`: stream id -> its rows not yet queued, oldest (by id) first;
+    `protected`: stream id -> its Protected (none: nothing protected). Returns
     (stream id, row) oldest first by start time across the streams (each stream's
-    own order kept, so each takes a prefix) until `need_bytes` are freed, or all."""
+    own order kept, so each takes a prefix of its unprotected rows) until
+    `need_bytes` are freed, or all the unprotected ones."""
+    protected = protected or {}
+
     def keyed(sid, rows):  # a function, so each generator keeps its own sid
         return ((r.start_time_90k, sid, r.composite_id, r) for r in rows)
     merged = heapq.merge(*(keyed(sid, rows) for sid, rows in streams.items()),
                          key=lambda t: t[:3])
-    out = []
+    out = FloorPlan()
     for _, sid, _, row in merged:
         if need_bytes <= 0:
             break
+        if protected.get(sid, NOTHING_PROTECTED).covers_row(row):
+            out.kept_protected += 1
+            out.kept_protected_bytes += round_up(row.sample_file_bytes)
+            continue
         out.append((sid, row))
         need_bytes -= round_up(row.sample_file_bytes)
     return out

@@ -1,10 +1,11 @@
--- schema.sql: the SQLite schema of nvr, version 8.
+-- schema.sql: the SQLite schema of nvr, version 9.
 --
 -- This is the reference for the data model. Version 8 is Moonfire NVR's schema
 -- version 7 plus one column (recording_integrity.sample_file_blake2b_32) and new
 -- meanings for two hashed columns (user.password_hash holds argon2id,
 -- user_session.session_id_hash holds blake2b); see docs/format.md and
--- upgrade/v7_to_v8.py. The upgrade test compares this file's tables, columns and
+-- upgrade/v7_to_v8.py. Version 9 adds the `protection` table (footage retention
+-- never deletes; upgrade/v8_to_v9.py). The upgrade test compares this file's tables, columns and
 -- indexes with a Moonfire database upgraded step by step, so a change here needs
 -- a new version and an upgrade step.
 --
@@ -243,6 +244,44 @@ create table garbage (
   primary key (sample_file_dir_id, composite_id)
 ) without rowid;
 
+-- Version 9: a protected time range ("keep this"). A committed recording that
+-- overlaps a protection of its stream, or of its camera with stream_id null, is
+-- never deleted by retention (retainBytes, retainDays, the free-space floor;
+-- retention.py). Overlap is half-open: start_time_90k < protection end and
+-- start + wall_duration_90k > protection start. Deleting a stream or camera on
+-- purpose (`nvr.py config`, the configuration API) deletes its protections too.
+create table protection (
+  id integer primary key,
+
+  -- The camera whose footage is kept.
+  camera_id integer not null references camera (id),
+
+  -- One stream of that camera (the code checks it is the camera's), or null:
+  -- every stream of the camera, including ones added later.
+  stream_id integer references stream (id),
+
+  -- The protected range, [start, end) on the wall clock.
+  start_time_90k integer not null check (start_time_90k > 0),
+  end_time_90k integer not null,
+
+  -- What it is for ("break-in 12 May"); may be empty. At most 256 characters,
+  -- none of them control characters (the code checks that: labels go into logs).
+  label text not null check (length(label) <= 256),
+
+  -- Who made it: a username, or "cli" for `nvr.py protect add`. Kept when the
+  -- user is later renamed or deleted.
+  created_by text not null check (length(created_by) between 1 and 256),
+
+  -- When it was made and last edited (wall clock).
+  created_time_90k integer not null,
+  updated_time_90k integer not null,
+
+  check (end_time_90k > start_time_90k)
+);
+
+-- Retention looks protections up by camera; listing by camera and time.
+create index protection_camera on protection (camera_id, start_time_90k);
+
 -- An ISO/IEC 14496-12 section 8.5.2 VisualSampleEntry: codec, size, parameters.
 create table video_sample_entry (
   id integer primary key,
@@ -370,4 +409,4 @@ create table signal_change (
 );
 
 insert into version (id, unix_time,                           notes)
-             values (8,  cast(strftime('%s', 'now') as int), 'db creation');
+             values (9,  cast(strftime('%s', 'now') as int), 'db creation');

@@ -106,7 +106,9 @@ def site(tmp_path_factory):
     srv = web.Server(t.db, nvr.Config("unused", None, binds), signals=sigs)
     srv.start()
     cam = t.db.cameras[t.camera_id]
-    yield Site(t, clocks, srv, sock_path, str(uuid.UUID(bytes=cam.uuid)), ids, sigs)
+    s = Site(t, clocks, srv, sock_path, str(uuid.UUID(bytes=cam.uuid)), ids, sigs)
+    s.protection_id = t.db.add_protection(t.camera_id, None, 1, 2, "api test", "cli")
+    yield s
     srv.stop()
     t.db.close()
     recording.set_server_zone(None)
@@ -154,6 +156,7 @@ def _matrix(site):
         ("GET", "/api/init/1.mp4.txt", None, video),
         ("GET", "/api/signals", None, video),
         ("GET", "/api/metrics", None, video),
+        ("GET", "/api/system", None, video),
         ("POST", "/api/signals", {}, admin),
         ("GET", "/api/users/", None, admin),
         ("POST", "/api/users/", {}, admin),
@@ -178,6 +181,11 @@ def _matrix(site):
         ("PATCH", "/api/config/dirs/1", {}, admin),
         ("DELETE", "/api/config/dirs/1", {}, admin),
         ("POST", "/api/config/test-stream", {}, admin),
+        # Protections: listing is viewVideo; changes need protectRecordings (admin's).
+        ("GET", "/api/protections", None, video),
+        ("POST", "/api/protections", {}, admin),
+        ("PATCH", "/api/protections/1", {}, admin),
+        ("DELETE", "/api/protections/1", {}, admin),
     ]
     # HEAD wherever GET is allowed.
     rows += [("HEAD", p, b, e) for m, p, b, e in rows if m == "GET" and "live" not in p]
@@ -259,7 +267,12 @@ def test_csrf_missing_or_wrong_is_400_on_every_mutation(site, cookies):
                  ("POST", "/api/users/", {"user": {"username": "x"}}),
                  ("PATCH", f"/api/users/{vid}", {"update": {"preferences": {}}}),
                  ("DELETE", f"/api/users/{vid}", {}),
-                 ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {})]
+                 ("POST", f"/api/users/{vid}/sessions/{'0' * 16}/revoke", {}),
+                 ("POST", "/api/protections", {"cameraUuid": site.camera_uuid,
+                                               "startTime90k": 1, "endTime90k": 2,
+                                               "label": ""}),
+                 ("PATCH", f"/api/protections/{site.protection_id}", {"label": "x"}),
+                 ("DELETE", f"/api/protections/{site.protection_id}", {})]
     for method, path, body in mutations:
         status, _, text = site.req(path, method=method, body=body, cookie=cookies["admin"])
         assert (status, text.split(b":")[0]) == (400, b"missing csrf"), (method, path, text)
@@ -792,9 +805,17 @@ def test_top_level(site, cookies):
     assert j["signals"][0]["shortName"] == "motion"
     assert j["signals"][0]["cameras"] == {site.camera_uuid: "direct"}
     assert {s["value"] for s in j["signalTypes"][0]["states"]} == {1, 2}
-    # cameraConfigs (readCameraConfigs) adds configs, with the camera password.
-    j = json.loads(site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2])
-    assert "password" in j["cameras"][0]["config"]
+    # cameraConfigs (readCameraConfigs) adds configs; the camera password stays write-only.
+    cam = site.db.cameras[j["cameras"][0]["id"]]
+    assert cam.config["password"] == ""  # none stored: "" as stored
+    assert json.loads(site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2])[
+        "cameras"][0]["config"]["password"] == ""
+    site.db.update_camera(cam.id, config={**cam.config, "password": "s3cret-camera-pw"})
+    raw = site.req("/api/?cameraConfigs=true", cookie=cookies["admin"])[2]
+    j = json.loads(raw)
+    assert j["cameras"][0]["config"]["password"] == "(censored)"
+    assert b"s3cret-camera-pw" not in raw
+    site.db.update_camera(cam.id, config={**cam.config, "password": ""})
     assert j["cameras"][0]["streams"]["main"]["config"]["url"] == "rtsp://127.0.0.1:8554/test"
     assert "days" not in j["cameras"][0]["streams"]["main"]
     # One camera.

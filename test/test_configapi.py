@@ -217,7 +217,10 @@ def test_refused_changes_change_nothing(site, tmp_path):
         ("PATCH", f"/api/config/cameras/{cid}/streams/main", {"retainDays": -1}, 400,
          "retainDays must be from 0 (no age limit)"),
         ("PATCH", f"/api/config/cameras/{cid}/streams/main", {"retainBytes": "1G"}, 400,
-         "retainBytes must be a whole number from 0 up"),
+         "retainBytes must be a whole number from 0 to 9223372036854775807, not '1G'"),
+        ("PATCH", f"/api/config/cameras/{cid}/streams/main", {"retainBytes": 2 ** 63}, 400,
+         "retainBytes must be a whole number from 0 to 9223372036854775807, not "
+         "9223372036854775808"),
         ("PATCH", f"/api/config/cameras/{cid}/streams/main", {"rtspTransport": "http"},
          400, "rtspTransport must be tcp, udp or default"),
         ("PATCH", f"/api/config/cameras/{cid}/streams/main", {"sampleFileDirId": 42}, 400,

@@ -21,12 +21,12 @@ def t90k(s: str) -> int:
     return recording.parse_time(s)
 
 
-def test_init_creates_schema_8_in_wal_with_16k_pages(tmp_path, clocks):
+def test_init_creates_schema_9_in_wal_with_16k_pages(tmp_path, clocks):
     d = str(tmp_path / "db")
     assert db.init(d, clocks) is True
     assert db.init(d, clocks) is False
     conn = sqlite3.connect(os.path.join(d, "db"))
-    assert conn.execute("select max(id) from version").fetchone()[0] == 8
+    assert conn.execute("select max(id) from version").fetchone()[0] == 9
     assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     assert conn.execute("pragma page_size").fetchone()[0] == 16384
     (uuid,) = conn.execute("select uuid from meta").fetchone()
@@ -59,8 +59,8 @@ def test_read_only_opens_share_and_insert_no_open_row(tmp_path, clocks):
 
 
 @pytest.mark.parametrize("version,message", [
-    (7, "schema version 7 is too old (expected 8); back it up and run `nvr.py upgrade`"),
-    (9, "schema version 9 is too new (expected 8); use a newer nvr"),
+    (8, "schema version 8 is too old (expected 9); back it up and run `nvr.py upgrade`"),
+    (10, "schema version 10 is too new (expected 9); use a newer nvr"),
 ])
 def test_wrong_schema_version_is_refused(tmp_path, clocks, version, message):
     d = str(tmp_path / "db")

@@ -202,13 +202,13 @@ def test_sql_holds_the_lock_and_runs_queries(tmp_path):
     cwd = str(tmp_path)
     nvr("init", cwd=cwd)
     r = nvr("sql", "--read-only", "--", "select max(id) from version;", cwd=cwd)
-    assert r.stdout.strip() == "8"
+    assert r.stdout.strip() == "9"
     r = nvr("sql", "--", "pragma foreign_keys;", cwd=cwd)
     assert r.stdout.strip() == "1"
 
 
 SUBCOMMANDS = ["run", "init", "config", "check", "upgrade", "sql", "ts", "login", "sessions",
-               "test-stream"]
+               "test-stream", "protect"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)

@@ -347,6 +347,27 @@ def test_a_stream_reconcile_cant_start_is_failing_saying_why(testdb):
         rec.stop()
 
 
+def test_a_changed_dir_restarts_the_stream_with_a_syncer_for_the_new_dir(testdb, tmp_path):
+    """(Not started: the streamers are made but never run.) The new dir gets its syncer;
+    the old dir keeps its own (its recordings still age out)."""
+    d = testdb.db
+    rec = recorder.Recorder(d, lambda s: stream.Opener(), shutdown=threading.Event())
+    try:
+        assert list(rec.syncers) == [testdb.dir_id]
+        dir2 = d.add_sample_file_dir(str(tmp_path / "sample2"))
+        d.update_stream(testdb.stream_id, sample_file_dir_id=dir2)
+        assert rec.reconcile() == {
+            testdb.stream_id: "restarted: configuration changed: sampleFileDirId"}
+        assert sorted(rec.syncers) == [testdb.dir_id, dir2]
+        st = rec.streamers[testdb.stream_id]
+        assert st.sample_file_dir_id == dir2 and st.syncer is rec.syncers[dir2]
+        assert rec.stop_dir(dir2, "moving it") == [testdb.stream_id]
+        assert sorted(rec.syncers) == [testdb.dir_id]
+        assert rec.status()[testdb.stream_id]["lastError"] == "moving it"
+    finally:
+        rec.stop()
+
+
 def test_scrub():
     assert stream.scrub("open rtsp://a:b@1.2.3.4:554/x failed") == "open rtsp://1.2.3.4:554/x failed"
     assert stream.scrub("x rtsp://admin@h/ y") == "x rtsp://h/ y"

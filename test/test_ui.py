@@ -17,6 +17,8 @@ What is checked, each in the browser the way a person would use it:
 - the timeline shows the gap with the end reason of the run before it, and a click
   plays from the clicked instant;
 - the storage page's figures are those of the `/api/` answer it got;
+- the System page shows the main stream recording, failing with its last error while the
+  camera's main stream is gone, and recording again when it is back;
 - an admin adds a user who then logs in; a non-admin sees no Users page and gets 403;
 - live view plays, and reconnects by itself after the server restarts (last: it
   restarts the module's server);
@@ -768,6 +770,130 @@ def test_stills_in_list_timeline_player_and_live(tab, server, tmp_path):
         """(old) => { const v = document.querySelector('.cell video');
                       return v.poster && v.poster !== old; }""", arg=poster, timeout=30_000)
     tab.screenshot("live-paused-poster")
+
+
+def test_system_page_follows_a_stream_failing_and_recovering(tab, server):
+    """The System page (#/system) shows the main stream recording; when the camera's main
+    stream goes away it shows it failing with the recorder's last error (the sub stream
+    still recording); when it is back, recording again, in a new run. Waits on the page's
+    text as it refreshes itself (every 3 s), never on a sleep."""
+    tab.goto("#/system")
+    tab.login("viewer")   # viewVideo is enough
+    pg = tab.page
+    main_row = pg.locator(f'table.system-streams tr[data-stream-id="{server.main_id}"]')
+    sub_row = pg.locator(f'table.system-streams tr[data-stream-id="{server.sub_id}"]')
+    pg.locator(f'table.system-streams tr[data-stream-id="{server.main_id}"]'
+               '[data-state="recording"]').wait_for(timeout=30_000)
+    assert pg.get_by_role("link", name="System").get_attribute("aria-current") == "page"
+    doc = tab.api("/api/system")
+    st = {s["id"]: s for s in doc["streams"]}
+    assert st[server.main_id]["status"]["state"] == "recording"
+    assert main_row.locator(".state-text").inner_text().startswith("Recording since ")
+    runs_before = st[server.main_id]["status"]["runs"]
+    assert runs_before >= 2   # the module's gap made a second run
+    # The measured rate, and what the recordings of the last day lead to expect.
+    fps_cell = main_row.locator('td[data-field="fps"]')
+    assert re.fullmatch(r"\d+(\.\d)? fps", fps_cell.inner_text().splitlines()[0])
+    m = re.search(r"expected (\d+(\.\d)?) \(last day\)", fps_cell.inner_text())
+    assert m and float(m[1]) == pytest.approx(MAIN.fps, rel=0.01), fps_cell.inner_text()
+    # The disk, the last flush, uptime and versions, as the API says them.
+    d = doc["dirs"][0]
+    dir_row = pg.locator(f'table.system-dirs tr[data-dir-id="{d["id"]}"]')
+    assert dir_row.locator('td[data-field="freeSpaceFloorBytes"]').get_attribute(
+        "data-value") == str(d["freeSpaceFloorBytes"])
+    assert dir_row.locator("th").inner_text() == d["path"]
+    v = doc["versions"]
+    assert pg.locator('dd[data-field="versions"]').inner_text().startswith(
+        f"nvr {v['nvr']} · Python {v['python']} · PyAV {v['pyav']} · FFmpeg {v['ffmpeg']}")
+    assert re.search(r"ago \(.*\), took \d+ ms: ",
+                     pg.locator('dd[data-field="lastFlush"]').inner_text())
+    assert pg.locator('dd[data-field="uptime"]').inner_text().endswith(
+        f"(since {zoned(round(doc['startSec'] * TICKS)):%Y-%m-%d %H:%M:%S})")
+    tab.screenshot("system")
+
+    # The camera's main stream goes away: failing, with the error that ends each try.
+    server.camera.stop_stream("main")
+    try:
+        pg.locator(f'table.system-streams tr[data-stream-id="{server.main_id}"]'
+                   '[data-state="failing"]').wait_for(timeout=60_000)
+        shown = main_row.locator(".state-error").inner_text()
+        assert main_row.locator(".state-text").inner_text().startswith("Failing since ")
+        api_error = tab.api("/api/system")["streams"]
+        api_error = next(s for s in api_error if s["id"] == server.main_id)["status"]["lastError"]
+        assert shown and shown == main_row.locator('td[data-field="lastError"]').get_attribute(
+            "data-value")
+        assert main_row.locator('td[data-field="lastError"]').inner_text().startswith("at ")
+        # The same error the API gives (the retries' errors are alike).
+        assert shown == api_error, (shown, api_error)
+        assert sub_row.get_attribute("data-state") == "recording"
+        tab.screenshot("system-failing")
+    finally:
+        server.camera.start_stream("main")
+    # Back: recording again, in a new run.
+    pg.locator(f'table.system-streams tr[data-stream-id="{server.main_id}"]'
+               '[data-state="recording"]').wait_for(timeout=60_000)
+    runs = int(main_row.locator('td[data-field="runs"]').get_attribute("data-value"))
+    assert runs > runs_before
+    assert main_row.locator(".state-error").count() == 0
+
+
+def test_system_page_says_each_state_and_flags_rates_off_the_expected(tab, server):
+    """The System page's wording for every state and its flags, from a crafted answer of
+    the real server's (the recorder's states are the real test's above): a first attempt
+    is "Connecting", one after a run "Reconnecting" with the last error; a frame rate more
+    than 25 % off the expected one and a bitrate over twice it are flagged; a dir below
+    its floor says so; a failed flush is shown with its error."""
+    tab.goto("#/system")
+    tab.login("viewer")
+    pg = tab.page
+    pg.locator("table.system-streams tr[data-state]").first.wait_for(timeout=30_000)
+    doc = tab.api("/api/system")
+    main, sub = ({**s} for s in doc["streams"][:2])
+    now = doc["nowSec"]
+    status = dict(doc["streams"][0]["status"])
+    main["status"] = {**status, "state": "recording", "fps": 10.0,
+                      "bitrateBps": 9 * main["expected"]["bitrateBps"]}
+    main["expected"] = {**main["expected"], "fps": 30.0, "fpsFrom": "sps"}
+    sub["status"] = {**status, "state": "connecting", "sinceSec": now - 5, "runs": 3,
+                     "lastError": "rtsp://cam/sub: can't open: Connection refused",
+                     "lastErrorSec": now - 5}
+    first = {**sub, "id": 99, "cameraShortName": "zz-new", "status": {
+        **status, "state": "connecting", "runs": 0, "lastError": None, "lastErrorSec": None}}
+    off = {**sub, "id": 98, "cameraShortName": "zz-off", "record": False,
+           "status": {**status, "state": "off", "sinceSec": None, "runs": 0,
+                      "lastError": None, "lastErrorSec": None}}
+    d = {**doc["dirs"][0], "freeBytes": 1, "freeSpaceFloorBytes": 2}
+    crafted = {**doc, "streams": [main, sub, first, off], "dirs": [d],
+               "lastFlushError": {"timeSec": now - 2, "reason": "retention",
+                                  "durationSec": 0.003, "error": "disk I/O error"},
+               "flushErrors": 1}
+    pg.route("**/api/system", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(crafted)))
+    pg.get_by_role("button", name="Refresh").click()
+    row = lambda i: pg.locator(f'table.system-streams tr[data-stream-id="{i}"]')  # noqa: E731
+    row(99).wait_for()
+    assert row(99).locator(".state-text").inner_text().startswith("Connecting")
+    assert row(99).locator(".state-error").count() == 0
+    assert row(server.sub_id).locator(".state-text").inner_text().startswith("Reconnecting since ")
+    assert row(server.sub_id).locator(".state-error").inner_text() == \
+        "Last error: rtsp://cam/sub: can't open: Connection refused"
+    assert row(98).locator(".state-text").inner_text() == "Off (not recorded)"
+    fps = row(server.main_id).locator('td[data-field="fps"]')
+    assert "off" in fps.get_attribute("class").split()
+    assert fps.get_attribute("title") == \
+        "measured 10 fps is more than 25 % off the expected 30 (SPS)"
+    bps = row(server.main_id).locator('td[data-field="bitrateBps"]')
+    assert "off" in bps.get_attribute("class").split()
+    assert "under half or over twice" in bps.get_attribute("title")
+    assert pg.locator("table.system-dirs .bar.full").count() == 1
+    assert "below the floor" in pg.locator("table.system-dirs").inner_text()
+    assert pg.locator('dd[data-field="lastFlushError"]').inner_text().endswith(
+        "retention: disk I/O error · 1 since start")
+    tab.screenshot("system-crafted")
+    # The real answer again.
+    pg.unroute("**/api/system")
+    pg.get_by_role("button", name="Refresh").click()
+    row(99).wait_for(state="detached")
 
 
 def test_live_view_plays_and_reconnects_after_a_restart(tab, server):

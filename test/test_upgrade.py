@@ -1,4 +1,4 @@
-"""Tests of `nvr.py upgrade` (upgrade/): Moonfire schema 0 through 7 to ours (8).
+"""Tests of `nvr.py upgrade` (upgrade/): Moonfire schema 0 through 7 to ours (8, then 9).
 
 The main test seeds a version 0 database (made from the frozen upgrade/v0.sql)
 with awkward rows: several cameras (one with a sub stream, one with an empty
@@ -326,7 +326,7 @@ def test_sps_aspect_ratios():
 
 
 def test_frozen_schemas_are_complete_and_versioned():
-    assert upgrade.TARGET_VERSION == 8 == len(upgrade.STEPS)
+    assert upgrade.TARGET_VERSION == 9 == len(upgrade.STEPS)
     for v in upgrade.FROZEN_VERSIONS + (upgrade.TARGET_VERSION,):
         with open(upgrade.frozen_schema_path(v)) as f:
             assert version(compare.fresh(f.read())) == v
@@ -498,6 +498,22 @@ def test_upgrade_step_by_step_and_compare(tmp_path):
     assert conn.execute("pragma foreign_key_check").fetchall() == []
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
 
+    # 8 -> 9: an empty protection table, its checks in force; nothing else changes.
+    others = "\n".join(conn.iterdump())
+    assert upgrade.run_step(conn, args, 8) == []
+    assert version(conn) == 9
+    assert_schema(conn, 9)
+    assert "\n".join(line for line in conn.iterdump() if "protection" not in line
+                     and not line.startswith('INSERT INTO "version"')) == "\n".join(
+        line for line in others.splitlines() if not line.startswith('INSERT INTO "version"'))
+    row = "insert into protection values (null, 1, ?, 100, ?, 'x', 'cli', 1, 1)"
+    conn.execute(row, (1, 200))
+    conn.execute(row, (None, 101))  # every stream of camera 1
+    for stream_id, end in [(1, 100), (1, 99), (99, 200)]:  # empty, backwards, no such stream
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(row, (stream_id, end))
+    assert conn.execute("select count(*) from protection").fetchone()[0] == 2
+
 
 def test_corrupt_video_index_is_not_a_trailing_zero(tmp_path, caplog):
     s = seed_v0(tmp_path)
@@ -517,16 +533,16 @@ def test_full_run_backs_up_vacuums_and_ends_in_wal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "safe to interrupt" in err and "Done" in err
     conn = open_db(s)
-    assert [r[0] for r in conn.execute("select id from version order by id")] == list(range(9))
+    assert [r[0] for r in conn.execute("select id from version order by id")] == list(range(10))
     assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     assert conn.execute("pragma page_size").fetchone()[0] == 16384
-    assert_schema(conn, 8)
+    assert_schema(conn, 9)
     backup = sqlite3.connect(os.path.join(s.db_dir, "db.pre-upgrade-v0"))
     assert version(backup) == 0
     assert backup.execute("select count(*) from recording").fetchone()[0] == len(s.files)
     # Rerunning at the current version changes nothing and succeeds.
     assert upgrade.run(step_args(s)) == 0
-    assert [r[0] for r in conn.execute("select id from version order by id")] == list(range(9))
+    assert [r[0] for r in conn.execute("select id from version order by id")] == list(range(10))
 
 
 def test_dry_run_reports_and_changes_nothing(tmp_path, capsys):
@@ -534,7 +550,7 @@ def test_dry_run_reports_and_changes_nothing(tmp_path, capsys):
     before = snapshot(s)
     assert upgrade.run(step_args(s, dry_run=True)) == 0
     out = capsys.readouterr().out
-    for v in range(8):
+    for v in range(9):
         assert f"Step {v} -> {v + 1}:" in out
     assert "creates table recording_playback" in out
     assert f"would rename {len(s.files)} files" in out
@@ -749,8 +765,8 @@ def test_moonfire_v7_recording_with_unknown_open_id_stops_7_to_8(tmp_path):
 def test_refuses_newer_and_unversioned_databases(tmp_path):
     for name, sql, pattern in [
             ("newer", "create table version (id integer primary key, unix_time, notes); "
-                      "insert into version values (9, 0, 'future');",
-             r"schema version 9 is newer than this nvr supports \(8\); use a newer nvr"),
+                      "insert into version values (10, 0, 'future');",
+             r"schema version 10 is newer than this nvr supports \(9\); use a newer nvr"),
             ("unversioned", "create table camera (id integer primary key);",
              r"no version table.*docs/upgrade.md")]:
         db_dir = tmp_path / name
@@ -842,8 +858,8 @@ def test_killed_during_renames_then_rerun_completes(tmp_path):
     p = run_child(s, None)
     assert p.returncode == 0, p.stderr
     conn = open_db(s)
-    assert version(conn) == 8
-    assert_schema(conn, 8)
+    assert version(conn) == 9
+    assert_schema(conn, 9)
     assert sorted(os.listdir(s.sample_dir)) == sorted(
         ["meta"] + [composite_name(c) for c in s.files])
     for cid, (_, content) in s.files.items():
@@ -866,7 +882,7 @@ def test_killed_at_crash_point_then_rerun_completes(tmp_path, point, version_aft
     p = run_child(s, None)
     assert p.returncode == 0, p.stderr
     conn = open_db(s)
-    assert version(conn) == 8
+    assert version(conn) == 9
     meta, raw = read_meta(s)
     assert len(raw) == 512 and dirmeta.check_consistent(db_meta_v7(conn), meta) is None
 
@@ -884,7 +900,7 @@ def db_meta_v7(conn) -> dirmeta.DirMeta:
 
 @pytest.fixture
 def upgraded(tmp_path) -> Seeded:
-    """A seeded Moonfire version 0 database and dir, upgraded to version 8."""
+    """A seeded Moonfire version 0 database and dir, upgraded to version 9."""
     s = seed_v0(tmp_path)
     conn = open_db(s)
     upgrade.run_steps(conn, step_args(s), quiet=True)
@@ -1165,8 +1181,8 @@ def corrupt(path: str) -> None:
     ("corrupt", r"error: the database .*/db is damaged \(SQLite.*\); restore it from a "
                 r"backup, or try `sqlite3 .*/db \.recover`\. Nothing was changed"),
     ("negative", r"error: database schema version -1 is not one Moonfire or nvr ever wrote "
-                 r"\(they are 0 to 8\); is this the right database\? Nothing was changed"),
-    ("newer", r"error: database schema version 9 is newer than this nvr supports \(8\); use "
+                 r"\(they are 0 to 9\); is this the right database\? Nothing was changed"),
+    ("newer", r"error: database schema version 10 is newer than this nvr supports \(9\); use "
               r"a newer nvr\. Nothing was changed"),
 ])
 def test_unusable_database_is_a_one_line_error(tmp_path, capsys, case, expected):
@@ -1179,7 +1195,7 @@ def test_unusable_database_is_a_one_line_error(tmp_path, capsys, case, expected)
         corrupt(path)
     else:
         conn = sqlite3.connect(path)
-        conn.execute("insert into version values (?, 0, 'odd')", (-1 if case == "negative" else 9,))
+        conn.execute("insert into version values (?, 0, 'odd')", (-1 if case == "negative" else 10,))
         if case == "negative":
             conn.execute("delete from version where id >= 0")
         conn.commit()
@@ -1314,7 +1330,7 @@ def test_every_rename_is_fsynced_before_the_commit(tmp_path, monkeypatch):
     assert sorted(r[1] for r in renames if r != meta and r[0].startswith(sample)) == \
         sorted(os.path.join(sample, composite_name(c)) for c in s.files)
     assert ("unlink", os.path.join(sample, s.garbage_file)) in trace
-    assert sum(e[0] == "commit" for e in trace) == 8  # one per step
+    assert sum(e[0] == "commit" for e in trace) == 9  # one per step
     assert durability_problems(trace, existing) == []
 
 
@@ -1400,8 +1416,8 @@ def test_injected_eio_mid_upgrade_is_one_line_naming_the_version(
     monkeypatch.undo()
     assert upgrade.run(step_args(s, no_vacuum=True)) == 0
     conn = open_db(s)
-    assert version(conn) == 8
-    assert_schema(conn, 8)
+    assert version(conn) == 9
+    assert_schema(conn, 9)
     assert sorted(os.listdir(s.sample_dir)) == sorted(
         ["meta"] + [composite_name(c) for c in s.files])
 

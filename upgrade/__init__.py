@@ -1,5 +1,5 @@
 """`nvr.py upgrade`: brings a Moonfire NVR database (schema 0-7) or an older
-nvr database to the current schema (8), in place, one version at a time.
+nvr database to the current schema (9), in place, one version at a time.
 
 Files: `<db dir>/db` (the SQLite database, locked through the directory as
 every nvr command does), `<db dir>/db.pre-upgrade-v<N>` (the backup made
@@ -11,8 +11,8 @@ changes and why, a one-line `TITLE`, and `run(conn, args)`, which may return
 notes for the user ("3 sessions revoked"). Steps use raw SQL and frozen
 helpers in this package only, never today's `db.py`/`dir.py`, whose idea of
 the schema moves on. `vN.sql` are frozen snapshots of the schemas the test
-compares upgraded databases with (0, 1, 3, 5, 6, 7; 2 and 4 are
-transitional; 8 is `schema.sql`). A schema change of ours is a new version:
+compares upgraded databases with (0, 1, 3, 5, 6, 7, 8; 2 and 4 are
+transitional; 9 is `schema.sql`). A schema change of ours is a new version:
 a new step, the previous `schema.sql` frozen as `vN.sql`, a longer STEPS.
 
 The procedure (`run`):
@@ -76,17 +76,18 @@ import time
 import urllib.parse
 
 from upgrade import (compare, fsops, v0_to_v1, v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5,
-                     v5_to_v6, v6_to_v7, v7_to_v8)
+                     v5_to_v6, v6_to_v7, v7_to_v8, v8_to_v9)
 from upgrade.common import UpgradeError, crash_point, no_crash_points
 
 __all__ = ["UpgradeError", "add_arguments", "run", "run_steps", "STEPS", "TARGET_VERSION"]
 
 # STEPS[n] upgrades version n to n + 1.
-STEPS = (v0_to_v1, v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5, v5_to_v6, v6_to_v7, v7_to_v8)
+STEPS = (v0_to_v1, v1_to_v2, v2_to_v3, v3_to_v4, v4_to_v5, v5_to_v6, v6_to_v7, v7_to_v8,
+         v8_to_v9)
 TARGET_VERSION = len(STEPS)
 
 # Versions whose schema is frozen in vN.sql and compared by the test.
-FROZEN_VERSIONS = (0, 1, 3, 5, 6, 7)
+FROZEN_VERSIONS = (0, 1, 3, 5, 6, 7, 8)
 
 PAGE_SIZE = 16384
 UPGRADE_NOTES = "upgraded by nvr upgrade"

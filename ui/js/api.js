@@ -4,11 +4,12 @@
 // ApiError's message together with the method, path and status.
 
 export class ApiError extends Error {
-  constructor(status, message, retryAfter) {
+  constructor(status, message, retryAfter, reason) {
     super(message);
     this.name = 'ApiError';
     this.status = status;          // 0: the server couldn't be reached
     this.retryAfter = retryAfter;  // seconds, from a 429's Retry-After
+    this.reason = reason;          // the server's one-line text/plain body, if any
   }
 }
 
@@ -49,7 +50,7 @@ export async function request(method, url, body, {signal, login = true} = {}) {
     const retry = resp.headers.get('Retry-After');
     throw new ApiError(resp.status,
       `${method} ${url}: ${resp.status} ${resp.statusText || statusText(resp.status)}` +
-      (text ? `: ${text}` : ''), retry ? Number(retry) : undefined);
+      (text ? `: ${text}` : ''), retry ? Number(retry) : undefined, text || undefined);
   }
   if (resp.status === 204) return null;
   const ct = resp.headers.get('Content-Type') || '';

@@ -6,7 +6,9 @@
 //   #/live      live.js      live view grid
 //   #/timeline  timeline.js  lanes of recorded spans and gaps
 //   #/storage   storage.js   bytes used against retention limits
+//   #/system    system.js    how nvr is doing: streams' states, disks, flushes, versions
 //   #/users     users.js     user administration (adminUsers only)
+//   #/settings  settings.js  cameras, streams, dirs while recording (configureCameras only)
 // A page module exports `render(main, ctx)`, which may return a cleanup function run
 // when the page is left. `ctx` has the /api/ answer (`top`), the hash's query
 // (`params`), `setParams` (updates the URL without re-rendering) and an AbortSignal.
@@ -20,7 +22,9 @@ const PAGES = {
   '/live': {name: 'live', title: 'Live', load: () => import('./live.js')},
   '/timeline': {name: 'timeline', title: 'Timeline', load: () => import('./timeline.js')},
   '/storage': {name: 'storage', title: 'Storage', load: () => import('./storage.js')},
+  '/system': {name: 'system', title: 'System', load: () => import('./system.js')},
   '/users': {name: 'users', title: 'Users', load: () => import('./users.js')},
+  '/settings': {name: 'settings', title: 'Settings', load: () => import('./settings.js')},
 };
 
 const state = {top: null, ready: false, cleanup: null, abort: null, renderSeq: 0};
@@ -73,6 +77,7 @@ function updateHeader() {
     document.getElementById('account-button').setAttribute('aria-label', `Account: ${user.name}`);
   }
   document.querySelector('nav a[data-page="users"]').hidden = !top?.permissions?.adminUsers;
+  document.querySelector('nav a[data-page="settings"]').hidden = !top?.permissions?.configureCameras;
 }
 
 let loginPromise = null;

@@ -4,15 +4,21 @@
 // sets it, null clears it, absent leaves it), permissions, disabled) and delete
 // (`DELETE /api/users/<id>`, which also ends the user's sessions), after a
 // confirmation. The api module adds the CSRF token to each mutation.
+// Each user's "Sessions" lists where they are logged in (`GET /api/users/<id>/sessions`:
+// created, last used, peer address, user agent) with Revoke
+// (`POST /api/users/<id>/sessions/<sid>/revoke`), which cuts a session off at once.
 
 import * as api from './api.js';
-import {h, icon, modal, replace, showError, snackbar, confirmDialog} from './dom.js';
+import {h, modal, replace, showError, snackbar, confirmDialog} from './dom.js';
+import {dateTime90k} from './time.js';
 
 export const PERMISSIONS = [
   ['viewVideo', 'View video', 'Watch live and recorded video, list recordings.'],
   ['readCameraConfigs', 'Read camera configs', 'Read camera settings, including their passwords. For trusted users only.'],
   ['updateSignals', 'Update signals', 'Set signals such as motion detection state.'],
   ['adminUsers', 'Administer users', 'Add, edit and delete users (this page).'],
+  ['configureCameras', 'Configure cameras', 'Add, edit and delete cameras, streams and sample file directories, and test streams (the Settings page).'],
+  ['protectRecordings', 'Protect recordings', 'Create, edit and delete protected ranges of recordings.'],
 ];
 const MIN_PASSWORD = 8;
 
@@ -58,6 +64,8 @@ export function render(main, ctx) {
         h('td', {class: 'nowrap'},
           h('button', {type: 'button', class: 'button small', 'aria-label': `Edit ${u.user.username}`,
                        onclick: () => editDialog(u)}, 'Edit'), ' ',
+          h('button', {type: 'button', class: 'button small', 'aria-label': `Sessions of ${u.user.username}`,
+                       onclick: () => sessionsDialog(u)}, 'Sessions'), ' ',
           h('button', {type: 'button', class: 'button small', 'aria-label': `Delete ${u.user.username}`,
                        onclick: () => deleteUser(u)}, 'Delete'))))))));
   }
@@ -74,6 +82,57 @@ export function render(main, ctx) {
     } catch (e) {
       showError(e, `Deleting ${u.user.username}`);
     }
+  }
+
+  function sessionsDialog(u) {
+    const title = `Sessions of ${u.user.username}`;
+    const list = h('div', {'aria-live': 'polite'});
+    const content = h('div', {class: 'form'}, h('h2', null, title),
+      h('p', {class: 'dialog-note'}, 'Where this user is logged in. Revoke ends a session at once: ',
+        'its browser or app has to log in again.'),
+      list,
+      h('div', {class: 'actions'},
+        h('button', {type: 'button', class: 'button', onclick: () => d.close()}, 'Close')));
+    const when = (t90k, ua, addr) => t90k === null || t90k === undefined ? h('span', {class: 'muted'}, 'never')
+      : [dateTime90k(t90k), h('div', {class: 'muted session-detail'}, [addr, ua].filter(Boolean).join(' · '))];
+    async function loadSessions() {
+      list.setAttribute('aria-busy', 'true');
+      try {
+        const r = await api.get(`/api/users/${u.id}/sessions`);
+        const sessions = r.sessions || [];
+        replace(list, sessions.length ? h('div', {class: 'table-wrap'}, h('table', {'aria-label': title},
+          h('thead', null, h('tr', null, ['Session', 'Created', 'Last used', ''].map(x => h('th', null, x)))),
+          h('tbody', null, sessions.map(s => h('tr', {dataset: {sessionId: s.id}},
+            h('td', null, h('code', null, s.id), s.current ? h('span', {class: 'chip'}, 'this one') : null,
+              s.description ? h('div', {class: 'muted session-detail'}, s.description) : null),
+            h('td', {dataset: {field: 'created'}}, when(s.creationTime90k, s.creationUserAgent, s.creationPeerAddr)),
+            h('td', {dataset: {field: 'lastUsed'}}, when(s.lastUseTime90k, s.lastUseUserAgent, s.lastUsePeerAddr),
+              s.useCount ? h('div', {class: 'muted session-detail'}, `${s.useCount} requests`) : null),
+            h('td', null, h('button', {type: 'button', class: 'button small',
+              'aria-label': `Revoke session ${s.id}`, onclick: () => revoke(s)}, 'Revoke')))))))
+          : h('p', {class: 'muted'}, 'No sessions: this user isn\'t logged in anywhere.'));
+      } catch (e) {
+        replace(list, h('p', {class: 'form-error', role: 'alert'}, e.message));
+      } finally {
+        list.removeAttribute('aria-busy');
+      }
+    }
+    async function revoke(s) {
+      const ok = await confirmDialog(`Revoke session ${s.id}?`,
+        s.current ? 'This is the session you are using: this page stops working until you log in again.'
+                  : `${u.user.username} will have to log in again there.`,
+        {confirmLabel: 'Revoke', danger: true});
+      if (!ok) return;
+      try {
+        await api.post(`/api/users/${u.id}/sessions/${s.id}/revoke`, {});
+        snackbar(`Revoked session ${s.id}.`);
+      } catch (e) {
+        showError(e, 'Revoking the session');
+      }
+      if (d.open) loadSessions();
+    }
+    const d = modal(content, {label: title, className: 'wide-dialog'});
+    loadSessions();
   }
 
   function editDialog(prior) {

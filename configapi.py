@@ -201,6 +201,7 @@ def handle_config_stream(request: api.Request, m: re.Match):
     with d.locked("api: config stream"):
         out = stream_json(d, d.streams[r.stream_id], statuses.get(r.stream_id))
     out["deletedRecordings"] = r.deleted.count
+    out["deletedBytes"] = r.deleted.bytes   # nvr.py config stream edit prints the size
     return Response.json(out)
 
 

@@ -5,6 +5,7 @@ Subcommands (one `cmd_x(args) -> int` each, the exit status):
   run      record cameras and serve view.mp4/.m4s (the JSON API and UI follow)
   init     create the database and, by default, the embedded ./nvr-data layout
   config   add/list/edit/delete sample file dirs, cameras, streams and users
+           (while `run` holds the database, through its control socket: ctl.py)
   check    verify the database against the sample files; repair with flags
   upgrade  upgrade a Moonfire NVR or older nvr database to this schema
   sql      the sqlite3 shell on the database, holding its lock
@@ -43,6 +44,7 @@ import auth
 import check
 import clock
 import config
+import ctl
 import db
 import dir as dirmod
 import logrepeat
@@ -192,13 +194,9 @@ def cmd_test_stream(args) -> int:
 
 def cmd_config_stream_test(args) -> int:
     """`config stream test CAMERA TYPE`: the stored URL, transport and credentials.
-    The database is opened read-only (a shared lock), so not while `run` holds it."""
-    try:
-        d = db.Database.open_dir(args.db_dir, clock.RealClocks(), read_only=True)
-    except db.DbLocked:
-        raise UsageError(f"the database in {args.db_dir} is locked by the running nvr; "
-                         f"stop it, or test the URL itself: `nvr.py test-stream URL "
-                         f"--username U --password-stdin`") from None
+    The database is opened read-only (a shared lock); while `run` holds it, the
+    running nvr tests the stream (ctl.py)."""
+    d = db.Database.open_dir(args.db_dir, clock.RealClocks(), read_only=True)
     try:
         c = d.camera_by_name(args.camera)
         sid = c.streams.get(args.type)
@@ -974,6 +972,8 @@ def cmd_run(args) -> int:
             srv = web.Server(d, config, clocks=clocks,
                              auth_=auth.Auth(d, config.session_limits),
                              signals=signalsmod.Signals(d), recorder=rec)
+            # `nvr.py config` and `nvr.py sessions` while we run (ctl.py).
+            srv.control_path = web.control_socket_path(config.db_dir)
             srv.start()  # raises web.BindError (nothing left open) if a bind fails
         except web.BindError as e:
             if rec is not None:
@@ -1102,8 +1102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser("config", help="edit sample file dirs, cameras, streams and users",
-                       description="Scriptable configuration. nvr must not be running (the "
-                                   "database is locked while it is).")
+                       description="Scriptable configuration. While nvr runs (it holds "
+                                   "the database), the change goes through its control "
+                                   "socket (<db-dir>/control.sock) and is live at once.")
     csub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
 
     q = csub.add_parser("dir", help="sample file directories")
@@ -1193,7 +1194,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = qs.add_parser("test", help="test a stored stream (test-stream with its URL, "
                                    "transport and camera's credentials)",
                       description="`nvr.py test-stream` for a stored stream. Opens the "
-                                  "database read-only, so not while nvr runs.")
+                                  "database read-only; while nvr runs, the running nvr "
+                                  "tests it (its control socket).")
     _add_db_dir(r)
     r.add_argument("camera", metavar="CAMERA")
     r.add_argument("type", choices=db.STREAM_TYPES)
@@ -1256,7 +1258,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_sessions)
     r = ssub.add_parser("revoke", help="end a session (by the ID `sessions list` shows) or "
                                        "all of a user's",
-                        description="Revokes sessions; the server must be stopped.")
+                        description="Revokes sessions; while nvr runs, through its "
+                                    "control socket (the session ends at once).")
     _add_db_dir(r)
     r.add_argument("id", nargs="?", metavar="ID")
     r.add_argument("--user", metavar="USERNAME", help="revoke all of this user's sessions")
@@ -1308,9 +1311,15 @@ def main(argv=None) -> int:
             h.addFilter(logrepeat.RepeatFilter(clock.RealClocks()))
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        except db.DbLocked as e:
+            # `run` holds the database: config, sessions and login go through it.
+            if args.command not in ("config", "sessions", "login"):
+                raise
+            return ctl.run(args, sys.modules[__name__], locked=str(e).split(";")[0])
     except (UsageError, config.ConfigError, db.DbError, dirmod.DirError, upgrade.UpgradeError,
-            ValueError) as e:
+            ValueError, ctl.ControlError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

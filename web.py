@@ -43,6 +43,16 @@ the one our proxy added), else the last `X-Forwarded-For`/`X-Forwarded-Proto` en
 else `X-Real-IP`. A TLS bind or a trusted `https` makes the request `secure` (the
 session cookie then gets `Secure`). Without that key, these headers are ignored.
 
+The control socket (`Server.control_path`, set before start(); `nvr.py run` sets
+`<dbDir>/control.sock`) is an implicit extra Unix bind for the command line while nvr
+runs (ctl.py is its client): made mode 0600 before it listens, it answers only peers
+whose SO_PEERCRED uid is ours or root's, with every permission (session cookies aren't
+looked at there); any other peer gets a 403 for every request. It is not a configured bind, so it never stops nvr
+from starting: a path too long for a Unix socket (MAX_UNIX_PATH_BYTES), a socket another
+nvr (a second --read-only run of the same database) answers on, or an error binding is a
+one-line warning naming the web UI/API way, and nvr runs without it. A stale socket (a
+crash) is replaced; at stop() the socket is unlinked only if it is still the one we made.
+
 Static UI (reference §5.1): non-/api/ paths are files of `uiDir` (default: `ui/` next to
 this file): `/` is index.html; other names need a known extension (STATIC_TYPES); any
 empty, `.`, `..` or hidden component is refused before touching the disk, and the real
@@ -439,8 +449,15 @@ def session_cookie_value(headers) -> str | None:
 
 def resolve_caller(req: api.Request, peer_uid: int | None) -> api.Caller | None:
     """Reference §5.4: a valid session; else a privileged Unix peer; else the bind's
-    unauthenticated permissions; else nobody (None). A bad cookie falls through."""
+    unauthenticated permissions; else nobody (None). A bad cookie falls through.
+    On the control socket only the peer's uid counts: ours or root's, else a 403."""
     srv = req.server
+    if getattr(req.bind, "control", False):
+        # The control socket: the peer's uid decides, and nothing else does.
+        if peer_uid is not None and peer_uid in (os.geteuid(), 0):
+            return api.Caller(permissions=auth.Permissions.all(), privileged_unix=True)
+        raise HttpError(403, f"the control socket answers only uid {os.geteuid()} (nvr's) "
+                             f"and root, not uid {peer_uid}; use the web UI or the HTTP API")
     cookie = session_cookie_value(req.headers)
     if cookie is not None and srv.auth is not None:
         try:
@@ -1133,6 +1150,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         self.address_family = family
         self._conns: dict[socket.socket, socket.socket] = {}  # accepted -> current
         self.bound = False
+        self.bound_ino: int | None = None   # a Unix socket's inode once bound
         self._conns_lock = threading.RLock()   # RLock: wait_connections' predicates count
         self._handlers: set[threading.Thread] = set()   # under _conns_lock
         # The accept loop blocks until a connection or `wake()`: socketserver's own
@@ -1276,6 +1294,11 @@ class _HttpServer(http.server.ThreadingHTTPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         socketserver.TCPServer.server_bind(self)
         if self.address_family == socket.AF_UNIX:
+            if getattr(self.bind, "control", False):
+                # Before listen(): nobody can connect until it is private.
+                os.chmod(self.server_address, 0o600)
+            # stop() unlinks the path only while it is still this socket.
+            self.bound_ino = os.stat(self.server_address).st_ino
             self.server_name, self.server_port = "localhost", 0
         else:
             self.server_name, self.server_port = self.server_address[0], self.server_address[1]
@@ -1359,6 +1382,39 @@ def _unlink_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
+# sockaddr_un's sun_path is 108 bytes on Linux, its NUL included (unix(7)).
+MAX_UNIX_PATH_BYTES = 107
+CONTROL_SOCKET_NAME = "control.sock"
+
+
+def control_socket_path(db_dir: str) -> str:
+    """Where `run` listens for the command line (and where ctl.py connects)."""
+    return os.path.join(db_dir, CONTROL_SOCKET_NAME)
+
+
+@dataclasses.dataclass
+class ControlBind:
+    """The control socket as a bind (see the module docstring); nvr.Bind's other
+    keys keep their defaults (no unauthenticated permissions, no forward headers)."""
+    path: str
+    control: bool = True
+
+    @property
+    def address(self) -> tuple[str, str]:
+        return ("unix", self.path)
+
+
+def _socket_answers(path: str) -> bool:
+    """True if something listens on the Unix socket at `path` (another process)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as c:
+        c.settimeout(1.0)
+        try:
+            c.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 def parse_bind_address(kind: str, value: str) -> tuple[int, object]:
     """("ipv4", "0.0.0.0:8080") -> (AF_INET, ("0.0.0.0", 8080)); ipv6 takes "[::]:8080"."""
     if kind == "unix":
@@ -1428,6 +1484,8 @@ class Server:
         self._servers: list[_HttpServer] = []
         self._threads: list[threading.Thread] = []
         self._conn_counter = itertools.count(1)
+        # The control socket's path, set before start() (None: none; module docstring).
+        self.control_path: str | None = None
 
     @property
     def addresses(self) -> list:
@@ -1447,15 +1505,61 @@ class Server:
                 except OSError as e:
                     raise BindError(f"can't listen on {kind} {value}: {e.strerror or e}") \
                         from None
+            if self.control_path is not None:
+                self._start_control(self.control_path)
         except BaseException:
             self.stop()
             raise
-        for b, s in zip(self.binds, self._servers):
+        for s in self._servers:
+            b = s.bind
             t = threading.Thread(target=s.accept_loop, name=f"http-{b.address[1]}", daemon=True)
             t.start()
             self._threads.append(t)
             logger.info("listening on %s %s%s", b.address[0], s.socket.getsockname(),
                         " (TLS)" if s.tls_context else "")
+
+    def _start_control(self, path: str) -> None:
+        """Binds the control socket, or warns in one line why not (never fatal)."""
+        without = ("; `nvr.py config` and `nvr.py sessions` can't reach this nvr while it "
+                   "runs: use the web UI or the HTTP API (docs/api.md)")
+        n = len(os.fsencode(path))
+        if n > MAX_UNIX_PATH_BYTES:
+            logger.warning("no control socket: %s is %d bytes, over the %d a Unix socket "
+                           "path may have (use a shorter dbDir)%s", path, n,
+                           MAX_UNIX_PATH_BYTES, without)
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            logger.warning("no control socket: can't look at %s: %s%s", path,
+                           e.strerror or e, without)
+            return
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                logger.warning("no control socket: %s exists and is not a socket (remove "
+                               "it)%s", path, without)
+                return
+            if _socket_answers(path):
+                # Two --read-only runs may share a database; the first keeps its socket.
+                logger.warning("no control socket: another process answers on %s%s",
+                               path, without)
+                return
+        s = _HttpServer(self, ControlBind(path), socket.AF_UNIX, path, None)
+        try:
+            if st is not None:
+                os.unlink(path)  # stale: left by a crash
+            s.server_bind()
+            s.server_activate()
+        except OSError as e:
+            s.socket.close()
+            s.server_close()
+            logger.warning("no control socket: can't listen on %s: %s%s", path,
+                           e.strerror or e, without)
+            return
+        s.bound = True
+        self._servers.append(s)
 
     def static(self, req: api.Request) -> StaticFile:
         """A non-/api/ path: a file of the UI directory (reference §5.1)."""
@@ -1498,7 +1602,8 @@ class Server:
             s.server_close()  # closes the listener, joins handler threads
             if s.address_family == socket.AF_UNIX and s.bound:
                 try:
-                    os.unlink(s.server_address)
+                    if os.stat(s.server_address).st_ino == s.bound_ino:
+                        os.unlink(s.server_address)
                 except OSError:
                     pass
         self._servers, self._threads = [], []

@@ -15,6 +15,22 @@ What lives in memory (loaded at open, kept current by flushes):
   day summaries in the server's time zone, the `cum_*` counters, the
   uncommitted recordings (written or being written, not yet in SQLite), and
   the recordings queued for deletion by retention.
+
+Loading totals: a stream's range (first start, last end) comes from two index
+lookups at open. Its totals and day summaries depend on every recording, so they
+are summed by SQLite from the `recording_cover` index, a chunk of local days at a
+time (`load_totals_step`: one aggregate query per chunk, newest days first), never
+row by row in Python. `Stream.totals_from_90k` is the boundary: the totals count
+exactly the committed recordings starting at or after it, so a flush adds or
+subtracts a recording only if it starts there, and the loader counts the ones
+before it as it walks back. An open loads everything before returning
+(`background_totals=False`, for the CLI and tests); `run` opens with
+`background_totals=True`, so start-up doesn't grow with history: a thread
+(`totals-loader`) walks the chunks, releasing the database lock between them,
+while the API says which streams are still loading (`totalsComplete`) and
+retention's byte limit waits for the stream's totals (`delete_oldest_recordings`;
+the syncer's idle check applies it once they are in). Age limits and the
+free-space floor need only the range and the rows, so they act at once.
 Recording rows themselves stay in SQLite and are read through the
 `recording_cover` index; `video_index` blobs go through a small LRU cache.
 
@@ -371,6 +387,10 @@ class Stream:
     sample_file_bytes: int = 0
     fs_bytes: int = 0
     days: dict[str, Day] = dataclasses.field(default_factory=dict)
+    # The totals and days above count the committed recordings starting at or after this
+    # time; None: all of them. Set at open and lowered a chunk of days at a time until
+    # None by `Database.load_totals_step` ("Loading totals", module docstring).
+    totals_from_90k: int | None = None
     # Uncommitted recordings with ids cum_recordings, cum_recordings + 1, ...
     uncommitted: collections.deque = dataclasses.field(default_factory=collections.deque)
     fs_bytes_to_add: int = 0       # synced, uncommitted
@@ -542,7 +562,7 @@ class Database:
 
     def __init__(self, conn: sqlite3.Connection, clocks: clock.Clocks, *,
                  read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None,
-                 fs_factory=dirmod.Fs):
+                 fs_factory=dirmod.Fs, background_totals: bool = False):
         self.conn = conn
         self.clocks = clocks
         # Opens a sample file dir's I/O seam (dir.py `Fs`); tests pass test/fakes.py's
@@ -574,6 +594,8 @@ class Database:
         # stream id -> callbacks for each frame the writer indexes (live view, live.py).
         self._live_listeners: dict[int, list] = {}
         self.metrics = metrics.Metrics(clocks)  # what GET /api/metrics shows (metrics.py)
+        self._totals_thread: threading.Thread | None = None
+        self._closing = False
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -583,16 +605,23 @@ class Database:
                     "values (?, ?, ?, 0, ?)",
                     (open_uuid, self._open_start_90k, self._open_start_90k, boot_uuid()))
             self.open = dirmod.Open(cur.lastrowid, open_uuid)
+        if background_totals:
+            self._totals_thread = threading.Thread(target=self._load_totals_loop,
+                                                   name="totals-loader", daemon=True)
+            self._totals_thread.start()
+        else:
+            while self.load_totals_step():
+                pass
 
     @classmethod
     def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False,
-                 fs_factory=dirmod.Fs) -> "Database":
+                 fs_factory=dirmod.Fs, background_totals: bool = False) -> "Database":
         lock_fd = lock_db_dir(db_dir, read_only)
         try:
             conn = connect(db_dir, read_only)
             try:
                 return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir,
-                           fs_factory=fs_factory)
+                           fs_factory=fs_factory, background_totals=background_totals)
             except BaseException:
                 conn.close()
                 raise
@@ -602,6 +631,11 @@ class Database:
 
     def close(self) -> None:
         """Closes dirs, the connection and the lock. Does not flush: call flush first."""
+        self._closing = True
+        t = self._totals_thread
+        if t is not None and t is not threading.current_thread():
+            t.join()  # it stops after its current chunk
+            self._totals_thread = None
         with self._lock:
             for d in self.dirs.values():
                 if d.dir is not None:
@@ -659,29 +693,126 @@ class Database:
                 "password_failure_count, permissions from user"):
             self.users[row[0]] = User(row[0], row[1], _row_config(row[2]), row[3], row[4], row[5],
                                       auth.Permissions.decode(row[6]))
-        # Totals and day summaries of every committed recording.
-        for stream_id, start, wall, nbytes in c.execute(
-                "select stream_id, start_time_90k, wall_duration_90k, sample_file_bytes "
-                "from recording order by stream_id, start_time_90k"):
-            self._add_to_totals(self.streams[stream_id], start, wall, nbytes, 1)
+        # Ranges now; totals and day summaries by `load_totals_step` (module docstring).
+        for s in self.streams.values():
+            self._recompute_range(s)
+            if s.range_90k is not None:
+                last_start = c.execute("select max(start_time_90k) from recording "
+                                       "where stream_id = ?", (s.id,)).fetchone()[0]
+                s.totals_from_90k = self.day_bounds.day_of(last_start)[1]  # next midnight
+
+    # Days per `load_totals_step` chunk: ~20,000 one-minute recordings, some ms of SQLite
+    # under the database lock.
+    TOTALS_CHUNK_DAYS = 14
+
+    def load_totals_step(self, max_days: int | None = None, stream_id: int | None = None) -> bool:
+        """Counts the next chunk (up to `max_days` local days, newest first) of the first
+        stream whose totals are still loading (or of `stream_id`); returns whether any
+        stream (that stream) still is, as far as this chunk knew.
+
+        One aggregate query over the covering index per chunk: per day, the recordings
+        starting in it (their count and wall duration up to the day's end, which is
+        also the sum of what they carry past midnight into the next day: a recording
+        is under 5 minutes, a day at least 23 hours) and their wall durations and bytes
+        for the totals."""
+        with self.locked("load totals"):
+            s = next((s for s in sorted(self.streams.values(), key=lambda s: s.id)
+                      if s.totals_from_90k is not None
+                      and stream_id in (None, s.id)), None)
+            if s is None:
+                return False
+            hi = s.totals_from_90k
+            bounds = []  # (key, start, end), newest first; the newest ends at `hi`
+            t = hi - 1
+            while len(bounds) < (max_days or self.TOTALS_CHUNK_DAYS):
+                start, end, key = self.day_bounds.day_of(t)
+                bounds.append((key, start, end))
+                if s.range_90k is None or start <= s.range_90k[0]:
+                    break
+                t = start - 1
+            lo = bounds[-1][1]
+            days = ",".join("(?, ?, ?)" for _ in bounds)
+            rows = self.conn.execute(
+                f"with d (k, s, e) as (values {days}) "
+                "select d.k, d.e, count(*), "
+                "sum(min(r.start_time_90k + r.wall_duration_90k, d.e) - r.start_time_90k), "
+                "sum(r.start_time_90k + r.wall_duration_90k > d.e), "
+                "sum(max(r.start_time_90k + r.wall_duration_90k - d.e, 0)), "
+                "sum(r.wall_duration_90k), sum(r.sample_file_bytes), "
+                f"sum((r.sample_file_bytes + {retention.ASSUMED_BLOCK_SIZE_BYTES - 1}) / "
+                f"{retention.ASSUMED_BLOCK_SIZE_BYTES} * {retention.ASSUMED_BLOCK_SIZE_BYTES}) "
+                "from d join recording r indexed by recording_cover on r.stream_id = ? and "
+                "r.start_time_90k >= d.s and r.start_time_90k < d.e group by d.k",
+                [x for b in bounds for x in b] + [s.id]).fetchall()
+            for key, end, n, inside, n_over, over, wall, nbytes, fs_bytes in rows:
+                self._add_to_day(s.days, key, n, inside)
+                if n_over:
+                    self._add_to_day(s.days, self.day_bounds.day_of(end)[2], n_over, over)
+                s.duration_90k += wall
+                s.sample_file_bytes += nbytes
+                s.fs_bytes += fs_bytes
+            s.totals_from_90k = (None if s.range_90k is None or lo <= s.range_90k[0]
+                                 else lo)
+            if s.totals_from_90k is None:
+                logger.debug("stream %d: totals loaded", s.id)
+            return True
+
+    @staticmethod
+    def _add_to_day(days: dict[str, Day], key: str, n: int, duration_90k: int) -> None:
+        day = days.setdefault(key, Day())
+        day.recordings += n
+        day.duration_90k += duration_90k
+
+    def _load_totals_loop(self) -> None:
+        """The `totals-loader` thread of `background_totals`: chunks until every stream
+        is loaded or the database closes. Between chunks it lets others have the lock
+        (os.sched_yield releases the GIL, so a thread waiting for the lock gets it)."""
+        began = self.clocks.monotonic()
+        try:
+            while not self._closing and self.load_totals_step():
+                os.sched_yield()
+        except Exception:  # noqa: BLE001: a SQLite error; the totals stay partial
+            logger.exception("loading the streams' totals failed; they stay incomplete "
+                             "until nvr restarts")
+            return
+        if not self._closing:
+            logger.info("loaded every stream's totals and day summaries in %.1f s",
+                        (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
+
+    def totals_complete(self, stream_id: int) -> bool:
+        """Whether the stream's totals and day summaries count every committed recording."""
+        with self.locked():
+            return self._get_stream(stream_id).totals_from_90k is None
 
     def _add_to_totals(self, s: Stream, start: int, wall: int, nbytes: int, sign: int) -> None:
         end = start + wall
-        s.duration_90k += sign * wall
-        s.sample_file_bytes += sign * nbytes
-        s.fs_bytes += sign * round_up(nbytes)
-        self.day_bounds.add(s.days, start, wall, sign)
         if sign > 0:
             if s.range_90k is None:
                 s.range_90k = (start, end)
             else:
                 s.range_90k = (min(s.range_90k[0], start), max(s.range_90k[1], end))
+        if s.totals_from_90k is not None and start < s.totals_from_90k:
+            return  # the loader counts it (or, deleted, never sees it)
+        s.duration_90k += sign * wall
+        s.sample_file_bytes += sign * nbytes
+        s.fs_bytes += sign * round_up(nbytes)
+        self.day_bounds.add(s.days, start, wall, sign)
 
     def _recompute_range(self, s: Stream) -> None:
-        row = self.conn.execute(
-            "select min(start_time_90k), max(start_time_90k + wall_duration_90k) "
-            "from recording where stream_id = ?", (s.id,)).fetchone()
-        s.range_90k = None if row[0] is None else (row[0], row[1])
+        """The first start and last end, from the index: the last end is among the
+        recordings starting within the longest recording's duration of the last start."""
+        c = self.conn
+        first, last = c.execute(
+            "select (select min(start_time_90k) from recording where stream_id = ?), "
+            "(select max(start_time_90k) from recording where stream_id = ?)",
+            (s.id, s.id)).fetchone()
+        if first is None:
+            s.range_90k = None
+            return
+        end = c.execute("select max(start_time_90k + wall_duration_90k) from recording "
+                        "where stream_id = ? and start_time_90k >= ?",
+                        (s.id, last - _LOOKBACK_90K)).fetchone()[0]
+        s.range_90k = (first, end)
 
     # -- sample file dirs ----------------------------------------------------
 
@@ -1090,6 +1221,12 @@ class Database:
             limit = limits.bytes if retain_bytes is None else retain_bytes
             days = limits.days if retain_days is ... else retain_days
             over = 0
+            if limit is not None and s.totals_from_90k is not None:
+                if dry_run:  # a question about a limit (config): answer it now
+                    while self.load_totals_step(stream_id=s.id):
+                        pass
+                else:  # the syncer: the limit waits for the loader (module docstring)
+                    limit = None
             if limit is not None:
                 over = (s.fs_bytes + s.fs_bytes_to_add + extra_fs_bytes
                         - s.fs_bytes_to_delete - limit)

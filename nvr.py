@@ -1085,7 +1085,7 @@ def cmd_run(args) -> int:
     # Totals and day summaries load in the background (db.py "Loading totals"), so
     # start-up doesn't grow with the recordings kept.
     d = db.Database.open_dir(config.db_dir, clocks, read_only=args.read_only,
-                             background_totals=True)
+                             totals="background")
     warn_about_privacy(config.db_dir)  # after the open: -wal and -shm exist now
     # Days, subtitles and zone-less API times follow it (`recording.resolve_zone_name`
     # logs where it came from at DEBUG: NVR_LOG=DEBUG).

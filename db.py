@@ -1,6 +1,6 @@
 """The database: the one read-write SQLite connection and the in-memory state.
 
-Files: `<db dir>/db` is the SQLite database (schema.sql, version 9). The
+Files: `<db dir>/db` is the SQLite database (schema.sql, version 8). The
 database holds password hashes, session hashes and camera passwords, so it is
 private to the user running nvr whatever the umask: `init` creates the directory
 0700 and the file 0600, and SQLite gives the `-wal`/`-shm`/`-journal` files the
@@ -11,12 +11,26 @@ processes can never write one database (reference §2.1).
 
 What lives in memory (loaded at open, kept current by flushes):
 - sample file dirs, cameras, streams, video sample entries, users;
-- protections (schema 9's `protection` rows, a handful: retention consults them on
-  every pass, so they are kept in memory like the configuration);
 - per stream: committed totals (range, duration, bytes, filesystem bytes),
   day summaries in the server's time zone, the `cum_*` counters, the
   uncommitted recordings (written or being written, not yet in SQLite), and
   the recordings queued for deletion by retention.
+
+Loading totals: a stream's range (first start, last end) comes from two index
+lookups at open. Its totals and day summaries depend on every recording, so they
+are summed by SQLite from the `recording_cover` index, a chunk of local days at a
+time (`load_totals_step`: one aggregate query per chunk, newest days first), never
+row by row in Python. `Stream.totals_from_90k` is the boundary: the totals count
+exactly the committed recordings starting at or after it, so a flush adds or
+subtracts a recording only if it starts there, and the loader counts the ones
+before it as it walks back. An open loads everything before returning
+(`totals="now"`, for the CLI and tests); `run` opens with
+`totals="background"`, so start-up doesn't grow with history: a thread
+(`totals-loader`) walks the chunks, releasing the database lock between them,
+while the API says which streams are still loading (`totalsComplete`) and
+retention's byte limit waits for the stream's totals (`delete_oldest_recordings`;
+the syncer's idle check applies it once they are in). Age limits and the
+free-space floor need only the range and the rows, so they act at once.
 Recording rows themselves stay in SQLite and are read through the
 `recording_cover` index; `video_index` blobs go through a small LRU cache.
 
@@ -27,7 +41,7 @@ abandoned one in it uses up its id, and one whose fsync failed gets a
 `garbage` row instead, dir.py S2F), stream counters, retention deletions
 moved to `garbage`, garbage rows whose files are unlinked, the `open` row's
 end time, and whatever the flush hooks write (auth usage). Configuration
-edits (`config` subcommands) and protection edits are their own small transactions. Recording ids
+edits (`config` subcommands) are their own small transactions. Recording ids
 are assigned in memory from `cum_recordings` without a transaction; a crash
 before the flush leaves files with ids >= `cum_recordings`, which start-up
 recovery unlinks (dir.py; invariants §3.7).
@@ -67,7 +81,6 @@ import uuid as uuidlib
 import auth
 import clock
 import dir as dirmod
-import logrepeat
 import metrics
 import recording
 import retention
@@ -80,7 +93,7 @@ def breaks_log_lines(name: str) -> bool:
     separator: names go into log lines, which such characters could split or forge."""
     return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name)
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 8
 DB_FILENAME = "db"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 
@@ -113,11 +126,6 @@ class DbError(Exception):
 
 class DbLocked(DbError):
     pass
-
-
-class ProtectedOverLimit(Exception):
-    """Not raised: what `Database` logs (logrepeat.py) while a stream's protected
-    recordings alone keep it over its retainBytes."""
 
 
 round_up = retention.round_up
@@ -379,6 +387,10 @@ class Stream:
     sample_file_bytes: int = 0
     fs_bytes: int = 0
     days: dict[str, Day] = dataclasses.field(default_factory=dict)
+    # The totals and days above count the committed recordings starting at or after this
+    # time; None: all of them. Set at open and lowered a chunk of days at a time until
+    # None by `Database.load_totals_step` ("Loading totals", module docstring).
+    totals_from_90k: int | None = None
     # Uncommitted recordings with ids cum_recordings, cum_recordings + 1, ...
     uncommitted: collections.deque = dataclasses.field(default_factory=collections.deque)
     fs_bytes_to_add: int = 0       # synced, uncommitted
@@ -454,8 +466,6 @@ class FloorPass:
     free_bytes: int
     pending_bytes: int            # queued for deletion or garbage, not yet unlinked
     rows: list                    # (stream id, ListRow) queued, oldest first
-    kept_protected: int = 0       # protected recordings the pass passed over...
-    kept_protected_bytes: int = 0  # ...and their size in whole blocks
 
     @property
     def freed_bytes(self) -> int:
@@ -479,39 +489,6 @@ class AggregatedRow:
     growing: bool
     has_trailing_zero: bool
     end_reason: str | None
-
-
-# A protection's label: what the API and CLI accept (schema.sql checks the length).
-MAX_PROTECTION_LABEL_CHARS = 256
-
-
-@dataclasses.dataclass
-class Protection:
-    """A protected range (schema.sql `protection`): retention deletes no recording of
-    `camera_id` (of `stream_id` only, unless None) overlapping [start, end)."""
-    id: int
-    camera_id: int
-    stream_id: int | None  # None: every stream of the camera
-    start_time_90k: int
-    end_time_90k: int
-    label: str
-    created_by: str        # a username, or "cli"
-    created_time_90k: int
-    updated_time_90k: int
-
-    def applies_to(self, s: "Stream") -> bool:
-        return self.camera_id == s.camera_id and self.stream_id in (None, s.id)
-
-
-def protection_label_problem(label) -> str | None:
-    """What is wrong with a protection label, or None."""
-    if not isinstance(label, str):
-        return "label must be a string"
-    if len(label) > MAX_PROTECTION_LABEL_CHARS:
-        return f"label is {len(label)} characters; at most {MAX_PROTECTION_LABEL_CHARS}"
-    if breaks_log_lines(label):
-        return "label has a control character or line break"
-    return None
 
 
 def _row_config(text: str | None) -> dict:
@@ -585,7 +562,9 @@ class Database:
 
     def __init__(self, conn: sqlite3.Connection, clocks: clock.Clocks, *,
                  read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None,
-                 fs_factory=dirmod.Fs):
+                 fs_factory=dirmod.Fs, totals: str = "now"):
+        if totals not in ("now", "background", "later"):
+            raise ValueError(f"totals={totals!r}")
         self.conn = conn
         self.clocks = clocks
         # Opens a sample file dir's I/O seam (dir.py `Fs`); tests pass test/fakes.py's
@@ -608,11 +587,6 @@ class Database:
         self.video_sample_entries: dict[int, VideoSampleEntry] = {}
         self._vse_to_insert: list[int] = []
         self.users: dict[int, User] = {}
-        self.protections: dict[int, Protection] = {}
-        # Streams whose protected recordings alone keep them over retainBytes: logged
-        # once, then counted (logrepeat.py), and once when it ends.
-        self._retention_repeats = logrepeat.RepeatLog(clocks, logger,
-                                                      expected=(ProtectedOverLimit,))
         self._video_index_cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         # Called inside each flush transaction with the cursor (auth.py's session usage and
         # failure counts, signals.py's changes).
@@ -622,6 +596,8 @@ class Database:
         # stream id -> callbacks for each frame the writer indexes (live view, live.py).
         self._live_listeners: dict[int, list] = {}
         self.metrics = metrics.Metrics(clocks)  # what GET /api/metrics shows (metrics.py)
+        self._totals_thread: threading.Thread | None = None
+        self._closing = False
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -631,16 +607,27 @@ class Database:
                     "values (?, ?, ?, 0, ?)",
                     (open_uuid, self._open_start_90k, self._open_start_90k, boot_uuid()))
             self.open = dirmod.Open(cur.lastrowid, open_uuid)
+        if totals == "background":
+            self._totals_thread = threading.Thread(target=self._load_totals_loop,
+                                                   name="totals-loader", daemon=True)
+            self._totals_thread.start()
+        elif totals == "now":
+            while self.load_totals_step():
+                pass
+        # "later": the caller calls load_totals_step (tests).
 
     @classmethod
     def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False,
-                 fs_factory=dirmod.Fs) -> "Database":
+                 fs_factory=dirmod.Fs, totals: str = "now") -> "Database":
+        """Locks and opens the database in `db_dir`. `totals`: "now" loads every
+        stream's totals and day summaries before returning, "background" in a thread
+        (`run`), "later" leaves it to the caller's `load_totals_step` calls (tests)."""
         lock_fd = lock_db_dir(db_dir, read_only)
         try:
             conn = connect(db_dir, read_only)
             try:
                 return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir,
-                           fs_factory=fs_factory)
+                           fs_factory=fs_factory, totals=totals)
             except BaseException:
                 conn.close()
                 raise
@@ -650,6 +637,11 @@ class Database:
 
     def close(self) -> None:
         """Closes dirs, the connection and the lock. Does not flush: call flush first."""
+        self._closing = True
+        t = self._totals_thread
+        if t is not None and t is not threading.current_thread():
+            t.join()  # it stops after its current chunk
+            self._totals_thread = None
         with self._lock:
             for d in self.dirs.values():
                 if d.dir is not None:
@@ -707,33 +699,126 @@ class Database:
                 "password_failure_count, permissions from user"):
             self.users[row[0]] = User(row[0], row[1], _row_config(row[2]), row[3], row[4], row[5],
                                       auth.Permissions.decode(row[6]))
-        for row in c.execute(
-                "select id, camera_id, stream_id, start_time_90k, end_time_90k, label, "
-                "created_by, created_time_90k, updated_time_90k from protection"):
-            self.protections[row[0]] = Protection(*row)
-        # Totals and day summaries of every committed recording.
-        for stream_id, start, wall, nbytes in c.execute(
-                "select stream_id, start_time_90k, wall_duration_90k, sample_file_bytes "
-                "from recording order by stream_id, start_time_90k"):
-            self._add_to_totals(self.streams[stream_id], start, wall, nbytes, 1)
+        # Ranges now; totals and day summaries by `load_totals_step` (module docstring).
+        for s in self.streams.values():
+            self._recompute_range(s)
+            if s.range_90k is not None:
+                last_start = c.execute("select max(start_time_90k) from recording "
+                                       "where stream_id = ?", (s.id,)).fetchone()[0]
+                s.totals_from_90k = self.day_bounds.day_of(last_start)[1]  # next midnight
+
+    # Days per `load_totals_step` chunk: ~20,000 one-minute recordings, some ms of SQLite
+    # under the database lock.
+    TOTALS_CHUNK_DAYS = 14
+
+    def load_totals_step(self, max_days: int | None = None, stream_id: int | None = None) -> bool:
+        """Counts the next chunk (up to `max_days` local days, newest first) of the first
+        stream whose totals are still loading (or of `stream_id`); returns whether any
+        stream (that stream) still is, as far as this chunk knew.
+
+        One aggregate query over the covering index per chunk: per day, the recordings
+        starting in it (their count and wall duration up to the day's end, which is
+        also the sum of what they carry past midnight into the next day: a recording
+        is under 5 minutes, a day at least 23 hours) and their wall durations and bytes
+        for the totals."""
+        with self.locked("load totals"):
+            s = next((s for s in sorted(self.streams.values(), key=lambda s: s.id)
+                      if s.totals_from_90k is not None
+                      and stream_id in (None, s.id)), None)
+            if s is None:
+                return False
+            hi = s.totals_from_90k
+            bounds = []  # (key, start, end), newest first; the newest ends at `hi`
+            t = hi - 1
+            while len(bounds) < (max_days or self.TOTALS_CHUNK_DAYS):
+                start, end, key = self.day_bounds.day_of(t)
+                bounds.append((key, start, end))
+                if s.range_90k is None or start <= s.range_90k[0]:
+                    break
+                t = start - 1
+            lo = bounds[-1][1]
+            days = ",".join("(?, ?, ?)" for _ in bounds)
+            rows = self.conn.execute(
+                f"with d (k, s, e) as (values {days}) "
+                "select d.k, d.e, count(*), "
+                "sum(min(r.start_time_90k + r.wall_duration_90k, d.e) - r.start_time_90k), "
+                "sum(r.start_time_90k + r.wall_duration_90k > d.e), "
+                "sum(max(r.start_time_90k + r.wall_duration_90k - d.e, 0)), "
+                "sum(r.wall_duration_90k), sum(r.sample_file_bytes), "
+                f"sum((r.sample_file_bytes + {retention.ASSUMED_BLOCK_SIZE_BYTES - 1}) / "
+                f"{retention.ASSUMED_BLOCK_SIZE_BYTES} * {retention.ASSUMED_BLOCK_SIZE_BYTES}) "
+                "from d join recording r indexed by recording_cover on r.stream_id = ? and "
+                "r.start_time_90k >= d.s and r.start_time_90k < d.e group by d.k",
+                [x for b in bounds for x in b] + [s.id]).fetchall()
+            for key, end, n, inside, n_over, over, wall, nbytes, fs_bytes in rows:
+                self._add_to_day(s.days, key, n, inside)
+                if n_over:
+                    self._add_to_day(s.days, self.day_bounds.day_of(end)[2], n_over, over)
+                s.duration_90k += wall
+                s.sample_file_bytes += nbytes
+                s.fs_bytes += fs_bytes
+            s.totals_from_90k = (None if s.range_90k is None or lo <= s.range_90k[0]
+                                 else lo)
+            if s.totals_from_90k is None:
+                logger.debug("stream %d: totals loaded", s.id)
+            return True
+
+    @staticmethod
+    def _add_to_day(days: dict[str, Day], key: str, n: int, duration_90k: int) -> None:
+        day = days.setdefault(key, Day())
+        day.recordings += n
+        day.duration_90k += duration_90k
+
+    def _load_totals_loop(self) -> None:
+        """The `totals-loader` thread of `totals="background"`: chunks until every stream
+        is loaded or the database closes. Between chunks it lets others have the lock
+        (os.sched_yield releases the GIL, so a thread waiting for the lock gets it)."""
+        began = self.clocks.monotonic()
+        try:
+            while not self._closing and self.load_totals_step():
+                os.sched_yield()
+        except Exception:  # noqa: BLE001: a SQLite error; the totals stay partial
+            logger.exception("loading the streams' totals failed; they stay incomplete "
+                             "until nvr restarts")
+            return
+        if not self._closing:
+            logger.info("loaded every stream's totals and day summaries in %.1f s",
+                        (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
+
+    def totals_complete(self, stream_id: int) -> bool:
+        """Whether the stream's totals and day summaries count every committed recording."""
+        with self.locked():
+            return self._get_stream(stream_id).totals_from_90k is None
 
     def _add_to_totals(self, s: Stream, start: int, wall: int, nbytes: int, sign: int) -> None:
         end = start + wall
-        s.duration_90k += sign * wall
-        s.sample_file_bytes += sign * nbytes
-        s.fs_bytes += sign * round_up(nbytes)
-        self.day_bounds.add(s.days, start, wall, sign)
         if sign > 0:
             if s.range_90k is None:
                 s.range_90k = (start, end)
             else:
                 s.range_90k = (min(s.range_90k[0], start), max(s.range_90k[1], end))
+        if s.totals_from_90k is not None and start < s.totals_from_90k:
+            return  # the loader counts it (or, deleted, never sees it)
+        s.duration_90k += sign * wall
+        s.sample_file_bytes += sign * nbytes
+        s.fs_bytes += sign * round_up(nbytes)
+        self.day_bounds.add(s.days, start, wall, sign)
 
     def _recompute_range(self, s: Stream) -> None:
-        row = self.conn.execute(
-            "select min(start_time_90k), max(start_time_90k + wall_duration_90k) "
-            "from recording where stream_id = ?", (s.id,)).fetchone()
-        s.range_90k = None if row[0] is None else (row[0], row[1])
+        """The first start and last end, from the index: the last end is among the
+        recordings starting within the longest recording's duration of the last start."""
+        c = self.conn
+        first, last = c.execute(
+            "select (select min(start_time_90k) from recording where stream_id = ?), "
+            "(select max(start_time_90k) from recording where stream_id = ?)",
+            (s.id, s.id)).fetchone()
+        if first is None:
+            s.range_90k = None
+            return
+        end = c.execute("select max(start_time_90k + wall_duration_90k) from recording "
+                        "where stream_id = ? and start_time_90k >= ?",
+                        (s.id, last - _LOOKBACK_90K)).fetchone()[0]
+        s.range_90k = (first, end)
 
     # -- sample file dirs ----------------------------------------------------
 
@@ -965,11 +1050,7 @@ class Database:
                         "select composite_id from recording where stream_id = ?", (stream_id,))]
                     self.conn.execute("delete from recording where stream_id = ?", (stream_id,))
                     self.dirs[s.sample_file_dir_id].garbage_needs_unlink.update(ids)
-                # Its own protections go with its recordings (its camera's stay).
-                self.conn.execute("delete from protection where stream_id = ?", (stream_id,))
                 self.conn.execute("delete from stream where id = ?", (stream_id,))
-            for pid in [p.id for p in self.protections.values() if p.stream_id == stream_id]:
-                del self.protections[pid]
             del self.streams[stream_id]
             del self.cameras[s.camera_id].streams[s.type]
             return n
@@ -980,162 +1061,9 @@ class Database:
             c = self._get_camera(camera_id)
             n = sum(self.delete_stream(sid) for sid in list(c.streams.values()))
             with transaction(self.conn):
-                self.conn.execute("delete from protection where camera_id = ?", (camera_id,))
                 self.conn.execute("delete from camera where id = ?", (camera_id,))
-            for pid in [p.id for p in self.protections.values() if p.camera_id == camera_id]:
-                del self.protections[pid]
             del self.cameras[camera_id]
             return n
-
-    # -- protections ------------------------------------------------------------
-
-    def _check_protection(self, camera_id: int, stream_id: int | None, start_90k: int,
-                          end_90k: int, label) -> None:
-        c = self._get_camera(camera_id)
-        if stream_id is not None and stream_id not in c.streams.values():
-            raise DbError(f"camera {c.short_name} has no stream with id {stream_id}")
-        if not (isinstance(start_90k, int) and isinstance(end_90k, int)):
-            raise DbError("start and end must be 90 kHz times (integers)")
-        if start_90k <= 0:
-            raise DbError(f"start {start_90k} is not after 1970")
-        if end_90k <= start_90k:
-            raise DbError(f"end ({recording.format_time(end_90k, self.zone)}) must be after "
-                          f"start ({recording.format_time(start_90k, self.zone)})")
-        problem = protection_label_problem(label)
-        if problem:
-            raise DbError(problem)
-
-    def _unqueue_protected(self, p: Protection) -> int:
-        """Takes recordings `p` protects out of the deletion queues (retention planned
-        them before it existed; the next flush must not delete them). Lock held."""
-        n = 0
-        for s in self.streams.values():
-            if not s.to_delete or not p.applies_to(s):
-                continue
-            kept = retention.Protected([(p.start_time_90k, p.end_time_90k)])
-            gone = [r for r in s.to_delete if kept.covers_row(r)]
-            if gone:
-                s.to_delete = [r for r in s.to_delete if not kept.covers_row(r)]
-                s.fs_bytes_to_delete -= sum(round_up(r.sample_file_bytes) for r in gone)
-                n += len(gone)
-        if n:
-            logger.info("protection %d (%r): %d recording(s) queued for deletion are kept",
-                        p.id, p.label, n)
-        return n
-
-    def add_protection(self, camera_id: int, stream_id: int | None, start_90k: int,
-                       end_90k: int, label: str, created_by: str) -> int:
-        """Protects [start, end) of one stream of the camera (or of all, stream_id None)
-        from retention, in one transaction; recordings it covers that retention had
-        queued are taken off the queue. Returns its id."""
-        if self.read_only:
-            raise DbError("can't add a protection in read-only mode")
-        with self.locked():
-            self._check_protection(camera_id, stream_id, start_90k, end_90k, label)
-            now = recording.to_90k_from_ns(self.clocks.realtime())
-            with transaction(self.conn):
-                id_ = self.conn.execute(
-                    "insert into protection (camera_id, stream_id, start_time_90k, "
-                    "end_time_90k, label, created_by, created_time_90k, updated_time_90k) "
-                    "values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (camera_id, stream_id, start_90k, end_90k, label, created_by, now, now)
-                ).lastrowid
-            p = self.protections[id_] = Protection(id_, camera_id, stream_id, start_90k,
-                                                   end_90k, label, created_by, now, now)
-            self._unqueue_protected(p)
-            return id_
-
-    def update_protection(self, protection_id: int, *, label: str | None = None,
-                          start_90k: int | None = None, end_90k: int | None = None
-                          ) -> Protection:
-        """Edits a protection's label and/or range, in one transaction; returns it.
-        A range that grows keeps what it now covers off the deletion queue."""
-        if self.read_only:
-            raise DbError("can't edit a protection in read-only mode")
-        with self.locked():
-            old = self.get_protection(protection_id)
-            new = dataclasses.replace(
-                old, label=old.label if label is None else label,
-                start_time_90k=old.start_time_90k if start_90k is None else start_90k,
-                end_time_90k=old.end_time_90k if end_90k is None else end_90k,
-                updated_time_90k=recording.to_90k_from_ns(self.clocks.realtime()))
-            self._check_protection(new.camera_id, new.stream_id, new.start_time_90k,
-                                   new.end_time_90k, new.label)
-            with transaction(self.conn):
-                self.conn.execute(
-                    "update protection set start_time_90k = ?, end_time_90k = ?, label = ?, "
-                    "updated_time_90k = ? where id = ?",
-                    (new.start_time_90k, new.end_time_90k, new.label, new.updated_time_90k,
-                     protection_id))
-            self.protections[protection_id] = new
-            self._unqueue_protected(new)
-            return new
-
-    def delete_protection(self, protection_id: int) -> None:
-        """Removes a protection; retention may then delete what it kept (at its next
-        pass: the stream's next recording or the syncer's periodic check)."""
-        if self.read_only:
-            raise DbError("can't remove a protection in read-only mode")
-        with self.locked():
-            self.get_protection(protection_id)
-            with transaction(self.conn):
-                self.conn.execute("delete from protection where id = ?", (protection_id,))
-            del self.protections[protection_id]
-
-    def get_protection(self, protection_id: int) -> Protection:
-        try:
-            return self.protections[protection_id]
-        except KeyError:
-            raise DbError(f"no protection with id {protection_id}; `nvr.py protect list` "
-                          f"shows them") from None
-
-    def list_protections(self, *, camera_id: int | None = None, stream_id: int | None = None,
-                         start_90k: int | None = None, end_90k: int | None = None
-                         ) -> list[Protection]:
-        """Protections by start time: of the camera; that apply to the stream (its own and
-        its camera's); overlapping [start, end) (either bound may be None)."""
-        with self.locked():
-            s = self._get_stream(stream_id) if stream_id is not None else None
-            out = [p for p in self.protections.values()
-                   if (camera_id is None or p.camera_id == camera_id)
-                   and (s is None or p.applies_to(s))
-                   and (start_90k is None or p.end_time_90k > start_90k)
-                   and (end_90k is None or p.start_time_90k < end_90k)]
-            return sorted(out, key=lambda p: (p.start_time_90k, p.id))
-
-    def _protected_rows(self, stream_id: int, ranges) -> dict[int, int]:
-        """composite id -> sample_file_bytes of the stream's committed recordings that
-        overlap any of `ranges` (a retention.Protected's): index range queries on
-        recording_cover, 5 minutes early as listing does. Lock held."""
-        out: dict[int, int] = {}
-        for start, end in ranges:
-            for cid, nbytes in self.conn.execute(
-                    "select composite_id, sample_file_bytes from recording where stream_id = ? "
-                    "and start_time_90k > ? and start_time_90k < ? and "
-                    "max(start_time_90k + wall_duration_90k, start_time_90k + 1) > ?",
-                    (stream_id, start - _LOOKBACK_90K, end, start)):
-                out[cid] = nbytes
-        return out
-
-    def protected_bytes(self, stream_id: int) -> int:
-        """What the stream's protected committed recordings take, in whole 4096-byte
-        blocks as retainBytes counts (what retention can't delete)."""
-        with self.locked("protected bytes"):
-            s = self._get_stream(stream_id)
-            return sum(round_up(n) for n in
-                       self._protected_rows(s.id, self._protected(s).ranges).values())
-
-    def protection_bytes(self, protection_id: int) -> int:
-        """What the committed recordings one protection covers take (whole blocks), over
-        the streams it applies to."""
-        with self.locked("protected bytes"):
-            p = self.get_protection(protection_id)
-            total = 0
-            for s in self.streams.values():
-                if p.applies_to(s):
-                    total += sum(round_up(n) for n in self._protected_rows(
-                        s.id, [(p.start_time_90k, p.end_time_90k)]).values())
-            return total
 
     # -- users -----------------------------------------------------------------
 
@@ -1299,6 +1227,13 @@ class Database:
             limit = limits.bytes if retain_bytes is None else retain_bytes
             days = limits.days if retain_days is ... else retain_days
             over = 0
+            if limit is not None and s.totals_from_90k is not None:
+                if dry_run or retain_bytes is not None or config is not None:
+                    # A question about a given limit (config): answer it now.
+                    while self.load_totals_step(stream_id=s.id):
+                        pass
+                else:  # the syncer: the limit waits for the loader (module docstring)
+                    limit = None
             if limit is not None:
                 over = (s.fs_bytes + s.fs_bytes_to_add + extra_fs_bytes
                         - s.fs_bytes_to_delete - limit)
@@ -1309,34 +1244,12 @@ class Database:
                 if s.range_90k is None or s.range_90k[0] >= cutoff:
                     cutoff = None  # every end is at or after the oldest start: none expired
             if over <= 0 and cutoff is None:
-                if not dry_run:
-                    self._note_protected_over_limit(s, None)
                 return retention.Plan()
             plan = retention.plan_stream(self._rows_not_queued(s), over_bytes=over,
-                                         cutoff_90k=cutoff, protected=self._protected(s))
+                                         cutoff_90k=cutoff)
             if not dry_run:
                 self._queue_deletion(s, plan)
-                self._note_protected_over_limit(s, plan if limit is not None else None)
             return plan
-
-    def _protected(self, s: Stream) -> retention.Protected:
-        """The protected ranges that apply to stream `s`. Call with the lock held."""
-        return retention.Protected((p.start_time_90k, p.end_time_90k)
-                                   for p in self.protections.values() if p.applies_to(s))
-
-    def _note_protected_over_limit(self, s: Stream, plan: retention.Plan | None) -> None:
-        """Logs (logrepeat.py: once, then counted) while protected recordings alone keep
-        `s` over its retainBytes, and once when that ends. The lock is held."""
-        key = ("protected over retainBytes", s.id)
-        name = f"{self.cameras[s.camera_id].short_name}-{s.type}"
-        if plan is not None and plan.short_bytes > 0 and plan.kept_protected:
-            self._retention_repeats.failed(key, ProtectedOverLimit(
-                f"protected recordings ({plan.kept_protected} of {plan.kept_protected_bytes} B) "
-                f"alone exceed retainBytes ({s.retain_bytes} B) by {plan.short_bytes} B; they are "
-                f"kept. Raise retainBytes, or shorten or remove protections (`nvr.py protect "
-                f"list`)"), name)
-        else:
-            self._retention_repeats.cleared(key, f"{name}: back within retainBytes")
 
     def _rows_not_queued(self, s: Stream):
         """The stream's committed recordings after those queued, oldest (by id) first,
@@ -1367,10 +1280,7 @@ class Database:
             if floor - free_bytes - pending <= 0:
                 return p
             p.rows = retention.plan_floor({s.id: self._rows_not_queued(s) for s in streams},
-                                          floor - free_bytes - pending,
-                                          {s.id: self._protected(s) for s in streams})
-            p.kept_protected = p.rows.kept_protected
-            p.kept_protected_bytes = p.rows.kept_protected_bytes
+                                          floor - free_bytes - pending)
             for s in streams:
                 self._queue_deletion(s, [r for sid, r in p.rows if sid == s.id])
             return p

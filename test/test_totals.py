@@ -82,10 +82,12 @@ def start_times(draw, zone: str) -> int:
     day += datetime.timedelta(days=draw(st.integers(-2, 2)))
     base = int(datetime.datetime(day.year, day.month, day.day,
                                  tzinfo=recording._load_zone(zone)).timestamp()) * 90_000
-    near = draw(st.booleans())
-    off = (draw(st.integers(-10 * MIN_90K, 10 * MIN_90K)) if near
-           else draw(st.integers(0, DAY_90K)))
-    return base + off
+    where = draw(st.sampled_from(["before", "near", "anywhere"]))
+    if where == "before":  # within a long recording's length before midnight
+        return base - draw(st.integers(1, 4 * MIN_90K))
+    if where == "near":
+        return base + draw(st.integers(-10 * MIN_90K, 10 * MIN_90K))
+    return base + draw(st.integers(0, DAY_90K))
 
 
 @st.composite
@@ -93,7 +95,9 @@ def scenarios(draw):
     zone = draw(st.sampled_from(sorted(ZONES)))
     op = st.one_of(
         st.tuples(st.just("add"), st.integers(0, 1), start_times(zone),
-                  st.integers(1, 30), st.integers(1, 890_000), st.booleans()),
+                  st.integers(1, 30),
+                  st.one_of(st.integers(1, 890_000), st.sampled_from([300_000, 890_000])),
+                  st.booleans()),
         st.just(("flush",)),
         st.tuples(st.just("age"), start_times(zone)),
         st.tuples(st.just("floor"), st.integers(1, 3)),

@@ -597,6 +597,7 @@ class Database:
         self._live_listeners: dict[int, list] = {}
         self.metrics = metrics.Metrics(clocks)  # what GET /api/metrics shows (metrics.py)
         self._totals_thread: threading.Thread | None = None
+        self._late_threads: list[threading.Thread] = []  # `open_sample_file_dirs(list_later=)`
         self._closing = False
         self._load()
         if not read_only:
@@ -642,6 +643,9 @@ class Database:
         if t is not None and t is not threading.current_thread():
             t.join()  # it stops after its current chunk
             self._totals_thread = None
+        for t in self._late_threads:
+            t.join()  # a listing can't be interrupted; the unlinks after it are skipped
+        self._late_threads.clear()
         with self._lock:
             for d in self.dirs.values():
                 if d.dir is not None:
@@ -825,9 +829,11 @@ class Database:
     def _dir_retry(self, what, fn):
         return clock.retry(self.clocks, None, what, fn)
 
-    def open_sample_file_dirs(self, ids=None) -> None:
+    def open_sample_file_dirs(self, ids=None, *, list_later: bool = False) -> None:
         """Opens dirs (all, or `ids`): steps 1-6 of dir.py's "open read-write",
-        or a read-only verify. Recovery unlinks garbage and abandoned files."""
+        or a read-only verify. Recovery unlinks garbage and abandoned files. With
+        `list_later` (`run`), recovery doesn't list the dir before returning: R3 happens
+        on a thread (`recovery-<path>`) and in S1 (dir.py "Late R3")."""
         for d in self.dirs.values():
             if (ids is not None and d.id not in ids) or d.dir is not None:
                 continue
@@ -861,23 +867,84 @@ class Database:
                 rows = [cid for sid, n in cum.items() for (cid,) in self.conn.execute(
                     "select composite_id from recording where composite_id >= ? and "
                     "composite_id < ?", ((sid << 32) | n, (sid + 1) << 32))]
-            result = dirmod.recover(sfd, sorted(d.garbage_needs_unlink), cum,
-                                    retry=self._dir_retry, rows=rows)
+            if list_later:
+                result = dirmod.recover_garbage(sfd, sorted(d.garbage_needs_unlink),
+                                                retry=self._dir_retry)
+                garbage = set(d.garbage_needs_unlink)
+            else:
+                result = dirmod.recover(sfd, sorted(d.garbage_needs_unlink), cum,
+                                        retry=self._dir_retry, rows=rows)
             with self.locked():
                 gone = set(result.garbage_gone)
                 d.garbage_needs_unlink -= gone
                 d.garbage_unlinked |= gone
-            if result.abandoned:
-                logger.info("dir %s: removed %d abandoned sample file(s) of uncommitted "
-                            "recordings", d.path, len(result.abandoned))
-            if result.kept:
-                logger.warning("dir %s: kept %d sample file(s) whose recording rows have ids "
-                               ">= their stream's cum_recordings, which should never be (%s); "
-                               "stop nvr and run `nvr.py check`", d.path, len(result.kept),
-                               ", ".join(dirmod.name_for(c) for c in result.kept[:10]))
-            if result.unexpected:
-                logger.warning("dir %s: unexpected files (see `nvr.py check`): %s",
-                               d.path, ", ".join(result.unexpected[:10]))
+            if list_later:
+                t = threading.Thread(target=self._late_recovery, args=(d, garbage, cum, rows),
+                                     name=f"recovery-{d.path}", daemon=True)
+                self._late_threads.append(t)
+                t.start()
+                continue
+            self._log_recovery(d, result)
+
+    def _late_recovery(self, d: SampleFileDir, garbage: set[int], cum: dict[int, int],
+                       rows: list[int]) -> None:
+        """dir.py "Late R3": lists the dir while the streams record; unlinks under the
+        database lock the abandoned files whose ids no writer has been given yet (at
+        most the few recordings uncommitted when the last process stopped: a quick
+        unlink each, tried once; one that fails is left to S1 or the next start), then
+        fsyncs the dir."""
+        began = self.clocks.monotonic()
+        try:
+            names = d.dir.fs.list_names()  # R1
+            if self._closing:
+                return
+            abandoned, unexpected, kept = dirmod.classify(names, garbage, cum, rows)
+            removed = []
+            with self.locked("late recovery"):
+                for cid in abandoned:
+                    s = self.streams.get(cid >> 32)
+                    if s is None or (cid & 0xFFFFFFFF) < s.next_recording_id:
+                        continue  # given to a writer: S1 replaced it (dir.py)
+                    try:
+                        d.dir.fs.unlink(dirmod.name_for(cid))
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        logger.warning("dir %s: can't unlink abandoned %s (%s); it goes when "
+                                       "its id is reached or at the next start", d.path,
+                                       dirmod.name_for(cid), e.strerror or e)
+                        continue
+                    removed.append(cid)
+            if removed:
+                self._dir_retry(f"fsync dir {d.path}", d.dir.fs.sync)
+            self._log_recovery(d, dirmod.RecoveryResult([], removed, unexpected, kept))
+            logger.debug("dir %s: listed %d name(s) in %.1f s", d.path, len(names),
+                         (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
+        except Exception as e:  # noqa: BLE001: the dir vanished, EIO: S1 still copes
+            if not self._closing:
+                logger.warning("dir %s: listing it for abandoned files failed (%s); "
+                               "they go when their ids are reached or at the next start",
+                               d.path, e)
+
+    def has_recording_row(self, composite_id: int) -> bool:
+        """Whether a committed recording row has this id (writer.py's S1, dir.py
+        "Late R3": a file with a row is never replaced)."""
+        with self.locked():
+            return self.conn.execute("select 1 from recording where composite_id = ?",
+                                     (composite_id,)).fetchone() is not None
+
+    def _log_recovery(self, d: SampleFileDir, result: dirmod.RecoveryResult) -> None:
+        if result.abandoned:
+            logger.info("dir %s: removed %d abandoned sample file(s) of uncommitted "
+                        "recordings", d.path, len(result.abandoned))
+        if result.kept:
+            logger.warning("dir %s: kept %d sample file(s) whose recording rows have ids "
+                           ">= their stream's cum_recordings, which should never be (%s); "
+                           "stop nvr and run `nvr.py check`", d.path, len(result.kept),
+                           ", ".join(dirmod.name_for(c) for c in result.kept[:10]))
+        if result.unexpected:
+            logger.warning("dir %s: unexpected files (see `nvr.py check`): %s",
+                           d.path, ", ".join(result.unexpected[:10]))
 
     def add_sample_file_dir(self, path: str, config: dict | None = None) -> int:
         """The create procedure: meta with in_progress_open, the row, then promote.

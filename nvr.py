@@ -1105,7 +1105,8 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        d.open_sample_file_dirs()
+        # Not listing the dirs first (dir.py "Late R3"): that grows with history too.
+        d.open_sample_file_dirs(list_later=True)
         if args.demo and not args.read_only:
             _demo_camera(d)
 

@@ -22,8 +22,9 @@ What it does:
    So the database is smaller than a real one by that (its size is printed), and the
    covering index sits in fewer pages than it would; all figures are with a warm page
    cache. With --files, every recording also gets its (empty) sample file, so start-up
-   recovery (dir.py R1: list the dir) sees a real dir's names; that takes ~17 s and
-   525,600 inodes per stream-year to build.
+   recovery (dir.py R1: list the dir) sees a real dir's names; that takes ~17-60 s and
+   525,600 inodes per stream-year to build (so 16 stream-years with files, 8.4 million
+   inodes, is left to those who ask for it).
 2. For each size, --runs times: starts `<code>/nvr.py run --config` as a subprocess
    (its own Python, logging at INFO to a file) with NOTIFY_SOCKET pointing at a socket
    this script reads, and measures from the spawn: READY=1 (the database open, the
@@ -251,7 +252,9 @@ def main() -> int:
                     help="database sizes: streams with a year of recordings each")
     ap.add_argument("--runs", type=int, default=3, help="starts per size (medians reported)")
     ap.add_argument("--files", action="store_true", help="create every recording's sample file")
-    ap.add_argument("--code", default=ROOT, help="the nvr checkout to run (default: this one)")
+    ap.add_argument("--code", default=ROOT,
+                    help="the nvr checkout(s) to run, comma-separated, measured in turn "
+                         "within each run (default: this one)")
     ap.add_argument("--zone", default="America/Los_Angeles", help="the server's time zone")
     ap.add_argument("--dir", help="build in (and keep, and reuse) this directory")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -263,7 +266,7 @@ def main() -> int:
     top = args.dir or tempfile.mkdtemp(prefix="nvr-bench-startup-")
     os.makedirs(top, exist_ok=True)
     keep = args.keep or args.dir is not None
-    code = os.path.abspath(args.code)
+    codes = [os.path.abspath(c) for c in args.code.split(",")]
     results = []
     try:
         for n in sizes:
@@ -283,33 +286,35 @@ def main() -> int:
                 print(f"{n} stream-years: built {n * ROWS:,} recordings, database "
                       f"{info['bytes'] / 1e6:,.0f} MB, in {time.perf_counter() - t0:.1f} s",
                       flush=True)
-            runs = []
-            opens = []
+            runs = {c: [] for c in codes}
+            opens = {c: [] for c in codes}
             for i in range(args.runs):
-                opens.append(measure_open(code, info, env))
-                runs.append(measure_run(code, base, info, env, i))
-                print(f"  run {i + 1}: open_dir {opens[-1]:.3f} s, READY {runs[-1]['ready']:.3f} s,"
-                      f" /api/ {runs[-1]['api'] * 1e3:.1f} ms, /api/?days=true "
-                      f"{runs[-1]['days'] * 1e3:.1f} ms, answered {runs[-1]['answered']:.3f} s, "
-                      f"totals complete {runs[-1]['complete']:.3f} s ({runs[-1]['n_days']} days)",
-                      flush=True)
-            med = {k: statistics.median(r[k] for r in runs) for k in
-                   ("ready", "api", "days", "answered", "complete")}
-            results.append((n, info["bytes"], statistics.median(opens), med))
+                for code in codes:  # in turn, so drift on a shared machine hits all alike
+                    opens[code].append(measure_open(code, info, env))
+                    r = measure_run(code, base, info, env, i)
+                    runs[code].append(r)
+                    print(f"  run {i + 1} {code}: open_dir {opens[code][-1]:.3f} s, READY "
+                          f"{r['ready']:.3f} s, /api/ {r['api'] * 1e3:.1f} ms, /api/?days=true "
+                          f"{r['days'] * 1e3:.1f} ms, answered {r['answered']:.3f} s, totals "
+                          f"complete {r['complete']:.3f} s ({r['n_days']} days)", flush=True)
+            for code in codes:
+                med = {k: statistics.median(r[k] for r in runs[code]) for k in
+                       ("ready", "api", "days", "answered", "complete")}
+                results.append((n, code, info["bytes"], statistics.median(opens[code]), med))
     finally:
         if not keep:
             shutil.rmtree(top, ignore_errors=True)
         else:
             print(f"kept {top}")
-    print(f"\ncode {code}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+    print(f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, medians of {args.runs}"
           f"{', with sample files' if args.files else ''}\n")
-    print("| stream-years | db MB | open_dir, all totals s | READY s | /api/ ms | /api/?days=true ms "
+    print("| stream-years | code | db MB | open_dir, all totals s | READY s | /api/ ms | /api/?days=true ms "
           f"| answered s | goal < {GOAL_SEC:g} s | totals complete s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    for n, size, open_s, m in results:
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    for n, code, size, open_s, m in results:
         verdict = "met" if m["answered"] < GOAL_SEC else "missed"
-        print(f"| {n} | {size / 1e6:,.0f} | {open_s:.3f} | {m['ready']:.3f} | {m['api'] * 1e3:.1f} "
+        print(f"| {n} | {os.path.basename(code)} | {size / 1e6:,.0f} | {open_s:.3f} | {m['ready']:.3f} | {m['api'] * 1e3:.1f} "
               f"| {m['days'] * 1e3:.1f} | {m['answered']:.3f} | {verdict} | {m['complete']:.3f} |")
     return 0
 

@@ -107,3 +107,56 @@ def test_a_file_with_a_row_is_never_replaced(tmp_path, clocks):
     t.db.flush("test")
     assert t.db.has_recording_row(cid)
     assert not t.db.has_recording_row(cid + 1)
+
+
+def test_run_loads_totals_and_lists_dirs_after_ready(tmp_path, clocks):
+    """`nvr.py run` opens with totals="background" and list_later=True: the totals come
+    from the `totals-loader` thread and the abandoned file goes on the dir's recovery
+    thread, both logged by those threads (the log names the thread)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    t = make_testdb(tmp_path, clocks)
+    sid = t.stream_id
+    t.db.update_stream(sid, config=dict(t.db.streams[sid].config, url="rtsp://127.0.0.1:9/x"))
+    for i in range(3):
+        t.add_recording(start_90k=T0_90K + i * 90_000, run_offset=i)
+    t.db.flush("test")
+    abandoned = write_file(t, (sid << 32) | 3)
+    t.db.close()
+    (tmp_path / "nvr.toml").write_text(f'dbDir = "{t.db_dir}"\n[[binds]]\n'
+                                       'ipv4 = "127.0.0.1:0"\n')
+    sock_path = str(tmp_path / "notify.sock")
+    log_path = tmp_path / "nvr.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns, open(log_path, "wb") as log:
+        ns.bind(sock_path)
+        ns.settimeout(60)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(root, "nvr.py"), "run", "--config", "nvr.toml"],
+            cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, NVR_LOG="INFO", NOTIFY_SOCKET=sock_path,
+                     TZ="America/Los_Angeles"))
+        try:
+            while b"READY=1" not in ns.recv(4096):
+                pass
+            # Both threads' lines: polled, as the log file is all there is to wait on.
+            deadline = time.monotonic() + 60
+            while not ("loaded every stream's totals" in log_path.read_text()
+                       and "abandoned sample file" in log_path.read_text()):
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = log_path.read_text().splitlines()
+    assert any(" totals-loader db: loaded every stream's totals" in x for x in lines), lines
+    assert any(f" recovery-{t.sample_dir} db: dir {t.sample_dir}: removed 1 abandoned" in x
+               for x in lines), lines
+    assert not os.path.exists(abandoned)
+    assert "Traceback" not in log_path.read_text()

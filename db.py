@@ -751,7 +751,7 @@ class Database:
                 "sum(r.wall_duration_90k), sum(r.sample_file_bytes), "
                 f"sum((r.sample_file_bytes + {retention.ASSUMED_BLOCK_SIZE_BYTES - 1}) / "
                 f"{retention.ASSUMED_BLOCK_SIZE_BYTES} * {retention.ASSUMED_BLOCK_SIZE_BYTES}) "
-                "from d join recording r indexed by recording_cover on r.stream_id = ? and "
+                "from d join recording r on r.stream_id = ? and "
                 "r.start_time_90k >= d.s and r.start_time_90k < d.e group by d.k",
                 [x for b in bounds for x in b] + [s.id]).fetchall()
             for key, end, n, inside, n_over, over, wall, nbytes, fs_bytes in rows:

@@ -48,7 +48,6 @@ archive COMMIT | tar -x -C /tmp/nvr-before`) to measure it against the same data
 from __future__ import annotations
 
 import argparse
-import array
 import datetime
 import hashlib
 import http.client

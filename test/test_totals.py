@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zoneinfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -81,7 +82,7 @@ def start_times(draw, zone: str) -> int:
     day = datetime.date.fromisoformat(draw(st.sampled_from(ZONES[zone])))
     day += datetime.timedelta(days=draw(st.integers(-2, 2)))
     base = int(datetime.datetime(day.year, day.month, day.day,
-                                 tzinfo=recording._load_zone(zone)).timestamp()) * 90_000
+                                 tzinfo=zoneinfo.ZoneInfo(zone)).timestamp()) * 90_000
     where = draw(st.sampled_from(["before", "near", "anywhere"]))
     if where == "before":  # within a long recording's length before midnight
         return base - draw(st.integers(1, 4 * MIN_90K))

@@ -761,8 +761,16 @@ class Database:
                 s.duration_90k += wall
                 s.sample_file_bytes += nbytes
                 s.fs_bytes += fs_bytes
-            s.totals_from_90k = (None if s.range_90k is None or lo <= s.range_90k[0]
-                                 else lo)
+            s.totals_from_90k = None
+            if s.range_90k is not None and lo > s.range_90k[0]:
+                # On from the day of the latest start before `lo` (an index lookup), so
+                # days without recordings (a gap of months, a clock once set to 2099)
+                # cost nothing: none starts in between.
+                (below,) = self.conn.execute(
+                    "select max(start_time_90k) from recording where stream_id = ? and "
+                    "start_time_90k < ?", (s.id, lo)).fetchone()
+                if below is not None:
+                    s.totals_from_90k = self.day_bounds.day_of(below)[1]
             if s.totals_from_90k is None:
                 logger.debug("stream %d: totals loaded", s.id)
             return True

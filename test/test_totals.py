@@ -195,13 +195,32 @@ def test_loader_counts_a_recording_across_midnight_once(testdb):
     assert not t.db.totals_complete(t.stream_id)
     assert t.db.load_totals_step(max_days=1)  # 2026-11-30: the last recording
     assert {k: v.recordings for k, v in s.days.items()} == {"2026-11-30": 1}
-    assert t.db.load_totals_step(max_days=2)  # 11-29 (nothing starts there), 11-28
+    assert t.db.load_totals_step(max_days=2)  # 11-28 (11-29, where nothing starts, skipped)
     assert {k: (v.recordings, v.duration_90k) for k, v in s.days.items()} == {
         "2026-11-28": (2, 360_000 + 120 * 90_000),
         "2026-11-29": (1, 80 * 90_000 - 20),
         "2026-11-30": (1, 90_000)}
     assert t.db.totals_complete(t.stream_id)
     assert not t.db.load_totals_step()
+    assert_matches(t.db, "loading")
+
+
+def test_loader_skips_days_without_recordings(testdb):
+    """A recording years before the rest (a clock set wrong once): the loader jumps to
+    the day of the latest start below its boundary instead of walking every empty day."""
+    t = testdb
+    start = t90k("2026-11-29T10:00:00Z")
+    t.add_recording(start_90k=start)
+    t.add_recording(start_90k=start - 3650 * DAY_90K)
+    t.add_recording(start_90k=start + 365 * DAY_90K)
+    t.db.flush("test")
+    t.db.close()
+    t.db = db.Database.open_dir(t.db_dir, t.db.clocks, totals="later")
+    steps = 0
+    while t.db.load_totals_step(max_days=1):
+        steps += 1
+    assert steps == 3
+    assert len(t.db.streams[t.stream_id].days) == 3
     assert_matches(t.db, "loading")
 
 

@@ -563,6 +563,9 @@ def _stream_json(db: dbmod.Database, s: dbmod.Stream, *, days: bool, config: boo
         "totalDuration90k": s.duration_90k,
         "totalSampleFileBytes": s.sample_file_bytes,
         "fsBytes": s.fs_bytes,
+        # False for a while after start-up: the totals and days above count only the
+        # newest recordings yet (db.py "Loading totals").
+        "totalsComplete": s.totals_from_90k is None,
         # Recordings (and their frames, bytes) not yet committed: growing or waiting
         # for a flush. Debug counters, as Moonfire's.
         "numRecentRecordings": len(s.uncommitted),

@@ -17,6 +17,22 @@ What lives in memory (loaded at open, kept current by flushes):
   day summaries in the server's time zone, the `cum_*` counters, the
   uncommitted recordings (written or being written, not yet in SQLite), and
   the recordings queued for deletion by retention.
+
+Loading totals: a stream's range (first start, last end) comes from two index
+lookups at open. Its totals and day summaries depend on every recording, so they
+are summed by SQLite from the `recording_cover` index, a chunk of local days at a
+time (`load_totals_step`: one aggregate query per chunk, newest days first), never
+row by row in Python. `Stream.totals_from_90k` is the boundary: the totals count
+exactly the committed recordings starting at or after it, so a flush adds or
+subtracts a recording only if it starts there, and the loader counts the ones
+before it as it walks back. An open loads everything before returning
+(`totals="now"`, for the CLI and tests); `run` opens with
+`totals="background"`, so start-up doesn't grow with history: a thread
+(`totals-loader`) walks the chunks, releasing the database lock between them,
+while the API says which streams are still loading (`totalsComplete`) and
+retention's byte limit waits for the stream's totals (`delete_oldest_recordings`;
+the syncer's idle check applies it once they are in). Age limits and the
+free-space floor need only the range and the rows, so they act at once.
 Recording rows themselves stay in SQLite and are read through the
 `recording_cover` index; `video_index` blobs go through a small LRU cache.
 
@@ -388,6 +404,10 @@ class Stream:
     sample_file_bytes: int = 0
     fs_bytes: int = 0
     days: dict[str, Day] = dataclasses.field(default_factory=dict)
+    # The totals and days above count the committed recordings starting at or after this
+    # time; None: all of them. Set at open and lowered a chunk of days at a time until
+    # None by `Database.load_totals_step` ("Loading totals", module docstring).
+    totals_from_90k: int | None = None
     # Uncommitted recordings with ids cum_recordings, cum_recordings + 1, ...
     uncommitted: collections.deque = dataclasses.field(default_factory=collections.deque)
     fs_bytes_to_add: int = 0       # synced, uncommitted
@@ -625,7 +645,9 @@ class Database:
 
     def __init__(self, conn: sqlite3.Connection, clocks: clock.Clocks, *,
                  read_only: bool = False, lock_fd: int | None = None, db_dir: str | None = None,
-                 fs_factory=dirmod.Fs):
+                 fs_factory=dirmod.Fs, totals: str = "now"):
+        if totals not in ("now", "background", "later"):
+            raise ValueError(f"totals={totals!r}")
         self.conn = conn
         self.clocks = clocks
         # Opens a sample file dir's I/O seam (dir.py `Fs`); tests pass test/fakes.py's
@@ -666,6 +688,9 @@ class Database:
         # happens), replaced whole after each: readers (GET /api/system) need no lock.
         self.last_flush: FlushInfo | None = None
         self.last_flush_error: FlushInfo | None = None
+        self._totals_thread: threading.Thread | None = None
+        self._late_threads: list[threading.Thread] = []  # `open_sample_file_dirs(list_later=)`
+        self._closing = False
         self._load()
         if not read_only:
             open_uuid = uuidlib.uuid4().bytes
@@ -675,16 +700,27 @@ class Database:
                     "values (?, ?, ?, 0, ?)",
                     (open_uuid, self._open_start_90k, self._open_start_90k, boot_uuid()))
             self.open = dirmod.Open(cur.lastrowid, open_uuid)
+        if totals == "background":
+            self._totals_thread = threading.Thread(target=self._load_totals_loop,
+                                                   name="totals-loader", daemon=True)
+            self._totals_thread.start()
+        elif totals == "now":
+            while self.load_totals_step():
+                pass
+        # "later": the caller calls load_totals_step (tests).
 
     @classmethod
     def open_dir(cls, db_dir: str, clocks: clock.Clocks, *, read_only: bool = False,
-                 fs_factory=dirmod.Fs) -> "Database":
+                 fs_factory=dirmod.Fs, totals: str = "now") -> "Database":
+        """Locks and opens the database in `db_dir`. `totals`: "now" loads every
+        stream's totals and day summaries before returning, "background" in a thread
+        (`run`), "later" leaves it to the caller's `load_totals_step` calls (tests)."""
         lock_fd = lock_db_dir(db_dir, read_only)
         try:
             conn = connect(db_dir, read_only)
             try:
                 return cls(conn, clocks, read_only=read_only, lock_fd=lock_fd, db_dir=db_dir,
-                           fs_factory=fs_factory)
+                           fs_factory=fs_factory, totals=totals)
             except BaseException:
                 conn.close()
                 raise
@@ -694,6 +730,14 @@ class Database:
 
     def close(self) -> None:
         """Closes dirs, the connection and the lock. Does not flush: call flush first."""
+        self._closing = True
+        t = self._totals_thread
+        if t is not None and t is not threading.current_thread():
+            t.join()  # it stops after its current chunk
+            self._totals_thread = None
+        for t in self._late_threads:
+            t.join()  # a listing can't be interrupted; the unlinks after it are skipped
+        self._late_threads.clear()
         with self._lock:
             for d in self.dirs.values():
                 if d.dir is not None:
@@ -767,38 +811,145 @@ class Database:
                 "select id, camera_id, stream_id, start_time_90k, end_time_90k, label, "
                 "created_by, created_time_90k, updated_time_90k from protection"):
             self.protections[row[0]] = Protection(*row)
-        # Totals and day summaries of every committed recording.
-        for stream_id, start, wall, nbytes in c.execute(
-                "select stream_id, start_time_90k, wall_duration_90k, sample_file_bytes "
-                "from recording order by stream_id, start_time_90k"):
-            self._add_to_totals(self.streams[stream_id], start, wall, nbytes, 1)
+        # Ranges now; totals and day summaries by `load_totals_step` (module docstring).
+        for s in self.streams.values():
+            self._recompute_range(s)
+            if s.range_90k is not None:
+                last_start = c.execute("select max(start_time_90k) from recording "
+                                       "where stream_id = ?", (s.id,)).fetchone()[0]
+                s.totals_from_90k = self.day_bounds.day_of(last_start)[1]  # next midnight
+
+    # Days per `load_totals_step` chunk: ~20,000 one-minute recordings, some ms of SQLite
+    # under the database lock.
+    TOTALS_CHUNK_DAYS = 14
+
+    def load_totals_step(self, max_days: int | None = None, stream_id: int | None = None) -> bool:
+        """Counts the next chunk (up to `max_days` local days, newest first) of the first
+        stream whose totals are still loading (or of `stream_id`); returns whether any
+        stream (that stream) still is, as far as this chunk knew.
+
+        One aggregate query over the covering index per chunk: per day, the recordings
+        starting in it (their count and wall duration up to the day's end, which is
+        also the sum of what they carry past midnight into the next day: a recording
+        is under 5 minutes, a day at least 23 hours) and their wall durations and bytes
+        for the totals."""
+        with self.locked("load totals"):
+            s = next((s for s in sorted(self.streams.values(), key=lambda s: s.id)
+                      if s.totals_from_90k is not None
+                      and stream_id in (None, s.id)), None)
+            if s is None:
+                return False
+            hi = s.totals_from_90k
+            bounds = []  # (key, start, end), newest first; the newest ends at `hi`
+            t = hi - 1
+            while len(bounds) < (max_days or self.TOTALS_CHUNK_DAYS):
+                start, end, key = self.day_bounds.day_of(t)
+                bounds.append((key, start, end))
+                if s.range_90k is None or start <= s.range_90k[0]:
+                    break
+                t = start - 1
+            lo = bounds[-1][1]
+            days = ",".join("(?, ?, ?)" for _ in bounds)
+            rows = self.conn.execute(
+                f"with d (k, s, e) as (values {days}) "
+                "select d.k, d.e, count(*), "
+                "sum(min(r.start_time_90k + r.wall_duration_90k, d.e) - r.start_time_90k), "
+                "sum(r.start_time_90k + r.wall_duration_90k > d.e), "
+                "sum(max(r.start_time_90k + r.wall_duration_90k - d.e, 0)), "
+                "sum(r.wall_duration_90k), sum(r.sample_file_bytes), "
+                f"sum((r.sample_file_bytes + {retention.ASSUMED_BLOCK_SIZE_BYTES - 1}) / "
+                f"{retention.ASSUMED_BLOCK_SIZE_BYTES} * {retention.ASSUMED_BLOCK_SIZE_BYTES}) "
+                "from d join recording r on r.stream_id = ? and "
+                "r.start_time_90k >= d.s and r.start_time_90k < d.e group by d.k",
+                [x for b in bounds for x in b] + [s.id]).fetchall()
+            for key, end, n, inside, n_over, over, wall, nbytes, fs_bytes in rows:
+                self._add_to_day(s.days, key, n, inside)
+                if n_over:
+                    self._add_to_day(s.days, self.day_bounds.day_of(end)[2], n_over, over)
+                s.duration_90k += wall
+                s.sample_file_bytes += nbytes
+                s.fs_bytes += fs_bytes
+            s.totals_from_90k = None
+            if s.range_90k is not None and lo > s.range_90k[0]:
+                # On from the day of the latest start before `lo` (an index lookup), so
+                # days without recordings (a gap of months, a clock once set to 2099)
+                # cost nothing: none starts in between.
+                (below,) = self.conn.execute(
+                    "select max(start_time_90k) from recording where stream_id = ? and "
+                    "start_time_90k < ?", (s.id, lo)).fetchone()
+                if below is not None:
+                    s.totals_from_90k = self.day_bounds.day_of(below)[1]
+            if s.totals_from_90k is None:
+                logger.debug("stream %d: totals loaded", s.id)
+            return True
+
+    @staticmethod
+    def _add_to_day(days: dict[str, Day], key: str, n: int, duration_90k: int) -> None:
+        day = days.setdefault(key, Day())
+        day.recordings += n
+        day.duration_90k += duration_90k
+
+    def _load_totals_loop(self) -> None:
+        """The `totals-loader` thread of `totals="background"`: chunks until every stream
+        is loaded or the database closes. Between chunks it lets others have the lock
+        (os.sched_yield releases the GIL, so a thread waiting for the lock gets it)."""
+        began = self.clocks.monotonic()
+        try:
+            while not self._closing and self.load_totals_step():
+                os.sched_yield()
+        except Exception:  # noqa: BLE001: a SQLite error; the totals stay partial
+            logger.exception("loading the streams' totals failed; they stay incomplete "
+                             "until nvr restarts")
+            return
+        if not self._closing:
+            logger.info("loaded every stream's totals and day summaries in %.1f s",
+                        (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
+
+    def totals_complete(self, stream_id: int) -> bool:
+        """Whether the stream's totals and day summaries count every committed recording."""
+        with self.locked():
+            return self._get_stream(stream_id).totals_from_90k is None
 
     def _add_to_totals(self, s: Stream, start: int, wall: int, nbytes: int, sign: int) -> None:
         end = start + wall
-        s.duration_90k += sign * wall
-        s.sample_file_bytes += sign * nbytes
-        s.fs_bytes += sign * round_up(nbytes)
-        self.day_bounds.add(s.days, start, wall, sign)
         if sign > 0:
             if s.range_90k is None:
                 s.range_90k = (start, end)
             else:
                 s.range_90k = (min(s.range_90k[0], start), max(s.range_90k[1], end))
+        if s.totals_from_90k is not None and start < s.totals_from_90k:
+            return  # the loader counts it (or, deleted, never sees it)
+        s.duration_90k += sign * wall
+        s.sample_file_bytes += sign * nbytes
+        s.fs_bytes += sign * round_up(nbytes)
+        self.day_bounds.add(s.days, start, wall, sign)
 
     def _recompute_range(self, s: Stream) -> None:
-        row = self.conn.execute(
-            "select min(start_time_90k), max(start_time_90k + wall_duration_90k) "
-            "from recording where stream_id = ?", (s.id,)).fetchone()
-        s.range_90k = None if row[0] is None else (row[0], row[1])
+        """The first start and last end, from the index: the last end is among the
+        recordings starting within the longest recording's duration of the last start."""
+        c = self.conn
+        first, last = c.execute(
+            "select (select min(start_time_90k) from recording where stream_id = ?), "
+            "(select max(start_time_90k) from recording where stream_id = ?)",
+            (s.id, s.id)).fetchone()
+        if first is None:
+            s.range_90k = None
+            return
+        end = c.execute("select max(start_time_90k + wall_duration_90k) from recording "
+                        "where stream_id = ? and start_time_90k >= ?",
+                        (s.id, last - _LOOKBACK_90K)).fetchone()[0]
+        s.range_90k = (first, end)
 
     # -- sample file dirs ----------------------------------------------------
 
     def _dir_retry(self, what, fn):
         return clock.retry(self.clocks, None, what, fn)
 
-    def open_sample_file_dirs(self, ids=None) -> None:
+    def open_sample_file_dirs(self, ids=None, *, list_later: bool = False) -> None:
         """Opens dirs (all, or `ids`): steps 1-6 of dir.py's "open read-write",
-        or a read-only verify. Recovery unlinks garbage and abandoned files."""
+        or a read-only verify. Recovery unlinks garbage and abandoned files. With
+        `list_later` (`run`), recovery doesn't list the dir before returning: R3 happens
+        on a thread (`recovery-<path>`) and in S1 (dir.py "Late R3")."""
         for d in self.dirs.values():
             if (ids is not None and d.id not in ids) or d.dir is not None:
                 continue
@@ -832,23 +983,84 @@ class Database:
                 rows = [cid for sid, n in cum.items() for (cid,) in self.conn.execute(
                     "select composite_id from recording where composite_id >= ? and "
                     "composite_id < ?", ((sid << 32) | n, (sid + 1) << 32))]
-            result = dirmod.recover(sfd, sorted(d.garbage_needs_unlink), cum,
-                                    retry=self._dir_retry, rows=rows)
+            if list_later:
+                result = dirmod.recover_garbage(sfd, sorted(d.garbage_needs_unlink),
+                                                retry=self._dir_retry)
+                garbage = set(d.garbage_needs_unlink)
+            else:
+                result = dirmod.recover(sfd, sorted(d.garbage_needs_unlink), cum,
+                                        retry=self._dir_retry, rows=rows)
             with self.locked():
                 gone = set(result.garbage_gone)
                 d.garbage_needs_unlink -= gone
                 d.garbage_unlinked |= gone
-            if result.abandoned:
-                logger.info("dir %s: removed %d abandoned sample file(s) of uncommitted "
-                            "recordings", d.path, len(result.abandoned))
-            if result.kept:
-                logger.warning("dir %s: kept %d sample file(s) whose recording rows have ids "
-                               ">= their stream's cum_recordings, which should never be (%s); "
-                               "stop nvr and run `nvr.py check`", d.path, len(result.kept),
-                               ", ".join(dirmod.name_for(c) for c in result.kept[:10]))
-            if result.unexpected:
-                logger.warning("dir %s: unexpected files (see `nvr.py check`): %s",
-                               d.path, ", ".join(result.unexpected[:10]))
+            if list_later:
+                t = threading.Thread(target=self._late_recovery, args=(d, garbage, cum, rows),
+                                     name=f"recovery-{d.path}", daemon=True)
+                self._late_threads.append(t)
+                t.start()
+                continue
+            self._log_recovery(d, result)
+
+    def _late_recovery(self, d: SampleFileDir, garbage: set[int], cum: dict[int, int],
+                       rows: list[int]) -> None:
+        """dir.py "Late R3": lists the dir while the streams record; unlinks under the
+        database lock the abandoned files whose ids no writer has been given yet (at
+        most the few recordings uncommitted when the last process stopped: a quick
+        unlink each, tried once; one that fails is left to S1 or the next start), then
+        fsyncs the dir."""
+        began = self.clocks.monotonic()
+        try:
+            names = d.dir.fs.list_names()  # R1
+            if self._closing:
+                return
+            abandoned, unexpected, kept = dirmod.classify(names, garbage, cum, rows)
+            removed = []
+            with self.locked("late recovery"):
+                for cid in abandoned:
+                    s = self.streams.get(cid >> 32)
+                    if s is None or (cid & 0xFFFFFFFF) < s.next_recording_id:
+                        continue  # given to a writer: S1 replaced it (dir.py)
+                    try:
+                        d.dir.fs.unlink(dirmod.name_for(cid))
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        logger.warning("dir %s: can't unlink abandoned %s (%s); it goes when "
+                                       "its id is reached or at the next start", d.path,
+                                       dirmod.name_for(cid), e.strerror or e)
+                        continue
+                    removed.append(cid)
+            if removed:
+                self._dir_retry(f"fsync dir {d.path}", d.dir.fs.sync)
+            self._log_recovery(d, dirmod.RecoveryResult([], removed, unexpected, kept))
+            logger.debug("dir %s: listed %d name(s) in %.1f s", d.path, len(names),
+                         (self.clocks.monotonic() - began) / clock.NANOS_PER_SEC)
+        except Exception as e:  # noqa: BLE001: the dir vanished, EIO: S1 still copes
+            if not self._closing:
+                logger.warning("dir %s: listing it for abandoned files failed (%s); "
+                               "they go when their ids are reached or at the next start",
+                               d.path, e)
+
+    def has_recording_row(self, composite_id: int) -> bool:
+        """Whether a committed recording row has this id (writer.py's S1, dir.py
+        "Late R3": a file with a row is never replaced)."""
+        with self.locked():
+            return self.conn.execute("select 1 from recording where composite_id = ?",
+                                     (composite_id,)).fetchone() is not None
+
+    def _log_recovery(self, d: SampleFileDir, result: dirmod.RecoveryResult) -> None:
+        if result.abandoned:
+            logger.info("dir %s: removed %d abandoned sample file(s) of uncommitted "
+                        "recordings", d.path, len(result.abandoned))
+        if result.kept:
+            logger.warning("dir %s: kept %d sample file(s) whose recording rows have ids "
+                           ">= their stream's cum_recordings, which should never be (%s); "
+                           "stop nvr and run `nvr.py check`", d.path, len(result.kept),
+                           ", ".join(dirmod.name_for(c) for c in result.kept[:10]))
+        if result.unexpected:
+            logger.warning("dir %s: unexpected files (see `nvr.py check`): %s",
+                           d.path, ", ".join(result.unexpected[:10]))
 
     def add_sample_file_dir(self, path: str, config: dict | None = None) -> int:
         """The create procedure: meta with in_progress_open, the row, then promote.
@@ -1395,6 +1607,13 @@ class Database:
             limit = limits.bytes if retain_bytes is None else retain_bytes
             days = limits.days if retain_days is ... else retain_days
             over = 0
+            if limit is not None and s.totals_from_90k is not None:
+                if dry_run or retain_bytes is not None or config is not None:
+                    # A question about a given limit (config): answer it now.
+                    while self.load_totals_step(stream_id=s.id):
+                        pass
+                else:  # the syncer: the limit waits for the loader (module docstring)
+                    limit = None
             if limit is not None:
                 over = (s.fs_bytes + s.fs_bytes_to_add + extra_fs_bytes
                         - s.fs_bytes_to_delete - limit)

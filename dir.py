@@ -125,6 +125,17 @@ Start-up recovery (`recover`; O6):
   R4. fsync the dir once, even if every file was already gone: a process that
       crashed after G2 may have left its unlinks not yet durable.
   R5. (db.py) its next transaction deletes the garbage rows R2 reported gone.
+  Late R3 (`run`: db.py `open_sample_file_dirs(list_later=True)`): R1 lists every
+  recording's file, so its time grows with the recordings kept (~0.4-1 s per
+  stream-year of one-minute recordings here); `run` does only R2 and R4 before
+  recording (`recover_garbage`) and lists the dir on a thread meanwhile. Abandoned
+  files are the only ones a writer can meet: their ids are the ones it assigns
+  next. So: (a) S1 that finds its name taken (O_EXCL: EEXIST) by a file no
+  recording row names unlinks and recreates it (`replace_abandoned`; a crash
+  between leaves an abandoned name either way); (b) the listing's abandoned ids
+  are unlinked under the database lock, only those no writer has been given yet
+  (>= the stream's next recording id), so neither can unlink the other's new
+  file; unexpected and kept files are reported as by R1-R3.
   Each unlink and the fsync go through `retry`, which retries transient
   errors (EIO, ENOSPC) with a warning naming the file.
 
@@ -638,9 +649,39 @@ def recover(d: SampleFileDir, garbage: Iterable[int], cum_recordings: dict[int, 
     maps each stream in this dir to its cum_recordings; `rows` holds the composite
     ids >= cum_recordings that have a recording row anyway, whose files R3 keeps."""
     garbage = sorted(set(garbage))
+    abandoned, unexpected, kept = classify(d.fs.list_names(), garbage, cum_recordings,
+                                           rows)  # R1
+    for cid in garbage:
+        _unlink(d, name_for(cid), retry)  # R2
+    for cid in abandoned:
+        _unlink(d, name_for(cid), retry)  # R3
+    # R4: the unlinks must be durable before db.py deletes the garbage rows (R5).
+    retry(f"fsync dir {d.path}", d.fs.sync)
+    logger.debug("%s: recovery unlinked garbage %s, abandoned %s", d.path, garbage, abandoned)
+    return RecoveryResult(garbage, abandoned, unexpected, kept)
+
+
+def recover_garbage(d: SampleFileDir, garbage: Iterable[int], *,
+                    retry: Retry) -> RecoveryResult:
+    """R2 and R4 without R1 and R3: start-up recovery that doesn't list the dir, so
+    its time doesn't grow with the recordings kept (`run`, db.py
+    `open_sample_file_dirs(list_later=True)`). R3 then happens late ("Start-up
+    recovery" in the module docstring): `classify` on a listing taken while the
+    streams record, and S1's `replace_abandoned` for an id reached before that."""
+    garbage = sorted(set(garbage))
+    for cid in garbage:
+        _unlink(d, name_for(cid), retry)  # R2
+    retry(f"fsync dir {d.path}", d.fs.sync)  # R4
+    return RecoveryResult(garbage, [], [])
+
+
+def classify(names: Iterable[str], garbage: Iterable[int], cum_recordings: dict[int, int],
+             rows: Iterable[int] = ()) -> tuple[list[int], list[str], list[int]]:
+    """R1's verdict on a listing: (abandoned ids, unexpected names, kept ids), sorted.
+    Arguments as `recover`'s."""
     garbage_set, rows = set(garbage), set(rows)
     abandoned, unexpected, kept = [], [], []
-    for name in d.fs.list_names():  # R1
+    for name in names:
         cid = parse_name(name)
         if name == META_NAME or cid in garbage_set:
             continue
@@ -649,14 +690,18 @@ def recover(d: SampleFileDir, garbage: Iterable[int], cum_recordings: dict[int, 
         elif cid & 0xFFFFFFFF >= cum_recordings[cid >> 32]:
             # A file with a row was committed, whatever cum_recordings says: keep it.
             (kept if cid in rows else abandoned).append(cid)
-    for cid in garbage:
-        _unlink(d, name_for(cid), retry)  # R2
-    for cid in abandoned:
-        _unlink(d, name_for(cid), retry)  # R3
-    # R4: the unlinks must be durable before db.py deletes the garbage rows (R5).
-    retry(f"fsync dir {d.path}", d.fs.sync)
-    logger.debug("%s: recovery unlinked garbage %s, abandoned %s", d.path, garbage, abandoned)
-    return RecoveryResult(garbage, abandoned, unexpected, sorted(kept))
+    return sorted(abandoned), sorted(unexpected), sorted(kept)
+
+
+def replace_abandoned(d: SampleFileDir | Fs, name: str) -> File:
+    """S1 for an id that a previous process also used and whose file late recovery
+    hasn't removed yet: the existing file is abandoned (the caller checked that no
+    recording row names it), so unlink it and create the file afresh. A crash between
+    the two leaves the name absent or abandoned either way, and S3 makes the new
+    name durable before S4 lets a row claim it."""
+    fs = d.fs if isinstance(d, SampleFileDir) else d
+    fs.unlink(name)
+    return fs.create_file(name)
 
 
 def collect(d: SampleFileDir, composite_ids: Iterable[int], retry: Callable) -> None:

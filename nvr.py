@@ -931,7 +931,10 @@ def cmd_run(args) -> int:
             d.close()
         logger.info("created the database and sample file dir under %s",
                     os.path.dirname(config.db_dir) or ".")
-    d = db.Database.open_dir(config.db_dir, clocks, read_only=args.read_only)
+    # Totals and day summaries load in the background (db.py "Loading totals"), so
+    # start-up doesn't grow with the recordings kept.
+    d = db.Database.open_dir(config.db_dir, clocks, read_only=args.read_only,
+                             totals="background")
     warn_about_privacy(config.db_dir)  # after the open: -wal and -shm exist now
     # Days, subtitles and zone-less API times follow it (`recording.resolve_zone_name`
     # logs where it came from at DEBUG: NVR_LOG=DEBUG).
@@ -951,7 +954,8 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        d.open_sample_file_dirs()
+        # Not listing the dirs first (dir.py "Late R3"): that grows with history too.
+        d.open_sample_file_dirs(list_later=True)
         if args.demo and not args.read_only:
             _demo_camera(d)
 

@@ -216,9 +216,21 @@ class Writer:
                 video_index=encoder.video_index)
             cid = self.db.add_recording(self.stream_id, r)
         name = dirmod.name_for(cid)
+
+        def create():  # dir.py step S1
+            try:
+                return self.fs.create_file(name)
+            except FileExistsError:
+                # An abandoned file of an earlier process that late recovery (dir.py
+                # "Late R3") hasn't reached; one with a row is never touched.
+                if self.db.has_recording_row(cid):
+                    raise
+                logger.info("%s/%s: replacing an abandoned sample file of an earlier run "
+                            "(start-up recovery had not reached it)", self.fs.path, name)
+                return dirmod.replace_abandoned(self.fs, name)
         try:
             f = clock.retry(self.db.clocks, self.shutdown, f"create {self.fs.path}/{name}",
-                            lambda: self.fs.create_file(name))  # dir.py step S1
+                            create)
         except clock.ShutdownError:
             self._abandon(cid, r, None)
             raise

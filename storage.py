@@ -79,6 +79,8 @@ def stream_json(db: dbmod.Database, s: dbmod.Stream, now_90k: int) -> dict:
      "sampleFileDirId",
      "retainBytes": int | null (null: no byte limit), "retainDays": float | null,
      "committedBytes", "committedFsBytes" (whole 4 KiB blocks, what retention counts),
+     "totalsComplete" (false: start-up is still counting older recordings, so the
+        committed figures are at least these),
      "uncommittedBytes", "uncommittedFsBytes", "uncommittedRecordings" (written, not yet
         flushed, including the growing one), "queuedForDeletionBytes",
      "totalDuration90k" (committed),
@@ -112,6 +114,9 @@ def stream_json(db: dbmod.Database, s: dbmod.Stream, now_90k: int) -> dict:
         "retainDays": limits.days,
         "committedBytes": s.sample_file_bytes,
         "committedFsBytes": s.fs_bytes,
+        # False while start-up still counts older recordings (db.py, "Loading totals"):
+        # the committed figures and totalDuration90k are then a lower bound.
+        "totalsComplete": s.totals_from_90k is None,
         "uncommittedBytes": sum(r.sample_file_bytes for r in live),
         "uncommittedFsBytes": sum(retention.round_up(r.sample_file_bytes) for r in live),
         "uncommittedRecordings": len(live),

@@ -288,3 +288,25 @@ def test_get_api_storage(t):
         assert get(srv.addresses[1][1])[0] == 401  # nobody without viewVideo
     finally:
         srv.stop()
+
+
+def test_committed_figures_say_when_start_up_is_still_counting(t, clocks):
+    """After a restart the older recordings are counted in the background (db.py,
+    "Loading totals"): until then `totalsComplete` is false and the committed figures
+    are a lower bound; once loaded, true and the whole."""
+    for day in range(3):
+        t.add_recording(start_90k=NOW_90K - day * DAY)
+    t.db.flush("test")
+    whole = stream_of(storage.report(t.db), t.stream_id)
+    assert whole["totalsComplete"] is True and whole["committedFsBytes"] > 0
+    t.db.close()
+    t.db = db.Database.open_dir(t.db_dir, clocks, totals="later")
+    t.db.open_sample_file_dirs()
+    part = stream_of(storage.report(t.db), t.stream_id)
+    assert part["totalsComplete"] is False
+    assert part["committedFsBytes"] < whole["committedFsBytes"]
+    while t.db.load_totals_step():
+        pass
+    done = stream_of(storage.report(t.db), t.stream_id)
+    assert done["totalsComplete"] is True
+    assert done["committedFsBytes"] == whole["committedFsBytes"]

@@ -55,6 +55,14 @@ export const fmtDays = d => d === null || d === undefined ? '—'
 
 const RULE_TEXT = {bytes: 'byte limit', age: 'age limit', floor: 'free-space floor'};
 
+// While start-up still counts older recordings (`totalsComplete` false) the committed
+// figure is a lower bound: shown as "≥ size, counting…".
+function committed(s) {
+  if (s.totalsComplete !== false) return bytes(s.committedFsBytes);
+  return h('span', {title: 'nvr is still counting older recordings since it started'},
+           `≥ ${bytes(s.committedFsBytes)}, counting…`);
+}
+
 export function render(main, ctx) {
   const perms = ctx.top.permissions || {};
   const body = h('div', {'aria-live': 'polite'});
@@ -130,7 +138,7 @@ export function render(main, ctx) {
       const last = s.lastDeletion;
       rows.push(h('tr', {dataset: {streamId: String(s.id)}},
         h('th', {scope: 'row'}, label(s), s.record ? null : h('span', {class: 'chip'}, 'not recording')),
-        cell('committedFsBytes', s.committedFsBytes, bytes(s.committedFsBytes)),
+        cell('committedFsBytes', s.committedFsBytes, committed(s)),
         cell('uncommittedBytes', s.uncommittedBytes,
              s.uncommittedBytes ? h('span', {class: 'chip uncommitted',
                                              title: `${s.uncommittedRecordings} recording(s) written, not yet committed`},
@@ -162,7 +170,7 @@ export function render(main, ctx) {
     const cards = h('div', {class: 'storage-cards'}, streams.map(s => h('div', {class: 'card', dataset: {streamId: String(s.id)}},
       h('h2', null, label(s)), s.retainBytes ? used(s) : null,
       h('dl', null,
-        h('dt', null, 'On disk'), h('dd', null, bytes(s.committedFsBytes)),
+        h('dt', null, 'On disk'), h('dd', null, committed(s)),
         h('dt', null, 'Uncommitted'), h('dd', null, s.uncommittedBytes ? `+${bytes(s.uncommittedBytes)}` : '—'),
         h('dt', null, 'Byte limit'), h('dd', null, s.retainBytes === null ? 'none' : bytes(s.retainBytes)),
         h('dt', null, 'Age limit'), h('dd', null, s.retainDays === null ? 'none' : fmtDays(s.retainDays)),

@@ -2,7 +2,7 @@
 
 In process: a web.Server with a control socket on a test database (mode, who may use
 it, stale and live sockets, a path too long). As processes: a real `nvr.py run`
-recording the GStreamer test camera, and `nvr.py sessions|config ...` run beside it,
+recording the GStreamer test camera, and `nvr.py sessions|config|protect ...` run beside it,
 which must go through the socket (the database is locked), change things live, print
 what they print offline, and leave the recording run alone.
 """
@@ -274,6 +274,9 @@ def test_read_only_run_refuses_revoke_in_one_line(tmp_path):
     run_nvr("init", cwd=cwd)
     run_nvr("config", "user", "add", "admin", "--password", "pw", cwd=cwd)
     run_nvr("login", "admin", cwd=cwd)   # a session to revoke
+    run_nvr("config", "camera", "add", "cam1", cwd=cwd)
+    run_nvr("protect", "add", "cam1", "--start", "2026-01-01", "--end", "2026-01-02",
+            "--label", "kept", cwd=cwd)
     with open(os.path.join(cwd, "nvr.toml"), "w") as f:
         f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n')
     n = Nvr(cwd)
@@ -283,8 +286,13 @@ def test_read_only_run_refuses_revoke_in_one_line(tmp_path):
         wait_for("the control socket", lambda: os.path.exists(sock))
         # A read-only run shares the lock: listing reads the database itself.
         assert cli("sessions", "list", cwd=cwd).returncode == 0
+        listed = cli("protect", "list", cwd=cwd)
+        assert listed.returncode == 0 and "\t'kept'\t" in listed.stdout, listed.stderr
         for args in (("sessions", "revoke", "--user", "admin"),
-                     ("config", "user", "edit", "admin", "--disable")):
+                     ("config", "user", "edit", "admin", "--disable"),
+                     ("protect", "add", "cam1", "--start", "2026-02-01", "--end",
+                      "2026-02-02", "--label", "x"),
+                     ("protect", "remove", "1")):
             r = cli(*args, cwd=cwd)
             assert (r.returncode, r.stdout) == (1, ""), r.stderr
             assert r.stderr == ("error: this server runs with --read-only; that needs a "
@@ -375,6 +383,10 @@ def test_messages_name_the_command_lines_options():
     assert ctl.cli_message("camera x has 2 recording(s) (1.0 MiB); set deleteRecordings: "
                            "true to delete it and them") == \
         "camera x has 2 recording(s) (1.0 MiB); add --yes to delete it and them"
+    # /api/protections' times are `protect`'s --start and --end.
+    assert ctl.cli_message("startTime90k must be after 1970 and before the year 10000") == \
+        "--start must be after 1970 and before the year 10000"
+    assert ctl.cli_message("endTime90k must be an integer") == "--end must be an integer"
     # Plain words stay: "url" and "path" are also prose.
     assert ctl.cli_message("the path /x has no url") == "the path /x has no url"
 

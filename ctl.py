@@ -30,13 +30,13 @@ Names given on the command line (a camera's, a user's, a dir's path) are looked 
 a GET first, then the change is sent by id; between the two another change may come (a
 rename): the request then fails with the server's 404, and nothing is changed. Options
 are parsed by nvr.py's helpers (`cli`: the nvr module, passed in to keep imports one
-way: sizes, floors, permissions, passwords); passwords (--password-stdin) are read here
-and sent in the JSON body, over a socket only nvr's user and root can open. The checks
-are the server's (config.py, auth.py): a refusal comes back as its one-line message,
-its API names turned into the command line's (`cli_message`: `flushIfSec` is
-`--flush-if-sec`, `startTime90k` is `--start`, "set deleteRecordings: true" is "add
---yes"), printed as `error: ...`
-with exit status 1. A read-only run refuses every change (its 503), revocations too.
+way: sizes, floors, permissions, passwords, protection times and lines); passwords
+(--password-stdin) are read here and sent in the JSON body, over a socket only nvr's
+user and root can open. The checks are the server's (config.py, auth.py, db.py's for
+protections): a refusal comes back as its one-line message, its API names turned into
+the command line's (`cli_message`: `flushIfSec` is `--flush-if-sec`, `startTime90k` is
+`--start`, "set deleteRecordings: true" is "add --yes"), printed as `error: ...` with
+exit status 1. A read-only run refuses every change (its 503), revocations too.
 
 Transport: http.client over an AF_UNIX socket (`_UnixConnection`), one connection per
 command, `User-Agent: nvr.py <command>` (recorded in session audits, e.g. the revoking

@@ -1,5 +1,5 @@
-"""The command line while nvr runs: `nvr.py config ...` and `nvr.py sessions ...` through
-the running server's control socket.
+"""The command line while nvr runs: `nvr.py config ...`, `nvr.py sessions ...` and
+`nvr.py protect ...` through the running server's control socket.
 
 `nvr.py run` holds the database directory's lock for as long as it runs (db.py), so a
 command that would open the database finds it locked (`db.DbLocked`). For the commands
@@ -21,18 +21,22 @@ What maps to what (docs/api.md has each endpoint):
   config user edit|delete          PATCH|DELETE /api/users/<id>
   sessions list                    GET /api/users/, GET /api/users/<id>/sessions?ended=true
   sessions revoke                  POST /api/users/<id>/sessions/<session id>/revoke
+  protect list [--camera C]        GET /api/protections[?cameraUuid=]
+  protect add                      POST /api/protections, then GET ...?cameraUuid= (its bytes)
+  protect edit|remove              PATCH|DELETE /api/protections/<id> (remove: GET its label)
   login                            none: says to log in with POST /api/login or the web UI
 
 Names given on the command line (a camera's, a user's, a dir's path) are looked up in
 a GET first, then the change is sent by id; between the two another change may come (a
 rename): the request then fails with the server's 404, and nothing is changed. Options
 are parsed by nvr.py's helpers (`cli`: the nvr module, passed in to keep imports one
-way: sizes, floors, permissions, passwords); passwords (--password-stdin) are read here
-and sent in the JSON body, over a socket only nvr's user and root can open. The checks
-are the server's (config.py, auth.py): a refusal comes back as its one-line message,
-its API names turned into the command line's (`cli_message`: `flushIfSec` is
-`--flush-if-sec`, "set deleteRecordings: true" is "add --yes"), printed as `error: ...`
-with exit status 1. A read-only run refuses every change (its 503), revocations too.
+way: sizes, floors, permissions, passwords, protection times and lines); passwords
+(--password-stdin) are read here and sent in the JSON body, over a socket only nvr's
+user and root can open. The checks are the server's (config.py, auth.py, db.py's for
+protections): a refusal comes back as its one-line message, its API names turned into
+the command line's (`cli_message`: `flushIfSec` is `--flush-if-sec`, `startTime90k` is
+`--start`, "set deleteRecordings: true" is "add --yes"), printed as `error: ...` with
+exit status 1. A read-only run refuses every change (its 503), revocations too.
 
 Transport: http.client over an AF_UNIX socket (`_UnixConnection`), one connection per
 command, `User-Agent: nvr.py <command>` (recorded in session audits, e.g. the revoking
@@ -61,6 +65,9 @@ import web
 TIMEOUT_SEC = 60.0
 
 UI_WAY = "the web UI or the HTTP API (docs/api.md)"
+
+# /api/protections' body keys as `nvr.py protect` names them (cli_message).
+PROTECT_OPTIONS = {"startTime90k": "--start", "endTime90k": "--end"}
 
 
 class ControlError(Exception):
@@ -170,6 +177,8 @@ def run(args, cli, locked: str = "") -> int:
     try:
         if args.command == "sessions":
             return _sessions(c, args)
+        if args.command == "protect":
+            return _protect(c, args, cli)
         fn = {"camera": _camera, "stream": _stream, "dir": _dir, "user": _user}[what]
         if what == "stream" and args.action == "test":
             return _stream_test(c, args, cli)
@@ -188,12 +197,12 @@ def run(args, cli, locked: str = "") -> int:
 def cli_message(message: str) -> str:
     """config.py's message for the API (config.API names) as it says it to the command
     line (config.CLI): `retainBytes` is `--retain-bytes`, "set deleteRecordings: true"
-    is "add --yes". Only camelCase keys are renamed: url, path or password are also
-    plain words in a message."""
+    is "add --yes"; protectapi.py's `startTime90k` is `--start`. Only camelCase keys are
+    renamed: url, path or password are also plain words in a message."""
     import config
     for attr in ("confirm", "retention_hint", "dir_hint", "credentials_hint"):
         message = message.replace(getattr(config.API, attr), getattr(config.CLI, attr))
-    for key, option in config.CLI.fields.items():
+    for key, option in (*config.CLI.fields.items(), *PROTECT_OPTIONS.items()):
         if key != key.lower():
             message = re.sub(rf"\b{key}\b", option, message)
     return message
@@ -529,3 +538,62 @@ def _sessions(c: Client, args) -> int:
         c.call("POST", f"/api/users/{u['id']}/sessions/{sid}/revoke", {})
     print(f"revoked {len(targets)} session(s)")
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# protect
+
+def _protect(c: Client, args, cli) -> int:
+    """`protect add|list|edit|remove` (nvr.py's cmd_protect) through /api/protections:
+    the same parsing (nvr.py's helpers, times in this process's zone, sent as 90 kHz
+    units) and the same lines (nvr.py's format_protection), in the same order of
+    checks. `createdBy` is the server's "cli" for this privileged Unix peer."""
+    conf = _config(c)
+    names = {cam["uuid"]: cam["shortName"] for cam in conf["cameras"]}
+
+    def line(p: dict) -> str:
+        return cli.format_protection(
+            p["id"], names.get(p["cameraUuid"], p["cameraUuid"]), p["streamType"],
+            p["startTime90k"], p["endTime90k"], p["label"], p["createdBy"],
+            p["protectedBytes"])
+
+    if args.action == "add":
+        name, _, type_ = args.camera.partition("/")
+        cam = _camera_named(conf, name)
+        if type_:
+            cli.check_stream_type(cam["shortName"], type_, cam["streams"])
+        body = {"cameraUuid": cam["uuid"], "streamType": type_ or None,
+                "startTime90k": cli._parse_protect_time("start", args.start),
+                "endTime90k": cli._parse_protect_time("end", args.end),
+                "label": args.label}
+        id_ = c.call("POST", "/api/protections", body)["id"]
+        print(f"added protection {line(_protection(c, id_, cam['uuid']))}")
+    elif args.action == "list":
+        q = ""
+        if args.camera:
+            q = "?" + urllib.parse.urlencode(
+                {"cameraUuid": _camera_named(conf, args.camera)["uuid"]})
+        for p in c.call("GET", f"/api/protections{q}")["protections"]:
+            print(line(p))
+    elif args.action == "edit":
+        changes = cli.protect_changes(args)
+        body = {key: changes[attr] for key, attr in (
+            ("label", "label"), ("startTime90k", "start_90k"), ("endTime90k", "end_90k"))
+            if changes[attr] is not None}
+        print(f"updated protection "
+              f"{line(c.call('PATCH', f'/api/protections/{args.id}', body))}")
+    elif args.action == "remove":
+        p = _protection(c, args.id)
+        c.call("DELETE", f"/api/protections/{args.id}", {})
+        print(cli.format_removed_protection(p["id"], p["label"]))
+    return 0
+
+
+def _protection(c: Client, id_: int, camera_uuid: str | None = None) -> dict:
+    """Protection `id_`'s JSON (there is no GET of one: the list, of its camera's)."""
+    q = "?" + urllib.parse.urlencode({"cameraUuid": camera_uuid}) if camera_uuid else ""
+    for p in c.call("GET", f"/api/protections{q}")["protections"]:
+        if p["id"] == id_:
+            return p
+    # As db.Database.get_protection says it offline.
+    raise ControlError(f"no protection with id {id_}; `nvr.py protect list` shows them")

@@ -12,6 +12,7 @@ Subcommands (one `cmd_x(args) -> int` each, the exit status):
   ts       convert between 90 kHz timestamps and readable times
   test-stream  connect to an RTSP URL and report what nvr would record (streamtest.py)
   protect  add/list/edit/remove protected footage (ranges retention never deletes)
+           (while `run` holds the database, through its control socket: ctl.py)
 `nvr.py --version` prints nvr's version (api.VERSION, the API's serverVersion)
 and those of Python, PyAV, FFmpeg, SQLite and argon2-cffi.
 
@@ -836,20 +837,16 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-# `protect`: protected footage (issue #17; db.py's protections, retention.py).
+# `protect`: protected footage (issue #17; db.py's protections, retention.py). With nvr
+# running (the database locked), `main` sends the command through its control socket
+# instead (ctl.py's _protect, /api/protections); the helpers below parse and print for
+# both, so the two paths take the same arguments and print the same lines.
 
-def _protect_open(args) -> db.Database:
-    """Opens the database for `protect`; while `run` holds it, says how to do it there.
-    (The lock is a flock: an nvr that is running refuses a second writer.)"""
-    try:
-        return db.Database.open_dir(args.db_dir, clock.RealClocks(),
-                                    read_only=args.action == "list")
-    except db.DbLocked:
-        raise UsageError(
-            f"the database in {args.db_dir} is in use by a running nvr; protect footage "
-            f"there instead: the web UI's player (\"keep this clip\") or the API "
-            f"(POST/GET/PATCH/DELETE /api/protections, permission protectRecordings; "
-            f"docs/api.md)") from None
+def check_stream_type(camera: str, type_: str, types) -> None:
+    """`CAMERA/TYPE` names a stream the camera has (`types`: its stream types)."""
+    if type_ not in types:
+        raise UsageError(f"camera {camera} has no {type_!r} stream (it has "
+                         f"{', '.join(sorted(types)) or 'none'})")
 
 
 def _parse_camera_stream(d: db.Database, spec: str) -> tuple[db.Camera, int | None]:
@@ -858,9 +855,7 @@ def _parse_camera_stream(d: db.Database, spec: str) -> tuple[db.Camera, int | No
     c = d.camera_by_name(name)
     if not type_:
         return c, None
-    if type_ not in c.streams:
-        raise UsageError(f"camera {c.short_name} has no {type_!r} stream (it has "
-                         f"{', '.join(sorted(c.streams)) or 'none'})")
+    check_stream_type(c.short_name, type_, c.streams)
     return c, c.streams[type_]
 
 
@@ -873,19 +868,40 @@ def _parse_protect_time(what: str, s: str | None) -> int | None:
         raise UsageError(f"--{what}: {e}") from None
 
 
+def protect_changes(args) -> dict:
+    """`protect edit`'s changes: {"label", "start_90k", "end_90k"}, None if not given."""
+    if args.start is None and args.end is None and args.label is None:
+        raise UsageError("nothing to change: give --start, --end and/or --label")
+    return {"label": args.label, "start_90k": _parse_protect_time("start", args.start),
+            "end_90k": _parse_protect_time("end", args.end)}
+
+
+def format_protection(id_: int, camera: str, stream_type: str | None, start_90k: int,
+                      end_90k: int, label: str, created_by: str, protected_bytes: int) -> str:
+    """One protection as `protect` prints it: id, camera[/type], start, end (local time),
+    label, creator, the bytes it keeps."""
+    where = camera if stream_type is None else f"{camera}/{stream_type}"
+    return (f"{id_}\t{where}\t{recording.format_time(start_90k)}\t"
+            f"{recording.format_time(end_90k)}\t{label!r}\tby={created_by}"
+            f"\tprotected={format_size(protected_bytes)}")
+
+
+def format_removed_protection(id_: int, label: str) -> str:
+    return (f"removed protection {id_} ({label!r}); retention may delete what it kept "
+            f"from the next recording or check on")
+
+
 def _describe_protection(d: db.Database, p: db.Protection) -> str:
-    c = d.cameras[p.camera_id]
-    where = c.short_name if p.stream_id is None else \
-        f"{c.short_name}/{d.streams[p.stream_id].type}"
-    return (f"{p.id}\t{where}\t{recording.format_time(p.start_time_90k)}\t"
-            f"{recording.format_time(p.end_time_90k)}\t{p.label!r}\tby={p.created_by}"
-            f"\tprotected={format_size(d.protection_bytes(p.id))}")
+    return format_protection(
+        p.id, d.cameras[p.camera_id].short_name,
+        None if p.stream_id is None else d.streams[p.stream_id].type,
+        p.start_time_90k, p.end_time_90k, p.label, p.created_by, d.protection_bytes(p.id))
 
 
 def cmd_protect(args) -> int:
-    """`protect add|list|edit|remove`: protected ranges, offline (`run` not holding the
-    database; it says where to go if it is). Times as `ts` takes them."""
-    d = _protect_open(args)
+    """`protect add|list|edit|remove`: protected ranges in the database. Times as `ts`
+    takes them. `run` holding the database raises db.DbLocked (`main` goes through it)."""
+    d = _open(args)
     try:
         if args.action == "add":
             c, stream_id = _parse_camera_stream(d, args.camera)
@@ -898,17 +914,12 @@ def cmd_protect(args) -> int:
             for p in d.list_protections(camera_id=c.id if c else None):
                 print(_describe_protection(d, p))
         elif args.action == "edit":
-            if args.start is None and args.end is None and args.label is None:
-                raise UsageError("nothing to change: give --start, --end and/or --label")
-            p = d.update_protection(args.id, label=args.label,
-                                    start_90k=_parse_protect_time("start", args.start),
-                                    end_90k=_parse_protect_time("end", args.end))
+            p = d.update_protection(args.id, **protect_changes(args))
             print(f"updated protection {_describe_protection(d, p)}")
         elif args.action == "remove":
             p = d.get_protection(args.id)
             d.delete_protection(args.id)
-            print(f"removed protection {p.id} ({p.label!r}); retention may delete what it "
-                  f"kept from the next recording or check on")
+            print(format_removed_protection(p.id, p.label))
         _finish(d, f"protect {args.action}")
     finally:
         d.close()
@@ -1275,8 +1286,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Protects a time range of one stream (CAMERA/TYPE) or of "
                                    "every stream of a camera (CAMERA): recordings overlapping "
                                    "it are never deleted by retainBytes, retainDays or the "
-                                   "free-space floor. nvr must not be running (the web UI and "
-                                   "/api/protections do this while it runs).")
+                                   "free-space floor. While nvr runs, the command goes through "
+                                   "it (its control socket, /api/protections).")
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     r = psub.add_parser("add", help="protect a range of a camera's footage")
     _add_db_dir(r)
@@ -1318,8 +1329,8 @@ def main(argv=None) -> int:
         try:
             return args.func(args)
         except db.DbLocked as e:
-            # `run` holds the database: config, sessions and login go through it.
-            if args.command not in ("config", "sessions", "login"):
+            # `run` holds the database: config, sessions, protect and login go through it.
+            if args.command not in ("config", "sessions", "protect", "login"):
                 raise
             return ctl.run(args, sys.modules[__name__], locked=str(e).split(";")[0])
     except (UsageError, config.ConfigError, db.DbError, dirmod.DirError, upgrade.UpgradeError,

@@ -2,7 +2,7 @@
 
 In process: a web.Server with a control socket on a test database (mode, who may use
 it, stale and live sockets, a path too long). As processes: a real `nvr.py run`
-recording the GStreamer test camera, and `nvr.py sessions|config ...` run beside it,
+recording the GStreamer test camera, and `nvr.py sessions|config|protect ...` run beside it,
 which must go through the socket (the database is locked), change things live, print
 what they print offline, and leave the recording run alone.
 """
@@ -274,6 +274,9 @@ def test_read_only_run_refuses_revoke_in_one_line(tmp_path):
     run_nvr("init", cwd=cwd)
     run_nvr("config", "user", "add", "admin", "--password", "pw", cwd=cwd)
     run_nvr("login", "admin", cwd=cwd)   # a session to revoke
+    run_nvr("config", "camera", "add", "cam1", cwd=cwd)
+    run_nvr("protect", "add", "cam1", "--start", "2026-01-01", "--end", "2026-01-02",
+            "--label", "kept", cwd=cwd)
     with open(os.path.join(cwd, "nvr.toml"), "w") as f:
         f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n')
     n = Nvr(cwd)
@@ -283,8 +286,13 @@ def test_read_only_run_refuses_revoke_in_one_line(tmp_path):
         wait_for("the control socket", lambda: os.path.exists(sock))
         # A read-only run shares the lock: listing reads the database itself.
         assert cli("sessions", "list", cwd=cwd).returncode == 0
+        listed = cli("protect", "list", cwd=cwd)
+        assert listed.returncode == 0 and "\t'kept'\t" in listed.stdout, listed.stderr
         for args in (("sessions", "revoke", "--user", "admin"),
-                     ("config", "user", "edit", "admin", "--disable")):
+                     ("config", "user", "edit", "admin", "--disable"),
+                     ("protect", "add", "cam1", "--start", "2026-02-01", "--end",
+                      "2026-02-02", "--label", "x"),
+                     ("protect", "remove", "1")):
             r = cli(*args, cwd=cwd)
             assert (r.returncode, r.stdout) == (1, ""), r.stderr
             assert r.stderr == ("error: this server runs with --read-only; that needs a "
@@ -375,6 +383,10 @@ def test_messages_name_the_command_lines_options():
     assert ctl.cli_message("camera x has 2 recording(s) (1.0 MiB); set deleteRecordings: "
                            "true to delete it and them") == \
         "camera x has 2 recording(s) (1.0 MiB); add --yes to delete it and them"
+    # /api/protections' times are `protect`'s --start and --end.
+    assert ctl.cli_message("startTime90k must be after 1970 and before the year 10000") == \
+        "--start must be after 1970 and before the year 10000"
+    assert ctl.cli_message("endTime90k must be an integer") == "--end must be an integer"
     # Plain words stay: "url" and "path" are also prose.
     assert ctl.cli_message("the path /x has no url") == "the path /x has no url"
 
@@ -465,3 +477,129 @@ def test_changes_print_as_offline(tmp_path):
     # It did something: every change succeeded or was refused as planned.
     assert [r[1] for r in online] == [0] * 6 + [1, 1, 0] + [0] * 10
     assert "Traceback" not in "".join(r[3] for r in online)
+
+
+# ---------------------------------------------------------------------------------------
+# `nvr.py protect` through the running nvr (/api/protections).
+
+PROTECT = [
+    ("add", "cam9/main", "--start", "2026-01-01T00:00", "--end", "2026-01-01T01:00:00:45000",
+     "--label", "break-in"),
+    ("add", "cam9", "--start", "2026-01-02", "--end", "2026-01-03T00:00+02:00",
+     "--label", "whole camera"),
+    ("list",),
+    ("list", "--camera", "cam9"),
+    ("edit", "1", "--label", "renamed", "--end", "2026-01-01T00:30"),
+    ("edit", "2", "--start", "2026-01-01T23:00Z"),
+    ("list",),
+    # Refusals, each one line.
+    ("edit", "1", "--end", "2025-12-31"),                            # end before start
+    ("add", "cam9", "--start", "2026-01-05", "--end", "2026-01-04", "--label", "x"),
+    ("edit", "1"),                                                   # nothing to change
+    ("add", "nope", "--start", "2026-01-01", "--end", "2026-01-02", "--label", "x"),
+    ("add", "cam9/sub", "--start", "2026-01-01", "--end", "2026-01-02", "--label", "x"),
+    ("add", "cam9", "--start", "yesterday", "--end", "2026-01-02", "--label", "x"),
+    ("add", "cam9", "--start", "2026-01-01", "--end", "2026-01-02", "--label", "a\nb"),
+    ("edit", "9", "--label", "x"),
+    ("remove", "9"),
+    ("list", "--camera", "nope"),
+    ("remove", "1"),
+    ("list",),
+]
+
+
+def _protect_changes(cwd):
+    out = []
+    for args in PROTECT:
+        r = cli("protect", *args, cwd=cwd)
+        out.append((args, r.returncode, r.stdout, r.stderr.replace(cwd, "CWD")))
+    return out
+
+
+def test_protect_prints_as_offline(tmp_path):
+    """`nvr.py protect add|list|edit|remove` once through a running nvr and once with it
+    stopped, on the same fresh data: the same output, refusals included, line for line."""
+    online_cwd, offline_cwd = str(tmp_path / "a"), str(tmp_path / "b")
+    for cwd in (online_cwd, offline_cwd):
+        os.mkdir(cwd)
+        run_nvr("init", cwd=cwd)
+        run_nvr("config", "camera", "add", "cam9", cwd=cwd)
+        run_nvr("config", "stream", "add", "cam9", "main", "--url", "rtsp://127.0.0.1:9/x",
+                cwd=cwd)   # not recorded: nothing connects
+    with open(os.path.join(online_cwd, "nvr.toml"), "w") as f:
+        f.write('dbDir = "nvr-data/db"\n[[binds]]\nipv4 = "127.0.0.1:0"\n')
+    n = Nvr(online_cwd)
+    n.start()
+    try:
+        wait_for("the control socket",
+                 lambda: os.path.exists(os.path.join(online_cwd, "nvr-data/db/control.sock")))
+        online = _protect_changes(online_cwd)
+        log = n.log_text()
+    finally:
+        assert n.stop() == 0
+    offline = _protect_changes(offline_cwd)
+    for a, b in zip(online, offline):
+        assert a == b
+    # It went through the server (which logs every change, with its caller)...
+    assert "protection 1 added by privileged Unix peer" in log, log
+    assert "protection 1 removed by privileged Unix peer" in log, log
+    # ...and did something: every command succeeded or was refused as planned.
+    assert [r[1] for r in online] == [0] * 7 + [1] * 10 + [0, 0], online
+    assert all(len(r[3].splitlines()) == 1 and r[3].startswith("error: ")
+               for r in online if r[1]), online
+    assert online[0][2] == ("added protection 1\tcam9/main\t2026-01-01T00:00:00:00000+00:00"
+                            "\t2026-01-01T01:00:00:45000+00:00\t'break-in'\tby=cli"
+                            "\tprotected=0 B\n")
+    assert online[7][3] == ("error: end (2025-12-31T00:00:00:00000+00:00) must be after "
+                            "start (2026-01-01T00:00:00:00000+00:00)\n")
+    assert [line.split("\t")[:2] for line in online[-1][2].splitlines()] == [
+        ["2", "cam9"]]
+
+
+def test_protect_while_recording(running):
+    """Protecting recorded footage through the running nvr: live at once (GET
+    /api/protections shows it, createdBy "cli", the bytes it keeps), a refusal in one
+    line, recording going on in its one run; the list prints as offline."""
+    n = running
+    rows = n.rows(1)
+    start, end = rows[0][3], rows[1][3] + rows[1][4]   # the first two recordings
+    r = cli("protect", "add", "cam1/main", "--start", str(start), "--end", str(end),
+            "--label", "incident", cwd=n.cwd)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    added = r.stdout
+    assert added.startswith("added protection 1\tcam1/main\t") and "\t'incident'\tby=cli\t" \
+        in added, added
+    status, set_cookie, _ = _http(n, "POST", "/api/login", {"username": "admin",
+                                                            "password": "pw"})
+    cookie = re.match(r"s=([^;]+)", set_cookie).group(1)
+    status, _, body = _http(n, "GET", "/api/protections", cookie=cookie)
+    assert status == 200
+    [p] = json.loads(body)["protections"]
+    assert (p["id"], p["streamType"], p["startTime90k"], p["endTime90k"], p["label"],
+            p["createdBy"]) == (1, "main", start, end, "incident", "cli")
+    assert p["protectedBytes"] >= (rows[0][5] + rows[1][5]) > 0   # at least a byte a frame
+    assert added.endswith(f"\tprotected={nvr.format_size(p['protectedBytes'])}\n"), added
+
+    r = cli("protect", "add", "cam1", "--start", str(end), "--end", str(start),
+            "--label", "backwards", cwd=n.cwd)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert re.fullmatch(r"error: end \(\S+\) must be after start \(\S+\)\n", r.stderr), \
+        r.stderr
+    recorded = len(n.rows(1))
+    r = cli("protect", "add", "cam1", "--start", "2026-01-01", "--end", "2026-01-02",
+            "--label", "whole camera", cwd=n.cwd)
+    assert r.returncode == 0, r.stderr
+    r = cli("protect", "edit", "2", "--label", "edited", cwd=n.cwd)
+    assert r.stdout.startswith("updated protection 2\tcam1\t") and "'edited'" in r.stdout
+    r = cli("protect", "remove", "2", cwd=n.cwd)
+    assert r.stdout.startswith("removed protection 2 ('edited'); ")
+    online = cli("protect", "list", cwd=n.cwd)
+    assert online.stdout == added.removeprefix("added protection "), online.stderr
+    status, _, body = _http(n, "GET", "/api/protections", cookie=cookie)
+    assert [p["id"] for p in json.loads(body)["protections"]] == [1]
+
+    wait_for("2 more recordings", lambda: len(n.rows(1)) >= recorded + 2)
+    assert _one_run(n, 1), n.rows(1)
+    assert n.stop() == 0
+    offline = cli("protect", "list", cwd=n.cwd)
+    assert (offline.returncode, offline.stdout) == (0, online.stdout), offline.stderr

@@ -530,7 +530,11 @@ def test_cli_protect_add_list_edit_remove(tmp_path, clocks, capsys):
     d.close()
 
 
-def test_cli_protect_while_nvr_runs_names_the_api(tmp_path, clocks, capsys):
+def test_cli_protect_while_locked_without_a_control_socket_says_what_to_do(
+        tmp_path, clocks, capsys):
+    """The database locked (as `run` holds it) and no control socket answering: one
+    line saying to stop nvr or use the web UI or the API. (With a running nvr the command
+    goes through it: test_control.py.)"""
     import nvr
     t = make_testdb(tmp_path, clocks)
     t.db.close()
@@ -542,9 +546,11 @@ def test_cli_protect_while_nvr_runs_names_the_api(tmp_path, clocks, capsys):
         os.close(fd)
     err = capsys.readouterr().err
     assert status == 1 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: the database in {t.db_dir} is in use by a running nvr; "
-                          f"protect footage there instead: the web UI's player")
-    assert "/api/protections" in err
+    assert err.startswith(f"error: database directory {t.db_dir} is locked by another "
+                          f"process, and its control socket {t.db_dir}/control.sock doesn't "
+                          f"answer"), err
+    assert err.rstrip().endswith("stop nvr to change the database this way, or use the web "
+                                 "UI or the HTTP API (docs/api.md)"), err
 
 
 # -- a real run: GStreamer camera, `nvr.py run`, a small disk ------------------------------------

@@ -111,7 +111,7 @@ def dir_json(d: dbmod.Database, x: dbmod.SampleFileDir) -> dict:
         floor = x.config["freeSpaceFloorBytes"]
     return {"id": x.id, "uuid": str(uuidlib.UUID(bytes=x.uuid)), "path": x.path,
             "open": x.dir is not None, "totalBytes": total, "freeBytes": free,
-            "usedBytes": sum(d.streams[sid].fs_bytes for sid in streams),
+            "usedBytes": sum(d.streams[sid].recorded_fs_bytes() for sid in streams),
             "freeSpaceFloorBytes": floor,
             "freeSpaceFloor": retention.describe_floor(x.config),
             "config": {k: v for k, v in x.config.items() if k in config.FLOOR_KEYS},

@@ -433,6 +433,15 @@ class Stream:
     def retain_days(self) -> float | None:
         return retention.stream_limits(self.config).days
 
+    def recorded_fs_bytes(self) -> int:
+        """What the stream holds on disk now, each file in whole blocks as retention
+        counts: committed (`fs_bytes`) plus every recording written since, finished or
+        growing, not yet committed. The "used" of the Storage, System and Settings
+        pages (a new stream shows its video before its first flush). Caller holds the
+        database lock."""
+        return self.fs_bytes + sum(round_up(r.sample_file_bytes) for r in self.uncommitted
+                                   if not r.abandoned)
+
     @property
     def flush_if_sec(self) -> int:
         return int(self.config.get("flushIfSec", 0))

@@ -172,7 +172,7 @@ def report(db: dbmod.Database) -> dict:
             sp = space.get(d.id, "not open")
             j = {"id": d.id, "uuid": _uuid_text(d.uuid), "path": d.path,
                  "open": d.dir is not None,
-                 "usedBytes": sum(x["committedFsBytes"] + x["uncommittedFsBytes"] for x in mine),
+                 "usedBytes": sum(db.streams[x["id"]].recorded_fs_bytes() for x in mine),
                  "floorSetting": retention.describe_floor(d.config),
                  "protectedBytes": sum(x["protectedBytes"] for x in mine),
                  "streamIds": [x["id"] for x in mine]}

@@ -180,7 +180,7 @@ def _dirs(db) -> list:
         dirs = []
         for d in db.dirs.values():
             ids = sorted(s.id for s in db.streams.values() if s.sample_file_dir_id == d.id)
-            used = sum(db.streams[i].fs_bytes + db.streams[i].fs_bytes_to_add for i in ids)
+            used = sum(db.streams[i].recorded_fs_bytes() for i in ids)
             dirs.append((d.id, d.path, dict(d.config), d.dir, ids, used))
     out = []
     for dir_id, path, config, opened, ids, used in sorted(dirs):

@@ -13,12 +13,14 @@ import pytest
 
 import auth
 import clock
+import configapi
 import db
 import dir as dirmod
 import nvr
 import recording
 import retention
 import storage
+import system
 import web
 from conftest import START_NS, make_testdb
 
@@ -82,6 +84,11 @@ def test_uncommitted_bytes_are_counted_before_the_first_flush(t):
     assert s["uncommittedRecordings"] == 2
     (d,) = storage.report(t.db)["dirs"]
     assert d["usedBytes"] == s["uncommittedFsBytes"]
+    # The System and Settings pages say the same "used" (they counted only what was
+    # committed, or synced: not the growing recording).
+    (sys_dir,) = system._dirs(t.db)
+    cfg_dir = configapi.dir_json(t.db, t.db.dirs[t.dir_id])
+    assert sys_dir["usedBytes"] == cfg_dir["usedBytes"] == d["usedBytes"]
     # The flush commits the synced one; the growing one stays uncommitted.
     t.db.flush("test")
     s = stream_of(storage.report(t.db), t.stream_id)

@@ -1071,6 +1071,16 @@ class _BodyWriter:
         self.corked = on
 
     def _send_file_chunk(self, c: mp4.FileChunk) -> None:
+        # A growing recording's last bytes may not be in its file yet: they come from
+        # memory (mp4.FileChunk.split), after the file's part.
+        n, rest = c.split()
+        if n:
+            self._send_file_part(mp4.FileChunk(c.path, c.offset, n) if rest else c)
+        if rest:
+            self.h._write(rest)
+            self.sent += len(rest)
+
+    def _send_file_part(self, c: mp4.FileChunk) -> None:
         # Opened per chunk and closed here. A recording deleted since the build gives
         # FileNotFoundError: the connection is dropped (a known limitation, §5.2).
         fd = os.open(c.path, os.O_RDONLY | os.O_CLOEXEC)

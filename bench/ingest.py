@@ -470,21 +470,23 @@ class NvrResult:
     warnings: list[str]
 
 
-def nvr_cli(*args: str) -> None:
-    r = subprocess.run([sys.executable, NVR, *args], cwd=REPO, capture_output=True, text=True)
+def nvr_cli(*args: str, repo: str = REPO) -> None:
+    r = subprocess.run([sys.executable, os.path.join(repo, "nvr.py"), *args], cwd=repo,
+                       capture_output=True, text=True)
     if r.returncode != 0:
         raise BenchError(f"nvr.py {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
 
 
-def setup_nvr(tmp: str, urls: list[str], flush_if_sec: int) -> str:
+def setup_nvr(tmp: str, urls: list[str], flush_if_sec: int, repo: str = REPO) -> str:
     """A fresh database under `tmp` recording `urls`; returns the config file's path."""
     db_dir = os.path.join(tmp, "db")
-    nvr_cli("init", "--db-dir", db_dir, "--sample-file-dir", os.path.join(tmp, "sample"))
+    nvr_cli("init", "--db-dir", db_dir, "--sample-file-dir", os.path.join(tmp, "sample"),
+            repo=repo)
     for i, url in enumerate(urls):
-        nvr_cli("config", "camera", "add", f"c{i}", "--db-dir", db_dir)
+        nvr_cli("config", "camera", "add", f"c{i}", "--db-dir", db_dir, repo=repo)
         nvr_cli("config", "stream", "add", f"c{i}", "main", "--db-dir", db_dir, "--url", url,
                 "--record", "--dir", "1", "--retain-bytes", "10G",
-                "--flush-if-sec", str(flush_if_sec))
+                "--flush-if-sec", str(flush_if_sec), repo=repo)
     config = os.path.join(tmp, "nvr.toml")
     with open(config, "w") as f:
         # binds are parsed but nothing listens yet; port 0 can't collide anyway.
@@ -493,15 +495,16 @@ def setup_nvr(tmp: str, urls: list[str], flush_if_sec: int) -> str:
 
 
 def run_nvr(urls: list[str], seconds: float, rotate_sec: int, flush_if_sec: int,
-            profile_dir: str | None) -> NvrResult:
+            profile_dir: str | None, repo: str = REPO) -> NvrResult:
+    """nvr as `repo` has it (default: this tree; --compare-tree: another version)."""
     n = len(urls)
     tmp = tempfile.mkdtemp(prefix=f"nvr-bench-{n}-")
     try:
-        config = setup_nvr(tmp, urls, flush_if_sec)
+        config = setup_nvr(tmp, urls, flush_if_sec, repo)
         env = dict(os.environ, NVR_LOG="INFO")
         t0 = time.monotonic()
-        child = Child("nvr", [sys.executable, NVR, "run", "--config", config,
-                              "--rotate-interval-sec", str(rotate_sec)],
+        child = Child("nvr", [sys.executable, os.path.join(repo, "nvr.py"), "run",
+                              "--config", config, "--rotate-interval-sec", str(rotate_sec)],
                       stream="stderr", env=env)
         try:
             child.wait_for(lambda ls: len({m[1] for _, l in ls
@@ -636,6 +639,7 @@ class Row:
     ffmpeg: FfmpegResult | None
     nvr: NvrResult
     stages: dict[str, BaselineResult] = dataclasses.field(default_factory=dict)
+    other: NvrResult | None = None   # --compare-tree's nvr
 
     def cpu(self, which: str) -> float:
         return per_stream_min(self.n, getattr(self, which).window)
@@ -670,6 +674,16 @@ def table(rows: list[Row]) -> str:
                    f"| {r.nvr.window.max_rss_kib / 1024:.0f} "
                    f"| {r.nvr.commits / nm:.1f} | {r.nvr.ended / nm:.1f} "
                    f"| {min(loads):.1f}-{max(loads):.1f} |")
+    if any(r.other for r in rows):
+        out += ["", "| N | round | nvr (--compare-tree) CPU s/stream-min | nvr CPU s/stream-min "
+                "| nvr / compared | compared/ffmpeg | compared RSS MiB |",
+                "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if r.other:
+                out.append(f"| {r.n} | {r.round} | {r.cpu('other'):.3f} | {r.cpu('nvr'):.3f} "
+                           f"| {r.cpu('nvr') / r.cpu('other'):.2f} "
+                           f"| {r.cpu('other') / r.cpu('ffmpeg') if r.ffmpeg else float('nan'):.2f} "
+                           f"| {r.other.window.max_rss_kib / 1024:.0f} |")
     return "\n".join(out)
 
 
@@ -720,6 +734,9 @@ def main(argv=None) -> int:
                    help="also run readers doing part of nvr's per-frame work (" +
                         ", ".join(list(STAGES)[1:]) + "; each adds to the previous), to see "
                         "where nvr's CPU beyond the baseline goes (first round only)")
+    p.add_argument("--compare-tree", metavar="DIR",
+                   help="also run the nvr of another source tree (e.g. `git archive` of an "
+                        "earlier commit) in each round, after this tree's: an A/B in one run")
     p.add_argument("--reader", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.reader:
@@ -784,7 +801,15 @@ def main(argv=None) -> int:
                           f"warning(s), load {r.window.load[0]:.1f}", flush=True)
                     for w in r.warnings[:5]:
                         print(f"  nvr: {w}")
-                    rows.append(Row(n, rnd, b, f, r, stages))
+                    other = None
+                    if args.compare_tree:
+                        other = run_nvr(urls, args.seconds, args.rotate_interval_sec,
+                                        flush_if_sec, None, os.path.abspath(args.compare_tree))
+                        print(f"N={n} round {rnd} nvr of {args.compare_tree}: "
+                              f"{other.window.cpu_s:.2f} CPU s in {other.window.seconds:.1f} s; "
+                              f"{other.recorded_fps:.2f} frames/s recorded, load "
+                              f"{other.window.load[0]:.1f}", flush=True)
+                    rows.append(Row(n, rnd, b, f, r, stages, other))
     finally:
         if clip_tmp:
             shutil.rmtree(clip_tmp, ignore_errors=True)

@@ -1,25 +1,38 @@
 #!/usr/bin/env python3
-"""Ingest benchmark: what recording N cameras costs nvr, against PyAV's demux floor.
+"""Ingest benchmark: what recording N cameras costs nvr, against ffmpeg's segmenter and
+PyAV's demux floor.
 
-    python3 bench/ingest.py [--streams 1,4,8] [--seconds 60] [--profile DIR] [--stages]
+    python3 bench/ingest.py [--streams 4,8,16] [--seconds 60] [--rounds 2]
+        [--rotate-interval-sec 10] [--compare-tree DIR] [--profile DIR] [--stages]
 
 For each N in --streams, against one test camera (test/camera.py's `RtspCamera`: the
-real GStreamer RTSP server of test/rtsp_server.py) serving N mounts s0..sN-1 of
-1920x1080, 30 fps, ~2 Mbit/s H.264 with a key frame every 30 frames, it runs, one
-after the other (never at once, so they don't compete for the 2 cores):
+real GStreamer RTSP server of test/rtsp_server.py, replaying an encoded clip, so its
+own CPU is small and not counted) serving N mounts s0..sN-1 of 1920x1080 (--width,
+--height), 30 fps, ~2 Mbit/s (--kbps) H.264 with a key frame every 30 frames, each
+round runs, one after the other (never at once, so they don't compete for the cores):
 
-1. the baseline: a bare PyAV reader of the same N streams in its own process (this
+1. the floor: a bare PyAV reader of the same N streams in its own process (this
    file run as `--reader demux URL...`: one thread per stream, `av.open(url,
    options={"rtsp_transport": "tcp"})`, iterate `demux()`, drop the packets). After
    every stream has delivered a packet and `BASELINE_WARMUP_SEC` more, its CPU time
    is measured over the window. This is the least any PyAV-based recorder can spend.
-2. nvr: a fresh database in a temp dir (`nvr.py init`, N cameras c0.. whose main
+2. ffmpeg's segmenter as Frigate records (issue #16): one `ffmpeg -c copy -f segment`
+   process per stream writing 10 s mp4 segments (`ffmpeg_argv` has the exact
+   arguments); after every stream's first segment has bytes and BASELINE_WARMUP_SEC
+   more, the CPU of all N processes summed, and the peak of their summed RSS.
+3. nvr: a fresh database in a temp dir (`nvr.py init`, N cameras c0.. whose main
    stream records camera mount s<i>), `nvr.py run` as a subprocess, logging at INFO.
    Warm-up lasts until every stream has logged its first key frame and has had a
    recording committed (see "Time compression"); then, over the window: the process's
    CPU time, its peak RSS (VmRSS sampled every 0.5 s), the database commits (one
    "flush (reason): added ..." log line each) and the recordings that ended (from the
    database afterwards; each is one file fsync and one dir fsync, dir.py steps S2-S3).
+4. with --compare-tree DIR, DIR's nvr the same way (say a `git archive` of an earlier
+   commit): an A/B of two versions in the same rounds.
+
+--rounds (default 2) repeats 1-4 per N: this machine is shared and its load moves, so
+ratios are taken within a round, and the 1-minute load average is recorded with each
+window.
 
 CPU time is utime + stime of the process (all its threads) from /proc/PID/stat, so the
 camera's own CPU is not counted. The figure compared is CPU seconds per stream-minute.
@@ -50,12 +63,12 @@ per-frame steps added one at a time (`STAGES`: nvr's av.open options; then nvr's
 PyAvOpener and Frame conversion; then write(2) of each frame; then the blake2b hash), to
 show where nvr's CPU beyond the baseline goes. They are an ablation, never the baseline.
 
-Output: one table row per N (also as Markdown, for docs/performance.md), the machine,
-and with --profile a py-spy profile of nvr taken *after* each measurement window (so
+Output: one table row per N and round (also as Markdown, for docs/performance.md) with
+the ratios nvr/ffmpeg and nvr/floor, the machine, and with --profile a py-spy profile of nvr taken *after* each measurement window (so
 it doesn't disturb the figures), summarised by function.
 
-Needs: PyAV, pytest (test/camera.py imports it), and what test/camera.py needs for the
-camera (`/usr/bin/python3` with GStreamer's RTSP server; `python3 test/run.py` installs
+Needs: PyAV, ffmpeg, pytest (test/camera.py imports it), and what test/camera.py needs
+for the camera (`/usr/bin/python3` with GStreamer's RTSP server; `python3 test/run.py` installs
 it); --profile needs py-spy (`pip install py-spy`). Touches nothing outside a temp dir.
 """
 

@@ -393,9 +393,8 @@ def run_reader(urls: list[str], seconds: float, stage: str = "demux") -> Baselin
 
 def ffmpeg_argv(url: str, out_dir: str) -> list[str]:
     """Frigate's recording process for one camera: `ffmpeg -c copy -f segment`, 10 s mp4
-    segments named by wall time (Frigate's default record output arguments, with the
-    input arguments of its `preset-rtsp-generic`, less the options that change nothing
-    for this camera)."""
+    segments named by wall time: the arguments issue #16 gives, plus `-nostdin`
+    (Frigate's other input flags, such as `-use_wallclock_as_timestamps`, left out)."""
     return ["ffmpeg", "-hide_banner", "-loglevel", "warning", "-nostdin",
             "-rtsp_transport", "tcp", "-timeout", "5000000", "-i", url,
             "-c", "copy", "-f", "segment", "-segment_time", "10", "-segment_format", "mp4",

@@ -375,6 +375,13 @@ class RecordingToInsert:
     # The index decoder's state before the latest key frame (SampleIndexEncoder.
     # walk_state; set by the writer): live view's segments walk from there.
     live_key_state: tuple | None = None
+    # Frames appended but not yet in the sample file (writer.py coalesces them into
+    # fewer write(2) calls): `(file offset, buffer)`, the buffer holding the file's
+    # bytes from that offset on. Readers of the growing recording (mp4.FileChunk) take
+    # the tuple once and the bytes the index covers past the offset from the buffer:
+    # the writer only appends to a published buffer, and publishes a new tuple after
+    # the old buffer is written. None: the file has every byte.
+    tail: tuple[int, bytearray] | None = None
     # Given up by the writer (e.g. on shutdown mid-write). Once its file is
     # unlinked and the dir fsynced (`file_gone`), a flush skips it, consuming
     # its id; until then it holds back the stream's later recordings, so
@@ -1572,6 +1579,15 @@ class Database:
             raise DbError(f"recording {composite_id >> 32}/{composite_id & 0xFFFFFFFF} "
                           f"is not uncommitted")
         return s.uncommitted[i]
+
+    def growing_source(self, composite_id: int) -> RecordingToInsert | None:
+        """The uncommitted recording `composite_id` (whose `tail` has the bytes not yet
+        in its file), or None once committed. The caller holds the lock."""
+        s = self.streams.get(composite_id >> 32)
+        if s is None:
+            return None
+        i = (composite_id & 0xFFFFFFFF) - s.cum_recordings
+        return s.uncommitted[i] if 0 <= i < len(s.uncommitted) else None
 
     def mark_synced(self, composite_id: int) -> None:
         """Called after the sample file and its dir are fsynced (§3.7 steps 2-4)."""

@@ -318,24 +318,47 @@ class FileChunk:
     """`length` bytes of the sample file at `path`, from `offset`: send with os.sendfile.
 
     The file is at least offset + length long (files are only appended to), unless the
-    recording was deleted meanwhile; whoever opens it closes it."""
+    recording was deleted meanwhile, or is growing: then `source` is its
+    db.RecordingToInsert, whose `tail` holds the bytes the writer hasn't written yet
+    (`split`). Whoever opens the file closes it."""
     path: str
     offset: int
     length: int
+    source: object = dataclasses.field(default=None, compare=False, repr=False)
+
+    def split(self) -> tuple[int, bytes]:
+        """(n, rest): the first n bytes are in the file; `rest`, the others, came from
+        the growing recording's memory. The tail is taken once: its buffer holds every
+        byte indexed when it was published and after, until the writer has written it
+        all and published the next (db.RecordingToInsert.tail)."""
+        tail = self.source.tail if self.source is not None else None
+        end = self.offset + self.length
+        if tail is None or end <= tail[0]:
+            return self.length, b""
+        at, buf = tail
+        lo = max(self.offset, at)
+        rest = bytes(buf[lo - at:end - at])
+        if len(rest) != end - lo:
+            raise OSError(f"{self.path}: {len(rest)} of {end - lo} bytes at {lo} in memory; "
+                          f"the recording is shorter than its index says")
+        return lo - self.offset, rest
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            data = os.pread(f.fileno(), self.length, self.offset)
-        if len(data) != self.length:
-            raise OSError(f"{self.path}: read {len(data)} of {self.length} bytes at "
-                          f"{self.offset}; the file is shorter than its index says")
-        return data
+        n, rest = self.split()
+        data = b""
+        if n:
+            with open(self.path, "rb") as f:
+                data = os.pread(f.fileno(), n, self.offset)
+            if len(data) != n:
+                raise OSError(f"{self.path}: read {len(data)} of {n} bytes at "
+                              f"{self.offset}; the file is shorter than its index says")
+        return data + rest if rest else data
 
 
 class _Segment:
     """A recording's contribution to a file: the frames covering a media range of it."""
 
-    __slots__ = ("row", "media_start_90k", "media_end_90k", "path", "frame_range",
+    __slots__ = ("row", "media_start_90k", "media_end_90k", "path", "source", "frame_range",
                  "start_at_key", "lead_frames", "starts_with_key", "actual_start_90k",
                  "frames", "key_frames", "pos", "bytes", "first_frame_num", "data_offset",
                  "subtitle_samples", "tables", "truns")
@@ -345,6 +368,7 @@ class _Segment:
         self.media_start_90k = media_start_90k   # desired, relative to the recording
         self.media_end_90k = media_end_90k
         self.path = path
+        self.source = None  # a growing recording's db.RecordingToInsert (FileChunk.source)
         self.frame_range: recording.FrameRange | None = None  # None: the whole recording
         self.start_at_key = True                 # as appended (FileBuilder.append)
         self.lead_frames = 0                     # frames of frame_range before the segment's
@@ -729,7 +753,10 @@ class FileBuilder:
         """Lays out the file. Reads `video_index` only for partial segments."""
         with db.locked("mp4 build"):
             paths = {}
+            sources = {}  # growing recordings: their bytes may be partly in memory
             for row, *_ in self._appended:
+                if row.flags & dbmod.FLAG_GROWING:
+                    sources[row.composite_id] = db.growing_source(row.composite_id)
                 sid = row.composite_id >> 32
                 if sid not in paths:
                     s = db.streams.get(sid)
@@ -742,6 +769,7 @@ class FileBuilder:
         for row, start, end, start_at_key, key_state in self._appended:
             path = os.path.join(paths[row.composite_id >> 32], dirmod.name_for(row.composite_id))
             seg = _Segment(row, start, end, path)
+            seg.source = sources.get(row.composite_id)
             if not (start == 0 and end == row.media_duration_90k and start_at_key):
                 probe_end = end
                 if not start_at_key and start == end < row.media_duration_90k:
@@ -1156,7 +1184,7 @@ class VirtualFile:
             return self.buf[p + lo:p + hi]
         if kind == VIDEO_DATA:
             s = self.segments[p]
-            return FileChunk(s.path, s.pos + lo, hi - lo)
+            return FileChunk(s.path, s.pos + lo, hi - lo, s.source)
         if kind == STATIC:
             return STATICS[p][lo:hi]
         if kind == SAMPLE_ENTRY:

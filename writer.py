@@ -5,15 +5,18 @@ run: the frames of one RTSP session. It cuts the run into recordings of about
 a minute and, for each:
 
 1. creates the sample file (dir.py step S1, `O_EXCL`) and appends each frame
-   as received (4-byte length-prefixed NAL units), retrying I/O errors forever
-   at 1 s (reference §3.9: a full disk stalls the stream; it resumes when
-   space frees; shutdown gives up);
+   as received (4-byte length-prefixed NAL units), gathering frames in memory
+   until `COALESCE_BYTES` and writing them in one write(2), retrying I/O errors
+   forever at 1 s (reference §3.9: a full disk stalls the stream; it resumes
+   when space frees; shutdown gives up). What is indexed but not yet written is
+   published as the recording's `tail` (db.RecordingToInsert), from which
+   readers of the growing recording take it (mp4.FileChunk.split);
 2. extends the in-memory `db.RecordingToInsert` one frame behind (a frame's
    duration is the next frame's pts minus its own), so the recording is listed
    and playable while it grows;
 3. reconciles camera time with local time (below) and hashes the file
    (blake2b, 32 bytes) as it is written;
-4. at its end hands the file to the dir's syncer (`Syncer.save`), which fsyncs
+4. at its end writes what is still in memory, then hands the file to the dir's syncer (`Syncer.save`), which fsyncs
    it and the dir, marks it ready and plans the database flush. If the file's
    fsync fails, the syncer abandons that recording (dir.py S2F: its frames may
    not be on disk, and a retried fsync can't tell); the run goes on, its next
@@ -58,9 +61,10 @@ frame.
 
 The per-frame path (`write`, `_index_unindexed`) runs 30 times a second per
 camera and is most of nvr's own CPU (docs/performance.md): it keeps its state
-in slots of `_Recording`, tries each frame in one write(2) before falling back
-to `dir.write_all`'s retry loop, and holds the database lock's RLock directly
-for its few assignments.
+in slots of `_Recording`, appends frames to a bytearray and writes (and
+hashes) several at once, trying one write(2) before falling back to
+`dir.write_all`'s retry loop, and holds the database lock's RLock directly for
+its few assignments.
 """
 
 from __future__ import annotations
@@ -84,6 +88,13 @@ ROTATE_INTERVAL_SEC = 60
 # the recording length limit itself.
 MAX_PTS_JUMP_90K = recording.MAX_RECORDING_WALL_DURATION_90K
 
+# Frames are held in memory until this many bytes have gathered, then written (and
+# hashed) in one write(2): ~4 frames of a 2 Mbit/s 30 fps stream, as FFmpeg's own
+# 32 KiB I/O buffer. Readers of the growing recording take what isn't written yet from
+# memory (db.RecordingToInsert.tail), so live view and playback don't wait for it; a
+# crash loses nothing more (an uncommitted recording is removed at start-up anyway).
+COALESCE_BYTES = 32 * 1024
+
 
 class WriterError(Exception):
     """A stream problem that ends the run; the message becomes its end reason, `kind`
@@ -100,7 +111,8 @@ class _Recording:
 
     __slots__ = ("id", "r", "f", "encoder", "hasher", "local_start_90k", "rotate_at_sec",
                  "rotate_at_90k", "video_sample_entry_id", "unindexed_local_90k",
-                 "unindexed_pts_90k", "unindexed_bytes", "unindexed_is_key")
+                 "unindexed_pts_90k", "unindexed_bytes", "unindexed_is_key", "pending",
+                 "written")
 
     def __init__(self, composite_id: int, r: dbmod.RecordingToInsert, f: dirmod.File,
                  encoder: recording.SampleIndexEncoder):
@@ -118,6 +130,11 @@ class _Recording:
         self.unindexed_pts_90k: int | None = None
         self.unindexed_bytes = 0
         self.unindexed_is_key = False
+        # Frames not yet written (COALESCE_BYTES), from file offset `written` on; published
+        # as r.tail for readers of the growing recording.
+        self.pending = bytearray()
+        self.written = 0
+        r.tail = (0, self.pending)
 
 
 class Writer:
@@ -125,8 +142,10 @@ class Writer:
 
     def __init__(self, db: dbmod.Database, stream_id: int, syncer, *,
                  shutdown: threading.Event, rotate_offset_sec: int = 0,
-                 rotate_interval_sec: int = ROTATE_INTERVAL_SEC):
+                 rotate_interval_sec: int = ROTATE_INTERVAL_SEC,
+                 coalesce_bytes: int = COALESCE_BYTES):
         self.db = db
+        self.coalesce_bytes = coalesce_bytes  # 0: each frame written as it comes
         self.stream_id = stream_id
         self.syncer = syncer
         self.shutdown = shutdown
@@ -164,7 +183,23 @@ class Writer:
             cur = self.cur
         if cur.unindexed_pts_90k is not None:
             self._index_unindexed(pts_90k - cur.unindexed_pts_90k)
+        pending = cur.pending
+        pending += data
+        if len(pending) >= self.coalesce_bytes:
+            self._write_pending(cur)
+        cur.unindexed_local_90k = local_time_90k
+        cur.unindexed_pts_90k = pts_90k
+        cur.unindexed_bytes = len(data)
+        cur.unindexed_is_key = is_key
+
+    def _write_pending(self, cur: _Recording) -> None:
+        """Writes the frames held in memory to the file (one write(2) unless the
+        kernel takes less), hashes them, and publishes an empty buffer as the tail.
+        The old buffer is never changed again: a reader holding it stays right."""
+        data = cur.pending
         n = len(data)
+        if not n:
+            return
         try:
             written = cur.f.write(data)
         except OSError as e:
@@ -173,10 +208,9 @@ class Writer:
             if written != n:
                 self._write_rest(cur.f, data, written, None)
         cur.hasher.update(data)
-        cur.unindexed_local_90k = local_time_90k
-        cur.unindexed_pts_90k = pts_90k
-        cur.unindexed_bytes = n
-        cur.unindexed_is_key = is_key
+        cur.written += n
+        cur.pending = bytearray()
+        cur.r.tail = (cur.written, cur.pending)  # one assignment: readers take it whole
 
     def _write_rest(self, f: dirmod.File, data, written: int, error: OSError | None) -> None:
         """The slow path of a frame's write: the first write(2) took `written` bytes
@@ -337,8 +371,10 @@ class Writer:
             self._index_unindexed(0, run_ends=True)
         else:
             self._index_unindexed(next_pts_90k - cur.unindexed_pts_90k)
+        self._write_pending(cur)
         r = cur.r
         with self.db.locked():
+            r.tail = None  # every byte is in the file
             if next_pts_90k is None:
                 r.flags |= dbmod.FLAG_TRAILING_ZERO
                 r.end_reason = reason

@@ -1,25 +1,38 @@
 #!/usr/bin/env python3
-"""Ingest benchmark: what recording N cameras costs nvr, against PyAV's demux floor.
+"""Ingest benchmark: what recording N cameras costs nvr, against ffmpeg's segmenter and
+PyAV's demux floor.
 
-    python3 bench/ingest.py [--streams 1,4,8] [--seconds 60] [--profile DIR] [--stages]
+    python3 bench/ingest.py [--streams 4,8,16] [--seconds 60] [--rounds 2]
+        [--rotate-interval-sec 10] [--compare-tree DIR] [--profile DIR] [--stages]
 
 For each N in --streams, against one test camera (test/camera.py's `RtspCamera`: the
-real GStreamer RTSP server of test/rtsp_server.py) serving N mounts s0..sN-1 of
-1920x1080, 30 fps, ~2 Mbit/s H.264 with a key frame every 30 frames, it runs, one
-after the other (never at once, so they don't compete for the 2 cores):
+real GStreamer RTSP server of test/rtsp_server.py, replaying an encoded clip, so its
+own CPU is small and not counted) serving N mounts s0..sN-1 of 1920x1080 (--width,
+--height), 30 fps, ~2 Mbit/s (--kbps) H.264 with a key frame every 30 frames, each
+round runs, one after the other (never at once, so they don't compete for the cores):
 
-1. the baseline: a bare PyAV reader of the same N streams in its own process (this
+1. the floor: a bare PyAV reader of the same N streams in its own process (this
    file run as `--reader demux URL...`: one thread per stream, `av.open(url,
    options={"rtsp_transport": "tcp"})`, iterate `demux()`, drop the packets). After
    every stream has delivered a packet and `BASELINE_WARMUP_SEC` more, its CPU time
    is measured over the window. This is the least any PyAV-based recorder can spend.
-2. nvr: a fresh database in a temp dir (`nvr.py init`, N cameras c0.. whose main
+2. ffmpeg's segmenter as Frigate records (issue #16): one `ffmpeg -c copy -f segment`
+   process per stream writing 10 s mp4 segments (`ffmpeg_argv` has the exact
+   arguments); after every stream's first segment has bytes and BASELINE_WARMUP_SEC
+   more, the CPU of all N processes summed, and the peak of their summed RSS.
+3. nvr: a fresh database in a temp dir (`nvr.py init`, N cameras c0.. whose main
    stream records camera mount s<i>), `nvr.py run` as a subprocess, logging at INFO.
    Warm-up lasts until every stream has logged its first key frame and has had a
    recording committed (see "Time compression"); then, over the window: the process's
    CPU time, its peak RSS (VmRSS sampled every 0.5 s), the database commits (one
    "flush (reason): added ..." log line each) and the recordings that ended (from the
    database afterwards; each is one file fsync and one dir fsync, dir.py steps S2-S3).
+4. with --compare-tree DIR, DIR's nvr the same way (say a `git archive` of an earlier
+   commit): an A/B of two versions in the same rounds.
+
+--rounds (default 2) repeats 1-4 per N: this machine is shared and its load moves, so
+ratios are taken within a round, and the 1-minute load average is recorded with each
+window.
 
 CPU time is utime + stime of the process (all its threads) from /proc/PID/stat, so the
 camera's own CPU is not counted. The figure compared is CPU seconds per stream-minute.
@@ -50,12 +63,12 @@ per-frame steps added one at a time (`STAGES`: nvr's av.open options; then nvr's
 PyAvOpener and Frame conversion; then write(2) of each frame; then the blake2b hash), to
 show where nvr's CPU beyond the baseline goes. They are an ablation, never the baseline.
 
-Output: one table row per N (also as Markdown, for docs/performance.md), the machine,
-and with --profile a py-spy profile of nvr taken *after* each measurement window (so
+Output: one table row per N and round (also as Markdown, for docs/performance.md) with
+the ratios nvr/ffmpeg and nvr/floor, the machine, and with --profile a py-spy profile of nvr taken *after* each measurement window (so
 it doesn't disturb the figures), summarised by function.
 
-Needs: PyAV, pytest (test/camera.py imports it), and what test/camera.py needs for the
-camera (`/usr/bin/python3` with GStreamer's RTSP server; `python3 test/run.py` installs
+Needs: PyAV, ffmpeg, pytest (test/camera.py imports it), and what test/camera.py needs
+for the camera (`/usr/bin/python3` with GStreamer's RTSP server; `python3 test/run.py` installs
 it); --profile needs py-spy (`pip install py-spy`). Touches nothing outside a temp dir.
 """
 
@@ -111,30 +124,40 @@ def rss_kib(pid: int) -> int:
 
 @dataclasses.dataclass
 class Window:
-    """One measurement window of one process."""
+    """One measurement window of one process (or of several, summed)."""
     mono_start: float
     mono_end: float
     wall_start: float            # time.time(), to compare with the database's times
     wall_end: float
     cpu_s: float
-    max_rss_kib: int
+    max_rss_kib: int             # peak of the summed VmRSS of the processes
+    load: tuple[float, float]    # 1-minute load average at the start and at the end
 
     @property
     def seconds(self) -> float:
         return self.mono_end - self.mono_start
 
 
-def measure(pid: int, seconds: float, check=lambda: None) -> Window:
-    """CPU time and peak RSS of `pid` over `seconds`; `check()` raises if the run broke."""
-    cpu0, m0, w0 = cpu_seconds(pid), time.monotonic(), time.time()
-    rss = rss_kib(pid)
+def loadavg() -> float:
+    """The 1-minute load average (the machine is shared: recorded with every window)."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def measure(pids: int | list[int], seconds: float, check=lambda: None) -> Window:
+    """CPU time and peak RSS of `pids` (summed) over `seconds`; `check()` raises if the
+    run broke."""
+    pids = [pids] if isinstance(pids, int) else list(pids)
+    load0 = loadavg()
+    cpu0, m0, w0 = sum(map(cpu_seconds, pids)), time.monotonic(), time.time()
+    rss = sum(map(rss_kib, pids))
     end = m0 + seconds
     while (now := time.monotonic()) < end:
         time.sleep(min(POLL_SEC, end - now))
-        rss = max(rss, rss_kib(pid))
+        rss = max(rss, sum(map(rss_kib, pids)))
         check()
-    cpu1, m1, w1 = cpu_seconds(pid), time.monotonic(), time.time()
-    return Window(m0, m1, w0, w1, cpu1 - cpu0, rss)
+    cpu1, m1, w1 = sum(map(cpu_seconds, pids)), time.monotonic(), time.time()
+    return Window(m0, m1, w0, w1, cpu1 - cpu0, rss, (load0, loadavg()))
 
 
 def machine() -> str:
@@ -366,6 +389,79 @@ def run_reader(urls: list[str], seconds: float, stage: str = "demux") -> Baselin
         child.stop(10)
 
 
+# --- ffmpeg's segmenter (Frigate's recording) -------------------------------------------
+
+def ffmpeg_argv(url: str, out_dir: str) -> list[str]:
+    """Frigate's recording process for one camera: `ffmpeg -c copy -f segment`, 10 s mp4
+    segments named by wall time: the arguments issue #16 gives, plus `-nostdin`
+    (Frigate's other input flags, such as `-use_wallclock_as_timestamps`, left out)."""
+    return ["ffmpeg", "-hide_banner", "-loglevel", "warning", "-nostdin",
+            "-rtsp_transport", "tcp", "-timeout", "5000000", "-i", url,
+            "-c", "copy", "-f", "segment", "-segment_time", "10", "-segment_format", "mp4",
+            "-reset_timestamps", "1", "-strftime", "1",
+            os.path.join(out_dir, "%Y%m%d%H%M%S.mp4")]
+
+
+@dataclasses.dataclass
+class FfmpegResult:
+    window: Window
+    bytes: int                   # written to segment files in the window, all streams
+    segments: int                # segment files begun in the window
+
+
+def _dir_stats(dirs: list[str]) -> tuple[int, int]:
+    """(bytes, files) under `dirs`."""
+    size = files = 0
+    for d in dirs:
+        for e in os.scandir(d):
+            size += e.stat().st_size
+            files += 1
+    return size, files
+
+
+def run_ffmpeg(urls: list[str], seconds: float) -> FfmpegResult:
+    """One `ffmpeg -c copy -f segment` process per stream (ffmpeg_argv), measured together:
+    CPU summed over the processes, RSS as the peak of their summed VmRSS. Warm-up: until
+    every stream's first segment has bytes, and BASELINE_WARMUP_SEC more."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise BenchError("the ffmpeg baseline needs ffmpeg: apt-get install ffmpeg")
+    tmp = tempfile.mkdtemp(prefix="nvr-bench-ffmpeg-")
+    dirs = [os.path.join(tmp, str(i)) for i in range(len(urls))]
+    children: list[Child] = []
+    try:
+        for d, url in zip(dirs, urls):
+            os.mkdir(d)
+            children.append(Child(f"ffmpeg {os.path.basename(d)}", ffmpeg_argv(url, d),
+                                  stream="stderr"))
+
+        def check():
+            for c in children:
+                c.check()
+        deadline = time.monotonic() + OPEN_TIMEOUT_SEC
+        while not all(_dir_stats([d])[0] > 0 for d in dirs):
+            check()
+            if time.monotonic() > deadline:
+                raise BenchError(f"ffmpeg: no segment bytes on every stream after "
+                                 f"{OPEN_TIMEOUT_SEC} s")
+            time.sleep(POLL_SEC)
+        time.sleep(BASELINE_WARMUP_SEC)
+        b0, f0 = _dir_stats(dirs)
+        window = measure([c.pid for c in children], seconds, check)
+        b1, f1 = _dir_stats(dirs)
+        for c in children:
+            rc = c.stop(10)
+            if rc not in (0, 255, -signal.SIGTERM):  # 255: ffmpeg's exit on SIGTERM
+                raise BenchError(c.explain(f"{c.name} exited with status {rc}"))
+        return FfmpegResult(window, b1 - b0, f1 - f0)
+    finally:
+        for c in children:
+            if c.proc.poll() is None:
+                c.proc.kill()
+                c.proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # --- nvr -------------------------------------------------------------------------------
 
 FIRST_KEY_RE = re.compile(r": (\S+): first key frame; recording$")
@@ -386,21 +482,23 @@ class NvrResult:
     warnings: list[str]
 
 
-def nvr_cli(*args: str) -> None:
-    r = subprocess.run([sys.executable, NVR, *args], cwd=REPO, capture_output=True, text=True)
+def nvr_cli(*args: str, repo: str = REPO) -> None:
+    r = subprocess.run([sys.executable, os.path.join(repo, "nvr.py"), *args], cwd=repo,
+                       capture_output=True, text=True)
     if r.returncode != 0:
         raise BenchError(f"nvr.py {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
 
 
-def setup_nvr(tmp: str, urls: list[str], flush_if_sec: int) -> str:
+def setup_nvr(tmp: str, urls: list[str], flush_if_sec: int, repo: str = REPO) -> str:
     """A fresh database under `tmp` recording `urls`; returns the config file's path."""
     db_dir = os.path.join(tmp, "db")
-    nvr_cli("init", "--db-dir", db_dir, "--sample-file-dir", os.path.join(tmp, "sample"))
+    nvr_cli("init", "--db-dir", db_dir, "--sample-file-dir", os.path.join(tmp, "sample"),
+            repo=repo)
     for i, url in enumerate(urls):
-        nvr_cli("config", "camera", "add", f"c{i}", "--db-dir", db_dir)
+        nvr_cli("config", "camera", "add", f"c{i}", "--db-dir", db_dir, repo=repo)
         nvr_cli("config", "stream", "add", f"c{i}", "main", "--db-dir", db_dir, "--url", url,
                 "--record", "--dir", "1", "--retain-bytes", "10G",
-                "--flush-if-sec", str(flush_if_sec))
+                "--flush-if-sec", str(flush_if_sec), repo=repo)
     config = os.path.join(tmp, "nvr.toml")
     with open(config, "w") as f:
         # binds are parsed but nothing listens yet; port 0 can't collide anyway.
@@ -409,15 +507,16 @@ def setup_nvr(tmp: str, urls: list[str], flush_if_sec: int) -> str:
 
 
 def run_nvr(urls: list[str], seconds: float, rotate_sec: int, flush_if_sec: int,
-            profile_dir: str | None) -> NvrResult:
+            profile_dir: str | None, repo: str = REPO) -> NvrResult:
+    """nvr as `repo` has it (default: this tree; --compare-tree: another version)."""
     n = len(urls)
     tmp = tempfile.mkdtemp(prefix=f"nvr-bench-{n}-")
     try:
-        config = setup_nvr(tmp, urls, flush_if_sec)
+        config = setup_nvr(tmp, urls, flush_if_sec, repo)
         env = dict(os.environ, NVR_LOG="INFO")
         t0 = time.monotonic()
-        child = Child("nvr", [sys.executable, NVR, "run", "--config", config,
-                              "--rotate-interval-sec", str(rotate_sec)],
+        child = Child("nvr", [sys.executable, os.path.join(repo, "nvr.py"), "run",
+                              "--config", config, "--rotate-interval-sec", str(rotate_sec)],
                       stream="stderr", env=env)
         try:
             child.wait_for(lambda ls: len({m[1] for _, l in ls
@@ -545,28 +644,58 @@ def per_stream_min(n: int, w: Window) -> float:
 
 @dataclasses.dataclass
 class Row:
+    """One round at N streams: the floor, ffmpeg's segmenter and nvr, one after another."""
     n: int
+    round: int
     baseline: BaselineResult
+    ffmpeg: FfmpegResult | None
     nvr: NvrResult
     stages: dict[str, BaselineResult] = dataclasses.field(default_factory=dict)
+    other: NvrResult | None = None   # --compare-tree's nvr
+
+    def cpu(self, which: str) -> float:
+        return per_stream_min(self.n, getattr(self, which).window)
 
     @property
     def ratio(self) -> float:
-        return per_stream_min(self.n, self.nvr.window) / per_stream_min(self.n,
-                                                                        self.baseline.window)
+        """nvr / the demux floor."""
+        return self.cpu("nvr") / self.cpu("baseline")
+
+    @property
+    def ratio_ffmpeg(self) -> float | None:
+        """nvr / ffmpeg's segmenter."""
+        return self.cpu("nvr") / self.cpu("ffmpeg") if self.ffmpeg else None
 
 
 def table(rows: list[Row]) -> str:
-    head = ("| N | nvr CPU s/stream-min | baseline CPU s/stream-min | ratio (goal ≤ 1.2) "
-            "| commits/min | recordings/min | fsyncs/min | nvr RSS MiB | baseline RSS MiB |")
+    head = ("| N | round | floor CPU s/stream-min | ffmpeg CPU s/stream-min "
+            "| nvr CPU s/stream-min | nvr/ffmpeg (goal ≤ 1.0) | nvr/floor "
+            "| floor RSS MiB | ffmpeg RSS MiB | nvr RSS MiB "
+            "| nvr commits/min | nvr recordings/min | load (1 min) |")
     out = [head, "|---:" * (head.count("|") - 1) + "|"]
     for r in rows:
         nm = r.nvr.window.seconds / 60
-        out.append(f"| {r.n} | {per_stream_min(r.n, r.nvr.window):.2f} "
-                   f"| {per_stream_min(r.n, r.baseline.window):.2f} | {r.ratio:.2f} "
+        ws = [r.baseline.window, r.nvr.window] + ([r.ffmpeg.window] if r.ffmpeg else [])
+        loads = [x for w in ws for x in w.load]
+        ff = r.ffmpeg
+        out.append(f"| {r.n} | {r.round} | {r.cpu('baseline'):.3f} "
+                   f"| {r.cpu('ffmpeg') if ff else float('nan'):.3f} | {r.cpu('nvr'):.3f} "
+                   f"| {r.ratio_ffmpeg if ff else float('nan'):.2f} | {r.ratio:.2f} "
+                   f"| {r.baseline.window.max_rss_kib / 1024:.0f} "
+                   f"| {ff.window.max_rss_kib / 1024 if ff else float('nan'):.0f} "
+                   f"| {r.nvr.window.max_rss_kib / 1024:.0f} "
                    f"| {r.nvr.commits / nm:.1f} | {r.nvr.ended / nm:.1f} "
-                   f"| {2 * r.nvr.ended / nm:.1f} | {r.nvr.window.max_rss_kib / 1024:.0f} "
-                   f"| {r.baseline.window.max_rss_kib / 1024:.0f} |")
+                   f"| {min(loads):.1f}-{max(loads):.1f} |")
+    if any(r.other for r in rows):
+        out += ["", "| N | round | nvr (--compare-tree) CPU s/stream-min | nvr CPU s/stream-min "
+                "| nvr / compared | compared/ffmpeg | compared RSS MiB |",
+                "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if r.other:
+                out.append(f"| {r.n} | {r.round} | {r.cpu('other'):.3f} | {r.cpu('nvr'):.3f} "
+                           f"| {r.cpu('nvr') / r.cpu('other'):.2f} "
+                           f"| {r.cpu('other') / r.cpu('ffmpeg') if r.ffmpeg else float('nan'):.2f} "
+                           f"| {r.other.window.max_rss_kib / 1024:.0f} |")
     return "\n".join(out)
 
 
@@ -575,6 +704,8 @@ def stages_table(rows: list[Row]) -> str:
     head = "| N | " + " | ".join(STAGES) + " | nvr |"
     out = [head, "|---:" * (head.count("|") - 1) + "|"]
     for r in rows:
+        if not r.stages:
+            continue
         cells = [per_stream_min(r.n, r.baseline.window)]
         cells += [per_stream_min(r.n, r.stages[s].window) for s in list(STAGES)[1:]]
         cells.append(per_stream_min(r.n, r.nvr.window))
@@ -584,13 +715,22 @@ def stages_table(rows: list[Row]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        description="Record N 1080p30 test-camera streams with nvr and read them with a "
-                    "bare PyAV demuxer; compare CPU per stream-minute, commits, fsyncs, RSS. "
-                    "See the module docstring and docs/performance.md.")
-    p.add_argument("--streams", default="1,4,8",
-                   help="comma-separated stream counts N (default 1,4,8)")
+        description="Record N 1080p30 test-camera streams with nvr, with ffmpeg's segmenter "
+                    "(Frigate's recording) and read them with a bare PyAV demuxer; compare "
+                    "CPU per stream-minute and RSS. See the module docstring and "
+                    "docs/performance.md.")
+    p.add_argument("--streams", default="4,8,16",
+                   help="comma-separated stream counts N (default 4,8,16)")
     p.add_argument("--seconds", type=float, default=60,
                    help="measurement window per run, seconds (default 60; 20 for a quick look)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds per N, each running the floor, ffmpeg and nvr one after "
+                        "another (default 2): ratios are taken within a round")
+    p.add_argument("--no-ffmpeg", action="store_true",
+                   help="leave out ffmpeg's segmenter")
+    p.add_argument("--width", type=int, default=WIDTH)
+    p.add_argument("--height", type=int, default=HEIGHT)
+    p.add_argument("--kbps", type=int, default=KBPS)
     p.add_argument("--rotate-interval-sec", type=int, default=10,
                    help="nvr's recording length (default 10: time compressed 6x, see "
                         "'Time compression' in the docstring; production is 60)")
@@ -605,7 +745,10 @@ def main(argv=None) -> int:
     p.add_argument("--stages", action="store_true",
                    help="also run readers doing part of nvr's per-frame work (" +
                         ", ".join(list(STAGES)[1:]) + "; each adds to the previous), to see "
-                        "where nvr's CPU beyond the baseline goes")
+                        "where nvr's CPU beyond the baseline goes (first round only)")
+    p.add_argument("--compare-tree", metavar="DIR",
+                   help="also run the nvr of another source tree (e.g. `git archive` of an "
+                        "earlier commit) in each round, after this tree's: an A/B in one run")
     p.add_argument("--reader", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.reader:
@@ -623,9 +766,12 @@ def main(argv=None) -> int:
         return 1
     started = datetime.datetime.now(datetime.timezone.utc)
     print(f"machine: {machine()}")
-    print(f"camera: N mounts of {WIDTH}x{HEIGHT} {FPS} fps ~{KBPS} kbit/s H.264, GOP {GOP}; "
-          f"window {args.seconds:g} s; nvr rotation {args.rotate_interval_sec} s, "
-          f"flushIfSec {flush_if_sec}", flush=True)
+    print(f"camera: N mounts of {args.width}x{args.height} {FPS} fps ~{args.kbps} kbit/s "
+          f"H.264, GOP {GOP}; window {args.seconds:g} s; nvr rotation "
+          f"{args.rotate_interval_sec} s, flushIfSec {flush_if_sec}; {args.rounds} round(s) "
+          f"per N", flush=True)
+    if not args.no_ffmpeg:
+        print("ffmpeg (one per stream): " + " ".join(ffmpeg_argv("URL", "DIR")), flush=True)
     clip_tmp = None
     clip_dir = args.clip_dir
     if clip_dir is None:
@@ -633,36 +779,57 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     try:
         for n in ns:
-            streams = [camera.Stream(f"s{i}", "h264", WIDTH, HEIGHT, FPS, KBPS, GOP)
-                       for i in range(n)]
+            streams = [camera.Stream(f"s{i}", "h264", args.width, args.height, FPS, args.kbps,
+                                     GOP) for i in range(n)]
             with camera.RtspCamera(streams, clip_dir=clip_dir) as cam:
                 urls = [cam.url(s.name) for s in streams]
-                b = run_reader(urls, args.seconds)
-                print(f"N={n} baseline: {b.window.cpu_s:.2f} CPU s in {b.window.seconds:.1f} s, "
-                      f"{b.packets / b.window.seconds / n:.1f} packets/s per stream, "
-                      f"av.open {min(b.open_s):.1f}-{max(b.open_s):.1f} s", flush=True)
-                stages = {}
-                for stage in list(STAGES)[1:] if args.stages else []:
-                    stages[stage] = run_reader(urls, args.seconds, stage)
-                    print(f"N={n} stage {stage}: {stages[stage].window.cpu_s:.2f} CPU s in "
-                          f"{stages[stage].window.seconds:.1f} s", flush=True)
-                r = run_nvr(urls, args.seconds, args.rotate_interval_sec, flush_if_sec,
-                            args.profile)
-                print(f"N={n} nvr: {r.window.cpu_s:.2f} CPU s in {r.window.seconds:.1f} s "
-                      f"after {r.warmup_s:.0f} s warm-up; {r.commits} commit(s) adding "
-                      f"{r.committed} recording(s), {r.ended} recording(s) ended; "
-                      f"{r.recorded_fps:.2f} frames/s recorded; {r.reopens} reconnect(s), "
-                      f"{len(r.warnings)} warning(s)", flush=True)
-                for w in r.warnings[:5]:
-                    print(f"  nvr: {w}")
-                rows.append(Row(n, b, r, stages))
+                for rnd in range(1, args.rounds + 1):
+                    b = run_reader(urls, args.seconds)
+                    print(f"N={n} round {rnd} floor: {b.window.cpu_s:.2f} CPU s in "
+                          f"{b.window.seconds:.1f} s, "
+                          f"{b.packets / b.window.seconds / n:.1f} packets/s per stream, "
+                          f"av.open {min(b.open_s):.1f}-{max(b.open_s):.1f} s, "
+                          f"load {b.window.load[0]:.1f}", flush=True)
+                    f = None
+                    if not args.no_ffmpeg:
+                        f = run_ffmpeg(urls, args.seconds)
+                        print(f"N={n} round {rnd} ffmpeg: {f.window.cpu_s:.2f} CPU s in "
+                              f"{f.window.seconds:.1f} s, "
+                              f"{f.bytes * 8 / f.window.seconds / n / 1000:.0f} kbit/s per "
+                              f"stream written, {f.segments} segment(s) begun, "
+                              f"load {f.window.load[0]:.1f}", flush=True)
+                    stages = {}
+                    for stage in list(STAGES)[1:] if args.stages and rnd == 1 else []:
+                        stages[stage] = run_reader(urls, args.seconds, stage)
+                        print(f"N={n} stage {stage}: {stages[stage].window.cpu_s:.2f} CPU s "
+                              f"in {stages[stage].window.seconds:.1f} s", flush=True)
+                    r = run_nvr(urls, args.seconds, args.rotate_interval_sec, flush_if_sec,
+                                args.profile if rnd == 1 else None)
+                    print(f"N={n} round {rnd} nvr: {r.window.cpu_s:.2f} CPU s in "
+                          f"{r.window.seconds:.1f} s after {r.warmup_s:.0f} s warm-up; "
+                          f"{r.commits} commit(s) adding {r.committed} recording(s), "
+                          f"{r.ended} recording(s) ended; {r.recorded_fps:.2f} frames/s "
+                          f"recorded; {r.reopens} reconnect(s), {len(r.warnings)} "
+                          f"warning(s), load {r.window.load[0]:.1f}", flush=True)
+                    for w in r.warnings[:5]:
+                        print(f"  nvr: {w}")
+                    other = None
+                    if args.compare_tree:
+                        other = run_nvr(urls, args.seconds, args.rotate_interval_sec,
+                                        flush_if_sec, None, os.path.abspath(args.compare_tree))
+                        print(f"N={n} round {rnd} nvr of {args.compare_tree}: "
+                              f"{other.window.cpu_s:.2f} CPU s in {other.window.seconds:.1f} s; "
+                              f"{other.recorded_fps:.2f} frames/s recorded, load "
+                              f"{other.window.load[0]:.1f}", flush=True)
+                    rows.append(Row(n, rnd, b, f, r, stages, other))
     finally:
         if clip_tmp:
             shutil.rmtree(clip_tmp, ignore_errors=True)
     rf = args.rotate_interval_sec
     print()
     print(f"{started:%Y-%m-%d %H:%M} UTC; CPU s per stream-minute = CPU seconds / "
-          f"(N x window minutes); fsyncs = recordings ended x 2 (file + dir)")
+          f"(N x window minutes); RSS: peak of the summed VmRSS (ffmpeg: all N processes); "
+          f"load: 1-minute load average at the windows' starts and ends")
     print(f"commits: due flushIfSec after the start of the oldest uncommitted recording, "
           f"each commits all finished ones, so they come {flush_if_sec - rf}-{flush_if_sec} s "
           f"apart whatever N: {60 / flush_if_sec:.1f}-{60 / max(1, flush_if_sec - rf):.1f}/min "
@@ -676,13 +843,28 @@ def main(argv=None) -> int:
         print()
         print(stages_table(rows))
     if args.profile:
-        for r in rows:
-            path = os.path.join(args.profile, f"nvr-{r.n}.txt")
-            print(f"\nprofile of nvr, N={r.n} ({path}):")
+        for n in ns:
+            path = os.path.join(args.profile, f"nvr-{n}.txt")
+            print(f"\nprofile of nvr, N={n} ({path}):")
             print(summarize_profile(path))
-    missed = [r.n for r in rows if r.ratio > 1.2]
-    print(f"\nCPU goal (nvr <= 1.2 x baseline): "
-          + (f"missed for N = {', '.join(map(str, missed))}" if missed else "met"))
+    print()
+    for n in ns:
+        rs = [r for r in rows if r.n == n]
+        line = f"N={n}: nvr/floor " + ", ".join(f"{r.ratio:.2f}" for r in rs)
+        if not args.no_ffmpeg:
+            line += "; nvr/ffmpeg " + ", ".join(f"{r.ratio_ffmpeg:.2f}" for r in rs)
+        line += f"; nvr RSS peak {max(r.nvr.window.max_rss_kib for r in rs) / 1024:.0f} MiB"
+        print(line)
+    if not args.no_ffmpeg:
+        missed = [r.n for r in rows if r.ratio_ffmpeg > 1.0]
+        print("CPU goal (nvr <= 1.0 x ffmpeg's segmenter, every round): "
+              + (f"missed for N = {', '.join(map(str, sorted(set(missed))))}" if missed
+                 else "met"))
+    big = [r for r in rows if r.n >= 16]
+    if big:
+        peak = max(r.nvr.window.max_rss_kib for r in big) / 1024
+        print(f"RSS goal (nvr < 100 MiB at 16 streams): {'met' if peak < 100 else 'missed'} "
+              f"({peak:.0f} MiB)")
     return 0
 
 

@@ -22,6 +22,7 @@ import check
 import clock
 import db
 import dir as dirmod
+import mp4
 import recording
 import writer
 from clips import make_clip
@@ -203,6 +204,8 @@ def faked(tmp_path, clocks):
     t.db.close()
 
 
+# These tests script each write(2): `coalesce_bytes=0` writes each frame as it comes.
+
 def test_write_path_retries_each_step(faked, clocks, caplog):
     t, fs = faked, faked.fs
     name = "0000000100000000"
@@ -215,7 +218,8 @@ def test_write_path_retries_each_step(faked, clocks, caplog):
     f.expect_write()
     f.expect_write()
     syncer = dirmod.Syncer(t.db, t.dir_id)
-    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event())
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event(),
+                      coalesce_bytes=0)
     with caplog.at_level(logging.WARNING):
         w.write(b"key!", T0_90K, 0, True, t.vse_id)
         w.write(b"next", T0_90K + 3000, 3000, False, t.vse_id)
@@ -248,7 +252,8 @@ def test_full_disk_stalls_then_resumes(faked, clocks):
     for _ in range(5):
         f.expect_write(error=OSError(errno.ENOSPC, "No space left on device"))
     f.expect_write()
-    w = writer.Writer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id), shutdown=threading.Event())
+    w = writer.Writer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id), shutdown=threading.Event(),
+                      coalesce_bytes=0)
     w.write(b"k", T0_90K, 0, True, t.vse_id)
     w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
     assert clocks.monotonic() == 5 * clock.NANOS_PER_SEC
@@ -272,7 +277,8 @@ def test_shutdown_during_a_full_disk_abandons_the_recording(faked, clocks):
     for _ in range(3):
         f.expect("write", result=full)
     syncer = dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown)
-    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=shutdown)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=shutdown,
+                      coalesce_bytes=0)
     w.write(b"k", T0_90K, 0, True, t.vse_id)
     with pytest.raises(clock.ShutdownError):
         w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
@@ -301,7 +307,8 @@ def test_an_abandoned_recording_whose_unlink_was_given_up_is_removed_at_start_up
     fs.fail("unlink")
     shutdown = threading.Event()
     w = writer.Writer(t.db, t.stream_id, dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown),
-                      shutdown=shutdown)
+                      shutdown=shutdown,
+                      coalesce_bytes=0)
     w.write(b"k" * 100, T0_90K, 0, True, t.vse_id)
     shutdown.set()
     with pytest.raises(clock.ShutdownError):
@@ -596,7 +603,8 @@ def test_a_save_whose_fsync_fails_on_shutdown_closes_its_file(faked, clocks):
     f.expect_write()
     f.expect_write()
     syncer = dirmod.Syncer(t.db, t.dir_id, shutdown=shutdown)
-    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=shutdown)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=shutdown,
+                      coalesce_bytes=0)
     w.write(b"k", T0_90K, 0, True, t.vse_id)
     w.write(b"n", T0_90K + 3000, 3000, False, t.vse_id)
     w.close("NVR shutdown")
@@ -895,6 +903,84 @@ def test_short_writes_are_completed_and_the_hash_is_the_files(tmp_path, clocks):
     (stored,) = t.db.conn.execute("select sample_file_blake2b_32 from recording_integrity "
                                   "where composite_id = ?", (r.composite_id,)).fetchone()
     assert stored == hashlib.blake2b(contents, digest_size=32).digest()
+    sfd.fs = fs.real
+    t.db.close()
+
+
+class CountedWrites:
+    """A real `dir.Fs` whose sample files record the size of each write(2)."""
+
+    def __init__(self, real):
+        self.real = real
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def create_file(self, name):
+        f = self.real.create_file(name)
+        real_write = f.write
+
+        def write(data):
+            n = real_write(data)
+            self.sizes.append(n)
+            return n
+        f.write = write
+        return f
+
+
+def test_frames_are_written_coalesced_and_read_from_memory_meanwhile(tmp_path, clocks):
+    """Frames gather in memory until `coalesce_bytes`, then go in one write(2) (issue
+    #16: a write per frame was ~50 us of kernel time each). Meanwhile live view's
+    segments and playback of the growing recording get the frames not yet in the file
+    from memory, so they never wait for the write nor read short; at its end the file
+    has every byte and the stored hash is the file's. Before db.RecordingToInsert.tail
+    and mp4.FileChunk.split, reading the growing recording failed ("the file is shorter
+    than its index says")."""
+    t = make_testdb(tmp_path, clocks)
+    sfd = t.db.dirs[t.dir_id].dir
+    fs = sfd.fs = CountedWrites(sfd.fs)
+    syncer = dirmod.Syncer(t.db, t.dir_id)
+    w = writer.Writer(t.db, t.stream_id, syncer, shutdown=threading.Event(),
+                      rotate_interval_sec=60, coalesce_bytes=100)
+    frames = [bytes([65 + i]) * (30 + i) for i in range(10)]
+    in_file = []
+    for i, data in enumerate(frames):
+        w.write(data, T0_90K + i * 3000, i * 3000, i in (0, 5), t.vse_id)
+        if i == 0:
+            continue
+        (row,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+        cid = row.composite_id
+        size = os.path.getsize(os.path.join(t.sample_dir, dirmod.name_for(cid)))
+        in_file.append(size)
+        # Every indexed frame (all but the last written), whole or as live view's frames.
+        view = mp4.FileBuilder("mp4")
+        view.append(row, (0, row.media_duration_90k))
+        got = b"".join(c.read() for c in view.build(t.db).chunks()
+                       if isinstance(c, mp4.FileChunk))
+        assert got == b"".join(frames[:i])
+        for j in range(i):
+            seg = mp4.build_live_segment(t.db, t.stream_id, cid, j * 3000, (j + 1) * 3000)
+            assert [c.read() for c in seg.chunks() if isinstance(c, mp4.FileChunk)] == [
+                frames[j]]
+    # Some frames were read while not in the file; the file grew in coalesced writes.
+    assert any(size < sum(map(len, frames[:i])) for i, size in enumerate(in_file, 1))
+    w.close("test")
+    drain(syncer)
+    t.db.flush("test")
+    assert fs.sizes == [30 + 31 + 32 + 33, 34 + 35 + 36, 37 + 38 + 39]
+    (r,) = t.db.list_recordings_by_id(t.stream_id, 0, 10)
+    with open(os.path.join(t.sample_dir, dirmod.name_for(r.composite_id)), "rb") as f:
+        contents = f.read()
+    assert contents == b"".join(frames) and r.sample_file_bytes == len(contents)
+    (stored,) = t.db.conn.execute("select sample_file_blake2b_32 from recording_integrity "
+                                  "where composite_id = ?", (r.composite_id,)).fetchone()
+    assert stored == hashlib.blake2b(contents, digest_size=32).digest()
+    # Committed: read from the file alone.
+    view = mp4.FileBuilder("mp4")
+    view.append(r, (0, r.media_duration_90k))
+    assert b"".join(c.read() for c in view.build(t.db).chunks()
+                    if isinstance(c, mp4.FileChunk)) == contents
     sfd.fs = fs.real
     t.db.close()
 

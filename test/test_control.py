@@ -9,7 +9,6 @@ what they print offline, and leave the recording run alone.
 
 from __future__ import annotations
 
-import fcntl
 import http.client
 import json
 import logging
@@ -21,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import pytest
 

@@ -96,13 +96,24 @@ def camera_json(d: dbmod.Database, c: dbmod.Camera, statuses: dict) -> dict:
                         for t, sid in sorted(c.streams.items())}}
 
 
-def dir_json(d: dbmod.Database, x: dbmod.SampleFileDir) -> dict:
-    total = free = None
-    if x.dir is not None:
+def free_spaces(d: dbmod.Database) -> dict[int, tuple[int, int]]:
+    """{dir id: (available, total) bytes} of each open dir whose statvfs answers. Disk
+    I/O (a hung mount blocks here): call it before taking the database lock."""
+    with d.locked("api: config dirs"):
+        opened = [(x.id, x.dir) for x in d.dirs.values() if x.dir is not None]
+    out = {}
+    for dir_id, dx in opened:
         try:
-            free, total = x.dir.fs.free_space()
+            out[dir_id] = dx.fs.free_space()
         except OSError:
             pass
+    return out
+
+
+def dir_json(d: dbmod.Database, x: dbmod.SampleFileDir,
+             spaces: dict[int, tuple[int, int]]) -> dict:
+    """`spaces`: `free_spaces(d)`, read before the caller took the database lock."""
+    free, total = spaces.get(x.id, (None, None)) if x.dir is not None else (None, None)
     streams = sorted(s.id for s in d.streams.values() if s.sample_file_dir_id == x.id)
     floor = None
     if total is not None:
@@ -138,10 +149,11 @@ def handle_config(request: api.Request, m: re.Match):
     request.params(())
     d = request.server.db
     statuses = _statuses(request)   # before the database lock (recorder.py's ranks)
+    spaces = free_spaces(d)         # statvfs: before the database lock too
     with d.locked("api: config"):
         cameras = [camera_json(d, c, statuses)
                    for c in sorted(d.cameras.values(), key=lambda c: c.id)]
-        dirs = [dir_json(d, x) for x in sorted(d.dirs.values(), key=lambda x: x.id)]
+        dirs = [dir_json(d, x, spaces) for x in sorted(d.dirs.values(), key=lambda x: x.id)]
     return Response.json({"cameras": cameras, "dirs": dirs})
 
 
@@ -234,8 +246,9 @@ def handle_config_dir(request: api.Request, m: re.Match):
     if "path" in body and body["path"] is None:
         raise HttpError(400, "path can't be null")
     _call(config.edit_dir, d, rec, did, path=body.get("path"), floor=floor)
+    spaces = free_spaces(d)
     with d.locked("api: config dir"):
-        return Response.json(dir_json(d, _call(config.get_dir, d, did)))
+        return Response.json(dir_json(d, _call(config.get_dir, d, did), spaces))
 
 
 def handle_config_test_stream(request: api.Request, m: re.Match):

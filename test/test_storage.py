@@ -87,7 +87,7 @@ def test_uncommitted_bytes_are_counted_before_the_first_flush(t):
     # The System and Settings pages say the same "used" (they counted only what was
     # committed, or synced: not the growing recording).
     (sys_dir,) = system._dirs(t.db)
-    cfg_dir = configapi.dir_json(t.db, t.db.dirs[t.dir_id])
+    cfg_dir = configapi.dir_json(t.db, t.db.dirs[t.dir_id], configapi.free_spaces(t.db))
     assert sys_dir["usedBytes"] == cfg_dir["usedBytes"] == d["usedBytes"]
     # The flush commits the synced one; the growing one stays uncommitted.
     t.db.flush("test")
